@@ -1,0 +1,169 @@
+"""Execute the numbered notebooks headlessly with papermill: `python -m common.runner` (run_all.sh).
+
+Each notebook writes into `runs/<timestamp>/<notebook stem>/` (figures, metrics.json); the
+executed notebook and its HTML export sit beside those folders, and `summary.md` collects every
+metrics.json. A failing notebook stops the run with a non-zero exit and one message naming the
+notebook, the cell and the error; the partially executed notebook is kept for inspection.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from common.config import PROJECT_ROOT, RUNS_DIR, DataNotFoundError, resolve_data_dir
+
+__all__ = ["NOTEBOOKS", "NotebookFailed", "run_notebooks", "write_summary", "main"]
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+NOTEBOOKS = ("00_preprocess", "01_task_a_gender", "02_task_b_arcface", "03_task_b_siamese",
+             "04_evaluation")
+KERNEL = "facecom"
+MIN_FREE_BYTES = 500 * 2**20
+SUMMARY_KEYS = ("accuracy", "f1_macro", "recall_female", "roc_auc", "top1", "top5",
+                "top1_hard", "verification_roc_auc", "pair_accuracy", "final_score_accuracy",
+                "n_problems", "pretrained")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+def _new_run_root(output: str) -> Path:
+    if output:
+        root = Path(output).expanduser().resolve()
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} already exists and is not empty; a run never "
+                                  "overwrites a previous one. Choose another --output.")
+        return root
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    root, suffix = RUNS_DIR / stamp, 1
+    while root.exists():
+        root, suffix = RUNS_DIR / f"{stamp}-{suffix}", suffix + 1
+    return root
+
+
+def _check_free_space(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise OSError(f"Only {free / 2**20:.0f} MiB free in {path}; a run needs at least "
+                      f"{MIN_FREE_BYTES / 2**20:.0f} MiB. Free space or pass --output elsewhere.")
+
+
+def _describe_failure(error: Exception, notebook: str, executed: Path) -> str:
+    cell = getattr(error, "exec_count", None)
+    ename = getattr(error, "ename", type(error).__name__)
+    evalue = getattr(error, "evalue", str(error))
+    where = f"cell [{cell}]" if cell is not None else "a cell"
+    return (f"Notebook {notebook} failed in {where}: {ename}: {evalue}\n"
+            f"The partially executed notebook is kept at {executed}")
+
+
+def _export_html(executed: Path) -> None:
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--log-level",
+                    "ERROR", str(executed)], check=False, capture_output=True)
+
+
+def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTEBOOKS,
+                  kernel: str = KERNEL, progress: bool = True) -> list[Path]:
+    """Run the notebooks in order into `run_root`; raise NotebookFailed at the first failure."""
+    import papermill as pm
+
+    executed_paths = []
+    for name in only:
+        source = NOTEBOOKS_DIR / f"{name}.ipynb"
+        executed = run_root / f"{name}.ipynb"
+        params = {**parameters, "output_dir": str(run_root / name), "runs_root": str(run_root)}
+        print(f"\n=== {name} ===", flush=True)
+        try:
+            pm.execute_notebook(str(source), str(executed), parameters=params, kernel_name=kernel,
+                                cwd=str(NOTEBOOKS_DIR), progress_bar=progress, log_output=False)
+        except Exception as error:  # papermill raises its own types and kernel errors alike
+            if executed.exists():
+                _export_html(executed)
+            raise NotebookFailed(_describe_failure(error, name, executed)) from error
+        _export_html(executed)
+        executed_paths.append(executed)
+    return executed_paths
+
+
+def write_summary(run_root: Path) -> Path:
+    """`summary.md`: one row per notebook with its headline metrics."""
+    lines = ["# Run summary", "", f"Run folder: `{run_root}`", ""]
+    header = ["notebook", *SUMMARY_KEYS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metrics_path in sorted(run_root.glob("*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        cells = [metrics_path.parent.name]
+        for key in SUMMARY_KEYS:
+            value = metrics.get(key, "")
+            cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    path = run_root / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__)
+    parser.add_argument("--data-dir", default="", help="FACECOM root; default: Kaggle input or the "
+                        "embedded sample; 'kaggle' downloads with the kaggle package")
+    parser.add_argument("--full", action="store_true", help="full recipe instead of quick mode")
+    parser.add_argument("--epochs", type=int, help="override every notebook's epochs")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("-f", "--params-file", help="YAML of notebook parameters")
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="any notebook parameter (YAML value)")
+    parser.add_argument("--only", nargs="+", choices=NOTEBOOKS, help="run only these notebooks")
+    parser.add_argument("--output", default="", help="run folder (default runs/<timestamp>)")
+    parser.add_argument("--weights-dir", default="", help="checkpoint folder (default weights/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of run_all.sh; returns the process exit code."""
+    args = _parse_args(argv)
+    parameters: dict = {}
+    if args.params_file:
+        loaded = yaml.safe_load(Path(args.params_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            print(f"ERROR: {args.params_file} must be a mapping of parameter: value", file=sys.stderr)
+            return 2
+        parameters.update(loaded)
+    try:
+        data_dir = resolve_data_dir(args.data_dir or parameters.get("data_dir", ""))
+    except DataNotFoundError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    parameters.update({"data_dir": str(data_dir), "quick": not args.full})
+    for key in ("epochs", "seed", "device"):
+        if getattr(args, key) is not None:
+            parameters[key] = getattr(args, key)
+    if args.weights_dir:
+        parameters["weights_dir"] = str(Path(args.weights_dir).resolve())
+    for name, value in args.param:
+        parameters[name] = yaml.safe_load(value)
+    try:
+        run_root = _new_run_root(args.output)
+        _check_free_space(run_root)
+        (run_root / "parameters.yaml").write_text(yaml.safe_dump(parameters, sort_keys=True))
+        print(f"Run folder: {run_root}\nData: {data_dir}\nParameters: {parameters}", flush=True)
+        run_notebooks(parameters, run_root, tuple(args.only or NOTEBOOKS))
+    except (NotebookFailed, OSError) as error:
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 1
+    summary = write_summary(run_root)
+    print(f"\nDone. Summary: {summary}\n" + summary.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv (first use) and run the test suite. Extra arguments go to pytest, e.g.
+#   ./run_tests.sh -m "not notebooks"     the fast loop without notebook execution
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$ROOT/scripts/setup.sh"
+export MPLBACKEND=agg
+cd "$ROOT"
+exec python -m pytest -q -ra "$@"

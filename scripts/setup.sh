@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create/refresh the project's .venv and Jupyter kernel. Sourced by run_all.sh and run_tests.sh.
+# Re-installs only when requirements.txt changed (a hash stamp in .venv), so repeated runs are fast.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${FACECOM_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+STAMP="$VENV/.facecom-requirements.sha1"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/scripts/setup.sh" | sha1sum | cut -d' ' -f1)"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "[setup] installing requirements into $VENV (first run takes a few minutes)"
+  "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt"
+  # facenet-pytorch pins torch<=2.3; its code runs on current torch, so install it without deps.
+  "$VENV/bin/python" -m pip install --quiet --no-deps "facenet-pytorch>=2.5"
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name facecom \
+    --display-name "Python (facecom)" >/dev/null
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# CPU torch is allocation-bound here; large glibc malloc thresholds keep freed blocks for reuse
+# (measured in benchmarks/malloc.py).
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
+export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-1073741824}"
