@@ -158,7 +158,7 @@ def _download_from_kaggle(target: Path) -> Path:
         if is_facecom_root(root):
             return root
     raise DataNotFoundError(f"Downloaded {dataset} into {target} but found no Task_A/Task_B "
-                            "folders in it; set {KAGGLE_DATASET_ENV} to the right data set.")
+                            f"folders in it; set {KAGGLE_DATASET_ENV} to the right data set.")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike = "") -> Path:
