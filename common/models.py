@@ -1,0 +1,306 @@
+"""Backbones and the task models built on them: gender classifiers and face-embedding networks.
+
+All backbones are built by `create_backbone()` and yield pooled features (timm with
+``num_classes=0``); heads live in the model classes and losses in `common.losses`. Every backbone
+carries ``weights_source`` (where its weights came from, see `common.weights`), ``pretrained`` and
+``data_config`` (input size, mean, std), so transforms and model cards never retype them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.efficientfr import DEFAULT_CFG as EFFICIENTFR_CFG
+from common.efficientfr import create_efficientfr
+from common.weights import WeightsSource, load_pretrained
+
+__all__ = [
+    "create_backbone", "create_model", "freeze_backbone", "backbone_blocks", "MODEL_KINDS",
+    "GenderClassifier", "DualStreamSE", "SqueezeExcitation", "EmbeddingNet", "FaceNet",
+    "SiameseNet",
+]
+
+# InceptionResnetV1 was trained on (x - 127.5) / 128 with x in [0, 255], i.e. mean 0.5 and
+# std 128 / 255 on [0, 1] inputs, at 160 x 160 px.
+_FACENET_CFG = {
+    "input_size": (3, 160, 160), "mean": (0.5, 0.5, 0.5), "std": (128 / 255,) * 3,
+    "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+}
+_ACCEPTED = ("any timm model name (timm.list_models(), optionally with a '.tag'), "
+             "'inception_resnet_v1', 'efficientfr'")
+WeightsPath = str | Path | None
+
+
+def _create_facenet() -> tuple[nn.Module, int, dict[str, Any]]:
+    from facenet_pytorch import InceptionResnetV1  # deferred: optional heavy import
+
+    # pretrained=None: facenet-pytorch's own loader downloads unconditionally; weights.py decides.
+    return InceptionResnetV1(pretrained=None, classify=False), 512, dict(_FACENET_CFG)
+
+
+def _create_efficientfr() -> tuple[nn.Module, int, dict[str, Any]]:
+    model = create_efficientfr()
+    return model, model.num_features, dict(EFFICIENTFR_CFG)
+
+
+_CUSTOM_BACKBONES = {"inception_resnet_v1": _create_facenet, "efficientfr": _create_efficientfr}
+
+
+def create_backbone(name: str, pretrained: bool | str = True,
+                    weights: WeightsPath = None) -> tuple[nn.Module, int]:
+    """Build a feature extractor and load its weights offline-first.
+
+    Args:
+        name: a timm model name (``efficientnet_lite0``, ``convnext_atto.d2_in1k``, ...),
+            ``inception_resnet_v1`` (facenet-pytorch, VGGFace2 weights) or ``efficientfr``.
+        pretrained: True, False or "required"; see `common.weights.load_pretrained`.
+        weights: explicit checkpoint path, loaded whatever ``pretrained`` says.
+
+    Returns:
+        The module, mapping (B, 3, H, W) to (B, F) pooled features, and F. The module has
+        ``weights_source``, ``pretrained`` and ``data_config`` (input_size, mean, std, ...).
+        InceptionResnetV1's features are already L2-normalised.
+
+    Raises:
+        ValueError: ``name`` is not an accepted backbone name.
+    """
+    if name in _CUSTOM_BACKBONES:
+        module, num_features, data_config = _CUSTOM_BACKBONES[name]()
+    else:
+        import timm  # deferred: importing timm costs about a second
+
+        if not timm.is_model(name):
+            raise ValueError(f"unknown backbone {name!r}; accepted: {_ACCEPTED}")
+        # pretrained=False: timm would try to download; weights.py loads the state dict instead.
+        module = timm.create_model(name, pretrained=False, num_classes=0)
+        num_features = module.num_features
+        data_config = dict(timm.data.resolve_model_data_config(module))
+    source = load_pretrained(module, name, pretrained=pretrained, weights=weights)
+    if source.mean is not None and source.std is not None:
+        data_config.update(mean=source.mean, std=source.std)
+    module.weights_source = source
+    module.pretrained = source.pretrained
+    module.data_config = data_config
+    module.is_facecom_backbone = True
+    return module, num_features
+
+
+class _BackboneModel(nn.Module):
+    """Base for models whose first backbone defines input size, normalisation and provenance."""
+
+    backbone: nn.Module
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Input size, mean and std the backbone expects; feed to `common.transforms`."""
+        return self.backbone.data_config
+
+    @property
+    def weights_source(self) -> WeightsSource:
+        """Provenance of the backbone weights, for logs and model cards."""
+        return self.backbone.weights_source
+
+
+class GenderClassifier(_BackboneModel):
+    """Backbone -> dropout -> linear: logits for male (0) / female (1).
+
+    ConvNeXt-Atto trained with focal loss is this class with ``backbone_name="convnext_atto"``;
+    the loss is chosen in training, not here.
+    """
+
+    def __init__(self, backbone_name: str, num_classes: int = 2, pretrained: bool | str = True,
+                 weights: WeightsPath = None, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised images -> (B, num_classes) logits."""
+        return self.classifier(self.dropout(self.backbone(images)))
+
+
+class SqueezeExcitation(nn.Module):
+    """Feature-vector squeeze-and-excitation: re-weight D features by a learned gate in (0, 1).
+
+    Args:
+        channels: D, the feature size.
+        reduction: bottleneck ratio; the hidden layer has ``max(D // reduction, 1)`` units.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, D) -> (B, D) features multiplied by their gates."""
+        return features * self.gate(features)
+
+
+class DualStreamSE(_BackboneModel):
+    """Two backbones (raw image, MTCNN-aligned face) fused by squeeze-and-excitation.
+
+    The raw stream sees hair, clothing and context; the aligned stream sees a normalised face.
+    Their pooled features are concatenated (2F, e.g. 3072 for efficientnet_b3), gated by an SE
+    block so the model learns which stream to trust per feature, then classified. Both streams
+    start from the same weights but are trained independently.
+    """
+
+    def __init__(self, backbone_name: str, num_classes: int = 2, pretrained: bool | str = True,
+                 weights: WeightsPath = None, reduction: int = 16, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
+        self.aligned_backbone, _ = create_backbone(backbone_name, pretrained, weights)
+        self.se = SqueezeExcitation(2 * num_features, reduction)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * num_features, num_classes)
+
+    def forward(self, raw: Tensor, aligned: Tensor) -> Tensor:
+        """Raw (B, 3, H, W) and aligned (B, 3, H', W') images -> (B, num_classes) logits."""
+        features = torch.cat([self.backbone(raw), self.aligned_backbone(aligned)], dim=1)
+        return self.classifier(self.dropout(self.se(features)))
+
+
+class EmbeddingNet(_BackboneModel):
+    """Backbone -> Linear(F, D) -> BatchNorm1d -> L2 normalise: a face embedding.
+
+    Used with `common.losses.ArcMarginProduct` (identity classification) and with
+    `ContrastiveLoss` (pairs). ``project=False`` skips the linear + BN and normalises the backbone
+    features directly, for backbones that already end in an embedding layer (InceptionResnetV1).
+    """
+
+    def __init__(self, backbone_name: str, embedding_dim: int = 512,
+                 pretrained: bool | str = True, weights: WeightsPath = None,
+                 project: bool = True) -> None:
+        super().__init__()
+        self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
+        if not project and embedding_dim != num_features:
+            raise ValueError(f"project=False keeps the backbone's {num_features}-d features; "
+                             f"embedding_dim={embedding_dim} needs project=True")
+        self.embedding_dim = embedding_dim
+        self.projection: nn.Module = (
+            nn.Sequential(nn.Linear(num_features, embedding_dim), nn.BatchNorm1d(embedding_dim))
+            if project else nn.Identity())
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised images -> (B, embedding_dim) L2-normalised embeddings."""
+        return F.normalize(self.projection(self.backbone(images)), dim=1)
+
+
+class FaceNet(EmbeddingNet):
+    """InceptionResnetV1 (VGGFace2) as a 512-d L2-normalised embedding, without projection.
+
+    InceptionResnetV1 already ends in Linear -> BatchNorm1d -> L2 normalise, and those layers are
+    part of the VGGFace2 weights, so a second projection would throw the pretrained embedding away.
+    Stage 1 trains it with an ArcFace head on the embedding; stage 2 fine-tunes the same module
+    with a contrastive loss via `SiameseNet`-style pairs. Pass ``embedding_dim != 512`` to add a
+    projection anyway.
+    """
+
+    def __init__(self, embedding_dim: int = 512, pretrained: bool | str = True,
+                 weights: WeightsPath = None) -> None:
+        super().__init__("inception_resnet_v1", embedding_dim, pretrained, weights,
+                         project=embedding_dim != 512)
+
+    def forward_pair(self, images_a: Tensor, images_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Two (B, 3, 160, 160) batches -> two (B, D) embeddings, for contrastive fine-tuning."""
+        return self(images_a), self(images_b)
+
+
+class SiameseNet(_BackboneModel):
+    """Shared encoder -> Linear(F, 512) -> ReLU -> Linear(512, 128) -> L2 normalise.
+
+    Both images of a pair go through the same weights, so distances between embeddings are
+    comparable; trained with `common.losses.ContrastiveLoss`.
+    """
+
+    def __init__(self, backbone_name: str, pretrained: bool | str = True,
+                 weights: WeightsPath = None, hidden_dim: int = 512,
+                 embedding_dim: int = 128) -> None:
+        super().__init__()
+        self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
+        self.embedding_dim = embedding_dim
+        self.head = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden_dim, embedding_dim))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised images -> (B, embedding_dim) L2-normalised embeddings."""
+        return F.normalize(self.head(self.backbone(images)), dim=1)
+
+    def forward_pair(self, images_a: Tensor, images_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Two (B, 3, H, W) batches -> their (B, embedding_dim) embeddings, same weights."""
+        return self(images_a), self(images_b)
+
+
+MODEL_KINDS = {
+    "gender": GenderClassifier, "dual_se": DualStreamSE, "embedding": EmbeddingNet,
+    "facenet": FaceNet, "siamese": SiameseNet,
+}
+
+
+def create_model(kind: str, **kwargs: Any) -> nn.Module:
+    """Build a model by kind; ``kwargs`` go to its class (e.g. ``backbone_name=...``).
+
+    Raises:
+        ValueError: ``kind`` is not one of `MODEL_KINDS`.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**kwargs)
+
+
+def backbone_blocks(backbone: nn.Module) -> list[list[str]]:
+    """Parameter names of a backbone grouped into blocks, input side first.
+
+    timm models and EfficientFR define ``group_matcher(coarse=True)`` (stem, one group per
+    stage, head); other modules (InceptionResnetV1) use their top-level children in order.
+    """
+    if hasattr(backbone, "group_matcher"):
+        from timm.models import group_parameters
+
+        groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+        return [groups[key] for key in sorted(groups)]
+    blocks = []
+    for child_name, child in backbone.named_children():
+        names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+        if names:
+            blocks.append(names)
+    return blocks
+
+
+def freeze_backbone(model: nn.Module, trainable_blocks: int = 0) -> int:
+    """Freeze every backbone parameter except those in the last ``trainable_blocks`` blocks.
+
+    Heads stay trainable. Used for cheap partial fine-tuning on CPU: frozen blocks need no
+    gradients. BatchNorm running statistics still update in train mode; call ``.eval()`` on
+    frozen parts to stop that.
+
+    Args:
+        model: a model from this module, or a backbone from `create_backbone`.
+        trainable_blocks: number of final blocks (see `backbone_blocks`) left trainable.
+
+    Returns:
+        The number of parameter elements frozen.
+
+    Raises:
+        ValueError: ``model`` contains no backbone built by `create_backbone`.
+    """
+    backbones = [m for m in model.modules() if getattr(m, "is_facecom_backbone", False)]
+    if not backbones:
+        raise ValueError(f"{type(model).__name__} has no backbone from create_backbone()")
+    frozen = 0
+    for backbone in backbones:
+        blocks = backbone_blocks(backbone)
+        kept_blocks = blocks[-trainable_blocks:] if trainable_blocks > 0 else []
+        keep = {name for block in kept_blocks for name in block}
+        for name, param in backbone.named_parameters():
+            param.requires_grad = name in keep
+            if name not in keep:
+                frozen += param.numel()
+    return frozen
