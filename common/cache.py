@@ -1,0 +1,280 @@
+"""Image decoding and the decoded-array cache: one strict decoder, a memmap cache, a Dataset.
+
+Every image the project reads goes through `load_image` (or its resized twin used by
+`load_image_array`), so mode conversion and corruption handling are decided once:
+
+- Files are decoded completely with Pillow's default ``LOAD_TRUNCATED_IMAGES = False``, and
+  JPEGs must also end with the EOI marker (``FF D9``), because libjpeg silently pads a file
+  that lost only its last bytes.
+- Transparent images (``RGBA``, ``LA``, ``P`` with transparency) are composited on **white**:
+  a cut-out face then looks like a studio shot, the dominant background in FACECOM's
+  ``NNN_frontal`` identities, whereas black would merge with dark hair.
+- 16-bit greyscale (``I;16*``, ``I``) is scaled to 8 bits as ``value * 255 / 65535``;
+  ``L``, ``P``, ``CMYK``, ``YCbCr`` and other modes go through Pillow's own RGB conversion.
+- The EXIF orientation tag is applied, so arrays look the way image viewers show the file.
+
+`load_image_array` decodes a file list once at a fixed size (shorter side to S, centre crop)
+and keeps the result as ``.npy`` in a cache folder, opened as a read-only memmap; the key is
+`compute_fingerprint` of the list plus its order and the size, so a changed list is decoded anew.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+__all__ = [
+    "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
+    "ImageArrayDataset", "CACHE_VERSION",
+]
+
+# Bump when decoding or resizing changes, so stale caches are not reused.
+CACHE_VERSION = 1
+_JPEG_EOI = b"\xff\xd9"
+_TASK_DIRS = ("Task_A", "Task_B")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageReadError(OSError):
+    """An image file cannot be decoded; ``path`` and ``reason`` say which and why.
+
+    Run `common.data.validate_dataset` on the data root and drop ``report.excluded`` paths
+    (``report.filter(df)``) before decoding, or replace the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"Cannot read image {self.path}: {reason}. Run common.data.validate_dataset() on the "
+            "data root and drop report.excluded (report.filter(df)), or replace the file.")
+
+
+def _open_image(path: str | os.PathLike, data: bytes | None = None,
+                draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode one image, raising `ImageReadError` for anything unusable.
+
+    Args:
+        path: the file, named in errors.
+        data: its bytes when the caller already read them (validation hashes them too).
+        draft_size: let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay
+            >= this; makes 1024-3072 px JPEGs several times cheaper to decode.
+    """
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ImageReadError(path, f"cannot open file ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageReadError(path, "zero-byte file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image (format not recognised)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(path, f"corrupt header ({exc})") from exc
+    if draft_size is not None and image.format == "JPEG":
+        image.draft(None, (draft_size, draft_size))
+    try:
+        image.load()
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc) else f"corrupt data ({exc})"
+        raise ImageReadError(path, reason) from exc
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise ImageReadError(path, f"corrupt data ({exc})") from exc
+    # libjpeg pads a file missing only its end marker without complaint.
+    if image.format == "JPEG" and _JPEG_EOI not in data[-1024:]:
+        raise ImageReadError(path, "truncated (JPEG end marker missing)")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB with the choices stated in the module docstring."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(np.round(values * 255.0 / 65535.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image as an RGB uint8 ``(H, W, 3)`` array, whatever its mode on disk.
+
+    Raises:
+        ImageReadError: zero-byte, non-image, corrupt or truncated file.
+    """
+    return np.asarray(_to_rgb(_open_image(path)), dtype=np.uint8)
+
+
+def _decode_resized(path: str, image_size: int) -> np.ndarray:
+    """Decode ``path`` with its shorter side scaled to ``image_size``, then centre-crop square."""
+    image = _to_rgb(_open_image(path, draft_size=image_size))
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR,
+                           box=(left, top, left + side, top + side))
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _stable_relpath(path: Path, common: Path) -> str:
+    """The part from ``Task_A``/``Task_B`` on when present (same on every machine), else
+    relative to the list's common folder."""
+    parts = path.parts
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] in _TASK_DIRS:
+            return "/".join(parts[index:])
+    return path.relative_to(common).as_posix()
+
+
+def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
+    """SHA-1 over the sorted (relative path, size in bytes) pairs of ``paths``.
+
+    Paths are taken relative to the FACECOM root (from ``Task_A``/``Task_B`` on) or to their
+    common folder, so the same data set gives the same fingerprint on Kaggle and locally.
+    Content edits that keep the size are not seen; the size check catches re-encodes.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    resolved = [Path(p).resolve() for p in paths]
+    if not resolved:
+        return hashlib.sha1(b"").hexdigest()
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    entries = sorted(f"{_stable_relpath(p, common)}\t{p.stat().st_size}" for p in resolved)
+    return hashlib.sha1("\n".join(entries).encode("utf-8")).hexdigest()
+
+
+def _cache_key(paths: Sequence[str], image_size: int) -> str:
+    """Fingerprint plus the list order (rows of the array follow it) and the decoder version."""
+    digest = hashlib.sha1()
+    digest.update(f"v{CACHE_VERSION}:{image_size}:{compute_fingerprint(paths)}".encode())
+    resolved = [Path(p).resolve() for p in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    for path in resolved:
+        digest.update(_stable_relpath(path, common).encode("utf-8") + b"\n")
+    return digest.hexdigest()[:20]
+
+
+def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
+                     cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                     workers: int | None = None) -> np.ndarray:
+    """Decode ``paths`` into one ``(N, S, S, 3)`` uint8 array, cached on disk as a memmap.
+
+    Each image has its shorter side resized to ``image_size`` and is centre-cropped. The array
+    is written once to ``cache_dir/images_<key>_<S>px.npy`` (temporary file, then rename, so an
+    interrupted run leaves no half-written cache) and returned opened with ``mmap_mode="r"``:
+    the second call neither decodes nor loads the images into RAM. Old cache files are never
+    deleted; remove the folder to reclaim space.
+
+    Args:
+        paths: image files; row ``i`` of the result is ``paths[i]``.
+        image_size: output side S in pixels.
+        cache_dir: cache folder; ``None`` means ``common.config.CACHE_DIR`` (``data/cache``).
+        progress: show a tqdm bar while decoding.
+        workers: decoding threads (Pillow releases the GIL); ``None`` = number of CPUs.
+
+    Raises:
+        ImageReadError: a file cannot be decoded (validation should have excluded it).
+    """
+    from common.config import CACHE_DIR  # late: keeps this module importable on its own
+
+    paths = [str(p) for p in paths]
+    if not paths:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+    folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"images_{_cache_key(paths, image_size)}_{image_size}px.npy"
+    if target.exists():
+        return np.load(target, mmap_mode="r")
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shape = (len(paths), image_size, image_size, 3)
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+
+        def fill(index: int) -> None:
+            array[index] = _decode_resized(paths[index], image_size)
+
+        n_workers = workers or len(os.sched_getaffinity(0))
+        with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
+            done = pool.map(fill, range(len(paths)))
+            for _ in tqdm(done, total=len(paths), disable=not progress,
+                          desc=f"decoding {len(paths)} images at {image_size}px"):
+                pass
+        array.flush()
+        del array
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(target, mmap_mode="r")
+
+
+class ImageArrayDataset(Dataset):
+    """A torch Dataset over an ``(N, H, W, 3)`` uint8 array (usually the cached memmap).
+
+    Items are ``(image, label)`` or ``(image, label, extra[i])``. ``image`` is
+    ``transform(image=array)["image"]`` (an albumentations Compose ending in ``ToTensorV2``,
+    see `common.transforms`), or without a transform a ``(3, H, W)`` float tensor in [0, 1].
+    A memmap is pickled as its file name and reopened in the worker, so DataLoader workers
+    started with spawn/forkserver do not copy the whole array.
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray,
+                 transform=None, extra: Sequence | np.ndarray | None = None) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"images has {len(images)} rows but labels has {len(labels)}; "
+                             "pass one label per image, in the same order.")
+        if extra is not None and len(extra) != len(images):
+            raise ValueError(f"extra has {len(extra)} rows but images has {len(images)}.")
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.transform = transform
+        self.extra = extra
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = np.array(self.images[index])  # writable copy of one memmap row
+        if self.transform is not None:
+            tensor = self.transform(image=image)["image"]
+        else:
+            tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+        label = self.labels[index].item()
+        if self.extra is None:
+            return tensor, label
+        return tensor, label, self.extra[index]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        images = self.images
+        if isinstance(images, np.memmap) and images.filename is not None:
+            whole = np.load(images.filename, mmap_mode="r")
+            # Only a view of the whole file can be named by its file; slices are pickled as data.
+            if whole.shape == images.shape and images.flags.c_contiguous:
+                state["images"] = ("__memmap__", images.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        images = state["images"]
+        if isinstance(images, tuple) and images[0] == "__memmap__":
+            state["images"] = np.load(images[1], mmap_mode="r")
+        self.__dict__.update(state)
