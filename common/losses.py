@@ -75,8 +75,8 @@ class ArcMarginProduct(nn.Module):
             labels: `(B,)` int64 class indices, or None for inference logits.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.in_features:
-            raise ValueError(f"ArcMarginProduct expects embeddings of shape (B, {self.in_features}),"
-                             f" got {tuple(embeddings.shape)}")
+            raise ValueError(f"ArcMarginProduct expects embeddings of shape "
+                             f"(B, {self.in_features}), got {tuple(embeddings.shape)}")
         cos = self.cosine(embeddings)
         if labels is None:
             return self.s * cos

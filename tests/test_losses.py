@@ -88,7 +88,8 @@ def test_focal_gamma2_hand_computed():
 
 
 def test_focal_label_smoothing_hand_computed():
-    logits = torch.tensor([[math.log(3.0), 0.0]])  # p = (3/4, 1/4), target 1, eps 0.2 -> q = (.1, .9)
+    # p = (3/4, 1/4), target 1, eps 0.2 -> q = (0.1, 0.9)
+    logits = torch.tensor([[math.log(3.0), 0.0]])
     expected = 0.1 * 0.25 ** 2 * -math.log(0.75) + 0.9 * 0.75 ** 2 * math.log(4)
     loss = FocalLoss(gamma=2.0, label_smoothing=0.2)(logits, torch.tensor([1]))
     assert loss.item() == pytest.approx(expected, abs=1e-6)
