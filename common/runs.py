@@ -25,7 +25,8 @@ from common.config import PROJECT_ROOT, RUNS_DIR, WEIGHTS_DIR
 
 __all__ = ["MissingModelCardError", "create_run_dir", "git_commit", "package_versions",
            "provenance", "to_jsonable", "write_json", "write_metrics", "save_model",
-           "load_model_card", "find_model_cards", "load_model", "resolve_weights_dir"]
+           "load_model_card", "find_model_cards", "load_model", "resolve_weights_dir",
+           "notebook_parameters"]
 
 PACKAGES = ("torch", "torchvision", "timm", "albumentations", "facenet-pytorch", "numpy",
             "scikit-learn", "opencv-python-headless", "papermill")
@@ -209,3 +210,14 @@ def load_model(weights: str | os.PathLike, device: torch.device | str = "cpu"
         raise RuntimeError(f"{weights} does not match the model its card describes "
                            f"({card['kind']}, {card['model_kwargs']}): {error}") from error
     return model.to(device).eval(), card
+
+
+def notebook_parameters(namespace: dict, before: set[str]) -> dict:
+    """The parameters-cell values of a notebook: names defined since `before` was taken.
+
+    Notebooks record `set(globals())` at the end of their setup cell; the parameters cell and
+    papermill's injected cell are the only ones in between, so the difference is exactly the
+    parameters, whatever papermill overrode.
+    """
+    return {name: namespace[name] for name in sorted(set(namespace) - before)
+            if not name.startswith("_")}

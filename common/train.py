@@ -168,6 +168,7 @@ def fit(
     epochs_without_improvement = 0
     resume_path, best_path = Path(resume_path), Path(best_path)
     best_metric = -math.inf if mode == "max" else math.inf
+    running = {"loss": 0.0, "batches": 0}  # this epoch's loss so far, kept across a resume
 
     state = load_resume_state(resume_path) if resume else None
     if state is not None:
@@ -184,6 +185,7 @@ def fit(
         result.history = state["history"]
         result.best_epoch = state["best_epoch"]
         result.resumed_from_epoch = start_epoch
+        running.update(state["running"])
         print(f"Resuming from {resume_path}: epoch {start_epoch + 1}, step {skip_steps}")
     elif resume:
         print(f"resume=True but no resume state at {resume_path}: starting from scratch")
@@ -196,7 +198,7 @@ def fit(
             "step_in_epoch": step_in_epoch, "global_step": global_step,
             "best_metric": best_metric, "best_epoch": result.best_epoch,
             "epochs_without_improvement": epochs_without_improvement,
-            "history": result.history,
+            "history": result.history, "running": dict(running),
         }, resume_path)
 
     started = time.perf_counter()
@@ -208,7 +210,8 @@ def fit(
             for epoch in range(start_epoch, epochs):
                 model.train()
                 loader = make_loader(epoch)
-                total_loss, seen = 0.0, 0
+                if skip_steps == 0:
+                    running.update(loss=0.0, batches=0)
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
                            leave=False)
                 for step, batch in enumerate(bar):
@@ -233,9 +236,9 @@ def fit(
                     if scheduler is not None and scheduler_interval == "step":
                         scheduler.step()
                     global_step += 1
-                    total_loss += loss.item()
-                    seen += 1
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+                    running["loss"] += loss.item()
+                    running["batches"] += 1
+                    bar.set_postfix(loss=f"{running['loss'] / running['batches']:.4f}")
                 skip_steps = 0
                 step = 0
 
@@ -250,7 +253,8 @@ def fit(
                         scheduler.step(value)
                     else:
                         scheduler.step()
-                row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+                row = {"epoch": epoch + 1,
+                       "train_loss": running["loss"] / max(running["batches"], 1),
                        "lr": optimizer.param_groups[0]["lr"],
                        **{f"dev_{key}": val for key, val in metrics.items()
                           if isinstance(val, (int, float))}}

@@ -1,0 +1,237 @@
+"""Plumbing shared by the training notebooks: resolved config, identity-disjoint splits, leakage
+guards, seeded loaders, optimiser/scheduler and batched inference.
+
+Task-specific code (task_a.py, task_b.py) builds on these so the notebooks stay a page of calls.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from common import config, data, runs
+
+__all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
+           "make_loader", "create_optimizer", "create_scheduler", "file_sha1"]
+
+QUICK = {"epochs": 2, "image_size": 64, "batch_size": 32, "num_workers": 0}
+
+
+class LeakageError(RuntimeError):
+    """Training and evaluation data share identities or images."""
+
+
+@dataclass
+class ExperimentConfig:
+    """Every setting of a training notebook after defaults, profile and quick mode are applied.
+
+    Built by `ExperimentConfig.resolve(...)` from the notebook's parameters; the raw parameters
+    are kept in `params` for provenance.
+    """
+
+    notebook: str
+    data_dir: Path
+    run_dir: Path
+    weights_dir: Path
+    device: torch.device
+    profile: config.Profile
+    backbone: str
+    pretrained: bool | str
+    weights: str
+    epochs: int
+    image_size: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    quick: bool
+    resume: bool
+    dev_fraction: float
+    holdout_fraction: float
+    num_workers: int
+    patience: int | None
+    allow_leakage: bool
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, notebook: str, backbone_defaults: dict[str, str],
+                epoch_defaults: dict[str, int], **params: Any) -> "ExperimentConfig":
+        """Apply the profile's defaults where a parameter is 0/"" and quick-mode caps last.
+
+        Args:
+            notebook: the notebook stem, used to name the run folder.
+            backbone_defaults / epoch_defaults: per profile name ("cpu", "gpu").
+            params: the notebook's parameters cell, as `**locals()` of it.
+        """
+        device = config.resolve_device(params.get("device", "auto"))
+        config.configure_threads(device)
+        profile = config.resolve_profile(params.get("profile", "auto"))
+        quick = bool(params.get("quick", False))
+        cfg = cls(
+            notebook=notebook,
+            data_dir=config.resolve_data_dir(params.get("data_dir", "")),
+            run_dir=runs.create_run_dir(params.get("output_dir", ""), notebook),
+            weights_dir=runs.resolve_weights_dir(params.get("weights_dir", "")),
+            device=device,
+            profile=profile,
+            backbone=params.get("backbone") or backbone_defaults[profile.name],
+            pretrained=params.get("pretrained", True),
+            weights=params.get("weights", ""),
+            epochs=int(params.get("epochs") or epoch_defaults[profile.name]),
+            image_size=int(params.get("image_size") or profile.image_size),
+            batch_size=int(params.get("batch_size") or profile.batch_size),
+            lr=float(params.get("lr", 1e-3)),
+            weight_decay=float(params.get("weight_decay", 1e-4)),
+            seed=int(params.get("seed", 0)),
+            quick=quick,
+            resume=bool(params.get("resume", False)),
+            dev_fraction=float(params.get("dev_fraction", 0.15)),
+            holdout_fraction=float(params.get("holdout_fraction", 0.15)),
+            num_workers=int(params.get("num_workers", profile.num_workers)),
+            patience=params.get("patience", 3),
+            allow_leakage=bool(params.get("allow_leakage", False)),
+            params=dict(params),
+        )
+        if quick:
+            cfg.epochs = min(cfg.epochs, QUICK["epochs"])
+            cfg.image_size = min(cfg.image_size, QUICK["image_size"])
+            cfg.batch_size = min(cfg.batch_size, QUICK["batch_size"])
+            cfg.num_workers = QUICK["num_workers"]
+        config.seed_everything(cfg.seed)
+        return cfg
+
+    def summary(self) -> dict:
+        """The resolved settings as JSON-able values (for metrics.json and model cards)."""
+        values = asdict(self)
+        values["profile"] = self.profile.name
+        values["device"] = str(self.device)
+        values.pop("params")
+        return runs.to_jsonable(values)
+
+
+@dataclass
+class Splits:
+    """Identity-disjoint train / dev / eval tables.
+
+    `eval` is the official val split when the data has one, else a held-out slice of train
+    identities (`eval_name` says which). Dev selects checkpoints and thresholds; eval is only
+    ever scored.
+    """
+
+    train: pd.DataFrame
+    dev: pd.DataFrame
+    eval: pd.DataFrame
+    eval_name: str
+
+    def describe(self) -> pd.DataFrame:
+        """Identities and images per split, for the notebook."""
+        rows = [{"split": name, "identities": frame["identity"].nunique(), "images": len(frame)}
+                for name, frame in (("train", self.train), ("dev", self.dev),
+                                    (self.eval_name, self.eval))]
+        return pd.DataFrame(rows)
+
+
+def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
+                cfg: ExperimentConfig, stratify: str | None = "gender") -> Splits:
+    """Carve dev (and, without an official val, a holdout) out of train by identity."""
+    stratify = stratify if stratify in train_table.columns else None
+    if val_table is not None and len(val_table):
+        rest, eval_table, eval_name = train_table, val_table, "val"
+    else:
+        rest, eval_table = data.split_identities(train_table, cfg.holdout_fraction,
+                                                 seed=cfg.seed + 1, stratify=stratify)
+        eval_name = "holdout"
+    fraction = cfg.dev_fraction / max(1e-9, 1.0 - (0 if eval_name == "val" else
+                                                    cfg.holdout_fraction))
+    train, dev = data.split_identities(rest, min(fraction, 0.5), seed=cfg.seed, stratify=stratify)
+    splits = Splits(train.reset_index(drop=True), dev.reset_index(drop=True),
+                    eval_table.reset_index(drop=True), eval_name)
+    check_leakage(splits.train, splits.dev, "dev", allow=cfg.allow_leakage)
+    check_leakage(splits.train, splits.eval, eval_name, allow=cfg.allow_leakage)
+    return splits
+
+
+def file_sha1(path: str) -> str:
+    """Content hash of one file (same bytes under two names are the same image)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
+                  allow: bool = False) -> None:
+    """Refuse to train when train and `evaluated` share an identity or an identical image file.
+
+    Clean images are hashed (distorted copies derive from them); `allow=True` downgrades the
+    refusal to a printed warning, for users who know why they want it.
+    """
+    problems = []
+    shared_ids = sorted(set(train["identity"]) & set(evaluated["identity"]))
+    if shared_ids:
+        problems.append(f"{len(shared_ids)} identities in both train and {name} "
+                        f"(e.g. {shared_ids[:3]})")
+
+    def clean_hashes(frame: pd.DataFrame) -> dict[str, str]:
+        paths = frame.loc[frame.get("distortion", "clean") == "clean", "path"]
+        return {file_sha1(path): path for path in paths}
+
+    train_hashes, eval_hashes = clean_hashes(train), clean_hashes(evaluated)
+    shared = sorted(set(train_hashes) & set(eval_hashes))
+    if shared:
+        problems.append(f"{len(shared)} identical images in both train and {name} (e.g. "
+                        f"{train_hashes[shared[0]]} == {eval_hashes[shared[0]]})")
+    if not problems:
+        return
+    message = "Leakage between train and " + name + ": " + "; ".join(problems)
+    if allow:
+        print("WARNING (allow_leakage=True): " + message)
+        return
+    raise LeakageError(message + ". Fix the data, or pass allow_leakage=True to override.")
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                epoch: int = 0, num_workers: int = 0, sampler: Sampler | None = None,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose order and worker seeds depend only on (seed, epoch): resumable."""
+    generator = config.make_generator(seed * 1000 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                      generator=generator, worker_init_fn=config.seed_worker,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def create_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                     backbone_lr_scale: float = 0.1) -> torch.optim.Optimizer:
+    """AdamW; pretrained backbone parameters learn `backbone_lr_scale` times slower than heads."""
+    backbone, head = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (backbone if "backbone" in name else head).append(param)
+    groups = [{"params": head, "lr": lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": lr * backbone_lr_scale})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def create_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
+                     steps_per_epoch: int) -> tuple[Any, str]:
+    """`cosine` (per step, with one epoch of linear warm-up) or `plateau` (per epoch, on dev).
+
+    Returns the scheduler and the interval `fit` must step it at.
+    """
+    if name == "cosine":
+        total = max(1, epochs * steps_per_epoch)
+        warmup = min(steps_per_epoch, total // 4)
+        lambdas = [
+            lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (
+                1 + np.cos(np.pi * min(1.0, step / total)))
+        ] * len(optimizer.param_groups)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas), "step"
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                          patience=1), "epoch"
+    raise ValueError(f"Unknown schedule {name!r}; choose 'cosine' or 'plateau'.")

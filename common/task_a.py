@@ -1,0 +1,284 @@
+"""Task A, gender classification: data views, training recipe, prediction and evaluation.
+
+Task A images are Task B's clean images, so every Task A training image also has seven
+FACECOM-distorted copies in Task B. "Distortion-aware" training samples some of those copies
+every epoch (seeded by epoch), on top of the synthetic distortions of the train transform.
+Model selection and the decision threshold use the dev split only; the evaluated split is
+scored once at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from common import cache, data, faces, losses, metrics, models, transforms
+from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
+                               make_loader, make_splits)
+from common.train import FitResult, fit, predict_batches
+
+__all__ = ["BACKBONES", "EPOCHS", "TaskAData", "load_views", "prepare_data", "epoch_indices",
+           "create_classifier", "create_loss", "StreamDataset", "predict_probs",
+           "evaluate_views", "model_card", "training_subset", "train_classifier",
+           "evaluate_model"]
+
+BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b3"}
+EPOCHS = {"cpu": 8, "gpu": 25}
+CLASS_NAMES = ("male", "female")
+
+
+def load_views(root: Path, split: str) -> pd.DataFrame | None:
+    """Task A images of `split` plus their FACECOM-distorted copies from Task B.
+
+    Columns: path, identity, gender, label, distortion, source (the clean Task A image).
+    None when the split does not exist in this copy of the data.
+    """
+    if not (Path(root) / "Task_A" / split).is_dir():
+        return None
+    clean = data.read_task_a(root, split).assign(distortion="clean")
+    clean["source"] = clean["path"]
+    frames = [clean]
+    if (Path(root) / "Task_B" / split).is_dir():
+        task_b = data.read_task_b(root, split)
+        distorted = task_b[task_b["distortion"] != "clean"].copy()
+        by_name = clean.assign(name=clean["path"].map(lambda p: Path(p).name)).set_index("name")
+        distorted["name"] = distorted["source"].map(lambda p: Path(p).name if p else "")
+        distorted = distorted[distorted["name"].isin(by_name.index)]
+        matched = by_name.loc[distorted["name"]]
+        distorted = distorted.assign(gender=matched["gender"].to_numpy(),
+                                     label=matched["label"].to_numpy(),
+                                     identity=matched["identity"].to_numpy(),
+                                     source=matched["path"].to_numpy())
+        frames.append(distorted[clean.columns])
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class TaskAData:
+    """Splits plus the decoded image arrays (rows aligned with each split's table)."""
+
+    splits: Splits
+    images: dict[str, np.ndarray]
+    aligned: dict[str, np.ndarray] | None
+    n_align_fallback: int
+
+
+def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
+                 align_margin: float = 0.2) -> TaskAData:
+    """Read, split by identity, and decode (cached) every image the notebook will touch."""
+    train_views = load_views(cfg.data_dir, "train")
+    if train_views is None:
+        raise data.DatasetLayoutError(
+            f"{cfg.data_dir}/Task_A/train not found: Task A needs "
+            "<root>/Task_A/train/{male,female}/*.jpg. Point data_dir at the FACECOM root.")
+    splits = make_splits(train_views, load_views(cfg.data_dir, "val"), cfg)
+    images, aligned, fallback = {}, ({} if dual_stream else None), 0
+    for name, frame in (("train", splits.train), ("dev", splits.dev), ("eval", splits.eval)):
+        images[name] = cache.load_image_array(frame["path"].tolist(), cfg.image_size)
+        if dual_stream:
+            result = faces.align_faces(frame["path"].tolist(), image_size=cfg.image_size,
+                                       margin=align_margin, device=str(cfg.device))
+            aligned[name] = result.images
+            fallback += result.n_fallback
+    return TaskAData(splits, images, aligned, fallback)
+
+
+def epoch_indices(frame: pd.DataFrame, epoch: int, seed: int, views_per_epoch: int = 2,
+                  imbalance: str = "weighted_sampler") -> np.ndarray:
+    """Row indices trained on in `epoch`: each clean image plus `views_per_epoch` of its
+    distorted copies, then class balancing.
+
+    imbalance: "weighted_sampler" resamples with replacement to equal class counts (same
+    total), "undersample" drops majority rows, "class_weights" and "none" keep the rows (the
+    former weights the loss instead).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    clean = np.flatnonzero(frame["distortion"].to_numpy() == "clean")
+    chosen = [clean]
+    if views_per_epoch > 0:
+        distorted = frame.index[frame["distortion"] != "clean"]
+        groups = frame.loc[distorted].groupby("source").indices
+        for source in sorted(groups):
+            rows = distorted[groups[source]]
+            take = min(views_per_epoch, len(rows))
+            chosen.append(rng.choice(rows.to_numpy(), size=take, replace=False))
+    indices = np.concatenate(chosen)
+    labels = frame["label"].to_numpy()[indices]
+    if imbalance in ("weighted_sampler", "undersample"):
+        per_class = [indices[labels == c] for c in np.unique(labels)]
+        if imbalance == "undersample":
+            smallest = min(len(rows) for rows in per_class)
+            indices = np.concatenate([rng.choice(rows, smallest, replace=False)
+                                      for rows in per_class])
+        else:
+            size = len(indices) // len(per_class)
+            indices = np.concatenate([rng.choice(rows, size, replace=len(rows) < size)
+                                      for rows in per_class])
+    elif imbalance not in ("class_weights", "none"):
+        raise ValueError(f"Unknown imbalance={imbalance!r}; choose weighted_sampler, "
+                         "undersample, class_weights or none.")
+    return rng.permutation(indices)
+
+
+class StreamDataset(Dataset):
+    """(image, label) or ((raw, aligned), label) items from decoded arrays, for one or two streams."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform,
+                 aligned: np.ndarray | None = None) -> None:
+        self.raw = cache.ImageArrayDataset(images, labels, transform)
+        self.aligned = None if aligned is None else cache.ImageArrayDataset(aligned, labels,
+                                                                             transform)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int):
+        image, label = self.raw[index]
+        if self.aligned is None:
+            return image, label
+        return (image, self.aligned[index][0]), label
+
+
+def create_classifier(cfg: ExperimentConfig, model: str = "single") -> nn.Module:
+    """`single` (one backbone) or `dual_se` (raw + MTCNN-aligned streams fused by SE)."""
+    kinds = {"single": "gender", "dual_se": "dual_se"}
+    if model not in kinds:
+        raise ValueError(f"Unknown model={model!r}; choose one of {sorted(kinds)}.")
+    return models.create_model(kinds[model], backbone_name=cfg.backbone, num_classes=2,
+                               pretrained=cfg.pretrained, weights=cfg.weights or None)
+
+
+def create_loss(kind: str, labels: np.ndarray, imbalance: str, gamma: float = 2.0,
+                label_smoothing: float = 0.1) -> nn.Module:
+    """Focal loss (+ label smoothing) or cross-entropy; class weights only for imbalance=class_weights."""
+    alpha = losses.class_weights(labels, 2) if imbalance == "class_weights" else None
+    if kind == "focal":
+        return losses.FocalLoss(gamma=gamma, alpha=alpha, label_smoothing=label_smoothing)
+    if kind == "ce":
+        return nn.CrossEntropyLoss(weight=alpha, label_smoothing=label_smoothing)
+    raise ValueError(f"Unknown loss={kind!r}; choose 'focal' or 'ce'.")
+
+
+def predict_probs(model: nn.Module, images: np.ndarray, cfg: ExperimentConfig,
+                  aligned: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+    """P(female) for every row of `images` (and `aligned` for the dual-stream model)."""
+    mean, std = model.data_config["mean"], model.data_config["std"]
+    dataset = StreamDataset(images, np.zeros(len(images), dtype=np.int64),
+                            transforms.create_eval_transform(cfg.image_size, mean, std), aligned)
+    loader = make_loader(dataset, cfg.batch_size * 2, num_workers=0)
+    logits = predict_batches(model, loader, cfg.device, progress=progress, desc="predict")
+    return torch.softmax(logits, dim=1)[:, 1].numpy()
+
+
+def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> dict:
+    """Metrics on the clean images (what the official val split holds) plus accuracy per
+    distortion type on their distorted copies, all at one threshold chosen on dev."""
+    is_clean = frame["distortion"].to_numpy() == "clean"
+    labels = frame["label"].to_numpy()
+    result = metrics.compute_classification_metrics(labels[is_clean], probs[is_clean], threshold,
+                                                    class_names=CLASS_NAMES)
+    predictions = (probs >= threshold).astype(int)
+    by_distortion = {}
+    for name, rows in frame.groupby("distortion").indices.items():
+        by_distortion[name] = float((predictions[rows] == labels[rows]).mean())
+    result["accuracy_by_distortion"] = by_distortion
+    if (~is_clean).any():
+        result["accuracy_distorted"] = float((predictions[~is_clean] == labels[~is_clean]).mean())
+    return result
+
+
+def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: float,
+               dev_metrics: dict, splits: Splits, fingerprint: str) -> dict:
+    """What `runs.save_model` stores beside the checkpoint (enough to rebuild and preprocess)."""
+    return {
+        "task": "task_a", "kind": {"single": "gender", "dual_se": "dual_se"}[kind],
+        "model_kwargs": {"backbone_name": cfg.backbone, "num_classes": 2},
+        "backbone": cfg.backbone, "image_size": cfg.image_size,
+        "mean": list(model.data_config["mean"]), "std": list(model.data_config["std"]),
+        "aligned": kind == "dual_se", "threshold": threshold, "class_names": list(CLASS_NAMES),
+        "positive_class": "female", "data_fingerprint": fingerprint,
+        "dev_metrics": {key: value for key, value in dev_metrics.items()
+                        if isinstance(value, (int, float))},
+        "weights_source": str(model.weights_source), "pretrained": bool(
+            getattr(model.weights_source, "pretrained", False)),
+        "holdout_identities": (sorted(splits.eval["identity"].unique())
+                               if splits.eval_name == "holdout" else None),
+        "config": cfg.summary(),
+    }
+
+
+def training_subset(dataset: Dataset, frame: pd.DataFrame, epoch: int, seed: int,
+                    views_per_epoch: int, imbalance: str) -> Subset:
+    """The epoch's training rows as a Subset (seeded by epoch, so resume replays it exactly)."""
+    return Subset(dataset, epoch_indices(frame, epoch, seed, views_per_epoch, imbalance).tolist())
+
+
+def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig,
+                     criterion: nn.Module, name: str, views_per_epoch: int = 2,
+                     imbalance: str = "weighted_sampler", distortion_p: float = 0.5,
+                     stop_after_steps: int | None = None) -> FitResult:
+    """Fine-tune `net` with the seeded per-epoch views, selecting on dev macro-F1.
+
+    The dev threshold is re-chosen every epoch, so selection compares models at their best
+    operating point, as they will be used.
+    """
+    mean, std = net.data_config["mean"], net.data_config["std"]
+    splits, aligned = task_data.splits, task_data.aligned
+    train_set = StreamDataset(task_data.images["train"], splits.train["label"].to_numpy(),
+                              transforms.create_train_transform(cfg.image_size, mean, std,
+                                                                distortion_p),
+                              None if aligned is None else aligned["train"])
+    dev_clean = (splits.dev["distortion"] == "clean").to_numpy()
+    dev_labels = splits.dev["label"].to_numpy()[dev_clean]
+    dev_images = task_data.images["dev"][dev_clean]
+    dev_aligned = None if aligned is None else aligned["dev"][dev_clean]
+
+    def make_epoch_loader(epoch: int):
+        subset = training_subset(train_set, splits.train, epoch, cfg.seed, views_per_epoch,
+                                 imbalance)
+        return make_loader(subset, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                           num_workers=cfg.num_workers, drop_last=len(subset) > cfg.batch_size)
+
+    def compute_loss(model: nn.Module, batch) -> torch.Tensor:
+        inputs, labels = batch
+        logits = model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
+        return criterion(logits, labels)
+
+    def evaluate(model: nn.Module) -> dict:
+        probs = predict_probs(model, dev_images, cfg, dev_aligned)
+        threshold = metrics.choose_threshold(dev_labels, probs)
+        return metrics.compute_classification_metrics(dev_labels, probs, threshold,
+                                                      class_names=CLASS_NAMES)
+
+    optimizer = create_optimizer(net, cfg.lr, cfg.weight_decay)
+    steps = max(1, len(epoch_indices(splits.train, 0, cfg.seed, views_per_epoch, imbalance))
+                // cfg.batch_size)
+    scheduler, interval = create_scheduler("cosine", optimizer, cfg.epochs, steps)
+    return fit(net, make_loader=make_epoch_loader, compute_loss=compute_loss, evaluate=evaluate,
+               optimizer=optimizer, scheduler=scheduler, scheduler_interval=interval,
+               epochs=cfg.epochs, monitor="f1_macro", mode="max", patience=cfg.patience,
+               device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
+               resume_path=cfg.weights_dir / f"{name}.resume.pt",
+               best_path=cfg.run_dir / "best_state.pt", stop_after_steps=stop_after_steps)
+
+
+def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
+                   ) -> tuple[float, dict, dict, np.ndarray]:
+    """Threshold chosen on dev, then dev and evaluated-split metrics at that threshold.
+
+    Returns (threshold, dev_metrics, eval_metrics, eval_probs).
+    """
+    splits, aligned = task_data.splits, task_data.aligned
+    probs = {name: predict_probs(net, task_data.images[name], cfg,
+                                 None if aligned is None else aligned[name], progress=True)
+             for name in ("dev", "eval")}
+    dev_clean = (splits.dev["distortion"] == "clean").to_numpy()
+    threshold = metrics.choose_threshold(splits.dev["label"].to_numpy()[dev_clean],
+                                         probs["dev"][dev_clean])
+    return (threshold, evaluate_views(splits.dev, probs["dev"], threshold),
+            evaluate_views(splits.eval, probs["eval"], threshold), probs["eval"])
