@@ -77,6 +77,19 @@ def test_uniform_and_gradient_images_fall_back_to_centre_crop(tmp_path):
     assert np.isnan(stats["mean_box_size_px"])
 
 
+def test_off_centre_bystander_is_ignored(tmp_path):
+    face = skimage.data.astronaut()[20:220, 130:330]  # 200x200 around the face
+    canvas = np.full((600, 600, 3), 90, dtype=np.uint8)
+    centred, corner = canvas.copy(), canvas.copy()
+    centred[200:400, 200:400] = face  # face centre at 0.0 offset
+    corner[0:200, 0:200] = face  # face centre 0.33 of the side off-centre (> 0.3)
+    Image.fromarray(centred).save(tmp_path / "centred.png")
+    Image.fromarray(corner).save(tmp_path / "corner.png")
+    result = faces.align_faces([tmp_path / "centred.png", tmp_path / "corner.png"],
+                               cache_dir=tmp_path, progress=False)
+    assert result.found.tolist() == [True, False]
+
+
 def test_shape_dtype_and_colour_modes(astronaut_path, tmp_path):
     rgb = Image.open(astronaut_path)
     paths = []
