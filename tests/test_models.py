@@ -1,0 +1,161 @@
+"""Tests for common/models.py and common/efficientfr.py: shapes, normalisation, fusion, freezing."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from common import models
+from common.efficientfr import create_efficientfr
+
+
+@pytest.fixture(autouse=True)
+def _no_random_init_warning():
+    """pretrained=False everywhere, so any weights warning here is a bug."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        yield
+
+
+def _unit_norms(embeddings: torch.Tensor) -> list[float]:
+    return embeddings.detach().norm(dim=1).tolist()
+
+
+def test_efficientfr_shapes_and_size():
+    model = create_efficientfr().eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(2, 3, 112, 112))
+        out = model(torch.randn(2, 3, 112, 112))
+    assert features.shape == (2, 512, 7, 7)
+    assert out.shape == (2, 512)
+    assert 1_000_000 < sum(p.numel() for p in model.parameters()) < 3_000_000
+
+
+def test_create_backbone_attaches_provenance_and_data_config():
+    backbone, num_features = models.create_backbone("efficientfr", pretrained=False)
+    assert num_features == 512
+    assert backbone.data_config["input_size"] == (3, 112, 112)
+    assert backbone.data_config["mean"] == (0.5, 0.5, 0.5)
+    assert backbone.weights_source.kind == "random" and backbone.pretrained is False
+
+    timm_backbone, timm_features = models.create_backbone("resnet10t", pretrained=False)
+    assert timm_features == 512
+    assert timm_backbone.data_config["std"] == (0.229, 0.224, 0.225)
+    with torch.no_grad():
+        assert timm_backbone.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_facenet_backbone_uses_fixed_standardisation():
+    backbone, num_features = models.create_backbone("inception_resnet_v1", pretrained=False)
+    assert num_features == 512
+    # (x - 127.5) / 128 on [0, 255] pixels == (x/255 - 0.5) / (128/255).
+    assert backbone.data_config["mean"] == (0.5, 0.5, 0.5)
+    assert backbone.data_config["std"] == pytest.approx((128 / 255,) * 3)
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="inception_resnet_v1"):
+        models.create_backbone("not_a_net", pretrained=False)
+    with pytest.raises(ValueError, match="dual_se"):
+        models.create_model("transformer_xl")
+
+
+def test_gender_classifier_logits():
+    model = models.create_model("gender", backbone_name="efficientfr", pretrained=False).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(3, 3, 64, 64))
+    assert logits.shape == (3, 2)
+    assert model.data_config["input_size"] == (3, 112, 112)
+    assert not model.weights_source.pretrained
+
+
+def test_dual_stream_se_uses_both_streams():
+    torch.manual_seed(0)
+    model = models.DualStreamSE("resnet10t", pretrained=False).eval()
+    assert model.se.gate[0].in_features == 2 * 512 and model.se.gate[0].out_features == 64
+    assert model.classifier.in_features == 1024
+    raw, aligned = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(raw, aligned)
+        other_aligned = model(raw, torch.randn(2, 3, 64, 64))
+        other_raw = model(torch.randn(2, 3, 64, 64), aligned)
+    assert logits.shape == (2, 2)
+    assert not torch.allclose(logits, other_aligned)
+    assert not torch.allclose(logits, other_raw)
+    assert model.backbone is not model.aligned_backbone
+
+
+def test_squeeze_excitation_gates_in_unit_interval():
+    se = models.SqueezeExcitation(8, reduction=4)
+    features = torch.ones(2, 8)
+    out = se(features)
+    assert out.shape == (2, 8)
+    assert torch.all((out > 0) & (out < 1))  # ones times sigmoid gates
+
+
+def test_embedding_net_l2_normalised():
+    model = models.EmbeddingNet("efficientfr", embedding_dim=64, pretrained=False)
+    embeddings = model(torch.randn(4, 3, 64, 64))  # train mode: BatchNorm1d over the batch
+    assert embeddings.shape == (4, 64)
+    assert _unit_norms(embeddings) == pytest.approx([1.0] * 4, abs=1e-5)
+
+
+def test_facenet_is_unprojected_inception_resnet_v1():
+    model = models.create_model("facenet", pretrained=False).eval()
+    assert isinstance(model.projection, torch.nn.Identity)
+    with torch.no_grad():
+        a, b = model.forward_pair(torch.randn(2, 3, 160, 160), torch.randn(2, 3, 160, 160))
+    assert a.shape == b.shape == (2, 512)
+    assert _unit_norms(a) == pytest.approx([1.0] * 2, abs=1e-5)
+    with pytest.raises(ValueError, match="project=True"):
+        models.EmbeddingNet("efficientfr", embedding_dim=128, pretrained=False, project=False)
+
+
+def test_siamese_shared_weights_and_norms():
+    model = models.create_model("siamese", backbone_name="efficientfr", pretrained=False).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model.forward_pair(x, x)
+    assert a.shape == (3, 128)
+    assert torch.allclose(a, b)
+    assert _unit_norms(a) == pytest.approx([1.0] * 3, abs=1e-5)
+
+
+def test_freeze_backbone_counts_and_flags():
+    model = models.GenderClassifier("efficientfr", pretrained=False)
+    backbone_numel = sum(p.numel() for p in model.backbone.parameters())
+    fc_numel = 512 * 512 + 512  # EfficientFR's last group is its Linear(512, 512) head
+    assert models.freeze_backbone(model, trainable_blocks=0) == backbone_numel
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())
+
+    assert models.freeze_backbone(model, trainable_blocks=1) == backbone_numel - fc_numel
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+
+    models.freeze_backbone(model, trainable_blocks=2)
+    trainable = {n.split(".")[0] + "." + n.split(".")[1]
+                 for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"stages.3", "fc.weight", "fc.bias"}
+
+    assert models.freeze_backbone(model, trainable_blocks=100) == 0
+
+
+def test_freeze_backbone_on_dual_stream_and_plain_module():
+    model = models.DualStreamSE("efficientfr", pretrained=False)
+    models.freeze_backbone(model)
+    assert not any(p.requires_grad for p in model.aligned_backbone.parameters())
+    assert all(p.requires_grad for p in model.se.parameters())
+    with pytest.raises(ValueError, match="Linear"):
+        models.freeze_backbone(torch.nn.Linear(2, 2))
+
+
+def test_explicit_weights_shared_between_models(tmp_path):
+    torch.manual_seed(0)
+    first = models.GenderClassifier("efficientfr", pretrained=False)
+    torch.save(first.backbone.state_dict(), tmp_path / "efficientfr.pth")
+    second = models.EmbeddingNet("efficientfr", pretrained=False,
+                                 weights=tmp_path / "efficientfr.pth")
+    assert second.weights_source.kind == "file"
+    assert torch.equal(first.backbone.fc.weight, second.backbone.fc.weight)
