@@ -81,13 +81,14 @@ def _open_image(path: str | os.PathLike, data: bytes | None = None,
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, "not an image (format not recognised)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(path, f"corrupt header ({exc})") from exc
+        reason = "truncated" if "truncated" in str(exc).lower() else f"corrupt header ({exc})"
+        raise ImageReadError(path, reason) from exc
     if draft_size is not None and image.format == "JPEG":
         image.draft(None, (draft_size, draft_size))
     try:
         image.load()
     except OSError as exc:
-        reason = "truncated" if "truncated" in str(exc) else f"corrupt data ({exc})"
+        reason = "truncated" if "truncated" in str(exc).lower() else f"corrupt data ({exc})"
         raise ImageReadError(path, reason) from exc
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageReadError(path, f"corrupt data ({exc})") from exc
