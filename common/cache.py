@@ -130,10 +130,10 @@ def _decode_resized(path: str, image_size: int) -> np.ndarray:
     image = _to_rgb(_open_image(path, draft_size=image_size))
     width, height = image.size
     side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                           box=(left, top, left + side, top + side))
-    return np.asarray(resized, dtype=np.uint8)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((image_size, image_size), Image.Resampling.BILINEAR),
+                      dtype=np.uint8)
 
 
 def _stable_relpath(path: Path, common: Path) -> str:

@@ -1,0 +1,207 @@
+"""Tests for common/cache.py: strict decoding and mode conversion, fingerprints, array cache,
+ImageArrayDataset."""
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
+
+from common import cache
+from common.cache import ImageArrayDataset, ImageReadError, load_image, load_image_array
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "facecom"
+needs_real = pytest.mark.skipif(not REAL_DATA.exists(),
+                                reason="needs ../shared/data/facecom (real FACECOM train split)")
+
+
+def save(image: Image.Image, path: Path, fmt: str = "PNG", **kwargs) -> Path:
+    image.save(path, fmt, **kwargs)
+    return path
+
+
+def noise_jpeg(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return save(Image.fromarray(pixels), path, "JPEG", quality=90)
+
+
+def test_mode_conversions(tmp_path: Path) -> None:
+    grey = load_image(save(Image.new("L", (5, 4), 77), tmp_path / "l.png"))
+    assert grey.shape == (4, 5, 3) and grey.dtype == np.uint8 and (grey == 77).all()
+    clear = load_image(save(Image.new("LA", (3, 3), (10, 0)), tmp_path / "la.png"))
+    assert (clear == 255).all()  # transparent -> white background
+    half = load_image(save(Image.new("RGBA", (3, 3), (200, 0, 0, 128)), tmp_path / "rgba.png"))
+    # 200 * 128/255 + 255 * 127/255 = 227.4 ; 0 * 128/255 + 255 * 127/255 = 127.0
+    assert np.abs(half[0, 0].astype(int) - [227, 127, 127]).max() <= 1
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    assert (load_image(save(palette, tmp_path / "p.png")) == [10, 20, 30]).all()
+    palette.info["transparency"] = 1
+    assert (load_image(save(palette, tmp_path / "pt.png")) == 255).all()
+    cmyk = load_image(save(Image.new("CMYK", (2, 2), (0, 255, 0, 0)), tmp_path / "c.tif", "TIFF"))
+    assert (cmyk == [255, 0, 255]).all()  # no cyan/yellow/black, full magenta
+    deep = np.array([[0, 32896, 65535]], dtype=np.uint16)  # 32896 * 255 / 65535 = 128
+    sixteen = load_image(save(Image.fromarray(deep), tmp_path / "g16.png"))
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    assert sixteen[0, :, 0].tolist() == [0, 128, 255] and (sixteen[..., 0] == sixteen[..., 2]).all()
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    path = save(Image.new("RGB", (20, 10), (0, 0, 255)), tmp_path / "o.jpg", "JPEG",
+                exif=exif.tobytes())
+    assert load_image(path).shape == (20, 10, 3)
+
+
+def test_unreadable_files_raise_with_reason(tmp_path: Path) -> None:
+    good = noise_jpeg(tmp_path / "good.jpg").read_bytes()
+    cases = {
+        "zero.jpg": (b"", "zero-byte file"),
+        "text.jpg": (b"just some text", "not an image (format not recognised)"),
+        "cut.jpg": (good[: len(good) // 2], "truncated"),
+        "padded.jpg": (good[: len(good) // 2] + bytes(len(good)), "truncated (JPEG end marker missing)"),
+    }
+    for name, (content, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ImageReadError) as info:
+            load_image(tmp_path / name)
+        assert info.value.reason == reason and info.value.path == str(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "validate_dataset" in str(info.value)
+    with pytest.raises(ImageReadError, match="cannot open file"):
+        load_image(tmp_path / "missing.jpg")
+
+
+def test_fingerprint_stable_across_roots_and_order(tmp_path: Path) -> None:
+    for root in ("a", "b"):
+        folder = tmp_path / root / "Task_A" / "train" / "male"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            noise_jpeg(folder / f"{i}.jpg", seed=i)
+    paths_a = sorted(str(p) for p in (tmp_path / "a").rglob("*.jpg"))
+    paths_b = sorted(str(p) for p in (tmp_path / "b").rglob("*.jpg"))
+    assert cache.compute_fingerprint(paths_a) == cache.compute_fingerprint(paths_b[::-1])
+    assert cache.compute_fingerprint(paths_a) != cache.compute_fingerprint(paths_a[:2])
+    with open(paths_a[0], "ab") as handle:
+        handle.write(b"\0")
+    assert cache.compute_fingerprint(paths_a) != cache.compute_fingerprint(paths_b)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # PNG so the expected values need no JPEG draft scaling (the real-data test covers that)
+    rng = np.random.default_rng(0)
+    paths = [save(Image.fromarray(rng.integers(0, 256, (30, 40 + 8 * i, 3), dtype=np.uint8)),
+                  folder / f"{i}.png") for i in range(4)]
+    # 60x20: blue | red 20x20 centre | blue -> a centre crop is all red
+    banded = np.zeros((20, 60, 3), dtype=np.uint8)
+    banded[:, :, 2] = 255
+    banded[:, 20:40] = [255, 0, 0]
+    paths.append(save(Image.fromarray(banded), folder / "banded.png"))
+    return [str(p) for p in paths]
+
+
+def test_load_image_array_resizes_centre_crops_and_caches(images: list[str], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir = tmp_path / "cache"
+    array = load_image_array(images, 10, cache_dir=cache_dir, progress=False, workers=2)
+    assert isinstance(array, np.memmap) and array.shape == (5, 10, 10, 3)
+    assert array.dtype == np.uint8 and not array.flags.writeable
+    for row, path in zip(array, images):
+        full = Image.fromarray(load_image(path))
+        side = min(full.size)
+        left, top = (full.size[0] - side) // 2, (full.size[1] - side) // 2
+        expected = full.crop((left, top, left + side, top + side)).resize((10, 10),
+                                                                          Image.BILINEAR)
+        assert np.array_equal(row, np.asarray(expected))
+    assert (array[4, :, 1:-1] == [255, 0, 0]).all()  # interior of the crop is the red band
+    assert sorted(p.name for p in cache_dir.iterdir()) == [Path(array.filename).name]
+
+    def fail(path: str, image_size: int) -> np.ndarray:
+        raise AssertionError(f"decoded {path} although the cache should hit")
+
+    monkeypatch.setattr(cache, "_decode_resized", fail)
+    again = load_image_array(images, 10, cache_dir=cache_dir, progress=False)
+    assert np.array_equal(again, array)
+    with pytest.raises(AssertionError, match="decoded"):  # another size is another cache entry
+        load_image_array(images, 12, cache_dir=cache_dir, progress=False)
+
+
+def test_cache_invalidated_by_changed_file_list(images: list[str], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir = tmp_path / "cache"
+    first = load_image_array(images, 8, cache_dir=cache_dir, progress=False)
+    decoded = []
+    original = cache._decode_resized
+
+    def counting(path: str, image_size: int) -> np.ndarray:
+        decoded.append(path)
+        return original(path, image_size)
+
+    monkeypatch.setattr(cache, "_decode_resized", counting)
+    extra = str(noise_jpeg(Path(images[0]).parent / "new.jpg", seed=9))
+    grown = load_image_array([*images, extra], 8, cache_dir=cache_dir, progress=False)
+    assert grown.shape == (6, 8, 8, 3) and len(decoded) == 6
+    assert np.array_equal(grown[:5], first)
+    reordered = load_image_array(images[::-1], 8, cache_dir=cache_dir, progress=False)
+    assert np.array_equal(reordered, first[::-1]) and len(decoded) == 11
+
+
+def test_bad_image_raises_and_leaves_no_cache(images: list[str], tmp_path: Path) -> None:
+    bad = Path(images[0]).parent / "bad.jpg"
+    bad.write_bytes(b"")
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(ImageReadError) as info:
+        load_image_array([*images, str(bad)], 8, cache_dir=cache_dir, progress=False)
+    assert info.value.path == str(bad)
+    assert list(cache_dir.iterdir()) == []  # no partial or temporary file left behind
+
+
+def test_dataset_without_and_with_transform(images: list[str], tmp_path: Path) -> None:
+    array = load_image_array(images, 8, cache_dir=tmp_path / "cache", progress=False)
+    plain = ImageArrayDataset(array, [0, 1, 0, 1, 1])
+    tensor, label = plain[4]
+    assert tensor.shape == (3, 8, 8) and tensor.dtype == torch.float32 and label == 1
+    assert torch.equal(tensor[:, 3, 3], torch.tensor([1.0, 0.0, 0.0]))  # red centre in [0, 1]
+    to_tensor = ImageArrayDataset(array, np.arange(5), A.Compose([ToTensorV2()]),
+                                  extra=list("abcde"))
+    image, label, extra = to_tensor[2]
+    assert torch.equal(image, torch.from_numpy(np.array(array[2])).permute(2, 0, 1))
+    assert (label, extra) == (2, "c")
+    with pytest.raises(ValueError, match="one label per image"):
+        ImageArrayDataset(array, [0, 1])
+
+
+def test_dataset_pickles_memmap_by_file_name(images: list[str], tmp_path: Path) -> None:
+    array = load_image_array(images, 32, cache_dir=tmp_path / "cache", progress=False)
+    dataset = ImageArrayDataset(array, [0] * 5)
+    payload = pickle.dumps(dataset)
+    assert len(payload) < array.nbytes // 4  # the 15 KB of pixels are not in the pickle
+    restored = pickle.loads(payload)
+    assert torch.equal(restored[3][0], dataset[3][0])
+    sliced = ImageArrayDataset(array[1:3], [0, 0])  # a slice must travel as data
+    assert torch.equal(pickle.loads(pickle.dumps(sliced))[1][0], dataset[2][0])
+
+
+@needs_real
+def test_real_large_jpeg_draft_decode_close_to_full_decode(tmp_path: Path) -> None:
+    frontal = sorted((REAL_DATA / "Task_B" / "train").glob("*_frontal/*.jpg"))[:4]
+    assert frontal and max(Image.open(p).size[1] for p in frontal) >= 448
+    array = load_image_array([str(p) for p in frontal], 112, cache_dir=tmp_path, progress=False)
+    for row, path in zip(array, frontal):
+        full = Image.fromarray(load_image(path))
+        side = min(full.size)
+        left, top = (full.size[0] - side) // 2, (full.size[1] - side) // 2
+        expected = full.crop((left, top, left + side, top + side)).resize((112, 112),
+                                                                          Image.BILINEAR)
+        assert np.abs(row.astype(float) - np.asarray(expected, dtype=float)).mean() < 3.0
+    shutil.rmtree(tmp_path)
