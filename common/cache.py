@@ -136,14 +136,21 @@ def _decode_resized(path: str, image_size: int) -> np.ndarray:
                       dtype=np.uint8)
 
 
-def _stable_relpath(path: Path, common: Path) -> str:
+def _stable_relpath(path: str, common: str) -> str:
     """The part from ``Task_A``/``Task_B`` on when present (same on every machine), else
     relative to the list's common folder."""
-    parts = path.parts
+    parts = Path(path).parts
     for index in range(len(parts) - 1, -1, -1):
         if parts[index] in _TASK_DIRS:
             return "/".join(parts[index:])
-    return path.relative_to(common).as_posix()
+    return Path(os.path.relpath(path, common)).as_posix()
+
+
+def _entries(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """``relative path<TAB>size`` per path, in the given order."""
+    absolute = [os.path.abspath(os.fspath(p)) for p in paths]
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [f"{_stable_relpath(p, common)}\t{os.stat(p).st_size}" for p in absolute]
 
 
 def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
@@ -156,22 +163,15 @@ def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
     Raises:
         FileNotFoundError: a path does not exist.
     """
-    resolved = [Path(p).resolve() for p in paths]
-    if not resolved:
-        return hashlib.sha1(b"").hexdigest()
-    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    entries = sorted(f"{_stable_relpath(p, common)}\t{p.stat().st_size}" for p in resolved)
+    entries = sorted(_entries(paths)) if len(paths) else []
     return hashlib.sha1("\n".join(entries).encode("utf-8")).hexdigest()
 
 
 def _cache_key(paths: Sequence[str], image_size: int) -> str:
-    """Fingerprint plus the list order (rows of the array follow it) and the decoder version."""
-    digest = hashlib.sha1()
-    digest.update(f"v{CACHE_VERSION}:{image_size}:{compute_fingerprint(paths)}".encode())
-    resolved = [Path(p).resolve() for p in paths]
-    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    for path in resolved:
-        digest.update(_stable_relpath(path, common).encode("utf-8") + b"\n")
+    """Like the fingerprint but in list order (rows follow it), plus size and decoder version."""
+    entries = _entries(paths)
+    digest = hashlib.sha1(f"v{CACHE_VERSION}:{image_size}\n".encode())
+    digest.update("\n".join(entries).encode("utf-8"))
     return digest.hexdigest()[:20]
 
 

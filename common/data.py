@@ -103,7 +103,8 @@ def _clean_identity_map(root: Path, split: str) -> dict[str, str]:
     folder = root / "Task_B" / split
     if not folder.is_dir():
         return {}
-    return {f.name: d.name for d in _dirs(folder) for f in _files(Path(d.path)) if _is_image(f.name)}
+    return {f.name: d.name for d in _dirs(folder) for f in _files(Path(d.path))
+            if _is_image(f.name)}
 
 
 def read_task_a(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:

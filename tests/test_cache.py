@@ -67,7 +67,8 @@ def test_unreadable_files_raise_with_reason(tmp_path: Path) -> None:
         "zero.jpg": (b"", "zero-byte file"),
         "text.jpg": (b"just some text", "not an image (format not recognised)"),
         "cut.jpg": (good[: len(good) // 2], "truncated"),
-        "padded.jpg": (good[: len(good) // 2] + bytes(len(good)), "truncated (JPEG end marker missing)"),
+        "padded.jpg": (good[: len(good) // 2] + bytes(len(good)),
+                       "truncated (JPEG end marker missing)"),
     }
     for name, (content, reason) in cases.items():
         (tmp_path / name).write_bytes(content)

@@ -150,7 +150,8 @@ def test_layout_errors_name_path_layout_and_fix(tmp_path: Path, facecom: Path) -
     (tmp_path / "photos").mkdir()
     with pytest.raises(data.DatasetLayoutError, match="no Task_A/ or Task_B/"):
         data.validate_dataset(tmp_path / "photos")
-    with pytest.raises(data.DatasetLayoutError, match=r"split folder missing \(present: \['train'\]"):
+    with pytest.raises(data.DatasetLayoutError,
+                       match=r"split folder missing \(present: \['train'\]"):
         data.read_task_a(facecom, "val")
     (facecom / "Task_A" / "test").mkdir()
     with pytest.raises(data.DatasetLayoutError, match="neither male/ nor female/"):
