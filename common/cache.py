@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
-    "ImageArrayDataset", "CACHE_VERSION",
+    "ImageArrayDataset", "CACHE_VERSION", "cpu_count",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -57,6 +57,13 @@ class ImageReadError(OSError):
         super().__init__(
             f"Cannot read image {self.path}: {reason}. Run common.data.validate_dataset() on the "
             "data root and drop report.excluded (report.filter(df)), or replace the file.")
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (the affinity mask in containers, else os.cpu_count())."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _open_image(path: str | os.PathLike, data: bytes | None = None,
@@ -191,7 +198,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         image_size: output side S in pixels.
         cache_dir: cache folder; ``None`` means ``common.config.CACHE_DIR`` (``data/cache``).
         progress: show a tqdm bar while decoding.
-        workers: decoding threads (Pillow releases the GIL); ``None`` = number of CPUs.
+        workers: decoding threads (Pillow releases the GIL); ``None`` = `cpu_count()`.
 
     Raises:
         ImageReadError: a file cannot be decoded (validation should have excluded it).
@@ -214,12 +221,15 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         def fill(index: int) -> None:
             array[index] = _decode_resized(paths[index], image_size)
 
-        n_workers = workers or len(os.sched_getaffinity(0))
-        with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-            done = pool.map(fill, range(len(paths)))
-            for _ in tqdm(done, total=len(paths), disable=not progress,
-                          desc=f"decoding {len(paths)} images at {image_size}px"):
-                pass
+        with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
+            try:
+                for _ in tqdm(pool.map(fill, range(len(paths))), total=len(paths),
+                              disable=not progress,
+                              desc=f"decoding {len(paths)} images at {image_size}px"):
+                    pass
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # do not decode the rest before raising
+                raise
         array.flush()
         del array
         os.replace(tmp, target)

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from common.cache import (ImageArrayDataset, ImageReadError, _open_image, compute_fingerprint,
-                          load_image, load_image_array)
+                          cpu_count, load_image, load_image_array)
 from common.distortions import DISTORTIONS
 
 __all__ = [
@@ -402,7 +402,7 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
                              for p in distorted.loc[(distorted["source"] == "")
                                                     & (distorted["distortion"] != "unknown"),
                                                     "path"]]
-    with ThreadPoolExecutor(max_workers=workers or len(os.sched_getaffinity(0))) as pool:
+    with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
         results = list(tqdm(pool.map(_check_file, files, chunksize=32), total=len(files),
                             disable=not progress, desc=f"validating {len(files)} files"))
     notes, excluded = [], set()

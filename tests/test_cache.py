@@ -2,7 +2,6 @@
 ImageArrayDataset."""
 from __future__ import annotations
 
-import io
 import pickle
 import shutil
 from pathlib import Path
