@@ -91,8 +91,9 @@ def main() -> None:
         cache_mb = sum(os.path.getsize(p) for p in Path(cache_dir).iterdir()) / 2**20
 
     cpus = len(os.sched_getaffinity(0))
-    print(f"\nLoader benchmark: {args.data_dir}, {size} px, {cpus} CPUs, "
-          f"cache {cache_mb:,.0f} MB\n")
+    load = os.getloadavg()[0]
+    print(f"\nLoader benchmark: {args.data_dir}, {size} px, {cpus} CPUs (1-min load {load:.1f}: "
+          f"other processes slow every row), cache {cache_mb:,.0f} MB\n")
     print("| stage | images | seconds | images/s |")
     print("|---|---:|---:|---:|")
     for name, count, seconds in rows:
