@@ -1,4 +1,4 @@
-"""albumentations train/eval pipelines: uint8 RGB (H, W, 3) in, normalised float tensor (3, S, S) out.
+"""albumentations pipelines: uint8 RGB (H, W, 3) in, normalised float tensor (3, S, S) out.
 
 mean/std come from the backbone's data config (`module.data_config`), never retyped here. The train
 pipeline adds FACECOM's own distortions (common.distortions) so that a model sees blurred, foggy,

@@ -51,7 +51,7 @@ def test_train_with_distortion_changes_image_and_is_seeded():
     assert (outs[0] - outs[2]).abs().mean() > 0.1  # same geometry/colour draws, plus distortion
 
 
-def test_distortion_transform_always_distorts_flat_image():
+def test_distortion_transform_always_changes_textured_image():
     transform = FacecomDistortion(p=1.0)
     transform.set_random_seed(0)
     image = _image(64, 64)
