@@ -24,7 +24,9 @@ class FacecomDistortion(A.ImageOnlyTransform):
     """Apply one FACECOM distortion, chosen uniformly from `names`, with a random strength.
 
     The distortion seed is drawn from the transform's own generator, which albumentations seeds
-    from `Compose(seed=...)` and re-seeds per DataLoader worker, so augmentation is reproducible.
+    from `Compose(seed=...)`, so augmentation is reproducible. albumentations 2.0.8 does not
+    re-seed in DataLoader workers: forked workers would repeat one stream unless the worker init
+    calls `dataset.transform.set_random_seed(torch.initial_seed() % 2**32)`.
 
     Args:
         names: distortion names to choose from (default: all of DISTORTIONS).
@@ -86,7 +88,8 @@ def create_train_transform(image_size: int, mean: Sequence[float], std: Sequence
         image_size: output side S in pixels.
         mean, std: per-channel normalisation of the backbone (0-1 pixel scale).
         distortion_p: probability of one random FACECOM distortion per image.
-        seed: seeds the pipeline's random generators (None = fresh entropy).
+        seed: seeds the pipeline's random generators (None = fresh entropy); re-seed per
+            DataLoader worker with `.set_random_seed(...)`, see FacecomDistortion.
 
     Returns:
         A Compose mapping `image=` uint8 (H, W, 3) RGB to a float32 tensor (3, S, S).
