@@ -77,11 +77,33 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _seedable_transforms(obj: object, depth: int = 4) -> list:
+    """Transforms with `set_random_seed` reachable from a dataset (through Subset/wrappers)."""
+    found = []
+    if depth < 0 or obj is None:
+        return found
+    transform = getattr(obj, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        found.append(transform)
+    for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
+        if isinstance(value, torch.utils.data.Dataset):
+            found += _seedable_transforms(value, depth - 1)
+    return found
+
+
 def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: derive NumPy/random seeds from torch's per-worker seed."""
+    """DataLoader `worker_init_fn`: derive NumPy/random seeds from torch's per-worker seed.
+
+    albumentations keeps its own generators, copied as-is into forked workers, so they are
+    re-seeded too; otherwise every worker would repeat the same augmentations.
+    """
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        for transform in _seedable_transforms(info.dataset):
+            transform.set_random_seed(worker_seed)
 
 
 def make_generator(seed: int) -> torch.Generator:

@@ -25,7 +25,7 @@ from common.train import FitResult, fit, predict_batches
 __all__ = ["BACKBONES", "EPOCHS", "TaskAData", "load_views", "prepare_data", "epoch_indices",
            "create_classifier", "create_loss", "StreamDataset", "predict_probs",
            "evaluate_views", "model_card", "training_subset", "train_classifier",
-           "evaluate_model"]
+           "evaluate_model", "metrics_table", "worst_errors"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b3"}
 EPOCHS = {"cpu": 8, "gpu": 25}
@@ -164,14 +164,15 @@ def create_loss(kind: str, labels: np.ndarray, imbalance: str, gamma: float = 2.
     raise ValueError(f"Unknown loss={kind!r}; choose 'focal' or 'ce'.")
 
 
-def predict_probs(model: nn.Module, images: np.ndarray, cfg: ExperimentConfig,
-                  aligned: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+def predict_probs(model: nn.Module, images: np.ndarray, image_size: int,
+                  device: torch.device | str = "cpu", aligned: np.ndarray | None = None,
+                  batch_size: int = 128, progress: bool = False) -> np.ndarray:
     """P(female) for every row of `images` (and `aligned` for the dual-stream model)."""
     mean, std = model.data_config["mean"], model.data_config["std"]
     dataset = StreamDataset(images, np.zeros(len(images), dtype=np.int64),
-                            transforms.create_eval_transform(cfg.image_size, mean, std), aligned)
-    loader = make_loader(dataset, cfg.batch_size * 2, num_workers=0)
-    logits = predict_batches(model, loader, cfg.device, progress=progress, desc="predict")
+                            transforms.create_eval_transform(image_size, mean, std), aligned)
+    loader = make_loader(dataset, batch_size, num_workers=0)
+    logits = predict_batches(model, loader, device, progress=progress, desc="predict")
     return torch.softmax(logits, dim=1)[:, 1].numpy()
 
 
@@ -250,7 +251,8 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
         return criterion(logits, labels)
 
     def evaluate(model: nn.Module) -> dict:
-        probs = predict_probs(model, dev_images, cfg, dev_aligned)
+        probs = predict_probs(model, dev_images, cfg.image_size, cfg.device, dev_aligned,
+                              cfg.batch_size * 2)
         threshold = metrics.choose_threshold(dev_labels, probs)
         return metrics.compute_classification_metrics(dev_labels, probs, threshold,
                                                       class_names=CLASS_NAMES)
@@ -274,11 +276,30 @@ def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
     Returns (threshold, dev_metrics, eval_metrics, eval_probs).
     """
     splits, aligned = task_data.splits, task_data.aligned
-    probs = {name: predict_probs(net, task_data.images[name], cfg,
-                                 None if aligned is None else aligned[name], progress=True)
+    probs = {name: predict_probs(net, task_data.images[name], cfg.image_size, cfg.device,
+                                 None if aligned is None else aligned[name], cfg.batch_size * 2,
+                                 progress=True)
              for name in ("dev", "eval")}
     dev_clean = (splits.dev["distortion"] == "clean").to_numpy()
     threshold = metrics.choose_threshold(splits.dev["label"].to_numpy()[dev_clean],
                                          probs["dev"][dev_clean])
     return (threshold, evaluate_views(splits.dev, probs["dev"], threshold),
             evaluate_views(splits.eval, probs["eval"], threshold), probs["eval"])
+
+
+def metrics_table(results: dict[str, dict]) -> pd.DataFrame:
+    """Headline metrics side by side, one column per split."""
+    keys = ("accuracy", "balanced_accuracy", "precision_female", "recall_female", "f1_female",
+            "precision_male", "recall_male", "f1_male", "precision_macro", "recall_macro",
+            "f1_macro", "roc_auc", "average_precision", "accuracy_distorted")
+    return pd.DataFrame({split: [values.get(key) for key in keys]
+                         for split, values in results.items()}, index=keys)
+
+
+def worst_errors(frame: pd.DataFrame, probs: np.ndarray, threshold: float,
+                 n: int = 16) -> pd.DataFrame:
+    """Misclassified rows, most confidently wrong first (column `prob` = P(female))."""
+    table = frame.assign(prob=probs)
+    wrong = table[(table["prob"] >= threshold).astype(int) != table["label"]]
+    confidence = (wrong["prob"] - threshold).abs()
+    return wrong.assign(confidence=confidence).sort_values("confidence", ascending=False).head(n)

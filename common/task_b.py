@@ -16,16 +16,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import cache, data, losses, metrics, transforms
+from common import cache, data, evaluation, losses, metrics, models, transforms
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
 
-__all__ = ["BACKBONES", "EPOCHS", "TaskBData", "prepare_data", "EmbeddingClassifier",
-           "PairDataset", "embed", "evaluate_gallery", "pair_list", "verification_metrics",
-           "train_arcface", "train_pairs"]
+__all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
+           "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset", "embed",
+           "train_arcface", "train_pairs", "model_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
+SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 
 
@@ -57,6 +58,24 @@ def prepare_data(cfg: ExperimentConfig) -> TaskBData:
                                   ("eval", splits.eval))}
     identities = sorted(splits.train["identity"].unique())
     return TaskBData(splits, images, {name: i for i, name in enumerate(identities)})
+
+
+def backbone_for(model: str, backbone: str) -> str:
+    """The backbone a Task B model kind implies: `facenet` and `efficientfr` fix their own."""
+    fixed = {"facenet": "inception_resnet_v1", "efficientfr": "efficientfr"}
+    if model not in ("embedding", *fixed):
+        raise ValueError(f"Unknown model={model!r}; choose embedding, facenet or efficientfr.")
+    return fixed.get(model, backbone)
+
+
+def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512) -> nn.Module:
+    """The embedding network of a Task B model kind (see `backbone_for`)."""
+    if model == "facenet":
+        return models.create_model("facenet", embedding_dim=embedding_dim,
+                                   pretrained=cfg.pretrained, weights=cfg.weights or None)
+    return models.create_model("embedding", backbone_name=backbone_for(model, cfg.backbone),
+                               embedding_dim=embedding_dim, pretrained=cfg.pretrained,
+                               weights=cfg.weights or None)
 
 
 class EmbeddingClassifier(nn.Module):
@@ -93,53 +112,17 @@ class PairDataset(Dataset):
         return (self.images[int(i)][0], self.images[int(j)][0]), float(same)
 
 
-def embed(model: nn.Module, images: np.ndarray, cfg: ExperimentConfig, mean, std,
-          flip_tta: bool = False, progress: bool = False) -> np.ndarray:
+def embed(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
+          device: torch.device | str = "cpu", batch_size: int = 128, flip_tta: bool = False,
+          progress: bool = False) -> np.ndarray:
     """(N, D) L2-normalised embeddings; with `flip_tta` the mean of image and mirror, renormalised."""
-    dataset = cache.ImageArrayDataset(images, np.zeros(len(images), dtype=np.int64),
-                                      transforms.create_eval_transform(cfg.image_size, mean, std))
-    loader = make_loader(dataset, cfg.batch_size * 2, num_workers=0)
-    embeddings = predict_batches(model, loader, cfg.device, progress=progress, desc="embed")
-    if flip_tta:
-        flipped = cache.ImageArrayDataset(np.ascontiguousarray(images[:, :, ::-1]),
-                                          np.zeros(len(images), dtype=np.int64),
-                                          dataset.transform)
-        embeddings = embeddings + predict_batches(
-            model, make_loader(flipped, cfg.batch_size * 2), cfg.device, progress=progress,
-            desc="embed (flip)")
-    return nn.functional.normalize(embeddings, dim=1).numpy()
-
-
-def evaluate_gallery(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str = "max",
-                     exclude_own_source: bool = False) -> dict:
-    """The official retrieval protocol on one split: clean rows are the gallery, distorted rows
-    the queries. Returns `metrics.compute_retrieval_metrics` output."""
-    is_clean = (frame["distortion"] == "clean").to_numpy()
-    if not is_clean.any() or is_clean.all():
-        raise ValueError("Gallery retrieval needs both clean (gallery) and distorted (query) "
-                         f"images; this split has {is_clean.sum()} clean of {len(frame)}.")
-    gallery, queries = frame[is_clean], frame[~is_clean]
-    return metrics.compute_retrieval_metrics(
-        embeddings[is_clean], gallery["identity"].to_numpy(),
-        embeddings[~is_clean], queries["identity"].to_numpy(),
-        query_distortions=queries["distortion"].to_numpy(),
-        query_sources=queries["source"].to_numpy(), gallery_sources=gallery["path"].to_numpy(),
-        aggregate=aggregate, exclude_own_source=exclude_own_source)
-
-
-def pair_list(frame: pd.DataFrame, n_pairs: int, seed: int) -> pd.DataFrame:
-    """A fixed, seeded, balanced list of (i, j, same) row pairs of one split."""
-    return metrics.make_pairs(frame["identity"].to_numpy(), n_pairs=n_pairs, seed=seed,
-                              distortions=frame["distortion"].to_numpy())
-
-
-def verification_metrics(embeddings: np.ndarray, pairs: pd.DataFrame,
-                         threshold: float | None = None) -> dict:
-    """Pair verification on cosine similarity (threshold None = best-accuracy threshold)."""
-    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
-    scores = (embeddings[i] * embeddings[j]).sum(axis=1)
-    return metrics.compute_verification_metrics(scores, pairs["same"].to_numpy().astype(bool),
-                                                threshold=threshold)
+    transform = transforms.create_eval_transform(image_size, mean, std)
+    labels = np.zeros(len(images), dtype=np.int64)
+    views = [images, np.ascontiguousarray(images[:, :, ::-1])] if flip_tta else [images]
+    total = sum(predict_batches(model, make_loader(cache.ImageArrayDataset(view, labels, transform),
+                                                   batch_size), device, progress=progress,
+                                desc="embed") for view in views)
+    return nn.functional.normalize(total, dim=1).numpy()
 
 
 def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoch_loader,
@@ -147,12 +130,15 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
                    schedule: str, lr: float, stop_after_steps: int | None) -> FitResult:
     """Shared by every Task B recipe: dev retrieval + dev pair verification, best by `monitor`."""
     dev = task_data.splits.dev
-    dev_pairs = pair_list(dev, n_pairs=min(2000, 4 * len(dev)), seed=cfg.seed)
+    dev_pairs = evaluation.make_pair_list(dev, min(2000, 4 * len(dev)), seed=cfg.seed)
+    first, second = dev_pairs["i"].to_numpy(), dev_pairs["j"].to_numpy()
 
     def evaluate(trained: nn.Module) -> dict:
-        embeddings = embed(trained, task_data.images["dev"], cfg, mean, std)
-        retrieval = evaluate_gallery(dev, embeddings)
-        verification = verification_metrics(embeddings, dev_pairs)
+        embeddings = embed(trained, task_data.images["dev"], cfg.image_size, mean, std,
+                           cfg.device, cfg.batch_size * 2)
+        retrieval = metrics.summarize_retrieval(evaluation.retrieval_table(dev, embeddings))
+        similarity = (embeddings[first] * embeddings[second]).sum(axis=1)
+        verification = metrics.compute_verification_metrics(similarity, dev_pairs["same"])
         return {"top1": retrieval["top1"], "top5": retrieval["top5"],
                 "f1_macro": retrieval["f1_macro"], "pair_accuracy": verification["accuracy"],
                 "pair_roc_auc": verification["roc_auc"]}
@@ -206,16 +192,15 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
     train = task_data.splits.train
     transform = transforms.create_train_transform(cfg.image_size, mean, std, distortion_p)
     criterion = losses.ContrastiveLoss(margin=margin)
-    n_pairs = pairs_per_epoch or 2 * len(train)
+    n_pairs = pairs_per_epoch or max(1, len(train) // 2)  # as many images as an ArcFace epoch
 
     def make_epoch_loader(epoch: int):
         hard_from = None
         if hard_negatives and epoch > 0:
-            hard_from = embed(model, task_data.images["train"], cfg, mean, std)
-        pairs = metrics.make_pairs(train["identity"].to_numpy(), n_pairs=n_pairs,
-                                   seed=cfg.seed * 7919 + epoch,
-                                   distortions=train["distortion"].to_numpy(),
-                                   hard_negatives_from=hard_from)
+            hard_from = embed(model, task_data.images["train"], cfg.image_size, mean, std,
+                              cfg.device, cfg.batch_size * 2)
+        pairs = evaluation.make_pair_list(train, n_pairs, seed=cfg.seed * 7919 + epoch,
+                                          hard_negatives_from=hard_from)
         return make_loader(PairDataset(task_data.images["train"], pairs, transform),
                            cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                            num_workers=cfg.num_workers, drop_last=n_pairs > cfg.batch_size)
@@ -226,3 +211,29 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
 
     return _fit_embedding(model, cfg, name, make_epoch_loader, compute_loss, task_data, mean,
                           std, monitor, epochs, "cosine", lr, stop_after_steps)
+
+
+def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
+               report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
+               pair_threshold: float | None = None) -> dict:
+    """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it)."""
+    if model == "facenet":
+        kind, kwargs = "facenet", {"embedding_dim": embedder.embedding_dim}
+    elif model == "siamese":
+        kind, kwargs = "siamese", {"backbone_name": cfg.backbone}
+    else:
+        kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
+                                     "embedding_dim": embedder.embedding_dim}
+    source = embedder.weights_source
+    return {
+        "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,
+        "backbone": cfg.backbone, "image_size": cfg.image_size,
+        "mean": list(embedder.data_config["mean"]), "std": list(embedder.data_config["std"]),
+        "aligned": False, "similarity_threshold": report.verification["threshold"],
+        "pair_distance_threshold": pair_threshold, "data_fingerprint": fingerprint,
+        "dev_metrics": {"top1": report.dev["top1"], "f1_macro": report.dev["f1_macro"]},
+        "weights_source": str(source), "pretrained": bool(getattr(source, "pretrained", False)),
+        "holdout_identities": (sorted(splits.eval["identity"].unique())
+                               if splits.eval_name == "holdout" else None),
+        "config": cfg.summary(),
+    }

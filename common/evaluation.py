@@ -1,0 +1,185 @@
+"""Task B reports shared by notebooks 02, 03 and 04: gallery retrieval (plain and harder
+variant), the verification view with a dev-calibrated threshold, Siamese pair verification, and
+the failure cases behind the figures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from common import data, metrics
+
+__all__ = ["GalleryReport", "PairReport", "retrieval_table", "gallery_report", "pair_report", "make_pair_list",
+           "retrieval_failures", "worst_pairs", "load_rows"]
+
+FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
+
+
+def retrieval_table(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str = "max",
+                    exclude_own_source: bool = False, seed: int = 0) -> pd.DataFrame:
+    """The official protocol on one split: clean rows are the gallery, distorted rows the
+    queries. One row per scored query (see `metrics.compute_retrieval_table`), plus the rows of
+    `frame` behind the query, the predicted and the true gallery image."""
+    is_clean = (frame["distortion"] == "clean").to_numpy()
+    if not is_clean.any() or is_clean.all():
+        raise ValueError("Gallery retrieval needs clean (gallery) and distorted (query) images; "
+                         f"this split has {int(is_clean.sum())} clean of {len(frame)}.")
+    gallery, queries = frame[is_clean], frame[~is_clean]
+    table = metrics.compute_retrieval_table(
+        embeddings[is_clean], gallery["identity"].to_numpy(), embeddings[~is_clean],
+        queries["identity"].to_numpy(), query_distortions=queries["distortion"].to_numpy(),
+        query_sources=queries["source"].to_numpy(), gallery_sources=gallery["path"].to_numpy(),
+        aggregate=aggregate, exclude_own_source=exclude_own_source, seed=seed)
+    # Map the table's positions back to rows of `frame`, for failure plots.
+    query_rows, gallery_rows = np.flatnonzero(~is_clean), np.flatnonzero(is_clean)
+    table["query_row"] = query_rows[table["query_index"].to_numpy()]
+    table["predicted_row"] = gallery_rows[table["predicted_gallery_index"].to_numpy()]
+    table["true_row"] = gallery_rows[table["true_gallery_index"].to_numpy()]
+    return table
+
+
+@dataclass
+class GalleryReport:
+    """Retrieval and verification numbers of one evaluated split (and the dev calibration)."""
+
+    eval: dict
+    hard: dict
+    verification: dict
+    dev: dict
+    table: pd.DataFrame = field(repr=False)
+    verification_scores: np.ndarray = field(repr=False)
+    verification_same: np.ndarray = field(repr=False)
+
+    def flat(self) -> dict:
+        """Stable metrics.json keys (top1, top5, f1_macro, top1_hard, verification_*)."""
+        out = {key: self.eval[key] for key in ("top1", "top5", "f1_macro", "top1_by_distortion",
+                                               "n_queries")}
+        out.update(top1_hard=self.hard["top1"], top5_hard=self.hard["top5"],
+                   f1_macro_hard=self.hard["f1_macro"], n_queries_hard=self.hard["n_queries"],
+                   top1_hard_by_distortion=self.hard["top1_by_distortion"],
+                   dev_top1=self.dev["top1"])
+        out.update({f"verification_{key}": value for key, value in self.verification.items()})
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        """The headline numbers as a small table for the notebook."""
+        rows = {"top-1": self.eval["top1"], "top-5": self.eval["top5"],
+                "macro-F1 (identities)": self.eval["f1_macro"],
+                "top-1, own source removed": self.hard["top1"],
+                "verification ROC AUC": self.verification["roc_auc"],
+                "verification EER": self.verification["eer"],
+                "TAR@FAR=1e-2": self.verification["tar_at_far_0.01"],
+                "verification accuracy (dev threshold)": self.verification["accuracy"],
+                **{f"top-1 {name}": value
+                   for name, value in self.eval["top1_by_distortion"].items()}}
+        return pd.DataFrame({"value": rows})
+
+
+def gallery_report(evaluated: pd.DataFrame, eval_embeddings: np.ndarray,
+                   dev: pd.DataFrame | None = None, dev_embeddings: np.ndarray | None = None,
+                   threshold: float | None = None, aggregate: str = "max", seed: int = 0
+                   ) -> GalleryReport:
+    """The official protocol on `evaluated`; the verification threshold is calibrated on dev
+    (training notebooks) or given (a model card's, in notebook 04 and the CLI)."""
+    dev_summary: dict = {"top1": None, "f1_macro": None}
+    if threshold is None:
+        if dev is None or dev_embeddings is None:
+            raise ValueError("gallery_report needs dev data to calibrate on, or a threshold.")
+        dev_table = retrieval_table(dev, dev_embeddings, aggregate, False, seed)
+        threshold = metrics.calibrate_threshold(*metrics.verification_pairs_from_retrieval(
+            dev_table))
+        dev_summary = metrics.summarize_retrieval(dev_table)
+    table = retrieval_table(evaluated, eval_embeddings, aggregate, False, seed)
+    hard = retrieval_table(evaluated, eval_embeddings, aggregate, True, seed)
+    scores, same = metrics.verification_pairs_from_retrieval(table)
+    return GalleryReport(
+        eval=metrics.summarize_retrieval(table), hard=metrics.summarize_retrieval(hard),
+        verification=metrics.compute_verification_metrics(scores, same, threshold=threshold),
+        dev=dev_summary, table=table, verification_scores=scores, verification_same=same)
+
+
+@dataclass
+class PairReport:
+    """Siamese pair verification at the fixed distance 0.5 and at the dev-calibrated distance."""
+
+    fixed: dict
+    calibrated: dict
+    pairs: pd.DataFrame = field(repr=False)
+    distances: np.ndarray = field(repr=False)
+    same: np.ndarray = field(repr=False)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Decision distances by name, for the histogram figure."""
+        return {"fixed": FIXED_DISTANCE, "calibrated": self.calibrated["threshold"]}
+
+    def flat(self) -> dict:
+        """metrics.json keys: pair_* at the calibrated distance, pair_*_fixed at 0.5."""
+        out = {f"pair_{key}": value for key, value in self.calibrated.items()}
+        out.update({f"pair_{key}_fixed": value for key, value in self.fixed.items()
+                    if key in ("accuracy", "precision", "recall", "f1")})
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        """Fixed vs calibrated distance side by side."""
+        keys = ("threshold", "accuracy", "precision", "recall", "f1", "roc_auc", "eer")
+        return pd.DataFrame({"fixed 0.5": [self.fixed[k] for k in keys],
+                             "dev-calibrated": [self.calibrated[k] for k in keys]}, index=keys)
+
+
+def make_pair_list(frame: pd.DataFrame, n_pairs: int, seed: int,
+                   hard_negatives_from: np.ndarray | None = None) -> pd.DataFrame:
+    """Balanced (i, j, same) pairs of `frame`'s rows, capped at the positives that exist
+    (small splits have fewer same-identity pairs than asked for)."""
+    sizes = frame.groupby("identity").size().to_numpy()
+    n_pairs = min(n_pairs, 2 * int((sizes * (sizes - 1) // 2).sum()))
+    return metrics.make_pairs(frame["identity"].to_numpy(), frame["distortion"].to_numpy(),
+                              n_pairs=n_pairs, seed=seed, hard_negatives_from=hard_negatives_from)
+
+
+def _pair_distances(embeddings: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
+    return np.linalg.norm(embeddings[pairs["i"].to_numpy()] - embeddings[pairs["j"].to_numpy()],
+                          axis=1)
+
+
+def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,
+                eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0) -> PairReport:
+    """Verification on a fixed, seeded pair list of `evaluated` (Euclidean distance of the
+    L2-normalised embeddings); the calibrated distance is chosen on a dev pair list."""
+    dev_pairs = make_pair_list(dev, n_pairs, seed)
+    threshold = metrics.calibrate_threshold(_pair_distances(dev_embeddings, dev_pairs),
+                                            dev_pairs["same"].to_numpy(), higher_is_same=False)
+    pairs = make_pair_list(evaluated, n_pairs, seed + 1)
+    distances = _pair_distances(eval_embeddings, pairs)
+    same = pairs["same"].to_numpy().astype(int)
+    pairs = pairs.assign(distance=distances)
+    return PairReport(
+        fixed=metrics.compute_verification_metrics(distances, same, FIXED_DISTANCE,
+                                                   higher_is_same=False),
+        calibrated=metrics.compute_verification_metrics(distances, same, threshold,
+                                                        higher_is_same=False),
+        pairs=pairs, distances=distances, same=same)
+
+
+def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:
+    """The wrong retrievals with the largest margin for the wrong identity."""
+    wrong = report.table[~report.table["correct"]].copy()
+    wrong["margin"] = wrong["predicted_score"] - wrong["true_score"]
+    return wrong.sort_values("margin", ascending=False).head(n)
+
+
+def worst_pairs(report: PairReport, n: int = 8) -> pd.DataFrame:
+    """Misjudged pairs at the calibrated distance, furthest on the wrong side first."""
+    pairs = report.pairs
+    threshold = report.calibrated["threshold"]
+    wrong_side = np.where(pairs["same"] == 1, pairs["distance"] - threshold,
+                          threshold - pairs["distance"])
+    return pairs.assign(error=wrong_side)[wrong_side > 0].sort_values(
+        "error", ascending=False).head(n)
+
+
+def load_rows(frame: pd.DataFrame, rows) -> list[np.ndarray]:
+    """Full-resolution images of the given rows of `frame`, for figures."""
+    return [data.load_image(frame["path"].iloc[int(row)]) for row in rows]

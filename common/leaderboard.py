@@ -1,0 +1,192 @@
+"""Notebook 04: evaluate every checkpoint in `weights/` on one split and rank them.
+
+Each checkpoint is rebuilt from its model card and fed exactly the preprocessing the card records
+(image size, normalisation, aligned or not, threshold). The hackathon's final score is
+0.3 x Task A + 0.7 x Task B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common import cache, data, evaluation, faces, plots, runs, task_a, task_b
+
+__all__ = ["Leaderboard", "evaluation_frame", "evaluate_checkpoints", "best_model_figures",
+           "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
+
+TASK_A_WEIGHT, TASK_B_WEIGHT = 0.3, 0.7
+
+
+def _read(root: Path, task: str, split: str) -> pd.DataFrame | None:
+    if task == "task_a":
+        return task_a.load_views(root, split)
+    return data.read_task_b(root, split) if (root / "Task_B" / split).is_dir() else None
+
+
+def evaluation_frame(root: Path, card: dict, split: str = "val",
+                     image_limit: int = 0) -> tuple[pd.DataFrame, str]:
+    """The rows a checkpoint is scored on, and a note saying which rows those are.
+
+    `split="val"` uses the official val split when present, else the held-out identities
+    recorded in the card (never trained on, never used for selection).
+    """
+    frame = _read(root, card["task"], split)
+    note = f"{split} split"
+    if frame is None and split == "val":
+        holdout = card.get("holdout_identities")
+        if not holdout:
+            raise FileNotFoundError(
+                f"{root} has no val split and model card {card['name']} records no held-out "
+                "identities; pass split='train' only for a sanity check (it was trained on).")
+        train = _read(root, card["task"], "train")
+        frame = train[train["identity"].isin(set(holdout))].reset_index(drop=True)
+        note = f"{len(holdout)} held-out train identities (no val split in the data)"
+    if frame is None:
+        raise FileNotFoundError(f"{root} has no {split} split for {card['task']}.")
+    if image_limit and len(frame) > image_limit:
+        counts = frame.groupby("identity").size().sort_index()
+        keep = counts.index[counts.cumsum() <= image_limit]
+        frame = frame[frame["identity"].isin(set(keep))].reset_index(drop=True)
+        note += f", first {len(keep)} identities ({len(frame)} images)"
+    return frame, note
+
+
+@dataclass
+class Leaderboard:
+    """One row per checkpoint plus what the best models' figures need."""
+
+    rows: list[dict] = field(default_factory=list)
+    by_distortion: pd.DataFrame = field(default_factory=pd.DataFrame)
+    details: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The comparison table (NaN where a metric does not apply to the task)."""
+        columns = ["name", "task", "backbone", "pretrained", "evaluated_on", "accuracy",
+                   "f1_macro", "recall_female", "top1", "top1_hard", "verification_roc_auc"]
+        frame = pd.DataFrame(self.rows)
+        return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=columns)
+
+    def best(self, task: str, key: str) -> dict | None:
+        """The row of `task` with the highest `key`, or None."""
+        candidates = [row for row in self.rows if row["task"] == task
+                      and row.get(key) is not None]
+        return max(candidates, key=lambda row: row[key]) if candidates else None
+
+    def final_score(self) -> dict:
+        """0.3 x Task A + 0.7 x Task B with the best model of each task, two ways."""
+        out = {}
+        lines = ["**Hackathon final score** = 0.3 × Task A + 0.7 × Task B (best model per task)", ""]
+        for label, a_key, b_key in (("accuracy", "accuracy", "top1"),
+                                    ("f1", "f1_macro", "f1_macro")):
+            best_a, best_b = self.best("task_a", a_key), self.best("task_b", b_key)
+            if best_a is None or best_b is None:
+                out[f"final_score_{label}"] = None
+                lines.append(f"- with Task A {a_key} and Task B {b_key}: needs a checkpoint "
+                             "of each task")
+                continue
+            score = TASK_A_WEIGHT * best_a[a_key] + TASK_B_WEIGHT * best_b[b_key]
+            out[f"final_score_{label}"] = score
+            lines.append(f"- with Task A {a_key} ({best_a['name']}: {best_a[a_key]:.4f}) and "
+                         f"Task B {b_key} ({best_b['name']}: {best_b[b_key]:.4f}): "
+                         f"**{score:.4f}**")
+        out["explanation"] = "\n".join(lines)
+        return out
+
+    def to_markdown(self, score: dict) -> str:
+        """leaderboard.md: the table, the per-distortion table and the final score."""
+        parts = ["# Leaderboard", "", self.table.to_markdown(index=False, floatfmt=".4f"), ""]
+        if len(self.by_distortion):
+            parts += ["## Task B top-1 by distortion", "",
+                      self.by_distortion.to_markdown(floatfmt=".4f"), ""]
+        return "\n".join(parts + [score["explanation"], ""])
+
+    def flat(self) -> dict:
+        """metrics.json content: every row, keyed by checkpoint name."""
+        return {"models": {row["name"]: row for row in self.rows},
+                "top1_by_distortion": self.by_distortion.to_dict(orient="index")}
+
+
+def _score_task_a(model, card, frame, images, device) -> tuple[dict, dict]:
+    aligned = None
+    if card.get("aligned"):
+        aligned = faces.align_faces(frame["path"].tolist(), image_size=card["image_size"],
+                                    device=str(device)).images
+    probs = task_a.predict_probs(model, images, card["image_size"], device, aligned,
+                                 progress=True)
+    result = task_a.evaluate_views(frame, probs, card["threshold"])
+    return result, {"probs": probs}
+
+
+def _score_task_b(model, card, frame, images, device, seed) -> tuple[dict, dict]:
+    embeddings = task_b.embed(model, images, card["image_size"], card["mean"], card["std"],
+                              device, progress=True)
+    report = evaluation.gallery_report(frame, embeddings, threshold=card["similarity_threshold"],
+                                       seed=seed)
+    return report.flat(), {"report": report, "embeddings": embeddings}
+
+
+def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
+                         device: torch.device | str = "cpu", image_limit: int = 0,
+                         seed: int = 0) -> Leaderboard:
+    """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why."""
+    board = Leaderboard()
+    distortion_rows = {}
+    for card in cards:
+        row = {"name": card["name"], "task": card["task"], "backbone": card.get("backbone"),
+               "pretrained": card.get("pretrained")}
+        try:
+            frame, note = evaluation_frame(Path(root), card, split, image_limit)
+            model, card = runs.load_model(card["weights_path"], device)
+            images = cache.load_image_array(frame["path"].tolist(), card["image_size"])
+            if card["task"] == "task_a":
+                result, extra = _score_task_a(model, card, frame, images, device)
+            else:
+                result, extra = _score_task_b(model, card, frame, images, device, seed)
+                distortion_rows[card["name"]] = result["top1_by_distortion"]
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            print(f"{card['name']}: not evaluated: {error}")
+            board.rows.append({**row, "evaluated_on": f"not evaluated: {error}"})
+            continue
+        board.rows.append({**row, "evaluated_on": note, **{
+            key: value for key, value in result.items() if not isinstance(value, (dict, list))}})
+        board.details[card["name"]] = {"card": card, "frame": frame, "metrics": result, **extra}
+    board.by_distortion = pd.DataFrame(distortion_rows).T
+    return board
+
+
+def best_model_figures(board: Leaderboard, seed: int = 0) -> list[tuple[str, object]]:
+    """(file stem, figure) pairs: the best Task A model's confusion matrix and errors, the best
+    Task B model's t-SNE and retrieval failures."""
+    figures = []
+    best_a = board.best("task_a", "accuracy")
+    if best_a is not None:
+        detail = board.details[best_a["name"]]
+        figures.append((f"confusion_matrix_{best_a['name']}", plots.plot_confusion_matrix(
+            detail["metrics"]["confusion_matrix"], task_a.CLASS_NAMES,
+            title=f"{best_a['name']}")))
+        errors = task_a.worst_errors(detail["frame"], detail["probs"],
+                                     detail["card"]["threshold"], n=8)
+        if len(errors):
+            figures.append((f"worst_errors_{best_a['name']}", plots.plot_image_grid(
+                evaluation.load_rows(errors.reset_index(drop=True), range(len(errors))),
+                [f"{g} p(f)={p:.2f}" for g, p in zip(errors["gender"], errors["prob"])],
+                ncols=8, title=f"{best_a['name']}: worst errors")))
+    best_b = board.best("task_b", "top1")
+    if best_b is not None:
+        detail = board.details[best_b["name"]]
+        frame = detail["frame"]
+        figures.append((f"tsne_{best_b['name']}", plots.plot_tsne(
+            detail["embeddings"], frame["identity"].to_numpy(), frame["distortion"].to_numpy(),
+            seed=seed, title=f"{best_b['name']}: t-SNE")))
+        failures = evaluation.retrieval_failures(detail["report"], n=6)
+        if len(failures):
+            figures.append((f"retrieval_failures_{best_b['name']}", plots.plot_retrieval_failures(
+                evaluation.load_rows(frame, failures["query_row"]),
+                evaluation.load_rows(frame, failures["predicted_row"]),
+                evaluation.load_rows(frame, failures["true_row"]),
+                title=f"{best_b['name']}: retrieval failures")))
+    return figures
