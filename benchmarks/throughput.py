@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
-                          if k.startswith("MALLOC_")) or "none"
+                          if k.startswith("MALLOC_") or k == "OMP_WAIT_POLICY") or "none"
     lines = [f"# Backbone throughput on CPU ({torch.get_num_threads()} threads, "
              f"{os.cpu_count()} cores)", "",
              f"Batch {args.batch}, median of {args.iters} batches after {args.warmup} warm-up; "
-             f"torch {torch.__version__}; malloc env: {malloc_env}. The machine was shared with "
+             f"torch {torch.__version__}; malloc/OpenMP env: {malloc_env}. The machine was shared with "
              "other processes, so treat the numbers as lower bounds.", "",
              "| backbone | params (M) | features | size | train img/s | infer img/s |",
              "|---|---|---|---|---|---|"]
