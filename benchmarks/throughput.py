@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"# Backbone throughput on CPU ({torch.get_num_threads()} threads, "
              f"{os.cpu_count()} cores)", "",
              f"Batch {args.batch}, median of {args.iters} batches after {args.warmup} warm-up; "
-             f"torch {torch.__version__}; malloc/OpenMP env: {malloc_env}. The machine was shared with "
-             "other processes, so treat the numbers as lower bounds.", "",
+             f"torch {torch.__version__}; malloc/OpenMP env: {malloc_env}. The machine was "
+             "shared with other processes, so treat the numbers as lower bounds.", "",
              "| backbone | params (M) | features | size | train img/s | infer img/s |",
              "|---|---|---|---|---|---|"]
     configs = [(name, size) for size in args.sizes for name in args.backbones]
