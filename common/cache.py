@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
-    "ImageArrayDataset", "CACHE_VERSION", "cpu_count",
+    "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -134,7 +134,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def _decode_resized(path: str, image_size: int) -> np.ndarray:
     """Decode ``path`` with its shorter side scaled to ``image_size``, then centre-crop square."""
-    image = _to_rgb(_open_image(path, draft_size=image_size))
+    return _square(_to_rgb(_open_image(path, draft_size=image_size)), image_size)
+
+
+def load_resized(path: str | os.PathLike, image_size: int) -> np.ndarray:
+    """One file decoded like the cache rows (shorter side to ``image_size``, centre square),
+    without touching the cache; for inference on user folders, one file at a time."""
+    return _decode_resized(str(path), image_size)
+
+
+def resize_square(image: np.ndarray | Image.Image, image_size: int) -> np.ndarray:
+    """An in-memory image (array or PIL, any mode) prepared exactly like the cached ones."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image))
+    return _square(_to_rgb(image), image_size)
+
+
+def _square(image: Image.Image, image_size: int) -> np.ndarray:
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2

@@ -23,7 +23,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# CPU torch is allocation-bound here; large glibc malloc thresholds keep freed blocks for reuse
-# (measured in benchmarks/malloc.py).
+# CPU torch is allocation-bound here: large glibc malloc thresholds keep freed blocks for reuse,
+# and passive OpenMP waiting stops idle threads spinning on a shared 2-core machine (together
+# 2.4-13x inference throughput for EfficientNet-Lite0; benchmarks/results/malloc.md).
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
 export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-1073741824}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"

@@ -1,0 +1,259 @@
+"""Inference on any folder with a trained checkpoint: `python -m common.predict ...`.
+
+    python -m common.predict task-a --weights weights/task_a_x.pt --input DIR --output preds.csv
+    python -m common.predict task-b --weights weights/task_b_x.pt --gallery DIR --queries DIR \\
+        --output matches.csv
+    python -m common.predict task-b --weights weights/task_b_x.pt --input FACECOM_SPLIT_DIR ...
+    python -m common.predict compare a.jpg b.jpg --weights weights/task_b_x.pt
+
+Preprocessing (image size, normalisation, face alignment, threshold) comes from the model card
+beside the checkpoint. Unreadable images never abort a run: they get a row with an `error`
+column. Nothing in the input folders is modified.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from common import cache, config, data, faces, metrics, runs, task_a, task_b
+
+__all__ = ["ImageLike", "load_inputs", "predict_gender", "embed", "compare", "match_gallery",
+           "main"]
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+_MODELS: dict[tuple[str, str], tuple[torch.nn.Module, dict]] = {}
+
+
+def _model(weights: str | os.PathLike, device: torch.device, task: str):
+    """Load (once per process) the checkpoint and check it is for `task`."""
+    key = (str(Path(weights).resolve()), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = runs.load_model(weights, device)
+    model, card = _MODELS[key]
+    if card["task"] != task:
+        raise ValueError(f"{weights} is a {card['task']} checkpoint; this command needs a {task} "
+                         "one (see the 'task' field of its model card).")
+    return model, card
+
+
+def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = True
+                ) -> tuple[np.ndarray, list[str]]:
+    """Decode paths / PIL images / arrays like the training cache; errors per item, never raised.
+
+    Returns the (N, S, S, 3) array (black where an item failed) and one error string per item
+    ("" when fine).
+    """
+    array = np.zeros((len(images), image_size, image_size, 3), dtype=np.uint8)
+    errors = [""] * len(images)
+    for index, item in enumerate(tqdm(images, desc="reading", disable=not progress, leave=False)):
+        try:
+            if isinstance(item, (str, os.PathLike)):
+                array[index] = cache.load_resized(item, image_size)
+            else:
+                array[index] = cache.resize_square(item, image_size)
+        except (cache.ImageReadError, OSError, ValueError, TypeError) as error:
+            errors[index] = f"{type(error).__name__}: {error}"
+    return array, errors
+
+
+def _aligned(paths: Sequence[ImageLike], card: dict, errors: list[str], device) -> np.ndarray:
+    good = [i for i, err in enumerate(errors) if not err]
+    if any(not isinstance(paths[i], (str, os.PathLike)) for i in good):
+        raise TypeError(f"{card['name']} was trained on MTCNN-aligned faces: pass file paths.")
+    result = faces.align_faces([str(paths[i]) for i in good], image_size=card["image_size"],
+                               device=str(device))
+    aligned = np.zeros((len(paths), card["image_size"], card["image_size"], 3), dtype=np.uint8)
+    aligned[good] = result.images
+    return aligned
+
+
+def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
+                   progress: bool = True) -> pd.DataFrame:
+    """Task A: one row per input with label, P(female) at the card's threshold, and error."""
+    device_ = config.resolve_device(device)
+    model, card = _model(weights, device_, "task_a")
+    array, errors = load_inputs(paths, card["image_size"], progress)
+    aligned = _aligned(paths, card, errors, device_) if card.get("aligned") else None
+    probs = task_a.predict_probs(model, array, card["image_size"], device_, aligned,
+                                 progress=progress)
+    ok = np.array([not err for err in errors])
+    labels = np.where(probs >= card["threshold"], "female", "male")
+    return pd.DataFrame({"path": [str(p) for p in paths], "label": np.where(ok, labels, ""),
+                         "probability": np.where(ok, probs.round(6), np.nan), "error": errors})
+
+
+def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
+          progress: bool = False) -> np.ndarray:
+    """(N, D) L2-normalised embeddings of paths, PIL images or RGB arrays (Task B checkpoint).
+
+    Raises:
+        ValueError: an image could not be read (the message names it).
+    """
+    device_ = config.resolve_device(device)
+    model, card = _model(weights, device_, "task_b")
+    array, errors = load_inputs(images, card["image_size"], progress)
+    failed = [f"{images[i] if isinstance(images[i], (str, os.PathLike)) else f'image #{i}'}: "
+              f"{err}" for i, err in enumerate(errors) if err]
+    if failed:
+        raise ValueError("Could not read " + "; ".join(failed))
+    return task_b.embed(model, array, card["image_size"], card["mean"], card["std"], device_,
+                        progress=progress)
+
+
+def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
+            device: str = "auto") -> dict:
+    """Cosine similarity of two faces and the same/different decision at the card's threshold."""
+    _, card = _model(weights, config.resolve_device(device), "task_b")
+    first, second = embed([image_a, image_b], weights, device)
+    similarity = float(np.clip(first @ second, -1.0, 1.0))
+    threshold = card.get("similarity_threshold")
+    return {"similarity": similarity, "threshold": threshold,
+            "same": None if threshold is None else bool(similarity >= threshold)}
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{folder} contains no files; pass a folder of images.")
+    return files
+
+
+def _identity_of(path: Path, root: Path) -> str:
+    """`<root>/<identity>/...` -> identity ("" for files directly in root)."""
+    relative = path.relative_to(root).parts
+    return relative[0] if len(relative) > 1 else ""
+
+
+def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
+                  device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """Task B: match every query image to the most similar gallery identity.
+
+    The gallery is `<gallery>/<identity>/*` (distortion sub-folders ignored); queries are any
+    images under `queries`, labelled by their first sub-folder when there is one.
+    """
+    gallery_files = [p for p in _folder_images(gallery) if "distortion" not in p.parts[-2:-1]]
+    gallery_ids = [_identity_of(p, gallery) for p in gallery_files]
+    if not all(gallery_ids):
+        raise ValueError(f"Gallery {gallery} must hold one folder per identity "
+                         "(<gallery>/<identity>/*.jpg); found images directly inside it.")
+    empty = sorted(p.name for p in gallery.iterdir() if p.is_dir()
+                   and not any(f.is_file() for f in p.rglob("*")))
+    if empty:
+        print(f"warning: gallery identities with no images are skipped: {empty}")
+    query_files = _folder_images(queries)
+    device_ = config.resolve_device(device)
+    model, card = _model(weights, device_, "task_b")
+    size = card["image_size"]
+    g_array, g_errors = load_inputs(gallery_files, size, progress)
+    q_array, q_errors = load_inputs(query_files, size, progress)
+    g_ok = np.array([not e for e in g_errors])
+    if not g_ok.any():
+        raise ValueError(f"No readable gallery image in {gallery}: {g_errors[:3]}")
+    g_emb = task_b.embed(model, g_array[g_ok], size, card["mean"], card["std"], device_)
+    q_emb = task_b.embed(model, q_array, size, card["mean"], card["std"], device_)
+    names = np.array(gallery_ids)[g_ok]
+    identities = np.unique(names)
+    similarity = q_emb @ g_emb.T
+    per_identity = np.stack([similarity[:, names == name].max(axis=1) for name in identities], 1)
+    best = per_identity.argmax(axis=1)
+    truth = [_identity_of(p, queries) for p in query_files]
+    table = pd.DataFrame({
+        "query": [str(p) for p in query_files], "predicted_identity": identities[best],
+        "similarity": per_identity[np.arange(len(best)), best].round(6), "true_identity": truth,
+        "error": q_errors})
+    known = table["true_identity"].isin(set(identities)) & (table["error"] == "")
+    table["match"] = np.where(known, (table["predicted_identity"] == table["true_identity"])
+                              .astype(int), "")
+    table.loc[table["error"] != "", ["predicted_identity", "similarity"]] = ["", np.nan]
+    return table
+
+
+def _write(table: pd.DataFrame, output: str) -> None:
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    bad = int((table["error"] != "").sum())
+    print(f"wrote {len(table)} rows to {output}" + (f" ({bad} unreadable, see the error column)"
+                                                    if bad else ""))
+
+
+def _task_a(args: argparse.Namespace) -> None:
+    folder = Path(args.input)
+    files = _folder_images(folder)
+    table = predict_gender(files, args.weights, args.device)
+    _write(table, args.output)
+    truth = [p.parent.name for p in files]
+    labelled = [t in data.GENDERS for t in truth]
+    ok = (table["error"] == "").to_numpy() & np.array(labelled)
+    if ok.any():
+        labels = np.array([data.GENDERS.index(t) for t in np.array(truth)[ok]])
+        result = metrics.compute_classification_metrics(
+            labels, table["probability"].to_numpy()[ok], runs.load_model_card(args.weights)[
+                "threshold"])
+        print({k: round(result[k], 4) for k in ("accuracy", "f1_macro", "recall_female")
+               if result.get(k) is not None})
+
+
+def _task_b(args: argparse.Namespace) -> None:
+    if args.input:
+        gallery = queries = Path(args.input)
+    elif args.gallery and args.queries:
+        gallery, queries = Path(args.gallery), Path(args.queries)
+    else:
+        raise SystemExit("task-b needs --gallery and --queries, or --input (a FACECOM-layout "
+                         "split folder: <identity>/<clean> + <identity>/distortion/*)")
+    table = match_gallery(gallery, queries, args.weights, args.device)
+    if args.input:  # one FACECOM folder: the queries are the distorted images
+        table = table[table["query"].str.contains(f"{os.sep}distortion{os.sep}")]
+    _write(table, args.output)
+    scored = table[table["match"] != ""]
+    if len(scored):
+        print(f"top-1 over {len(scored)} labelled queries: "
+              f"{scored['match'].astype(int).mean():.4f}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    result = compare(args.image_a, args.image_b, args.weights, args.device)
+    decision = {True: "same person", False: "different people", None: "no threshold in card"}
+    print(f"similarity {result['similarity']:.4f} (threshold {result['threshold']}): "
+          f"{decision[result['same']]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m common.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("task-a", help="gender of every image in a folder")
+    a.add_argument("--input", required=True, help="flat folder or one with male/ and female/")
+    b = sub.add_parser("task-b", help="match queries to gallery identities")
+    b.add_argument("--gallery", help="<gallery>/<identity>/*")
+    b.add_argument("--queries", help="images, optionally in <identity>/ folders")
+    b.add_argument("--input", help="one FACECOM-layout split folder (gallery = clean images)")
+    c = sub.add_parser("compare", help="similarity of two face images")
+    c.add_argument("image_a")
+    c.add_argument("image_b")
+    for command in (a, b):
+        command.add_argument("--output", required=True, help="CSV to write")
+    for command in (a, b, c):
+        command.add_argument("--weights", required=True, help="checkpoint .pt with its .json card")
+        command.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    try:
+        {"task-a": _task_a, "task-b": _task_b, "compare": _compare}[args.command](args)
+    except (FileNotFoundError, ValueError, TypeError, runs.MissingModelCardError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Shared fixtures: the real-data location, the embedded sample, and notebook execution."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "facecom"
+REAL_DATA_REASON = "needs ../shared/data/facecom (the real FACECOM train split)"
+
+requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "notebooks: executes the notebooks with papermill (slow)")
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    """The embedded synthetic sample (generated on first use)."""
+    from common.sample import ensure_sample
+
+    return ensure_sample()

@@ -1,0 +1,141 @@
+"""The inference CLI and API end to end: tiny checkpoints trained here on the embedded sample,
+then run on the sample's val folders and on a deliberately broken folder."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from common import experiment, predict, runs, task_a, task_b
+
+
+def _config(tmp: Path, sample_root: Path, notebook: str, backbones: dict, epochs: dict):
+    return experiment.ExperimentConfig.resolve(
+        notebook, backbones, epochs, data_dir=str(sample_root), output_dir=str(tmp / notebook),
+        weights_dir=str(tmp / "weights"), quick=True, epochs=1, image_size=48, seed=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
+    """One Task A and one Task B checkpoint, each trained for one quick epoch."""
+    tmp = tmp_path_factory.mktemp("predict")
+    cfg = _config(tmp, sample_root, "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS)
+    gender_data = task_a.prepare_data(cfg)
+    net = task_a.create_classifier(cfg)
+    criterion = task_a.create_loss("focal", gender_data.splits.train["label"].to_numpy(),
+                                   "weighted_sampler")
+    task_a.train_classifier(net, gender_data, cfg, criterion, "tiny_a")
+    threshold, dev, _, _ = task_a.evaluate_model(net, gender_data, cfg)
+    card = task_a.model_card(cfg, net, "single", threshold, dev, gender_data.splits, "test")
+    paths = {"task_a": runs.save_model(net, cfg.weights_dir, "tiny_a", card)}
+
+    cfg = _config(tmp, sample_root, "02_task_b_arcface", task_b.BACKBONES, task_b.EPOCHS)
+    identity_data = task_b.prepare_data(cfg)
+    embedder = task_b.create_embedder("embedding", cfg)
+    model = task_b.EmbeddingClassifier(embedder, len(identity_data.identity_index))
+    task_b.train_arcface(model, identity_data, cfg, "tiny_b")
+    from common import evaluation
+
+    mean, std = embedder.data_config["mean"], embedder.data_config["std"]
+    splits = identity_data.splits
+    embeddings = {name: task_b.embed(embedder, identity_data.images[name], cfg.image_size, mean,
+                                     std) for name in ("dev", "eval")}
+    report = evaluation.gallery_report(splits.eval, embeddings["eval"], splits.dev,
+                                       embeddings["dev"])
+    card = task_b.model_card(cfg, embedder, "embedding", report, splits, "test")
+    paths["task_b"] = runs.save_model(embedder, cfg.weights_dir, "tiny_b", card)
+    return paths
+
+
+def test_task_a_cli_on_labelled_folder(checkpoints, sample_root, tmp_path, capsys):
+    output = tmp_path / "preds.csv"
+    code = predict.main(["task-a", "--weights", str(checkpoints["task_a"]), "--input",
+                         str(sample_root / "Task_A" / "val"), "--output", str(output)])
+    assert code == 0
+    table = pd.read_csv(output, keep_default_na=False)
+    n_images = len(list((sample_root / "Task_A" / "val").rglob("*.jpg")))
+    assert len(table) == n_images and set(table["label"]) <= {"male", "female"}
+    assert table["probability"].between(0, 1).all() and (table["error"] == "").all()
+    assert "accuracy" in capsys.readouterr().out  # labels known from male/ female/ folders
+
+
+def test_task_b_cli_gallery_and_queries(checkpoints, sample_root, tmp_path, capsys):
+    output = tmp_path / "matches.csv"
+    val = sample_root / "Task_B" / "val"
+    code = predict.main(["task-b", "--weights", str(checkpoints["task_b"]), "--input", str(val),
+                         "--output", str(output)])
+    assert code == 0
+    table = pd.read_csv(output, keep_default_na=False)
+    assert len(table) == len(list(val.glob("*/distortion/*.jpg")))
+    n_identities = len([p for p in val.iterdir() if p.is_dir()])
+    # One quick epoch at 48 px: still far above the 1/n_identities chance of guessing.
+    assert table["match"].astype(int).mean() >= 5 / n_identities
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_images_without_aborting(checkpoints, sample_root, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    good = next((sample_root / "Task_A" / "val" / "male").glob("*.jpg"))
+    shutil.copy(good, folder / "good.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "truncated.jpg").write_bytes(good.read_bytes()[:400])
+    Image.new("CMYK", (60, 60), (10, 20, 30, 0)).save(folder / "cmyk.jpg")
+    Image.new("RGBA", (60, 60), (200, 10, 10, 128)).save(folder / "rgba.png")
+    Image.new("L", (60, 60), 128).save(folder / "gray.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    output = tmp_path / "preds.csv"
+    assert predict.main(["task-a", "--weights", str(checkpoints["task_a"]), "--input",
+                         str(folder), "--output", str(output)]) == 0
+    table = pd.read_csv(output, keep_default_na=False).set_index(
+        pd.read_csv(output)["path"].map(lambda p: Path(p).name))
+    for name in ("empty.jpg", "notes.txt", "truncated.jpg"):
+        assert table.loc[name, "error"] and table.loc[name, "label"] == "", name
+    for name in ("good.jpg", "cmyk.jpg", "rgba.png", "gray.png"):
+        assert table.loc[name, "error"] == "" and table.loc[name, "label"] in ("male", "female")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
+
+
+def test_cli_errors_name_the_problem(checkpoints, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict.main(["task-a", "--weights", str(checkpoints["task_a"]), "--input",
+                         str(empty), "--output", str(tmp_path / "x.csv")]) == 2
+    assert "contains no files" in capsys.readouterr().err
+    orphan = tmp_path / "orphan.pt"
+    shutil.copy(checkpoints["task_a"], orphan)
+    assert predict.main(["task-a", "--weights", str(orphan), "--input", str(tmp_path),
+                         "--output", str(tmp_path / "x.csv")]) == 2
+    assert "no model card" in capsys.readouterr().err
+    assert predict.main(["compare", "a.jpg", "b.jpg", "--weights", str(checkpoints["task_a"])]
+                        ) == 2
+    assert "task_a checkpoint" in capsys.readouterr().err
+
+
+def test_embed_and_compare(checkpoints, sample_root):
+    weights = checkpoints["task_b"]
+    val = sample_root / "Task_B" / "val"
+    identities = sorted(p for p in val.iterdir() if p.is_dir())
+    first = sorted(identities[0].glob("*.jpg"))[0]
+    image = np.asarray(Image.open(first))
+    embeddings = predict.embed([first, Image.open(first), image], weights)
+    assert embeddings.shape[0] == 3
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embeddings[1], embeddings[2], atol=1e-5)  # PIL == array
+    # A path is decoded with JPEG draft scaling like the training cache, an array is not: the
+    # two views of one photo must still be closer than a photo of someone else.
+    other_photo = sorted(sorted(p for p in val.iterdir() if p.is_dir())[1].glob("*.jpg"))[0]
+    stranger = predict.embed([other_photo], weights)[0]
+    assert float(embeddings[0] @ embeddings[2]) > float(embeddings[2] @ stranger)
+    assert predict.compare(first, first, weights)["similarity"] == pytest.approx(1.0, abs=1e-5)
+    other = sorted(identities[1].glob("*.jpg"))[0]
+    ab = predict.compare(first, other, weights)["similarity"]
+    ba = predict.compare(other, first, weights)["similarity"]
+    assert ab == pytest.approx(ba, abs=1e-6)
+    with pytest.raises(ValueError, match="missing.jpg"):
+        predict.embed([val / "missing.jpg"], weights)
