@@ -5,7 +5,10 @@ Measures images/s on the real FACECOM Task_B train images for
     (clean images, which include the up-to-1024 px studio shots, and the 224 px distorted ones),
     plus reopening the cached memmap;
 (b) iterating a DataLoader over the cached memmap (`ImageArrayDataset`) with the train transform,
-    the eval transform and no transform.
+    the eval transform and no transform;
+(c) the model's own forward+backward throughput at the same size and batch (random tensors), the
+    loader/model ratio (goal >= 3: the loader is never the bottleneck) and whole training steps
+    (DataLoader with the train transform feeding the model), so loader overhead is visible.
 Prints a markdown table to stdout.
 
     python benchmarks/loader.py                                   # from the project root
@@ -24,7 +27,9 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.throughput import compute_throughput  # noqa: E402
 from common import data, transforms  # noqa: E402  (import after making the project importable)
+from common.models import create_backbone  # noqa: E402
 from common.config import make_generator, seed_worker  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "facecom"
@@ -48,6 +53,29 @@ def _loader_pass(images, labels, transform, batch_size: int, workers: int) -> tu
     return seen, time.perf_counter() - start
 
 
+def _training_steps(images, labels, transform, backbone: str, batch_size: int, workers: int,
+                    steps: int) -> tuple[int, float]:
+    """`steps` real training steps fed by the DataLoader (after one warm-up step)."""
+    model, num_features = create_backbone(backbone, pretrained=False)
+    head = torch.nn.Linear(num_features, int(labels.max()) + 1)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-4)
+    dataset = data.ImageArrayDataset(images, labels, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        worker_init_fn=seed_worker, generator=make_generator(0))
+    seen, start = 0, None
+    for step, (batch, target) in enumerate(loader):
+        if step == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(head(model(batch)), target.long())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += batch.shape[0] if step >= 1 else 0
+        if step == steps:
+            break
+    return seen, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA_DIR),
@@ -57,6 +85,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--decode-threads", type=int, default=None,
                         help="threads for load_image_array (default: number of CPUs)")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="model whose training throughput the loader is compared with")
+    parser.add_argument("--steps", type=int, default=10, help="whole training steps to time")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # match DataLoader workers, which each use one thread
@@ -88,6 +119,16 @@ def main() -> None:
             seen, seconds = _loader_pass(images, labels, transform, args.batch_size, args.workers)
             rows.append((f"(b) memmap + {name}, DataLoader batch {args.batch_size}, "
                          f"{args.workers} workers", seen, seconds))
+        loader_rate = rows[-3][1] / rows[-3][2]  # memmap + train transform
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        model_rate = compute_throughput(args.backbone, size, args.batch_size, iters=5,
+                                        warmup=1)["train_images_per_s"]
+        rows.append((f"(c) {args.backbone} forward+backward alone, batch {args.batch_size}",
+                     args.batch_size, args.batch_size / model_rate))
+        seen, seconds = _training_steps(images, labels, pipelines[0][1], args.backbone,
+                                        args.batch_size, args.workers, args.steps)
+        rows.append((f"(c) whole training step: DataLoader (train transform, {args.workers} "
+                     f"workers) + {args.backbone}", seen, seconds))
         cache_mb = sum(os.path.getsize(p) for p in Path(cache_dir).iterdir()) / 2**20
 
     cpus = len(os.sched_getaffinity(0))
@@ -98,6 +139,8 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, count, seconds in rows:
         print(f"| {name} | {count:,} | {seconds:.2f} | {_rate(count, seconds)} |")
+    print(f"\nloader (train transform) / model training throughput: "
+          f"{loader_rate / model_rate:.1f}x (goal >= 3)")
 
 
 if __name__ == "__main__":

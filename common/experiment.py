@@ -176,8 +176,9 @@ def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
                         f"(e.g. {shared_ids[:3]})")
 
     def clean_hashes(frame: pd.DataFrame) -> dict[str, str]:
-        paths = frame.loc[frame.get("distortion", "clean") == "clean", "path"]
-        return {file_sha1(path): path for path in paths}
+        if "distortion" in frame.columns:
+            frame = frame[frame["distortion"] == "clean"]
+        return {file_sha1(path): path for path in frame["path"]}
 
     train_hashes, eval_hashes = clean_hashes(train), clean_hashes(evaluated)
     shared = sorted(set(train_hashes) & set(eval_hashes))
