@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import cache, data, evaluation, faces, plots, runs, task_a, task_b
+from common import baselines, cache, data, evaluation, faces, plots, runs, task_a, task_b
 
 __all__ = ["Leaderboard", "evaluation_frame", "evaluate_checkpoints", "best_model_figures",
            "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
@@ -60,6 +60,7 @@ class Leaderboard:
 
     rows: list[dict] = field(default_factory=list)
     by_distortion: pd.DataFrame = field(default_factory=pd.DataFrame)
+    task_a_by_distortion: pd.DataFrame = field(default_factory=pd.DataFrame)
     details: dict[str, dict] = field(default_factory=dict, repr=False)
 
     @property
@@ -73,7 +74,7 @@ class Leaderboard:
     def best(self, task: str, key: str) -> dict | None:
         """The row of `task` with the highest `key`, or None."""
         candidates = [row for row in self.rows if row["task"] == task
-                      and row.get(key) is not None]
+                      and row.get(key) is not None and not row.get("baseline")]
         return max(candidates, key=lambda row: row[key]) if candidates else None
 
     def final_score(self) -> dict:
@@ -99,6 +100,9 @@ class Leaderboard:
     def to_markdown(self, score: dict) -> str:
         """leaderboard.md: the table, the per-distortion table and the final score."""
         parts = ["# Leaderboard", "", self.table.to_markdown(index=False, floatfmt=".4f"), ""]
+        if len(self.task_a_by_distortion):
+            parts += ["## Task A accuracy by distortion (off-the-shelf rows for comparison)", "",
+                      self.task_a_by_distortion.to_markdown(floatfmt=".4f"), ""]
         if len(self.by_distortion):
             parts += ["## Task B top-1 by distortion", "",
                       self.by_distortion.to_markdown(floatfmt=".4f"), ""]
@@ -107,7 +111,9 @@ class Leaderboard:
     def flat(self) -> dict:
         """metrics.json content: every row, keyed by checkpoint name."""
         return {"models": {row["name"]: row for row in self.rows},
-                "top1_by_distortion": self.by_distortion.to_dict(orient="index")}
+                "top1_by_distortion": self.by_distortion.to_dict(orient="index"),
+                "task_a_accuracy_by_distortion": self.task_a_by_distortion.to_dict(
+                    orient="index")}
 
 
 def _score_task_a(model, card, frame, images, device) -> tuple[dict, dict]:
@@ -129,12 +135,32 @@ def _score_task_b(model, card, frame, images, device, seed) -> tuple[dict, dict]
     return report.flat(), {"report": report, "embeddings": embeddings}
 
 
+def _add_baselines(board: Leaderboard, frame: pd.DataFrame, note: str,
+                   accuracy_rows: dict) -> None:
+    """Off-the-shelf Task A models on the same rows as the project's first Task A checkpoint."""
+    for row in baselines.baseline_rows(frame).to_dict(orient="records"):
+        name = f"{row['model']} (off-the-shelf)"
+        ok = row["status"] == "ok"
+        board.rows.append({"name": name, "task": "task_a", "backbone": "dlib face model",
+                           "pretrained": True, "baseline": True,
+                           "evaluated_on": note if ok else row["status"],
+                           **{key: row.get(key) for key in ("accuracy", "f1_macro",
+                                                            "recall_female")}})
+        if ok:
+            accuracy_rows[name] = {key[len("accuracy_"):]: value for key, value in row.items()
+                                   if key.startswith("accuracy_") and key != "accuracy_distorted"}
+
+
 def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
                          device: torch.device | str = "cpu", image_limit: int = 0,
-                         seed: int = 0) -> Leaderboard:
-    """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why."""
+                         seed: int = 0, with_baselines: bool = True) -> Leaderboard:
+    """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why.
+
+    With `with_baselines`, off-the-shelf face models (`common.baselines`; optional packages)
+    are scored on the rows of the first Task A checkpoint, so the table compares like with like.
+    """
     board = Leaderboard()
-    distortion_rows = {}
+    distortion_rows, accuracy_rows, baseline_frame = {}, {}, None
     for card in cards:
         row = {"name": card["name"], "task": card["task"], "backbone": card.get("backbone"),
                "pretrained": card.get("pretrained")}
@@ -144,6 +170,8 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
             images = cache.load_image_array(frame["path"].tolist(), card["image_size"])
             if card["task"] == "task_a":
                 result, extra = _score_task_a(model, card, frame, images, device)
+                accuracy_rows[card["name"]] = result["accuracy_by_distortion"]
+                baseline_frame = (frame, note) if baseline_frame is None else baseline_frame
             else:
                 result, extra = _score_task_b(model, card, frame, images, device, seed)
                 distortion_rows[card["name"]] = result["top1_by_distortion"]
@@ -154,7 +182,10 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
         board.rows.append({**row, "evaluated_on": note, **{
             key: value for key, value in result.items() if not isinstance(value, (dict, list))}})
         board.details[card["name"]] = {"card": card, "frame": frame, "metrics": result, **extra}
+    if with_baselines and baseline_frame is not None:
+        _add_baselines(board, *baseline_frame, accuracy_rows)
     board.by_distortion = pd.DataFrame(distortion_rows).T
+    board.task_a_by_distortion = pd.DataFrame(accuracy_rows).T
     return board
 
 

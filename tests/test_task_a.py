@@ -1,0 +1,74 @@
+"""common.task_a: distortion-aware views, per-epoch balancing, and the dual-stream recipe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import experiment, predict, runs, task_a
+from common.distortions import DISTORTIONS
+
+
+def _views(n_male: int, n_female: int) -> pd.DataFrame:
+    """A Task A view table: each clean image with its 7 distorted copies."""
+    rows = []
+    for index in range(n_male + n_female):
+        label = int(index >= n_male)
+        source = f"/img{index}.jpg"
+        rows.append((source, f"id{index}", label, "clean", source))
+        rows += [(f"/img{index}_{d}.jpg", f"id{index}", label, d, source) for d in DISTORTIONS]
+    return pd.DataFrame(rows, columns=["path", "identity", "label", "distortion", "source"])
+
+
+def test_epoch_indices_views_and_balancing():
+    frame = _views(8, 2)
+    plain = task_a.epoch_indices(frame, epoch=0, seed=0, views_per_epoch=2, imbalance="none")
+    assert len(plain) == 10 * 3  # each clean image + 2 of its distorted copies
+    chosen = frame.iloc[plain]
+    assert (chosen.groupby("source").size() == 3).all()
+    assert (chosen["distortion"] == "clean").sum() == 10
+    balanced = task_a.epoch_indices(frame, 0, 0, 2, "weighted_sampler")
+    assert len(balanced) == 30 and (frame["label"].to_numpy()[balanced] == 1).sum() == 15
+    under = task_a.epoch_indices(frame, 0, 0, 2, "undersample")
+    assert np.bincount(frame["label"].to_numpy()[under]).tolist() == [6, 6]
+    again = task_a.epoch_indices(frame, 0, 0, 2, "weighted_sampler")
+    assert np.array_equal(balanced, again)  # seeded by (seed, epoch): a resume replays it
+    assert not np.array_equal(balanced, task_a.epoch_indices(frame, 1, 0, 2, "weighted_sampler"))
+    with pytest.raises(ValueError, match="imbalance"):
+        task_a.epoch_indices(frame, 0, 0, 2, "oversample-ish")
+
+
+def test_load_views_joins_distorted_copies(sample_root):
+    views = task_a.load_views(sample_root, "train")
+    clean = views[views["distortion"] == "clean"]
+    distorted = views[views["distortion"] != "clean"]
+    assert len(distorted) == 7 * len(clean)  # every Task A image has its 7 FACECOM copies
+    by_path = clean.set_index("path")
+    assert (distorted["label"].to_numpy() == by_path.loc[distorted["source"], "label"]
+            .to_numpy()).all()
+    assert task_a.load_views(sample_root, "test") is None
+
+
+def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path):
+    """Raw + MTCNN-aligned streams with SE fusion, end to end through a checkpoint and the CLI."""
+    cfg = experiment.ExperimentConfig.resolve(
+        "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS, data_dir=str(sample_root),
+        output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
+        epochs=1, image_size=64, backbone="resnet10t", pretrained=False, seed=0)
+    task_data = task_a.prepare_data(cfg, dual_stream=True)
+    assert task_data.aligned["train"].shape == task_data.images["train"].shape
+    net = task_a.create_classifier(cfg, "dual_se")
+    criterion = task_a.create_loss("ce", task_data.splits.train["label"].to_numpy(), "none")
+    result = task_a.train_classifier(net, task_data, cfg, criterion, "dual", views_per_epoch=1)
+    assert len(result.history) == 1
+    threshold, dev, evaluated, _ = task_a.evaluate_model(net, task_data, cfg)
+    assert 0.0 <= evaluated["accuracy"] <= 1.0
+    card = task_a.model_card(cfg, net, "dual_se", threshold, dev, task_data.splits, "test")
+    assert card["aligned"] is True and card["kind"] == "dual_se"
+    weights = runs.save_model(net, cfg.weights_dir, "dual", card)
+    folder = sample_root / "Task_A" / "val" / "female"
+    table = predict.predict_gender(sorted(folder.glob("*.jpg"))[:4], weights, progress=False)
+    assert (table["error"] == "").all() and table["probability"].between(0, 1).all()
+    assert Path(weights).with_suffix(".json").exists()
