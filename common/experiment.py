@@ -153,7 +153,9 @@ def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
     splits = Splits(train.reset_index(drop=True), dev.reset_index(drop=True),
                     eval_table.reset_index(drop=True), eval_name)
     check_leakage(splits.train, splits.dev, "dev", allow=cfg.allow_leakage)
-    check_leakage(splits.train, splits.eval, eval_name, allow=cfg.allow_leakage)
+    # Dev picks the checkpoint and the threshold, so it must not see the evaluated split either.
+    check_leakage(pd.concat([splits.train, splits.dev]), splits.eval, eval_name,
+                  allow=cfg.allow_leakage, train_name="train/dev")
     return splits
 
 
@@ -163,16 +165,17 @@ def file_sha1(path: str) -> str:
 
 
 def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
-                  allow: bool = False) -> None:
+                  allow: bool = False, train_name: str = "train") -> None:
     """Refuse to train when train and `evaluated` share an identity or an identical image file.
 
     Clean images are hashed (distorted copies derive from them); `allow=True` downgrades the
-    refusal to a printed warning, for users who know why they want it.
+    refusal to a printed warning, for users who know why they want it. `name` and `train_name`
+    only label the two tables in the message.
     """
     problems = []
     shared_ids = sorted(set(train["identity"]) & set(evaluated["identity"]))
     if shared_ids:
-        problems.append(f"{len(shared_ids)} identities in both train and {name} "
+        problems.append(f"{len(shared_ids)} identities in both {train_name} and {name} "
                         f"(e.g. {shared_ids[:3]})")
 
     def clean_hashes(frame: pd.DataFrame) -> dict[str, str]:
@@ -183,11 +186,11 @@ def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
     train_hashes, eval_hashes = clean_hashes(train), clean_hashes(evaluated)
     shared = sorted(set(train_hashes) & set(eval_hashes))
     if shared:
-        problems.append(f"{len(shared)} identical images in both train and {name} (e.g. "
+        problems.append(f"{len(shared)} identical images in both {train_name} and {name} (e.g. "
                         f"{train_hashes[shared[0]]} == {eval_hashes[shared[0]]})")
     if not problems:
         return
-    message = "Leakage between train and " + name + ": " + "; ".join(problems)
+    message = f"Leakage between {train_name} and {name}: " + "; ".join(problems)
     if allow:
         print("WARNING (allow_leakage=True): " + message)
         return
@@ -197,8 +200,16 @@ def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 epoch: int = 0, num_workers: int = 0, sampler: Sampler | None = None,
                 drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose order and worker seeds depend only on (seed, epoch): resumable."""
+    """A DataLoader whose order and augmentations depend only on (seed, epoch): resumable.
+
+    Worker processes re-seed the dataset's albumentations pipelines in `config.seed_worker`;
+    without workers nothing would, and the pipelines would keep drawing from fresh OS entropy
+    (transforms are built with seed=None), so they are re-seeded here from (seed, epoch).
+    """
     generator = config.make_generator(seed * 1000 + epoch)
+    if num_workers == 0:
+        for transform in config._seedable_transforms(dataset):
+            transform.set_random_seed((seed * 1000 + epoch) % 2**32)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       generator=generator, worker_init_fn=config.seed_worker,

@@ -94,9 +94,15 @@ def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTE
     return executed_paths
 
 
-def write_summary(run_root: Path) -> Path:
-    """`summary.md`: one row per notebook with its headline metrics."""
+def write_summary(run_root: Path, failure: str = "") -> Path:
+    """`summary.md`: one row per notebook with its headline metrics.
+
+    After a failure it lists the notebooks that finished, under the failure's first line, so a
+    partial summary cannot be mistaken for a complete run.
+    """
     lines = ["# Run summary", "", f"Run folder: `{run_root}`", ""]
+    if failure:
+        lines += [f"**Run stopped:** {failure.splitlines()[0]}", ""]
     header = ["notebook", *SUMMARY_KEYS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metrics_path in sorted(run_root.glob("*/metrics.json")):
@@ -135,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.params_file:
         loaded = yaml.safe_load(Path(args.params_file).read_text()) or {}
         if not isinstance(loaded, dict):
-            print(f"ERROR: {args.params_file} must be a mapping of parameter: value", file=sys.stderr)
+            print(f"ERROR: {args.params_file} must be a mapping of parameter: value",
+                  file=sys.stderr)
             return 2
         parameters.update(loaded)
-    try:
-        data_dir = resolve_data_dir(args.data_dir or parameters.get("data_dir", ""))
+    overrides = {name: yaml.safe_load(value) for name, value in args.param}
+    try:  # `-p data_dir X` is checked here too, not only inside the first notebook
+        data_dir = resolve_data_dir(args.data_dir or overrides.get("data_dir")
+                                    or parameters.get("data_dir", ""))
     except DataNotFoundError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
@@ -149,15 +158,20 @@ def main(argv: list[str] | None = None) -> int:
             parameters[key] = getattr(args, key)
     if args.weights_dir:
         parameters["weights_dir"] = str(Path(args.weights_dir).resolve())
-    for name, value in args.param:
-        parameters[name] = yaml.safe_load(value)
+    parameters.update({**overrides, "data_dir": str(data_dir)})
     try:
         run_root = _new_run_root(args.output)
         _check_free_space(run_root)
         (run_root / "parameters.yaml").write_text(yaml.safe_dump(parameters, sort_keys=True))
         print(f"Run folder: {run_root}\nData: {data_dir}\nParameters: {parameters}", flush=True)
         run_notebooks(parameters, run_root, tuple(args.only or NOTEBOOKS))
-    except (NotebookFailed, OSError) as error:
+    except NotebookFailed as error:
+        # Keep everything written so far: the notebooks that finished still get their summary.
+        summary = write_summary(run_root, failure=str(error))
+        print(f"\nERROR: {error}\nSummary of the notebooks that finished: {summary}",
+              file=sys.stderr)
+        return 1
+    except OSError as error:
         print(f"\nERROR: {error}", file=sys.stderr)
         return 1
     summary = write_summary(run_root)

@@ -1,0 +1,260 @@
+"""common.experiment and the Task A/B recipes on top of it: seeded runs repeat exactly, an
+interrupted recipe resumes to the uninterrupted result, and train never meets evaluated data."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import cache, metrics, task_a, task_b, transforms
+from common.data import read_task_b
+from common.experiment import (ExperimentConfig, LeakageError, check_leakage, make_loader,
+                               make_splits)
+from common.train import TrainingInterrupted
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _resolve(recipe: ModuleType, folder: Path, data_dir: Path, **overrides) -> ExperimentConfig:
+    """The tiny CPU configuration of `recipe` (task_a or task_b), writing under `folder`.
+
+    Resolving also seeds every generator, so it must come first in each run, as in a notebook.
+    """
+    params = {"data_dir": str(data_dir), "output_dir": str(folder / "run"),
+              "weights_dir": str(folder / "weights"), "quick": True, "epochs": 1,
+              "image_size": 32, "seed": 0, "pretrained": False, "device": "cpu", **overrides}
+    return ExperimentConfig.resolve(recipe.__name__, recipe.BACKBONES, recipe.EPOCHS, **params)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Everything a recipe run produced that must repeat exactly."""
+
+    cfg: ExperimentConfig
+    net: torch.nn.Module
+    task_data: object
+    history: list[dict]
+    state: dict[str, torch.Tensor]
+    threshold: float | None = None
+    eval_metrics: dict | None = None
+
+
+def _train_task_a(folder: Path, data_dir: Path, stop_after_steps: int | None = None,
+                  **overrides) -> Outcome:
+    """The notebook-01 recipe: prepare, build, train, then evaluate on dev and eval."""
+    cfg = _resolve(task_a, folder, data_dir, **overrides)
+    task_data = task_a.prepare_data(cfg)
+    net = task_a.create_classifier(cfg)
+    criterion = task_a.create_loss("focal", task_data.splits.train["label"].to_numpy(),
+                                   "weighted_sampler")
+    result = task_a.train_classifier(net, task_data, cfg, criterion, "task_a_test",
+                                     stop_after_steps=stop_after_steps)
+    threshold, _, eval_metrics, _ = task_a.evaluate_model(net, task_data, cfg)
+    return Outcome(cfg, net, task_data, result.history, net.state_dict(), threshold,
+                   eval_metrics)
+
+
+def _train_task_b(folder: Path, data_dir: Path, **overrides) -> Outcome:
+    """The notebook-02 ArcFace recipe with the `embedding` model kind."""
+    cfg = _resolve(task_b, folder, data_dir, **overrides)
+    task_data = task_b.prepare_data(cfg)
+    embedder = task_b.create_embedder("embedding", cfg)
+    net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index),
+                                     embedder.embedding_dim)
+    result = task_b.train_arcface(net, task_data, cfg, "task_b_test")
+    return Outcome(cfg, net, task_data, result.history, net.state_dict())
+
+
+def _assert_same_weights(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
+@pytest.fixture(scope="module")
+def task_a_reference(tmp_path_factory, sample_root) -> Outcome:
+    """One uninterrupted seed-0 Task A run, shared by the determinism and resume tests."""
+    return _train_task_a(tmp_path_factory.mktemp("task_a_reference"), sample_root)
+
+
+# --- determinism ---------------------------------------------------------------------------
+
+def test_task_a_same_seed_repeats_history_weights_and_metrics(task_a_reference, tmp_path,
+                                                                sample_root):
+    again = _train_task_a(tmp_path, sample_root)
+    assert again.history == task_a_reference.history
+    _assert_same_weights(again.state, task_a_reference.state)
+    assert again.threshold == task_a_reference.threshold
+    assert again.eval_metrics == task_a_reference.eval_metrics
+
+
+def test_task_a_other_seed_changes_history(task_a_reference, tmp_path, sample_root):
+    other = _train_task_a(tmp_path, sample_root, seed=1)
+    assert other.history != task_a_reference.history
+    assert other.history[0]["train_loss"] != task_a_reference.history[0]["train_loss"]
+
+
+def test_task_b_arcface_same_seed_repeats(tmp_path, sample_root):
+    # Half the train identities go to dev: half the training steps, same code path.
+    first = _train_task_b(tmp_path / "first", sample_root, dev_fraction=0.5)
+    second = _train_task_b(tmp_path / "second", sample_root, dev_fraction=0.5)
+    assert first.history == second.history
+    assert np.isfinite(first.history[0]["train_loss"])
+    _assert_same_weights(first.state, second.state)
+
+
+@pytest.fixture
+def augmented_copies(sample_root) -> cache.ImageArrayDataset:
+    """Sixteen copies of one face with a train transform that always distorts: any difference
+    between two items is augmentation, nothing else."""
+    path = sorted((sample_root / "Task_A" / "train" / "male").glob("*.jpg"))[0]
+    images = np.repeat(cache.load_resized(path, 32)[None], 16, axis=0)
+    transform = transforms.create_train_transform(32, IMAGENET_MEAN, IMAGENET_STD,
+                                                  distortion_p=1.0)
+    return cache.ImageArrayDataset(images, np.zeros(16, dtype=np.int64), transform)
+
+
+def _batches(dataset, num_workers: int, epoch: int = 0) -> list[torch.Tensor]:
+    loader = make_loader(dataset, 4, seed=0, epoch=epoch, num_workers=num_workers)
+    return [images for images, _ in loader]
+
+
+def test_workers_augment_differently_but_repeat_across_runs(augmented_copies):
+    first = _batches(augmented_copies, num_workers=2)
+    # Batches 0 and 1 come from workers 0 and 1; had the workers kept the parent's copy of the
+    # albumentations generator they would have augmented the identical images identically.
+    assert not torch.equal(first[0], first[1])
+    for a, b in zip(first, _batches(augmented_copies, num_workers=2)):
+        assert torch.equal(a, b)
+
+
+def test_main_process_loader_repeats_per_epoch(augmented_copies):
+    first = _batches(augmented_copies, num_workers=0)
+    assert not torch.equal(first[0], first[1])
+    for a, b in zip(first, _batches(augmented_copies, num_workers=0)):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], _batches(augmented_copies, num_workers=0, epoch=1)[0])
+
+
+# --- resume at the recipe level ------------------------------------------------------------
+
+def test_task_a_interrupted_then_resumed_matches_uninterrupted(task_a_reference, tmp_path,
+                                                               sample_root):
+    steps = len(task_a.epoch_indices(task_a_reference.task_data.splits.train, 0, 0)) // 32
+    assert steps >= 4, "the sample must give several steps per epoch to interrupt mid-epoch"
+    with pytest.raises(TrainingInterrupted, match="resume=True"):
+        _train_task_a(tmp_path / "first", sample_root, stop_after_steps=steps // 2)
+    resume_state = tmp_path / "first" / "weights" / "task_a_test.resume.pt"
+    assert resume_state.exists()
+    # A re-run writes a new run folder but finds the resume state in the shared weights folder.
+    shutil.copytree(tmp_path / "first" / "weights", tmp_path / "second" / "weights")
+    resumed = _train_task_a(tmp_path / "second", sample_root, resume=True)
+    assert resumed.history == task_a_reference.history
+    _assert_same_weights(resumed.state, task_a_reference.state)
+    assert resumed.eval_metrics == task_a_reference.eval_metrics
+
+
+# --- leakage guards and dev-only selection -------------------------------------------------
+
+def _copy_identity(source_split: Path, identity: str, target_split: Path) -> None:
+    """Copy one identity folder (clean + distorted images) between Task_B split folders."""
+    shutil.copytree(source_split / identity, target_split / identity)
+
+
+@pytest.fixture
+def small_copy(tmp_path, sample_root) -> Path:
+    """A FACECOM-layout copy with four train identities and two val identities."""
+    root = tmp_path / "facecom"
+    for split, identities in (("train", ("person_000", "person_001", "person_002", "person_003")),
+                              ("val", ("person_004", "person_005"))):
+        for identity in identities:
+            _copy_identity(sample_root / "Task_B" / "train", identity, root / "Task_B" / split)
+    return root
+
+
+def _splits_of(root: Path, tmp_path: Path, **overrides):
+    cfg = _resolve(task_b, tmp_path / "cfg", root, dev_fraction=0.25, **overrides)
+    return make_splits(read_task_b(root, "train"), read_task_b(root, "val"), cfg, stratify=None)
+
+
+def test_clean_copy_splits_without_complaint(small_copy, tmp_path):
+    splits = _splits_of(small_copy, tmp_path)
+    assert splits.eval_name == "val"
+    assert set(splits.eval["identity"]) == {"person_004", "person_005"}
+
+
+def test_shared_identity_is_refused(small_copy, tmp_path):
+    _copy_identity(small_copy / "Task_B" / "train", "person_001", small_copy / "Task_B" / "val")
+    with pytest.raises(LeakageError, match=r"identities in both train/dev and val.*person_001"):
+        _splits_of(small_copy, tmp_path)
+
+
+@pytest.mark.parametrize("part", ["train", "dev"])  # dev selects, so it must not leak either
+def test_same_image_under_another_name_is_refused(small_copy, tmp_path, part):
+    identity = sorted(getattr(_splits_of(small_copy, tmp_path / "clean"), part)["identity"])[0]
+    clean = small_copy / "Task_B" / "train" / identity / f"{identity}_0001.jpg"
+    renamed = small_copy / "Task_B" / "val" / "person_005" / "person_005_0999.jpg"
+    shutil.copyfile(clean, renamed)
+    with pytest.raises(LeakageError, match="identical images") as error:
+        _splits_of(small_copy, tmp_path)
+    assert str(clean) in str(error.value) and str(renamed) in str(error.value)
+    assert "allow_leakage=True" in str(error.value)
+
+
+def test_allow_leakage_only_warns(small_copy, tmp_path, capsys):
+    _copy_identity(small_copy / "Task_B" / "train", "person_001", small_copy / "Task_B" / "val")
+    splits = _splits_of(small_copy, tmp_path, allow_leakage=True)
+    assert "person_001" in set(splits.eval["identity"])
+    warning = "WARNING (allow_leakage=True): Leakage between train/dev and val"
+    assert warning in capsys.readouterr().out
+
+
+def test_check_leakage_ignores_distorted_copies_of_other_identities():
+    # Only clean images are hashed; distorted rows are never read, so fake paths are fine.
+    train = {"identity": ["a"], "distortion": ["blurred"], "path": ["/nonexistent/a.jpg"]}
+    evaluated = {"identity": ["b"], "distortion": ["blurred"], "path": ["/nonexistent/b.jpg"]}
+    check_leakage(pd.DataFrame(train), pd.DataFrame(evaluated), "dev")
+
+
+def test_splits_are_identity_disjoint_and_cover_train(tmp_path, sample_root):
+    cfg = _resolve(task_b, tmp_path, sample_root)
+    train = read_task_b(sample_root, "train")
+    splits = make_splits(train, None, cfg, stratify=None)
+    assert splits.eval_name == "holdout"
+    parts = [set(frame["identity"]) for frame in (splits.train, splits.dev, splits.eval)]
+    assert all(parts)
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert parts[0] | parts[1] | parts[2] == set(train["identity"])
+    assert len(splits.train) + len(splits.dev) + len(splits.eval) == len(train)
+
+
+def _dev_clean(outcome: Outcome) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and P(female) of the dev split's clean rows."""
+    splits, images = outcome.task_data.splits, outcome.task_data.images
+    clean = (splits.dev["distortion"] == "clean").to_numpy()
+    probs = task_a.predict_probs(outcome.net, images["dev"][clean], outcome.cfg.image_size)
+    return splits.dev["label"].to_numpy()[clean], probs
+
+
+def test_threshold_and_selection_use_dev_only(task_a_reference):
+    labels, probs = _dev_clean(task_a_reference)
+    threshold = metrics.choose_threshold(labels, probs)
+    assert task_a_reference.threshold == threshold
+    # The selection metric in the history is the dev metric of the selected (here: only) epoch.
+    dev_f1 = metrics.compute_classification_metrics(labels, probs, threshold,
+                                                    class_names=task_a.CLASS_NAMES)["f1_macro"]
+    assert task_a_reference.history[0]["dev_f1_macro"] == pytest.approx(dev_f1, abs=1e-12)
+    # Scrambling the evaluated split's labels and images cannot move the threshold.
+    data = task_a_reference.task_data
+    scrambled_eval = data.splits.eval.assign(label=1 - data.splits.eval["label"])
+    scrambled = dataclasses.replace(
+        data, splits=dataclasses.replace(data.splits, eval=scrambled_eval),
+        images={**data.images, "eval": data.images["eval"][::-1].copy()})
+    moved, _, _, _ = task_a.evaluate_model(task_a_reference.net, scrambled, task_a_reference.cfg)
+    assert moved == threshold

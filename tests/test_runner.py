@@ -1,0 +1,158 @@
+"""common.runner (run_all.sh): bad input stops before any work with exit 2 and a message saying
+what to fix; a failing notebook exits 1 naming notebook and cell and keeps what was written."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common import runner
+from common.runner import NotebookFailed, main
+
+FAILURE = ("Notebook 01_task_a_gender failed in cell [8]: ValueError: boom\n"
+           "The partially executed notebook is kept at /somewhere")
+
+
+@pytest.fixture
+def notebooks(monkeypatch) -> dict:
+    """Replace notebook execution: records its arguments; `fail_after` makes it finish that
+    notebook (writing its metrics.json) and then fail like papermill in the next one."""
+    calls: dict = {"fail_after": None}
+
+    def fake_run(parameters: dict, run_root: Path, only: tuple[str, ...], *args, **kwargs):
+        calls.update(parameters=parameters, run_root=run_root, only=only)
+        for name in only:
+            (run_root / name).mkdir(parents=True)
+            (run_root / name / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+            if name == calls["fail_after"]:
+                raise NotebookFailed(FAILURE)
+        return [run_root / f"{name}.ipynb" for name in only]
+
+    monkeypatch.setattr(runner, "run_notebooks", fake_run)
+    return calls
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- input checked before any work ---------------------------------------------------------
+
+def test_missing_data_dir_names_the_path_and_the_fix(tmp_path, capsys, notebooks):
+    missing = tmp_path / "no_such_facecom"
+    code, _, err = _run(capsys, "--data-dir", str(missing), "--output", str(tmp_path / "run"))
+    assert code == 2
+    assert f"{missing} does not exist" in err and "--data-dir" in err and "Task_A" in err
+    assert "parameters" not in notebooks and not (tmp_path / "run").exists()
+
+
+def test_data_dir_given_as_parameter_is_checked_too(tmp_path, capsys, notebooks):
+    missing = tmp_path / "elsewhere"
+    code, _, err = _run(capsys, "-p", "data_dir", str(missing), "--output", str(tmp_path / "run"))
+    assert code == 2 and f"{missing} does not exist" in err
+    assert "parameters" not in notebooks
+
+
+def test_wrong_layout_names_the_expected_one(tmp_path, capsys, notebooks):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _run(capsys, "--data-dir", str(empty), "--output", str(tmp_path / "run"))
+    assert code == 2
+    assert "does not have the FACECOM layout" in err
+    assert f"{empty}/Task_A/{{train,val}}/{{male,female}}/" in err
+    assert f"{empty}/Task_B/{{train,val}}/<identity>/" in err
+    assert "parameters" not in notebooks
+
+
+def test_params_file_must_be_a_mapping(tmp_path, capsys, notebooks):
+    params = tmp_path / "params.yaml"
+    params.write_text("- epochs\n- 3\n")
+    code, _, err = _run(capsys, "-f", str(params))
+    assert code == 2 and f"{params} must be a mapping" in err
+
+
+def test_non_empty_output_is_never_overwritten(tmp_path, capsys, notebooks, sample_root):
+    output = tmp_path / "earlier_run"
+    output.mkdir()
+    (output / "summary.md").write_text("earlier results")
+    code, _, err = _run(capsys, "--data-dir", str(sample_root), "--output", str(output))
+    assert code == 1
+    assert f"{output} already exists and is not empty" in err and "--output" in err
+    assert (output / "summary.md").read_text() == "earlier results"
+    assert [p.name for p in output.iterdir()] == ["summary.md"]
+    assert "parameters" not in notebooks
+
+
+def test_too_little_free_disk_stops_with_one_message(tmp_path, capsys, notebooks, sample_root,
+                                                     monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 10 * 2**20,
+                                                                 10 * 2**20))
+    output = tmp_path / "run"
+    code, _, err = _run(capsys, "--data-dir", str(sample_root), "--output", str(output))
+    assert code != 0
+    assert err.count("ERROR") == 1
+    assert f"Only 10 MiB free in {output}" in err and "needs at least 500 MiB" in err
+    assert "parameters" not in notebooks
+
+
+# --- what a run records --------------------------------------------------------------------
+
+def test_parameters_reach_the_notebooks_typed_and_recorded(tmp_path, capsys, notebooks,
+                                                           sample_root):
+    output = tmp_path / "run"
+    code, out, _ = _run(capsys, "--data-dir", str(sample_root), "--output", str(output),
+                        "--seed", "5", "--only", "01_task_a_gender", "-p", "epochs", "3",
+                        "-p", "pretrained", "false", "-p", "backbone", "convnext_atto",
+                        "--weights-dir", str(tmp_path / "w"))
+    assert code == 0
+    expected = {"data_dir": str(sample_root), "quick": True, "seed": 5, "epochs": 3,
+                "pretrained": False, "backbone": "convnext_atto",
+                "weights_dir": str((tmp_path / "w").resolve())}
+    assert notebooks["parameters"] == expected
+    assert notebooks["only"] == ("01_task_a_gender",)
+    assert yaml.safe_load((output / "parameters.yaml").read_text()) == expected
+    summary = (output / "summary.md").read_text()
+    assert "| 01_task_a_gender | 0.5000 |" in summary and "Run stopped" not in summary
+    assert "Done. Summary" in out
+
+
+def test_failure_keeps_the_summary_of_finished_notebooks(tmp_path, capsys, notebooks,
+                                                         sample_root):
+    notebooks["fail_after"] = "01_task_a_gender"
+    output = tmp_path / "run"
+    code, _, err = _run(capsys, "--data-dir", str(sample_root), "--output", str(output),
+                        "--only", "00_preprocess", "01_task_a_gender", "02_task_b_arcface")
+    assert code == 1
+    assert "Notebook 01_task_a_gender failed in cell [8]: ValueError: boom" in err
+    summary = (output / "summary.md").read_text()
+    assert "**Run stopped:** Notebook 01_task_a_gender failed in cell [8]" in summary
+    assert "| 00_preprocess |" in summary and "02_task_b_arcface" not in summary
+    assert str(output / "summary.md") in err
+
+
+@pytest.mark.notebooks
+def test_failing_notebook_exits_1_naming_notebook_and_cell(tmp_path, capsys, sample_root):
+    """A real papermill run of notebook 01 that fails fast on an unknown model kind."""
+    output = tmp_path / "run"
+    code, _, err = _run(capsys, "--data-dir", str(sample_root), "--output", str(output),
+                        "--weights-dir", str(tmp_path / "weights"), "--only", "01_task_a_gender",
+                        "-p", "model", "nonexistent", "-p", "image_size", "32",
+                        "-p", "pretrained", "false", "-p", "device", "cpu")
+    assert code == 1
+    assert "Notebook 01_task_a_gender failed in cell [" in err
+    assert "ValueError" in err and "nonexistent" in err
+    executed = output / "01_task_a_gender.ipynb"
+    assert f"partially executed notebook is kept at {executed}" in err
+    cells = json.loads(executed.read_text())["cells"]
+    errors = [out for cell in cells for out in cell.get("outputs", [])
+              if out.get("output_type") == "error"]
+    assert errors and errors[0]["ename"] == "ValueError"
+    assert (output / "summary.md").exists()
+    assert not list((tmp_path / "weights").glob("*.pt"))

@@ -1,0 +1,174 @@
+"""common.runs: run folders are never reused, JSON is written atomically and JSON-safe, metrics
+carry their provenance, and model cards rebuild exactly the network that was saved."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import runs
+from common.config import PROJECT_ROOT
+
+CARD = {"task": "task_b", "kind": "embedding", "image_size": 32, "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25], "aligned": False,
+        "model_kwargs": {"backbone_name": "efficientfr", "embedding_dim": 16}}
+
+
+# --- run folders ---------------------------------------------------------------------------
+
+def test_explicit_output_dir_is_created_and_kept(tmp_path):
+    run_dir = runs.create_run_dir(tmp_path / "a" / "b", "01_task_a_gender")
+    assert run_dir == (tmp_path / "a" / "b").resolve() and run_dir.is_dir()
+
+
+def test_explicit_output_dir_with_results_is_refused(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    expected = rf"{re.escape(str(tmp_path))}.*metrics.json.*new output_dir"
+    with pytest.raises(FileExistsError, match=expected):
+        runs.create_run_dir(tmp_path, "01_task_a_gender")
+
+
+def test_automatic_run_dirs_never_collide(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    # Same name within the same second: the second folder gets a suffix instead of reusing.
+    first = runs.create_run_dir("", "02_task_b_arcface")
+    second = runs.create_run_dir("", "02_task_b_arcface")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.name == second.name == "02_task_b_arcface"
+    assert first.parent.parent == second.parent.parent == tmp_path
+
+
+# --- atomic, JSON-safe writes --------------------------------------------------------------
+
+def test_write_json_leaves_only_the_target(tmp_path):
+    path = runs.write_json({"a": 1}, tmp_path / "sub" / "x.json")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_failed_write_names_the_file_and_keeps_the_old_content(tmp_path, monkeypatch):
+    path = runs.write_json({"version": 1}, tmp_path / "metrics.json")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    expected = rf"Could not write {re.escape(str(path))}.*No space left.*output_dir"
+    with pytest.raises(OSError, match=expected):
+        runs.write_json({"version": 2}, path)
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_to_jsonable_converts_numpy_torch_nan_and_paths():
+    value = {
+        1: np.float32(0.5), "int": np.int64(7), "bool": np.bool_(True),
+        "array": np.array([[1, 2], [3, 4]]), "tensor": torch.tensor([1.5, float("nan")]),
+        "nan": float("nan"), "inf": -math.inf, "path": Path("/x/y.pt"), "tuple": (1, np.nan),
+        "nested": [{"deep": np.float64(np.inf)}],
+    }
+    converted = runs.to_jsonable(value)
+    assert converted == {
+        "1": 0.5, "int": 7, "bool": True, "array": [[1, 2], [3, 4]], "tensor": [1.5, None],
+        "nan": None, "inf": None, "path": "/x/y.pt", "tuple": [1, None],
+        "nested": [{"deep": None}],
+    }
+    assert type(converted["int"]) is int and type(converted["1"]) is float
+    json.dumps(converted, allow_nan=False)  # strict JSON: no NaN/Infinity tokens
+
+
+def test_metrics_json_records_provenance(tmp_path):
+    params = {"seed": 3, "quick": True, "data_dir": Path("/data")}
+    written = runs.write_metrics(tmp_path, {"accuracy": np.float64(0.75), "f1_macro": math.nan},
+                                 params, weights_source="random init")
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == written
+    assert on_disk["accuracy"] == 0.75 and on_disk["f1_macro"] is None
+    provenance = on_disk["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert provenance["git_commit"] in (head, head + "+dirty")
+    assert provenance["parameters"] == {"seed": 3, "quick": True, "data_dir": "/data"}
+    assert provenance["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert provenance["packages"]["numpy"] == np.__version__
+    assert provenance["device"] == ("cpu" if not torch.cuda.is_available()
+                                    else torch.cuda.get_device_name(0))
+    assert isinstance(provenance["wall_time_s"], float) and provenance["wall_time_s"] >= 0
+    assert provenance["weights_source"] == "random init"
+
+
+def test_notebook_parameters_are_the_names_defined_after_setup():
+    namespace = {"runs": runs, "_before": None}
+    before = set(namespace)
+    namespace.update(seed=0, data_dir="", _hidden=1)
+    assert runs.notebook_parameters(namespace, before) == {"data_dir": "", "seed": 0}
+
+
+# --- model cards ---------------------------------------------------------------------------
+
+@pytest.fixture
+def saved(tmp_path) -> tuple[torch.nn.Module, Path]:
+    """A small embedding network saved with its card; returns (network, checkpoint)."""
+    from common.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(CARD["kind"], **CARD["model_kwargs"], pretrained=False)
+    return model, runs.save_model(model, tmp_path, "task_b_test", {**CARD, "threshold": 0.4})
+
+
+def test_model_card_round_trip(saved):
+    model, checkpoint = saved
+    assert checkpoint.name == "task_b_test.pt" and checkpoint.with_suffix(".json").exists()
+    loaded, card = runs.load_model(checkpoint)
+    assert card["threshold"] == 0.4 and card["weights_file"] == "task_b_test.pt"
+    assert card["model_kwargs"] == CARD["model_kwargs"] and card["git_commit"]
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    images = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), loaded(images))
+    assert [found["name"] for found in runs.find_model_cards(checkpoint.parent)] == ["task_b_test"]
+
+
+def test_card_without_rebuild_keys_is_refused(tmp_path):
+    incomplete = {key: value for key, value in CARD.items() if key not in ("mean", "kind")}
+    with pytest.raises(ValueError, match=r"task_b_test is missing \['kind', 'mean'\]"):
+        runs.save_model(torch.nn.Linear(2, 2), tmp_path, "task_b_test", incomplete)
+    assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_without_card_is_refused_with_an_explanation(saved):
+    _, checkpoint = saved
+    checkpoint.with_suffix(".json").unlink()
+    with pytest.raises(runs.MissingModelCardError) as error:
+        runs.load_model(checkpoint)
+    message = str(error.value)
+    assert str(checkpoint) in message and "task_b_test.json" in message
+    assert "image size" in message and "normalisation" in message
+    assert isinstance(error.value, FileNotFoundError)
+    assert runs.find_model_cards(checkpoint.parent) == []
+
+
+def test_missing_checkpoint_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(tmp_path))}/nope.pt does not"):
+        runs.load_model_card(tmp_path / "nope.pt")
+
+
+def test_card_that_does_not_match_the_weights_names_the_file(saved):
+    _, checkpoint = saved
+    card_path = checkpoint.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["model_kwargs"]["embedding_dim"] = 8
+    card_path.write_text(json.dumps(card))
+    expected = rf"{re.escape(str(checkpoint))} does not match the model its card"
+    with pytest.raises(RuntimeError, match=expected):
+        runs.load_model(checkpoint)
