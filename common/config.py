@@ -17,7 +17,7 @@ __all__ = [
     "PROJECT_ROOT", "DATA_DIR", "WEIGHTS_DIR", "RUNS_DIR", "CACHE_DIR", "KAGGLE_INPUT",
     "KAGGLE_DATASET_ENV", "PROFILES", "Profile", "DataNotFoundError", "seed_everything",
     "seed_worker", "make_generator", "resolve_device", "resolve_profile", "resolve_data_dir",
-    "is_facecom_root", "configure_threads",
+    "is_facecom_root", "configure_threads", "LAYOUTS",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +29,7 @@ KAGGLE_INPUT = Path("/kaggle/input")
 # `owner/slug` of a Kaggle copy of the hackathon release, for data_dir="kaggle". Copies are
 # published by different users, so the project names none; set FACECOM_KAGGLE_DATASET.
 KAGGLE_DATASET_ENV = "FACECOM_KAGGLE_DATASET"
+LAYOUTS = ("facecom", "identity_folders")  # the notebooks' `data_format` values
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -146,6 +147,19 @@ def is_facecom_root(path: Path) -> bool:
                for task in ("Task_A", "Task_B") for split in ("train", "val"))
 
 
+def _resolve_identity_folders(data_dir: str) -> Path:
+    from common import identity_folders, sample  # late imports: both import this module
+
+    if data_dir in ("", "auto", "sample"):
+        return sample.ensure_sample() / "Task_B"
+    path = Path(data_dir).expanduser().resolve()
+    if not identity_folders.is_identity_folders_root(path):
+        raise DataNotFoundError(
+            f"{path} is not a folder of identity folders: expected {path}/<identity>/*.jpg, or "
+            f"{path}/train/<identity>/*.jpg (+ val/, test/). Point data_dir at that folder.")
+    return path
+
+
 def _find_kaggle_input() -> Path | None:
     if not KAGGLE_INPUT.is_dir():
         return None
@@ -183,7 +197,7 @@ def _download_from_kaggle(target: Path) -> Path:
                             f"folders in it; set {KAGGLE_DATASET_ENV} to the right data set.")
 
 
-def resolve_data_dir(data_dir: str | os.PathLike = "") -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike = "", layout: str = "facecom") -> Path:
     """Find the data root.
 
     - a path: used as given (must exist and have the FACECOM layout);
@@ -191,10 +205,18 @@ def resolve_data_dir(data_dir: str | os.PathLike = "") -> Path:
       ``data/sample`` (generated when missing);
     - ``"sample"``: the embedded sample;
     - ``"kaggle"``: download the data set with the `kaggle` package into ``data/facecom``.
+
+    With ``layout="identity_folders"`` (notebook parameter `data_format`) a path must hold
+    ``<identity>/`` image folders (see `common.identity_folders`), and ``""`` / ``"sample"``
+    mean the sample's ``Task_B`` folder, whose ``train/`` and ``val/`` are such folders.
     """
     from common.sample import ensure_sample  # late import: sample imports distortions (albumentations)
 
     data_dir = str(data_dir)
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown data layout {layout!r}; choose one of {LAYOUTS}.")
+    if layout == "identity_folders":
+        return _resolve_identity_folders(data_dir)
     if data_dir in ("", "auto"):
         found = _find_kaggle_input()
         return found if found is not None else ensure_sample()

@@ -75,7 +75,8 @@ class ExperimentConfig:
         quick = bool(params.get("quick", False))
         cfg = cls(
             notebook=notebook,
-            data_dir=config.resolve_data_dir(params.get("data_dir", "")),
+            data_dir=config.resolve_data_dir(params.get("data_dir", ""),
+                                             layout=params.get("data_format", "facecom")),
             run_dir=runs.create_run_dir(params.get("output_dir", ""), notebook),
             weights_dir=runs.resolve_weights_dir(params.get("weights_dir", "")),
             device=device,

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import cache, data, evaluation, losses, metrics, models, transforms
+from common import (cache, data, evaluation, identity_folders, losses, metrics, models,
+                    transforms)
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
@@ -44,15 +45,21 @@ class TaskBData:
 
 
 def prepare_data(cfg: ExperimentConfig) -> TaskBData:
-    """Read Task B, split by identity, decode (cached) every image once."""
+    """Read Task B (or identity folders when the notebook's `data_format` says so), split by
+    identity, decode (cached) every image once."""
     root = Path(cfg.data_dir)
+    if cfg.params.get("data_format", "facecom") == "identity_folders":
+        return _decode(identity_folders.read_splits(cfg), cfg)
     if not (root / "Task_B" / "train").is_dir():
         raise data.DatasetLayoutError(
             f"{root}/Task_B/train not found: Task B needs <root>/Task_B/train/<identity>/*.jpg "
             "(+ <identity>/distortion/*). Point data_dir at the FACECOM root.")
     train = data.read_task_b(root, "train")
     val = data.read_task_b(root, "val") if (root / "Task_B" / "val").is_dir() else None
-    splits = make_splits(train, val, cfg, stratify=None)
+    return _decode(make_splits(train, val, cfg, stratify=None), cfg)
+
+
+def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
     images = {name: cache.load_image_array(frame["path"].tolist(), cfg.image_size)
               for name, frame in (("train", splits.train), ("dev", splits.dev),
                                   ("eval", splits.eval))}
