@@ -17,7 +17,7 @@ __all__ = [
     "PROJECT_ROOT", "DATA_DIR", "WEIGHTS_DIR", "RUNS_DIR", "CACHE_DIR", "KAGGLE_INPUT",
     "KAGGLE_DATASET_ENV", "PROFILES", "Profile", "DataNotFoundError", "seed_everything",
     "seed_worker", "make_generator", "resolve_device", "resolve_profile", "resolve_data_dir",
-    "is_facecom_root", "configure_threads", "LAYOUTS",
+    "is_facecom_root", "configure_threads", "LAYOUTS", "seedable_transforms",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _seedable_transforms(obj: object, depth: int = 4) -> list:
+def seedable_transforms(obj: object, depth: int = 4) -> list:
     """Transforms with `set_random_seed` reachable from a dataset (through Subset/wrappers)."""
     found = []
     if depth < 0 or obj is None:
@@ -88,7 +88,7 @@ def _seedable_transforms(obj: object, depth: int = 4) -> list:
         found.append(transform)
     for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
         if isinstance(value, torch.utils.data.Dataset):
-            found += _seedable_transforms(value, depth - 1)
+            found += seedable_transforms(value, depth - 1)
     return found
 
 
@@ -103,7 +103,7 @@ def seed_worker(worker_id: int) -> None:
     random.seed(worker_seed)
     info = torch.utils.data.get_worker_info()
     if info is not None:
-        for transform in _seedable_transforms(info.dataset):
+        for transform in seedable_transforms(info.dataset):
             transform.set_random_seed(worker_seed)
 
 

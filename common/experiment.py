@@ -210,7 +210,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, see
     """
     generator = config.make_generator(seed * 1000 + epoch)
     if num_workers == 0:
-        for transform in config._seedable_transforms(dataset):
+        for transform in config.seedable_transforms(dataset):
             transform.set_random_seed((seed * 1000 + epoch) % 2**32)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers, drop_last=drop_last,

@@ -266,7 +266,8 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
                epochs=cfg.epochs, monitor="f1_macro", mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
                resume_path=cfg.weights_dir / f"{name}.resume.pt",
-               best_path=cfg.run_dir / "best_state.pt", stop_after_steps=stop_after_steps)
+               best_path=cfg.weights_dir / f"{name}.best_state.pt",
+               stop_after_steps=stop_after_steps)
 
 
 def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig

@@ -158,7 +158,8 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
                epochs=epochs, monitor=monitor, mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
                resume_path=cfg.weights_dir / f"{name}.resume.pt",
-               best_path=cfg.run_dir / f"{name}.best_state.pt", stop_after_steps=stop_after_steps)
+               best_path=cfg.weights_dir / f"{name}.best_state.pt",
+               stop_after_steps=stop_after_steps)
 
 
 def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: ExperimentConfig,
