@@ -24,6 +24,8 @@ __all__ = ["NOTEBOOKS", "NotebookFailed", "run_notebooks", "write_summary", "mai
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = ("00_preprocess", "01_task_a_gender", "02_task_b_arcface", "03_task_b_siamese",
              "04_evaluation")
+# Notebooks that also read generic `<identity>/*` folders (parameter data_format).
+IDENTITY_FOLDER_NOTEBOOKS = ("02_task_b_arcface", "03_task_b_siamese")
 KERNEL = "facecom"
 MIN_FREE_BYTES = 500 * 2**20
 SUMMARY_KEYS = ("accuracy", "f1_macro", "recall_female", "roc_auc", "top1", "top5",
@@ -146,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         parameters.update(loaded)
     overrides = {name: yaml.safe_load(value) for name, value in args.param}
+    layout = overrides.get("data_format", parameters.get("data_format", "facecom"))
+    only = tuple(args.only or (NOTEBOOKS if layout == "facecom" else IDENTITY_FOLDER_NOTEBOOKS))
+    if layout != "facecom" and set(only) - set(IDENTITY_FOLDER_NOTEBOOKS):
+        print(f"ERROR: data_format={layout} is read by {IDENTITY_FOLDER_NOTEBOOKS} only; "
+              "drop --only or list those notebooks.", file=sys.stderr)
+        return 2
     try:  # `-p data_dir X` is checked here too, not only inside the first notebook
         data_dir = resolve_data_dir(args.data_dir or overrides.get("data_dir")
-                                    or parameters.get("data_dir", ""))
-    except DataNotFoundError as error:
+                                    or parameters.get("data_dir", ""), layout=layout)
+    except (DataNotFoundError, ValueError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
     parameters.update({"data_dir": str(data_dir), "quick": not args.full})
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_free_space(run_root)
         (run_root / "parameters.yaml").write_text(yaml.safe_dump(parameters, sort_keys=True))
         print(f"Run folder: {run_root}\nData: {data_dir}\nParameters: {parameters}", flush=True)
-        run_notebooks(parameters, run_root, tuple(args.only or NOTEBOOKS))
+        run_notebooks(parameters, run_root, only)
     except NotebookFailed as error:
         # Keep everything written so far: the notebooks that finished still get their summary.
         summary = write_summary(run_root, failure=str(error))

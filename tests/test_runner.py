@@ -70,6 +70,19 @@ def test_wrong_layout_names_the_expected_one(tmp_path, capsys, notebooks):
     assert "parameters" not in notebooks
 
 
+def test_identity_folders_run_only_the_task_b_notebooks(tmp_path, capsys, notebooks,
+                                                         sample_root):
+    faces = sample_root / "Task_B" / "train"  # <identity>/* folders (plus distortion/ inside)
+    code, _, err = _run(capsys, "--data-dir", str(faces), "-p", "data_format", "identity_folders",
+                        "--only", "01_task_a_gender", "--output", str(tmp_path / "bad"))
+    assert code == 2 and "02_task_b_arcface" in err and "parameters" not in notebooks
+    code, _, _ = _run(capsys, "--data-dir", str(faces), "-p", "data_format", "identity_folders",
+                      "--output", str(tmp_path / "run"))
+    assert code == 0
+    assert notebooks["only"] == runner.IDENTITY_FOLDER_NOTEBOOKS
+    assert notebooks["parameters"]["data_format"] == "identity_folders"
+
+
 def test_params_file_must_be_a_mapping(tmp_path, capsys, notebooks):
     params = tmp_path / "params.yaml"
     params.write_text("- epochs\n- 3\n")
