@@ -6,9 +6,9 @@
     python -m common.predict task-b --weights weights/task_b_x.pt --input FACECOM_SPLIT_DIR ...
     python -m common.predict compare a.jpg b.jpg --weights weights/task_b_x.pt
 
-Preprocessing (image size, normalisation, face alignment, threshold) comes from the model card
-beside the checkpoint. Unreadable images never abort a run: they get a row with an `error`
-column. Nothing in the input folders is modified.
+Preprocessing (image size, normalisation, face alignment or dlib face chips, threshold) comes
+from the model card beside the checkpoint. Unreadable images never abort a run: they get a row
+with an `error` column. Nothing in the input folders is modified.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import cache, config, data, faces, metrics, runs, task_a, task_b
+from common import cache, config, data, face_priors, faces, metrics, runs, task_a, task_b
 
 __all__ = ["ImageLike", "load_inputs", "predict_gender", "embed", "compare", "match_gallery",
            "main"]
@@ -76,12 +76,28 @@ def _aligned(paths: Sequence[ImageLike], card: dict, errors: list[str], device) 
     return aligned
 
 
+def _chips(images: Sequence[ImageLike], card: dict, errors: list[str]) -> np.ndarray:
+    """dlib face chips for a "chips"-stream checkpoint: each image's own face, else the whole
+    image (unlike training, new files have no clean source to borrow a face from)."""
+    size = card["image_size"]
+    chips = np.zeros((len(images), size, size, 3), dtype=np.uint8)
+    good = [i for i, err in enumerate(errors) if not err]
+    decoded = [cache.load_image(images[i]) if isinstance(images[i], (str, os.PathLike))
+               else np.asarray(images[i].convert("RGB") if isinstance(images[i], Image.Image)
+                               else images[i], dtype=np.uint8) for i in good]
+    if good:
+        chips[good] = face_priors.extract_face_chips(decoded, size)[0]
+    return chips
+
+
 def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
                    progress: bool = True) -> pd.DataFrame:
     """Task A: one row per input with label, P(female) at the card's threshold, and error."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_a")
     array, errors = load_inputs(paths, card["image_size"], progress)
+    if card.get("stream", "raw") == "chips":
+        array = _chips(paths, card, errors)
     aligned = _aligned(paths, card, errors, device_) if card.get("aligned") else None
     probs = task_a.predict_probs(model, array, card["image_size"], device_, aligned,
                                  progress=progress)

@@ -17,19 +17,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from common import cache, data, faces, losses, metrics, models, transforms
+from common import cache, data, face_priors, faces, losses, metrics, models, transforms
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
 
-__all__ = ["BACKBONES", "EPOCHS", "TaskAData", "load_views", "prepare_data", "epoch_indices",
-           "create_classifier", "create_loss", "StreamDataset", "predict_probs",
+__all__ = ["BACKBONES", "EPOCHS", "STREAMS", "TaskAData", "load_views", "prepare_data",
+           "epoch_indices", "create_classifier", "create_loss", "StreamDataset", "predict_probs",
            "evaluate_views", "model_card", "training_subset", "train_classifier",
            "evaluate_model", "metrics_table", "worst_errors"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b3"}
 EPOCHS = {"cpu": 8, "gpu": 25}
 CLASS_NAMES = ("male", "female")
+STREAMS = ("raw", "chips")  # prepare_data's image views: whole images, or dlib face chips
 
 
 def load_views(root: Path, split: str) -> pd.DataFrame | None:
@@ -60,17 +61,30 @@ def load_views(root: Path, split: str) -> pd.DataFrame | None:
 
 @dataclass
 class TaskAData:
-    """Splits plus the decoded image arrays (rows aligned with each split's table)."""
+    """Splits plus the decoded image arrays (rows aligned with each split's table).
+
+    `chip_origins` (stream "chips" only) counts, per split, the chips cut around the image's
+    own face, its clean source's face, or the whole image (`face_priors.CHIP_ORIGINS`).
+    """
 
     splits: Splits
     images: dict[str, np.ndarray]
     aligned: dict[str, np.ndarray] | None
     n_align_fallback: int
+    stream: str = "raw"
+    chip_origins: dict[str, dict[str, int]] | None = None
 
 
 def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
-                 align_margin: float = 0.2) -> TaskAData:
-    """Read, split by identity, and decode (cached) every image the notebook will touch."""
+                 align_margin: float = 0.2, stream: str = "raw") -> TaskAData:
+    """Read, split by identity, and decode (cached) every image the notebook will touch.
+
+    stream: "raw" (whole images) or "chips" (dlib face chips at ``cfg.image_size``, the input
+    of the "dlib_gender" prior, 32 px; see `face_priors.load_face_chips`).
+    """
+    if stream not in STREAMS or (dual_stream and stream != "raw"):
+        raise ValueError(f"stream={stream!r} with dual_stream={dual_stream}: choose one of "
+                         f"{STREAMS}; the dual-stream model takes the raw stream only.")
     train_views = load_views(cfg.data_dir, "train")
     if train_views is None:
         raise data.DatasetLayoutError(
@@ -78,14 +92,20 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
             "<root>/Task_A/train/{male,female}/*.jpg. Point data_dir at the FACECOM root.")
     splits = make_splits(train_views, load_views(cfg.data_dir, "val"), cfg)
     images, aligned, fallback = {}, ({} if dual_stream else None), 0
+    origins = {} if stream == "chips" else None
     for name, frame in (("train", splits.train), ("dev", splits.dev), ("eval", splits.eval)):
-        images[name] = cache.load_image_array(frame["path"].tolist(), cfg.image_size)
+        if stream == "chips":
+            chips = face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
+                                                size=cfg.image_size)
+            images[name], origins[name] = chips.images, chips.counts()
+        else:
+            images[name] = cache.load_image_array(frame["path"].tolist(), cfg.image_size)
         if dual_stream:
             result = faces.align_faces(frame["path"].tolist(), image_size=cfg.image_size,
                                        margin=align_margin, device=str(cfg.device))
             aligned[name] = result.images
             fallback += result.n_fallback
-    return TaskAData(splits, images, aligned, fallback)
+    return TaskAData(splits, images, aligned, fallback, stream, origins)
 
 
 def epoch_indices(frame: pd.DataFrame, epoch: int, seed: int, views_per_epoch: int = 2,
@@ -194,14 +214,18 @@ def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> 
 
 
 def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: float,
-               dev_metrics: dict, splits: Splits, fingerprint: str) -> dict:
-    """What `runs.save_model` stores beside the checkpoint (enough to rebuild and preprocess)."""
+               dev_metrics: dict, splits: Splits, fingerprint: str, stream: str = "raw") -> dict:
+    """What `runs.save_model` stores beside the checkpoint (enough to rebuild and preprocess).
+
+    ``stream`` ("raw" | "chips") tells the predict CLI how to turn a file into model input.
+    """
     return {
         "task": "task_a", "kind": {"single": "gender", "dual_se": "dual_se"}[kind],
         "model_kwargs": {"backbone_name": cfg.backbone, "num_classes": 2},
         "backbone": cfg.backbone, "image_size": cfg.image_size,
         "mean": list(model.data_config["mean"]), "std": list(model.data_config["std"]),
-        "aligned": kind == "dual_se", "threshold": threshold, "class_names": list(CLASS_NAMES),
+        "aligned": kind == "dual_se", "stream": stream, "threshold": threshold,
+        "class_names": list(CLASS_NAMES),
         "positive_class": "female", "data_fingerprint": fingerprint,
         "dev_metrics": {key: value for key, value in dev_metrics.items()
                         if isinstance(value, (int, float))},
