@@ -246,19 +246,25 @@ def training_subset(dataset: Dataset, frame: pd.DataFrame, epoch: int, seed: int
 def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig,
                      criterion: nn.Module, name: str, views_per_epoch: int = 2,
                      imbalance: str = "weighted_sampler", distortion_p: float = 0.5,
-                     stop_after_steps: int | None = None) -> FitResult:
+                     stop_after_steps: int | None = None, dev_views: str = "clean"
+                     ) -> FitResult:
     """Fine-tune `net` with the seeded per-epoch views, selecting on dev macro-F1.
 
     The dev threshold is re-chosen every epoch, so selection compares models at their best
-    operating point, as they will be used.
+    operating point, as they will be used. ``dev_views="all"`` selects on the clean dev images
+    and their distorted copies: a strong prior saturates clean dev (macro-F1 ties from the
+    first epoch), so only the copies tell its epochs apart.
     """
+    if dev_views not in ("clean", "all"):
+        raise ValueError(f"dev_views={dev_views!r}; choose 'clean' or 'all'.")
     mean, std = net.data_config["mean"], net.data_config["std"]
     splits, aligned = task_data.splits, task_data.aligned
     train_set = StreamDataset(task_data.images["train"], splits.train["label"].to_numpy(),
                               transforms.create_train_transform(cfg.image_size, mean, std,
                                                                 distortion_p),
                               None if aligned is None else aligned["train"])
-    dev_clean = (splits.dev["distortion"] == "clean").to_numpy()
+    dev_clean = ((splits.dev["distortion"] == "clean").to_numpy() if dev_views == "clean"
+                 else np.ones(len(splits.dev), dtype=bool))
     dev_labels = splits.dev["label"].to_numpy()[dev_clean]
     dev_images = task_data.images["dev"][dev_clean]
     dev_aligned = None if aligned is None else aligned["dev"][dev_clean]

@@ -128,3 +128,5 @@ def test_prepare_data_chips_stream(sample_root, tmp_path):
         assert sum(task_data.chip_origins[name].values()) == len(frame)
     with pytest.raises(ValueError, match="dual-stream model takes the raw stream"):
         task_a.prepare_data(cfg, dual_stream=True, stream="chips")
+    with pytest.raises(ValueError, match="choose 'clean' or 'all'"):
+        task_a.train_classifier(None, task_data, cfg, None, "x", dev_views="distorted")
