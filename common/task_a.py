@@ -164,13 +164,23 @@ class StreamDataset(Dataset):
         return (image, self.aligned[index][0]), label
 
 
-def create_classifier(cfg: ExperimentConfig, model: str = "single") -> nn.Module:
-    """`single` (one backbone) or `dual_se` (raw + MTCNN-aligned streams fused by SE)."""
+def create_classifier(cfg: ExperimentConfig, model: str = "single",
+                      head_from_prior: bool = False) -> nn.Module:
+    """`single` (one backbone) or `dual_se` (raw + MTCNN-aligned streams fused by SE).
+
+    `head_from_prior` (backbone `dlib_gender` only) starts the classifier from the face prior's
+    own head, so epoch 0 already is the off-the-shelf gender model.
+    """
     kinds = {"single": "gender", "dual_se": "dual_se"}
     if model not in kinds:
         raise ValueError(f"Unknown model={model!r}; choose one of {sorted(kinds)}.")
-    return models.create_model(kinds[model], backbone_name=cfg.backbone, num_classes=2,
-                               pretrained=cfg.pretrained, weights=cfg.weights or None)
+    net = models.create_model(kinds[model], backbone_name=cfg.backbone, num_classes=2,
+                              pretrained=cfg.pretrained, weights=cfg.weights or None)
+    if head_from_prior:
+        if cfg.backbone != "dlib_gender" or model != "single":
+            raise ValueError("head_from_prior needs model='single' and backbone='dlib_gender'.")
+        face_priors.copy_gender_head(face_priors.create_dlib_gender_classifier(), net.classifier)
+    return net
 
 
 def create_loss(kind: str, labels: np.ndarray, imbalance: str, gamma: float = 2.0,

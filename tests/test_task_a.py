@@ -72,3 +72,12 @@ def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path)
     table = predict.predict_gender(sorted(folder.glob("*.jpg"))[:4], weights, progress=False)
     assert (table["error"] == "").all() and table["probability"].between(0, 1).all()
     assert Path(weights).with_suffix(".json").exists()
+
+
+def test_head_from_prior_needs_the_face_prior_backbone(sample_root, tmp_path):
+    cfg = experiment.ExperimentConfig.resolve(
+        "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS, data_dir=str(sample_root),
+        output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
+        backbone="resnet10t", pretrained=False)
+    with pytest.raises(ValueError, match="dlib_gender"):
+        task_a.create_classifier(cfg, "single", head_from_prior=True)
