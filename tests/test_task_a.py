@@ -81,3 +81,20 @@ def test_head_from_prior_needs_the_face_prior_backbone(sample_root, tmp_path):
         backbone="resnet10t", pretrained=False)
     with pytest.raises(ValueError, match="dlib_gender"):
         task_a.create_classifier(cfg, "single", head_from_prior=True)
+
+
+def test_recipe_resolution(monkeypatch, capsys):
+    monkeypatch.setattr(task_a.face_priors, "is_available", lambda: True)
+    auto = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "single", "lr": 1e-3})
+    assert auto["recipe"] == "face_prior" and auto["backbone"] == "dlib_gender"
+    assert auto["lr"] == task_a.FACE_PRIOR_RECIPE["lr"] and "recipe face_prior sets" in (
+        capsys.readouterr().out)
+    chosen = task_a.resolve_recipe({"recipe": "auto", "backbone": "convnext_atto"})
+    assert chosen == {"recipe": "parameters", "backbone": "convnext_atto"}
+    dual = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "dual_se"})
+    assert dual["recipe"] == "parameters"
+    monkeypatch.setattr(task_a.face_priors, "is_available", lambda: False)
+    missing = task_a.resolve_recipe({"recipe": "auto", "backbone": ""})
+    assert missing["recipe"] == "parameters" and "not installed" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="recipe"):
+        task_a.resolve_recipe({"recipe": "best"})
