@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import baselines, cache, data, evaluation, faces, plots, runs, task_a, task_b
+from common import (baselines, cache, data, evaluation, face_priors, faces, plots, runs, task_a,
+                    task_b)
 
 __all__ = ["Leaderboard", "evaluation_frame", "evaluate_checkpoints", "best_model_figures",
            "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
@@ -116,6 +117,15 @@ class Leaderboard:
                     orient="index")}
 
 
+def _card_images(card: dict, frame: pd.DataFrame):
+    """The images in the view the checkpoint was trained on: whole images, or dlib face chips
+    (a distorted copy without its own face borrows its clean source's, as in training)."""
+    if card.get("stream", "raw") == "chips":
+        return face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
+                                           size=card["image_size"]).images
+    return cache.load_image_array(frame["path"].tolist(), card["image_size"])
+
+
 def _score_task_a(model, card, frame, images, device) -> tuple[dict, dict]:
     aligned = None
     if card.get("aligned"):
@@ -167,7 +177,7 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
         try:
             frame, note = evaluation_frame(Path(root), card, split, image_limit)
             model, card = runs.load_model(card["weights_path"], device)
-            images = cache.load_image_array(frame["path"].tolist(), card["image_size"])
+            images = _card_images(card, frame)
             if card["task"] == "task_a":
                 result, extra = _score_task_a(model, card, frame, images, device)
                 accuracy_rows[card["name"]] = result["accuracy_by_distortion"]
