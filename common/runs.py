@@ -209,6 +209,12 @@ def load_model(weights: str | os.PathLike, device: torch.device | str = "cpu"
     except RuntimeError as error:
         raise RuntimeError(f"{weights} does not match the model its card describes "
                            f"({card['kind']}, {card['model_kwargs']}): {error}") from error
+    # Rebuilt without pretrained weights, the backbones report their architecture's default
+    # normalisation; the card holds the one the weights were trained with.
+    for module in model.modules():
+        if getattr(module, "is_facecom_backbone", False):
+            module.data_config = {**module.data_config, "mean": tuple(card["mean"]),
+                                  "std": tuple(card["std"])}
     return model.to(device).eval(), card
 
 

