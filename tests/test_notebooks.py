@@ -78,7 +78,7 @@ def test_task_b_arcface_retrieval_beats_chance(executed):
 
 def test_task_b_siamese_verification_beats_chance(executed):
     metrics = _metrics(executed, "03_task_b_siamese")
-    assert metrics["pair_roc_auc"] >= 0.65  # chance 0.5 on a balanced pair list
+    assert metrics["pair_roc_auc"] >= 0.7  # chance 0.5 on a balanced pair list (measured 0.84)
     assert metrics["top1"] >= 5 / 45
     assert {"pair_accuracy", "pair_accuracy_fixed"} <= set(metrics)
 
