@@ -31,6 +31,14 @@ def noise_jpeg(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0) -> P
     return save(Image.fromarray(pixels), path, "JPEG", quality=90)
 
 
+def _reference_square(path, size: int) -> np.ndarray:
+    """An independent full decode, centre square crop and bilinear resize, to compare with."""
+    full = Image.fromarray(load_image(path))
+    side = min(full.size)
+    left, top = (full.size[0] - side) // 2, (full.size[1] - side) // 2
+    return np.asarray(full.crop((left, top, left + side, top + side)).resize(
+        (size, size), Image.BILINEAR))
+
 def test_mode_conversions(tmp_path: Path) -> None:
     grey = load_image(save(Image.new("L", (5, 4), 77), tmp_path / "l.png"))
     assert grey.shape == (4, 5, 3) and grey.dtype == np.uint8 and (grey == 77).all()
@@ -117,12 +125,7 @@ def test_load_image_array_resizes_centre_crops_and_caches(images: list[str], tmp
     assert isinstance(array, np.memmap) and array.shape == (5, 10, 10, 3)
     assert array.dtype == np.uint8 and not array.flags.writeable
     for row, path in zip(array, images):
-        full = Image.fromarray(load_image(path))
-        side = min(full.size)
-        left, top = (full.size[0] - side) // 2, (full.size[1] - side) // 2
-        expected = full.crop((left, top, left + side, top + side)).resize((10, 10),
-                                                                          Image.BILINEAR)
-        assert np.array_equal(row, np.asarray(expected))
+        assert np.array_equal(row, _reference_square(path, 10))
     assert (array[4, :, 1:-1] == [255, 0, 0]).all()  # interior of the crop is the red band
     assert sorted(p.name for p in cache_dir.iterdir()) == [Path(array.filename).name]
 
@@ -198,10 +201,6 @@ def test_real_large_jpeg_draft_decode_close_to_full_decode(tmp_path: Path) -> No
     assert frontal and max(Image.open(p).size[1] for p in frontal) >= 448
     array = load_image_array([str(p) for p in frontal], 112, cache_dir=tmp_path, progress=False)
     for row, path in zip(array, frontal):
-        full = Image.fromarray(load_image(path))
-        side = min(full.size)
-        left, top = (full.size[0] - side) // 2, (full.size[1] - side) // 2
-        expected = full.crop((left, top, left + side, top + side)).resize((112, 112),
-                                                                          Image.BILINEAR)
-        assert np.abs(row.astype(float) - np.asarray(expected, dtype=float)).mean() < 3.0
+        expected = _reference_square(path, 112).astype(float)
+        assert np.abs(row.astype(float) - expected).mean() < 3.0
     shutil.rmtree(tmp_path)
