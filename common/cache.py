@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
+    "file_list_key",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -188,6 +190,15 @@ def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
     """
     entries = sorted(_entries(paths)) if len(paths) else []
     return hashlib.sha1("\n".join(entries).encode("utf-8")).hexdigest()
+
+
+def file_list_key(paths: Sequence[str | os.PathLike], settings: dict) -> str:
+    """Names a cache file whose rows follow ``paths``: sha256 over (path, file size) in order
+    and the settings that change the cached values."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in paths:
+        digest.update(f"{path}\0{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()[:24]
 
 
 def _cache_key(paths: Sequence[str], image_size: int) -> str:

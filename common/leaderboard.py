@@ -105,7 +105,7 @@ class Leaderboard:
             parts += ["## Task A accuracy by distortion (off-the-shelf rows for comparison)", "",
                       self.task_a_by_distortion.to_markdown(floatfmt=".4f"), ""]
         if len(self.by_distortion):
-            parts += ["## Task B top-1 by distortion", "",
+            parts += ["## Task B top-1 by distortion (off-the-shelf rows for comparison)", "",
                       self.by_distortion.to_markdown(floatfmt=".4f"), ""]
         return "\n".join(parts + [score["explanation"], ""])
 
@@ -145,20 +145,39 @@ def _score_task_b(model, card, frame, images, device, seed) -> tuple[dict, dict]
     return report.flat(), {"report": report, "embeddings": embeddings}
 
 
+def _baseline_row(row: dict, task: str, note: str, keys: tuple[str, ...]) -> dict:
+    """A leaderboard row for an off-the-shelf model (its status instead of the rows if absent)."""
+    return {"name": f"{row['model']} (off-the-shelf)", "task": task,
+            "backbone": "dlib face model", "pretrained": True, "baseline": True,
+            "evaluated_on": note if row["status"] == "ok" else row["status"],
+            **{key: row.get(key) for key in keys}}
+
+
 def _add_baselines(board: Leaderboard, frame: pd.DataFrame, note: str,
                    accuracy_rows: dict) -> None:
     """Off-the-shelf Task A models on the same rows as the project's first Task A checkpoint."""
     for row in baselines.baseline_rows(frame).to_dict(orient="records"):
-        name = f"{row['model']} (off-the-shelf)"
-        ok = row["status"] == "ok"
-        board.rows.append({"name": name, "task": "task_a", "backbone": "dlib face model",
-                           "pretrained": True, "baseline": True,
-                           "evaluated_on": note if ok else row["status"],
-                           **{key: row.get(key) for key in ("accuracy", "f1_macro",
-                                                            "recall_female")}})
-        if ok:
-            accuracy_rows[name] = {key[len("accuracy_"):]: value for key, value in row.items()
-                                   if key.startswith("accuracy_") and key != "accuracy_distorted"}
+        board.rows.append(_baseline_row(row, "task_a", note,
+                                        ("accuracy", "f1_macro", "recall_female")))
+        if row["status"] == "ok":
+            accuracy_rows[board.rows[-1]["name"]] = {
+                key[len("accuracy_"):]: value for key, value in row.items()
+                if key.startswith("accuracy_") and key != "accuracy_distorted"}
+
+
+def _add_task_b_baselines(board: Leaderboard, frame: pd.DataFrame, note: str,
+                          distortion_rows: dict, seed: int) -> None:
+    """Off-the-shelf Task B models on the same rows as the project's first Task B checkpoint;
+    how often dlib found no face (whole image used instead) goes into the row's note."""
+    rows, reports = baselines.task_b_baseline_rows(frame, seed)
+    for row in rows.to_dict(orient="records"):
+        board.rows.append(_baseline_row(row, "task_b", note, (
+            "f1_macro", "top1", "top1_hard", "verification_roc_auc")))
+        if row["status"] == "ok":
+            board.rows[-1]["evaluated_on"] += (
+                f"; no face found in {1 - row['face_found_rate']:.1%} of images, whole image used")
+            distortion_rows[board.rows[-1]["name"]] = reports[row["model"]].eval[
+                "top1_by_distortion"]
 
 
 def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
@@ -167,10 +186,11 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
     """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why.
 
     With `with_baselines`, off-the-shelf face models (`common.baselines`; optional packages)
-    are scored on the rows of the first Task A checkpoint, so the table compares like with like.
+    are scored on the rows of the first Task A / Task B checkpoint, so the table compares like
+    with like.
     """
     board = Leaderboard()
-    distortion_rows, accuracy_rows, baseline_frame = {}, {}, None
+    distortion_rows, accuracy_rows, baseline_frame, task_b_frame = {}, {}, None, None
     for card in cards:
         row = {"name": card["name"], "task": card["task"], "backbone": card.get("backbone"),
                "pretrained": card.get("pretrained")}
@@ -185,6 +205,7 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
             else:
                 result, extra = _score_task_b(model, card, frame, images, device, seed)
                 distortion_rows[card["name"]] = result["top1_by_distortion"]
+                task_b_frame = (frame, note) if task_b_frame is None else task_b_frame
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             print(f"{card['name']}: not evaluated: {error}")
             board.rows.append({**row, "evaluated_on": f"not evaluated: {error}"})
@@ -194,6 +215,8 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
         board.details[card["name"]] = {"card": card, "frame": frame, "metrics": result, **extra}
     if with_baselines and baseline_frame is not None:
         _add_baselines(board, *baseline_frame, accuracy_rows)
+    if with_baselines and task_b_frame is not None:
+        _add_task_b_baselines(board, *task_b_frame, distortion_rows, seed)
     board.by_distortion = pd.DataFrame(distortion_rows).T
     board.task_a_by_distortion = pd.DataFrame(accuracy_rows).T
     return board
