@@ -1,8 +1,10 @@
-"""Training losses: ArcFace margin head, focal loss, contrastive loss, class weights.
+"""Training losses: ArcFace margin head, focal loss, contrastive losses, class weights.
 
 Backbone, head and loss stay apart, as in InsightFace's arcface_torch: `ArcMarginProduct` owns
 the class centres and turns embeddings into scaled logits; cross-entropy or `FocalLoss` is then
-applied to those logits; `ContrastiveLoss` works on two embedding batches for Siamese training.
+applied to those logits; `ContrastiveLoss` works on two embedding batches for Siamese training;
+`SourceContrastiveLoss` ties each distorted photo to the clean photo it came from;
+`RelationalDistillationLoss` makes a batch's similarities follow a teacher's.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ArcMarginProduct", "FocalLoss", "ContrastiveLoss", "class_weights"]
+__all__ = ["ArcMarginProduct", "FocalLoss", "ContrastiveLoss", "SourceContrastiveLoss",
+           "RelationalDistillationLoss", "class_weights"]
 
 # Floor for 1 - cos^2 before the square root: bounds the sqrt gradient near cos = +-1 (and a
 # rounding error can never make the argument negative) while moving sin(theta) by <= 1e-6.
@@ -160,6 +163,68 @@ class ContrastiveLoss(nn.Module):
         d = torch.sqrt(d2.clamp_min(1e-12))
         y = target.to(d2.dtype)
         return (y * d2 + (1.0 - y) * F.relu(self.margin - d).pow(2)).mean()
+
+
+class SourceContrastiveLoss(nn.Module):
+    """InfoNCE over two views of each source photo (e.g. clean and a distorted copy).
+
+    Identity classes cannot teach a model to match a photo whose face a distortion erased (the
+    "sunny" glare): the cues left are hair, clothes and background, which differ between photos
+    of one person. This term pulls every view onto the other views of the same source photo and
+    pushes it from photos of other identities in the batch. Other photos of the same identity
+    are masked out (neither positive nor negative), so it never contradicts ArcFace.
+
+    Args:
+        temperature: Softmax temperature on cosine similarities.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, sources: torch.Tensor,
+                identities: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the 2B views of `(B, D)` batches `emb_a`, `emb_b` (row k of each is a
+        view of source photo `sources[k]` of identity `identities[k]`, both `(B,)` ints)."""
+        z = F.normalize(torch.cat([emb_a, emb_b]).float(), dim=1)
+        source = torch.cat([sources, sources])
+        identity = torch.cat([identities, identities])
+        self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        positive = (source[:, None] == source[None, :]) & ~self_mask
+        ignored = (identity[:, None] == identity[None, :]) & ~positive
+        logits = (z @ z.T / self.temperature).masked_fill(ignored, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        return (-log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)).mean()
+
+
+class RelationalDistillationLoss(nn.Module):
+    """KL(teacher || student) between each row's softmax over its similarities to the rest of
+    the batch (Park et al.'s relational distillation in its softmax form).
+
+    The student learns the teacher's geometry, which identities look alike and which do not,
+    rather than its coordinates, so the two embeddings may have different sizes. In Task B the
+    teacher is a face-trained descriptor of the clean photo and the student sees distorted
+    copies: it learns to recognise faces the way the teacher does, through the distortion.
+
+    Args:
+        temperature: Softmax temperature, the same for both cosine-similarity matrices.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean KL over the rows of `(N, D)` student and `(N, T)` teacher embeddings."""
+        self_mask = torch.eye(len(student), dtype=torch.bool, device=student.device)
+
+        def log_softmax(x: torch.Tensor) -> torch.Tensor:
+            x = F.normalize(x.float(), dim=1)
+            logits = (x @ x.T / self.temperature).masked_fill(self_mask, float("-inf"))
+            return F.log_softmax(logits, dim=1).masked_fill(self_mask, 0.0)
+
+        log_t, log_s = log_softmax(teacher.detach()), log_softmax(student)
+        return (log_t.exp() * (log_t - log_s)).sum(dim=1).mean()
 
 
 def class_weights(labels: Sequence[int] | np.ndarray | torch.Tensor,

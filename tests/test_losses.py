@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import ArcMarginProduct, ContrastiveLoss, FocalLoss, class_weights
+from common.losses import (ArcMarginProduct, ContrastiveLoss, FocalLoss,
+                           RelationalDistillationLoss, SourceContrastiveLoss, class_weights)
 
 
 def _head_with_centres(angles_deg, **kwargs):
@@ -140,3 +141,73 @@ def test_class_weights_missing_class_raises():
         class_weights([0, 0, 2], 3)
     with pytest.raises(ValueError, match="labels must lie"):
         class_weights([0, 3], 3)
+
+
+def test_source_contrastive_hand_computed():
+    # Views a0=(1,0), b0=(.6,.8) of source 0 and a1=(0,1), b1=(.8,-.6) of source 1; T = 1.
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [0.8, -0.6]])
+    e = math.exp
+    expected = [
+        -math.log(e(0.6) / (e(0.6) + e(0.0) + e(0.8))),    # a0: positive b0; a1, b1 negatives
+        -math.log(e(-0.6) / (e(-0.6) + e(0.0) + e(0.8))),  # a1: positive b1; a0, b0
+        -math.log(e(0.6) / (e(0.6) + e(0.8) + e(0.0))),    # b0: positive a0; a1, b1
+        -math.log(e(-0.6) / (e(-0.6) + e(0.8) + e(0.0))),  # b1: positive a1; a0, b0
+    ]
+    loss = SourceContrastiveLoss(temperature=1.0)(a, b, torch.tensor([0, 1]),
+                                                  torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(sum(expected) / 4, rel=1e-6)
+
+
+def test_source_contrastive_ignores_other_photos_of_the_same_identity():
+    # Both sources belong to one identity: each view's only candidate is its positive -> loss 0.
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [0.8, -0.6]])
+    loss = SourceContrastiveLoss(temperature=0.1)(a, b, torch.tensor([0, 1]),
+                                                  torch.tensor([7, 7]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_source_contrastive_gradient_pulls_views_together():
+    torch.manual_seed(0)
+    a = torch.randn(6, 8, requires_grad=True)
+    b = torch.randn(6, 8)
+    criterion = SourceContrastiveLoss()
+    sources, identities = torch.arange(6), torch.arange(6)
+    before = F.cosine_similarity(a, b).mean().item()
+    optimizer = torch.optim.SGD([a], lr=0.5)
+    for _ in range(20):
+        optimizer.zero_grad()
+        criterion(a, b, sources, identities).backward()
+        optimizer.step()
+    assert torch.isfinite(a).all()
+    assert F.cosine_similarity(a, b).mean().item() > before + 0.5
+
+
+def test_relational_distillation_hand_computed():
+    # Three rows; T = 1. Teacher similarities (0, 1, 0) differ from the student's (.6, .8, 0).
+    student = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+
+    def softmax(values):
+        exps = [math.exp(v) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    def kl(p, q):
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+    rows_t = [softmax([1.0, 0.0]), softmax([1.0, 0.0]), softmax([0.0, 0.0])]
+    rows_s = [softmax([0.6, 0.0]), softmax([0.6, 0.8]), softmax([0.0, 0.8])]
+    expected = sum(kl(p, q) for p, q in zip(rows_t, rows_s)) / 3
+    loss = RelationalDistillationLoss(temperature=1.0)(student, teacher)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_relational_distillation_is_zero_for_the_same_geometry_in_other_coordinates():
+    torch.manual_seed(0)
+    teacher = torch.randn(8, 4)
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4))
+    student = torch.cat([teacher @ rotation, torch.zeros(8, 3)], dim=1)  # rotated, padded
+    criterion = RelationalDistillationLoss(temperature=0.1)
+    assert criterion(student, teacher).item() == pytest.approx(0.0, abs=1e-5)
+    assert criterion(torch.randn(8, 7), teacher).item() > 0.1

@@ -101,6 +101,27 @@ def test_embedding_net_l2_normalised():
     assert _unit_norms(embeddings) == pytest.approx([1.0] * 4, abs=1e-5)
 
 
+def test_input_standardization_removes_brightness_and_contrast():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 16, 16)
+    washed_out = 0.3 * image + 0.6  # glare: brighter, flatter
+    layer = models.InputStandardization(spread=0.5)
+    out = layer(torch.cat([image, washed_out]))
+    assert torch.allclose(out[0], out[1], atol=1e-5)
+    assert out[0].mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out[0].std().item() == pytest.approx(0.5, rel=1e-5)
+    assert torch.isfinite(layer(torch.ones(1, 3, 4, 4))).all()  # a flat image stays finite
+
+
+def test_embedding_net_standardized_input_is_invariant_to_global_contrast():
+    model = models.EmbeddingNet("efficientfr", embedding_dim=32, pretrained=False,
+                                standardize_input=True).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(images), model(2.0 * images + 1.0), atol=1e-5)
+    assert models.EmbeddingNet("efficientfr", pretrained=False).standardize_input is False
+
+
 def test_facenet_is_unprojected_inception_resnet_v1():
     model = models.create_model("facenet", pretrained=False).eval()
     assert isinstance(model.projection, torch.nn.Identity)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from common import experiment, models, task_b
@@ -39,3 +40,62 @@ def test_backbone_for_and_embedders(setup):
     cfg.pretrained = False
     embedder = task_b.create_embedder("efficientfr", cfg)
     assert embedder.embedding_dim == 512 and not embedder.weights_source.pretrained
+
+
+def _photo_frame():
+    rows = [("a.jpg", "ann", "clean", "a.jpg"), ("a_sunny.jpg", "ann", "sunny", "a.jpg"),
+            ("a_noisy.jpg", "ann", "noisy", "a.jpg"), ("b.jpg", "ann", "clean", "b.jpg"),
+            ("c_rainy.jpg", "cy", "rainy", "")]
+    return pd.DataFrame(rows, columns=["path", "identity", "distortion", "source"])
+
+
+def test_source_view_pairs_pair_each_clean_photo_with_its_own_copies():
+    frame = _photo_frame()
+    pairs = task_b.source_view_pairs(frame, pairs_per_source=4, seed=3)
+    assert len(pairs) == 12  # 3 photos: a.jpg, b.jpg and the orphan c_rainy.jpg
+    by_photo = {code: group for code, group in pairs.groupby("source")}
+    # Codes follow the sorted photo keys: a.jpg, b.jpg, c_rainy.jpg.
+    assert set(by_photo[0]["i"]) == {0} and set(by_photo[0]["j"]) <= {1, 2}
+    assert set(by_photo[1]["i"]) == set(by_photo[1]["j"]) == {3}  # no copies: itself
+    assert set(by_photo[2]["i"]) == set(by_photo[2]["j"]) == {4}  # unknown source: own photo
+    pd.testing.assert_frame_equal(pairs, task_b.source_view_pairs(frame, 4, seed=3))
+
+
+def test_photo_teacher_centres_and_orders_by_photo(monkeypatch):
+    raw = np.array([[3.0, 1.0], [1.0, 1.0], [2.0, 4.0]], dtype=np.float32)
+    seen = []
+
+    def fake(paths, progress=True):
+        seen.append(list(paths))
+        return raw, np.ones(len(paths), dtype=bool)
+
+    monkeypatch.setattr(task_b.baselines, "cached_dlib_descriptors", fake)
+    teacher = task_b.photo_teacher(_photo_frame(), "dlib", progress=False)
+    assert seen == [["a.jpg", "b.jpg", "c_rainy.jpg"]]
+    # Mean (2, 2): centred rows (1, -1), (-1, -1), (0, 2), then unit length.
+    r = 1 / np.sqrt(2)
+    np.testing.assert_allclose(teacher, [[r, -r], [-r, -r], [0, 1]], atol=1e-6)
+    assert task_b.photo_teacher(_photo_frame(), "") is None
+    with pytest.raises(ValueError, match="'dlib'"):
+        task_b.photo_teacher(_photo_frame(), "vggface")
+
+    def unavailable(paths, progress=True):
+        raise task_b.PriorUnavailableError("dlib not installed: pip install dlib-bin")
+
+    monkeypatch.setattr(task_b.baselines, "cached_dlib_descriptors", unavailable)
+    with pytest.warns(UserWarning, match="without a teacher: dlib not installed"):
+        assert task_b.photo_teacher(_photo_frame(), "dlib") is None
+
+
+def test_arcface_with_source_and_teacher_terms_trains(setup):
+    cfg, task_data = setup
+    embedder = models.EmbeddingNet("resnet10t", 64, pretrained=False, standardize_input=True)
+    net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index), 64,
+                                     source_weight=1.0, teacher_weight=1.0)
+    with pytest.raises(ValueError, match="teacher embeddings"):
+        task_b.train_arcface(net, task_data, cfg, "paired_no_teacher")
+    n_photos = task_data.splits.train["source"].nunique()
+    teacher = np.random.default_rng(0).normal(size=(n_photos, 16)).astype(np.float32)
+    result = task_b.train_arcface(net, task_data, cfg, "paired", teacher=teacher)
+    assert len(result.history) == 2
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
