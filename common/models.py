@@ -187,16 +187,25 @@ class InputStandardization(nn.Module):
 
     def __init__(self, spread: float = 1.0) -> None:
         super().__init__()
-        self.spread = spread
+        # A buffer, so a checkpoint keeps the spread it was trained with even when the model is
+        # rebuilt without pretrained weights (whose default normalisation may differ).
+        self.register_buffer("spread", torch.tensor(float(spread)))
 
     def extra_repr(self) -> str:
-        return f"spread={self.spread:.3g}"
+        return f"spread={float(self.spread):.3g}"
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> same shape, each image standardised over all its pixels and channels."""
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
         std = images.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
         return (images - mean) / std * self.spread
+
+
+def _standardization(backbone: nn.Module, enabled: bool) -> nn.Module:
+    """`InputStandardization` matched to the backbone's normalisation, or a no-op."""
+    if not enabled:
+        return nn.Identity()
+    return InputStandardization(0.25 / float(np.mean(backbone.data_config["std"])))
 
 
 class EmbeddingNet(_BackboneModel):
@@ -214,9 +223,7 @@ class EmbeddingNet(_BackboneModel):
         super().__init__()
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
         self.standardize_input = standardize_input
-        spread = 0.25 / float(np.mean(self.backbone.data_config["std"]))
-        self.standardize: nn.Module = (InputStandardization(spread) if standardize_input
-                                       else nn.Identity())
+        self.standardize = _standardization(self.backbone, standardize_input)
         if not project and embedding_dim != num_features:
             raise ValueError(f"project=False keeps the backbone's {num_features}-d features; "
                              f"embedding_dim={embedding_dim} needs project=True")
@@ -254,21 +261,24 @@ class SiameseNet(_BackboneModel):
     """Shared encoder -> Linear(F, 512) -> ReLU -> Linear(512, 128) -> L2 normalise.
 
     Both images of a pair go through the same weights, so distances between embeddings are
-    comparable; trained with `common.losses.ContrastiveLoss`.
+    comparable; trained with `common.losses.ContrastiveLoss`. ``standardize_input=True`` puts
+    `InputStandardization` in front of the encoder.
     """
 
     def __init__(self, backbone_name: str, pretrained: bool | str = True,
                  weights: WeightsPath = None, hidden_dim: int = 512,
-                 embedding_dim: int = 128) -> None:
+                 embedding_dim: int = 128, standardize_input: bool = False) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
+        self.standardize_input = standardize_input
+        self.standardize = _standardization(self.backbone, standardize_input)
         self.embedding_dim = embedding_dim
         self.head = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(hidden_dim, embedding_dim))
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> (B, embedding_dim) L2-normalised embeddings."""
-        return F.normalize(self.head(self.backbone(images)), dim=1)
+        return F.normalize(self.head(self.backbone(self.standardize(images))), dim=1)
 
     def forward_pair(self, images_a: Tensor, images_b: Tensor) -> tuple[Tensor, Tensor]:
         """Two (B, 3, H, W) batches -> their (B, embedding_dim) embeddings, same weights."""

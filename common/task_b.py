@@ -18,15 +18,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common import (baselines, cache, data, evaluation, identity_folders, losses, metrics,
-                    models, transforms)
+                    models, runs, transforms)
 from common.face_priors import PriorUnavailableError
+from common.weights import WeightsSource
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
-           "source_view_pairs", "photo_teacher", "embed", "train_arcface", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
+           "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
@@ -134,6 +135,56 @@ class EmbeddingClassifier(nn.Module):
         if teacher is not None and self.teacher_weight > 0:
             loss = loss + self.teacher_weight * self.distillation(embeddings, teacher.repeat(2, 1))
         return loss
+
+
+def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
+                   standardize_input: bool = True) -> tuple[nn.Module, str]:
+    """The Siamese network, its encoder optionally started from a trained Task B embedder.
+
+    A contrastive loss on pairs teaches identity slowly: a pair carries one bit, an ArcFace
+    batch hundreds of class comparisons. Starting the encoder from notebook 02's checkpoint
+    gives the Siamese head a face-aware encoder to build on.
+
+    Args:
+        init_from: a Task B checkpoint (.pt with its model card); ``"auto"``: notebook 02's
+            ``task_b_embedding_<backbone>.pt`` in the weights folder when it exists and has the
+            same backbone, else the pretrained backbone; ``""``: the pretrained backbone.
+        standardize_input: used when not starting from a checkpoint, which brings its own.
+
+    Returns:
+        (model, one line saying where the encoder weights came from).
+
+    Raises:
+        FileNotFoundError / MissingModelCardError: an explicit ``init_from`` does not exist.
+        ValueError: an explicit ``init_from`` has a different backbone.
+    """
+    checkpoint = Path(init_from) if init_from not in ("", "auto") else None
+    if init_from == "auto":
+        candidate = cfg.weights_dir / f"task_b_embedding_{cfg.backbone}.pt"
+        checkpoint = candidate if candidate.is_file() else None
+    card = runs.load_model_card(checkpoint) if checkpoint is not None else None
+    if card is not None and card.get("backbone") != cfg.backbone:
+        if init_from != "auto":
+            raise ValueError(f"init_from={checkpoint} has backbone {card.get('backbone')!r}, "
+                             f"the Siamese encoder is {cfg.backbone!r}; pass a matching "
+                             "checkpoint or init_from=''")
+        card = None
+    if card is None:
+        model = models.create_model("siamese", backbone_name=cfg.backbone,
+                                    pretrained=cfg.pretrained, weights=cfg.weights or None,
+                                    standardize_input=standardize_input)
+        return model, f"encoder: {model.weights_source}"
+    trained, card = runs.load_model(checkpoint)
+    model = models.create_model("siamese", backbone_name=cfg.backbone, pretrained=False,
+                                standardize_input=getattr(trained, "standardize_input", False))
+    model.backbone.load_state_dict(trained.backbone.state_dict())
+    model.standardize.load_state_dict(trained.standardize.state_dict())
+    model.backbone.data_config = dict(trained.backbone.data_config)
+    model.backbone.weights_source = WeightsSource(
+        "file", str(checkpoint), True, cfg.backbone, tuple(card["mean"]), tuple(card["std"]))
+    return model, (f"encoder: initialised from {checkpoint} (Task B {card['model']}, dev top-1 "
+                   f"{card['dev_metrics']['top1']:.3f}); standardize_input="
+                   f"{model.standardize_input}")
 
 
 class PairDataset(Dataset):
@@ -348,7 +399,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         kind, kwargs = "facenet", {"embedding_dim": embedder.embedding_dim,
                                    "standardize_input": embedder.standardize_input}
     elif model == "siamese":
-        kind, kwargs = "siamese", {"backbone_name": cfg.backbone}
+        kind, kwargs = "siamese", {"backbone_name": cfg.backbone,
+                                   "standardize_input": embedder.standardize_input}
     else:
         kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
                                      "embedding_dim": embedder.embedding_dim,

@@ -122,6 +122,14 @@ def test_embedding_net_standardized_input_is_invariant_to_global_contrast():
     assert models.EmbeddingNet("efficientfr", pretrained=False).standardize_input is False
 
 
+def test_standardization_spread_travels_with_the_weights():
+    trained = models.InputStandardization(spread=0.5)
+    rebuilt = models.InputStandardization(spread=1.11)  # e.g. rebuilt with another mean/std
+    rebuilt.load_state_dict(trained.state_dict())
+    images = torch.randn(2, 3, 8, 8)
+    assert torch.equal(rebuilt(images), trained(images))
+
+
 def test_facenet_is_unprojected_inception_resnet_v1():
     model = models.create_model("facenet", pretrained=False).eval()
     assert isinstance(model.projection, torch.nn.Identity)

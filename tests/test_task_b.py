@@ -1,9 +1,12 @@
 """common.task_b: the Siamese pair recipe (incl. hard negatives) and the FaceNet stage-2 path."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from common import experiment, models, task_b
 
@@ -99,3 +102,30 @@ def test_arcface_with_source_and_teacher_terms_trains(setup):
     result = task_b.train_arcface(net, task_data, cfg, "paired", teacher=teacher)
     assert len(result.history) == 2
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
+
+
+def test_siamese_encoder_starts_from_a_task_b_checkpoint(setup, tmp_path):
+    from common import runs
+
+    cfg, _ = setup
+    cfg = dataclasses.replace(cfg, weights_dir=tmp_path, backbone="resnet10t", pretrained=False)
+    model, note = task_b.create_siamese(cfg, "auto", standardize_input=False)
+    assert "RANDOM INIT" in note and not model.standardize_input  # nothing to start from yet
+
+    trained = models.EmbeddingNet("resnet10t", 32, pretrained=False, standardize_input=True)
+    trained.backbone.data_config = {**trained.backbone.data_config, "std": (0.5, 0.5, 0.5)}
+    trained.standardize.spread.fill_(0.5)
+    card = {"task": "task_b", "kind": "embedding", "model": "embedding", "backbone": "resnet10t",
+            "model_kwargs": {"backbone_name": "resnet10t", "embedding_dim": 32,
+                             "standardize_input": True},
+            "image_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3, "dev_metrics": {"top1": 0.5}}
+    runs.save_model(trained, tmp_path, "task_b_embedding_resnet10t", card)
+    model, note = task_b.create_siamese(cfg, "auto", standardize_input=False)
+    assert "initialised from" in note and model.standardize_input
+    for key, value in trained.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    assert float(model.standardize.spread) == 0.5
+    assert model.data_config["std"] == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="backbone 'resnet10t'"):
+        task_b.create_siamese(dataclasses.replace(cfg, backbone="efficientfr"),
+                              str(tmp_path / "task_b_embedding_resnet10t.pt"))
