@@ -80,15 +80,16 @@ def backbone_for(model: str, backbone: str) -> str:
 
 
 def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512,
-                    standardize_input: bool = False) -> nn.Module:
+                    standardize_input: bool = False, head: str = "pooled") -> nn.Module:
     """The embedding network of a Task B model kind (see `backbone_for`); `standardize_input`
-    adds `models.InputStandardization` in front of the backbone."""
+    adds `models.InputStandardization` in front of the backbone, `head="spatial"` uses
+    `models.SpatialEmbeddingHead` (not for facenet, whose VGGFace2 embedding layer is kept)."""
     common = {"embedding_dim": embedding_dim, "pretrained": cfg.pretrained,
               "weights": cfg.weights or None, "standardize_input": standardize_input}
     if model == "facenet":
         return models.create_model("facenet", **common)
     return models.create_model("embedding", backbone_name=backbone_for(model, cfg.backbone),
-                               **common)
+                               head=head, **common)
 
 
 class EmbeddingClassifier(nn.Module):
@@ -404,7 +405,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
     else:
         kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
                                      "embedding_dim": embedder.embedding_dim,
-                                     "standardize_input": embedder.standardize_input}
+                                     "standardize_input": embedder.standardize_input,
+                                     "head": embedder.head_kind}
     source = embedder.weights_source
     return {
         "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,

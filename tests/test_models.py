@@ -122,6 +122,24 @@ def test_embedding_net_standardized_input_is_invariant_to_global_contrast():
     assert models.EmbeddingNet("efficientfr", pretrained=False).standardize_input is False
 
 
+def test_spatial_head_keeps_layout_and_any_input_size():
+    model = models.EmbeddingNet("resnet10t", embedding_dim=32, pretrained=False,
+                                head="spatial").eval()
+    images = torch.randn(1, 3, 96, 96)
+    swapped = torch.cat([images[..., 48:], images[..., :48]], dim=3)  # left and right halves
+    with torch.no_grad():
+        out, out_swapped = model(images), model(swapped)
+        assert model(torch.randn(2, 3, 160, 160)).shape == (2, 32)
+    assert _unit_norms(out) == pytest.approx([1.0], abs=1e-5)
+    # Pooled features barely see the swap; the spatial head does.
+    pooled = models.EmbeddingNet("resnet10t", embedding_dim=32, pretrained=False).eval()
+    with torch.no_grad():
+        pooled_change = (pooled(images) - pooled(swapped)).norm().item()
+    assert (out - out_swapped).norm().item() > 5 * pooled_change
+    with pytest.raises(ValueError, match="'pooled' or 'spatial'"):
+        models.EmbeddingNet("resnet10t", pretrained=False, head="flat")
+
+
 def test_standardization_spread_travels_with_the_weights():
     trained = models.InputStandardization(spread=0.5)
     rebuilt = models.InputStandardization(spread=1.11)  # e.g. rebuilt with another mean/std
