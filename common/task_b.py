@@ -27,12 +27,14 @@ from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
-           "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
+           "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
+           "choose_layout_weight", "LAYOUT_WEIGHTS", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 2000  # quick runs on the sample: 350 pairs/epoch left pair AUC at 0.63
+LAYOUT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # candidates `choose_layout_weight` tries on dev
 
 
 @dataclass
@@ -127,7 +129,7 @@ class EmbeddingClassifier(nn.Module):
         """ArcFace cross-entropy of one batch. With `sources` (B,), `images` holds two views of
         B source photos (all first views, then all second views) and the source term is added;
         `teacher` (B, T) are the teacher embeddings of those photos."""
-        embeddings = self.embedder(images)
+        embeddings = self.embedder.embed_learned(images)
         loss = nn.functional.cross_entropy(self.head(embeddings, labels), labels)
         if sources is not None and self.source_weight > 0:
             first, second = embeddings.chunk(2)
@@ -354,6 +356,38 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
                           std, "top1", cfg.epochs, schedule, cfg.lr, stop_after_steps)
 
 
+def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: ExperimentConfig,
+                         setting: str | float = "auto",
+                         candidates: tuple[float, ...] = LAYOUT_WEIGHTS) -> pd.DataFrame:
+    """Set `embedder.layout_weight` (see `models.EmbeddingNet`): a number as given, or with
+    ``"auto"`` the candidate with the best dev top-1 (the smallest on ties).
+
+    Returns:
+        Dev top-1, top-1 of the harder variant and macro-F1 per candidate weight (empty for a
+        fixed number), for the notebook.
+    """
+    if setting != "auto":
+        embedder.layout_weight = float(setting)
+        return pd.DataFrame()
+    dev = task_data.splits.dev
+    mean, std = embedder.data_config["mean"], embedder.data_config["std"]
+    embedder.layout_weight = 0.5  # both parts, equally scaled, in one pass
+    both = embed(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
+                 cfg.batch_size * 2) * 2 ** 0.5
+    learned, layout = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
+    rows = []
+    for weight in candidates:
+        fused = np.hstack([learned * (1 - weight) ** 0.5, layout * weight ** 0.5])
+        summary = metrics.summarize_retrieval(evaluation.retrieval_table(dev, fused, seed=cfg.seed))
+        hard = metrics.summarize_retrieval(evaluation.retrieval_table(
+            dev, fused, exclude_own_source=True, seed=cfg.seed))
+        rows.append({"layout_weight": weight, "dev_top1": summary["top1"],
+                     "dev_top1_hard": hard["top1"], "dev_f1_macro": summary["f1_macro"]})
+    table = pd.DataFrame(rows)
+    embedder.layout_weight = float(table.loc[table["dev_top1"].idxmax(), "layout_weight"])
+    return table
+
+
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
                 epochs: int, lr: float, pairs_per_epoch: int = 0, margin: float = 1.0,
                 hard_negatives: bool = False, distortion_p: float = 0.5,
@@ -406,7 +440,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
                                      "embedding_dim": embedder.embedding_dim,
                                      "standardize_input": embedder.standardize_input,
-                                     "head": embedder.head_kind}
+                                     "head": embedder.head_kind,
+                                     "layout_weight": embedder.layout_weight}
     source = embedder.weights_source
     return {
         "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,

@@ -129,3 +129,17 @@ def test_siamese_encoder_starts_from_a_task_b_checkpoint(setup, tmp_path):
     with pytest.raises(ValueError, match="backbone 'resnet10t'"):
         task_b.create_siamese(dataclasses.replace(cfg, backbone="efficientfr"),
                               str(tmp_path / "task_b_embedding_resnet10t.pt"))
+
+
+def test_choose_layout_weight_picks_the_best_dev_top1(setup):
+    cfg, task_data = setup
+    embedder = models.EmbeddingNet("resnet10t", 32, pretrained=False).eval()
+    table = task_b.choose_layout_weight(embedder, task_data, cfg, "auto")
+    assert table["layout_weight"].tolist() == list(task_b.LAYOUT_WEIGHTS)
+    best = table.loc[table["dev_top1"].idxmax(), "layout_weight"]
+    assert embedder.layout_weight == best
+    # An untrained embedding is near chance; the copy detector alone matches the sample's
+    # synthetic distortions far better, so some layout weight wins by a clear margin.
+    assert best > 0 and table["dev_top1"].max() >= table["dev_top1"].iloc[0] + 0.1
+    assert task_b.choose_layout_weight(embedder, task_data, cfg, 0.25).empty
+    assert embedder.layout_weight == 0.25
