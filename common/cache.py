@@ -13,9 +13,12 @@ Every image the project reads goes through `load_image` (or its resized twin use
   ``L``, ``P``, ``CMYK``, ``YCbCr`` and other modes go through Pillow's own RGB conversion.
 - The EXIF orientation tag is applied, so arrays look the way image viewers show the file.
 
-`load_image_array` decodes a file list once at a fixed size (shorter side to S, centre crop)
-and keeps the result as ``.npy`` in a cache folder, opened as a read-only memmap; the key is
+`load_image_array` decodes a file list once at a fixed size and keeps the result as ``.npy`` in a cache folder, opened as a read-only memmap; the key is
 `compute_fingerprint` of the list plus its order and the size, so a changed list is decoded anew.
+Images become square in one of two ways (`FITS`): ``"crop"`` scales the shorter side to S and
+keeps the centre square; ``"stretch"`` resizes the whole image to S x S, aspect ratio not kept,
+which is how FACECOM made its 224 x 224 distorted copies of the 683 x 1024 studio portraits, so
+a copy and its photo line up only when stretched.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
-    "file_list_key",
+    "file_list_key", "FITS",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -44,6 +47,7 @@ CACHE_VERSION = 1
 _JPEG_EOI = b"\xff\xd9"
 _TASK_DIRS = ("Task_A", "Task_B")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+FITS = ("crop", "stretch")
 
 
 class ImageReadError(OSError):
@@ -134,30 +138,34 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(_to_rgb(_open_image(path)), dtype=np.uint8)
 
 
-def _decode_resized(path: str, image_size: int) -> np.ndarray:
-    """Decode ``path`` with its shorter side scaled to ``image_size``, then centre-crop square."""
-    return _square(_to_rgb(_open_image(path, draft_size=image_size)), image_size)
+def _decode_resized(path: str, image_size: int, fit: str = "crop") -> np.ndarray:
+    """Decode ``path`` and make it an ``image_size`` square as ``fit`` says (see `FITS`)."""
+    return _square(_to_rgb(_open_image(path, draft_size=image_size)), image_size, fit)
 
 
-def load_resized(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """One file decoded like the cache rows (shorter side to ``image_size``, centre square),
-    without touching the cache; for inference on user folders, one file at a time."""
-    return _decode_resized(str(path), image_size)
+def load_resized(path: str | os.PathLike, image_size: int, fit: str = "crop") -> np.ndarray:
+    """One file decoded like the cache rows, without touching the cache; for inference on user
+    folders, one file at a time."""
+    return _decode_resized(str(path), image_size, fit)
 
 
-def resize_square(image: np.ndarray | Image.Image, image_size: int) -> np.ndarray:
+def resize_square(image: np.ndarray | Image.Image, image_size: int,
+                  fit: str = "crop") -> np.ndarray:
     """An in-memory image (array or PIL, any mode) prepared exactly like the cached ones."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.ascontiguousarray(image))
-    return _square(_to_rgb(image), image_size)
+    return _square(_to_rgb(image), image_size, fit)
 
 
-def _square(image: Image.Image, image_size: int) -> np.ndarray:
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = image.crop((left, top, left + side, top + side))
-    return np.asarray(square.resize((image_size, image_size), Image.Resampling.BILINEAR),
+def _square(image: Image.Image, image_size: int, fit: str = "crop") -> np.ndarray:
+    if fit not in FITS:
+        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
+    if fit == "crop":
+        width, height = image.size
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR),
                       dtype=np.uint8)
 
 
@@ -201,20 +209,22 @@ def file_list_key(paths: Sequence[str | os.PathLike], settings: dict) -> str:
     return digest.hexdigest()[:24]
 
 
-def _cache_key(paths: Sequence[str], image_size: int) -> str:
-    """Like the fingerprint but in list order (rows follow it), plus size and decoder version."""
+def _cache_key(paths: Sequence[str], image_size: int, fit: str = "crop") -> str:
+    """Like the fingerprint but in list order (rows follow it), plus size, fit and decoder
+    version (crop keys keep their old form, so existing caches stay valid)."""
     entries = _entries(paths)
-    digest = hashlib.sha1(f"v{CACHE_VERSION}:{image_size}\n".encode())
+    tag = "" if fit == "crop" else f":{fit}"
+    digest = hashlib.sha1(f"v{CACHE_VERSION}:{image_size}{tag}\n".encode())
     digest.update("\n".join(entries).encode("utf-8"))
     return digest.hexdigest()[:20]
 
 
 def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
                      cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                     workers: int | None = None) -> np.ndarray:
+                     workers: int | None = None, fit: str = "crop") -> np.ndarray:
     """Decode ``paths`` into one ``(N, S, S, 3)`` uint8 array, cached on disk as a memmap.
 
-    Each image has its shorter side resized to ``image_size`` and is centre-cropped. The array
+    Each image is made an ``image_size`` square as ``fit`` says (see `FITS`). The array
     is written once to ``cache_dir/images_<key>_<S>px.npy`` (temporary file, then rename, so an
     interrupted run leaves no half-written cache) and returned opened with ``mmap_mode="r"``:
     the second call neither decodes nor loads the images into RAM. Old cache files are never
@@ -226,6 +236,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         cache_dir: cache folder; ``None`` means ``common.config.CACHE_DIR`` (``data/cache``).
         progress: show a tqdm bar while decoding.
         workers: decoding threads (Pillow releases the GIL); ``None`` = `cpu_count()`.
+        fit: ``"crop"`` (shorter side, centre square) or ``"stretch"`` (whole image, squashed).
 
     Raises:
         ImageReadError: a file cannot be decoded (validation should have excluded it).
@@ -237,7 +248,9 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"images_{_cache_key(paths, image_size)}_{image_size}px.npy"
+    if fit not in FITS:
+        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
+    target = folder / f"images_{_cache_key(paths, image_size, fit)}_{image_size}px.npy"
     if target.exists():
         return np.load(target, mmap_mode="r")
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
@@ -246,7 +259,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
 
         def fill(index: int) -> None:
-            array[index] = _decode_resized(paths[index], image_size)
+            array[index] = _decode_resized(paths[index], image_size, fit)
 
         with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
             try:

@@ -123,7 +123,8 @@ def _card_images(card: dict, frame: pd.DataFrame):
     if card.get("stream", "raw") == "chips":
         return face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
                                            size=card["image_size"]).images
-    return cache.load_image_array(frame["path"].tolist(), card["image_size"])
+    return cache.load_image_array(frame["path"].tolist(), card["image_size"],
+                                  fit=card.get("fit", "crop"))
 
 
 def _score_task_a(model, card, frame, images, device) -> tuple[dict, dict]:

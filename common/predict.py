@@ -45,9 +45,10 @@ def _model(weights: str | os.PathLike, device: torch.device, task: str):
     return model, card
 
 
-def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = True
-                ) -> tuple[np.ndarray, list[str]]:
-    """Decode paths / PIL images / arrays like the training cache; errors per item, never raised.
+def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = True,
+                fit: str = "crop") -> tuple[np.ndarray, list[str]]:
+    """Decode paths / PIL images / arrays like the training cache (``fit`` as the model card
+    says, see `cache.FITS`); errors per item, never raised.
 
     Returns the (N, S, S, 3) array (black where an item failed) and one error string per item
     ("" when fine).
@@ -57,9 +58,9 @@ def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = T
     for index, item in enumerate(tqdm(images, desc="reading", disable=not progress, leave=False)):
         try:
             if isinstance(item, (str, os.PathLike)):
-                array[index] = cache.load_resized(item, image_size)
+                array[index] = cache.load_resized(item, image_size, fit)
             else:
-                array[index] = cache.resize_square(item, image_size)
+                array[index] = cache.resize_square(item, image_size, fit)
         except (cache.ImageReadError, OSError, ValueError, TypeError) as error:
             errors[index] = f"{type(error).__name__}: {error}"
     return array, errors
@@ -95,7 +96,7 @@ def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, devic
     """Task A: one row per input with label, P(female) at the card's threshold, and error."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_a")
-    array, errors = load_inputs(paths, card["image_size"], progress)
+    array, errors = load_inputs(paths, card["image_size"], progress, card.get("fit", "crop"))
     if card.get("stream", "raw") == "chips":
         array = _chips(paths, card, errors)
     aligned = _aligned(paths, card, errors, device_) if card.get("aligned") else None
@@ -116,7 +117,7 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
     """
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    array, errors = load_inputs(images, card["image_size"], progress)
+    array, errors = load_inputs(images, card["image_size"], progress, card.get("fit", "crop"))
     failed = [f"{images[i] if isinstance(images[i], (str, os.PathLike)) else f'image #{i}'}: "
               f"{err}" for i, err in enumerate(errors) if err]
     if failed:
@@ -169,8 +170,9 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
     size = card["image_size"]
-    g_array, g_errors = load_inputs(gallery_files, size, progress)
-    q_array, q_errors = load_inputs(query_files, size, progress)
+    fit = card.get("fit", "crop")
+    g_array, g_errors = load_inputs(gallery_files, size, progress, fit)
+    q_array, q_errors = load_inputs(query_files, size, progress, fit)
     g_ok = np.array([not e for e in g_errors])
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {g_errors[:3]}")

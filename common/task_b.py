@@ -28,7 +28,7 @@ from common.train import FitResult, fit, predict_batches
 __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
-           "choose_layout_weight", "LAYOUT_WEIGHTS", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
+           "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
@@ -65,8 +65,18 @@ def prepare_data(cfg: ExperimentConfig) -> TaskBData:
     return _decode(make_splits(train, val, cfg, stratify=None), cfg)
 
 
+def image_fit(cfg: ExperimentConfig) -> str:
+    """How Task B images become square (`cache.FITS`): the notebook's ``fit``, default
+    ``"stretch"``, the way FACECOM made its distorted copies (see `common.cache`)."""
+    fit = cfg.params.get("fit", "stretch")
+    if fit not in cache.FITS:
+        raise ValueError(f"fit={fit!r}; choose one of {cache.FITS}")
+    return fit
+
+
 def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
-    images = {name: cache.load_image_array(frame["path"].tolist(), cfg.image_size)
+    images = {name: cache.load_image_array(frame["path"].tolist(), cfg.image_size,
+                                           fit=image_fit(cfg))
               for name, frame in (("train", splits.train), ("dev", splits.dev),
                                   ("eval", splits.eval))}
     identities = sorted(splits.train["identity"].unique())
@@ -445,7 +455,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
     source = embedder.weights_source
     return {
         "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,
-        "backbone": cfg.backbone, "image_size": cfg.image_size,
+        "backbone": cfg.backbone, "image_size": cfg.image_size, "fit": image_fit(cfg),
         "mean": list(embedder.data_config["mean"]), "std": list(embedder.data_config["std"]),
         "aligned": False, "similarity_threshold": report.verification["threshold"],
         "pair_distance_threshold": pair_threshold, "data_fingerprint": fingerprint,

@@ -129,7 +129,7 @@ def test_load_image_array_resizes_centre_crops_and_caches(images: list[str], tmp
     assert (array[4, :, 1:-1] == [255, 0, 0]).all()  # interior of the crop is the red band
     assert sorted(p.name for p in cache_dir.iterdir()) == [Path(array.filename).name]
 
-    def fail(path: str, image_size: int) -> np.ndarray:
+    def fail(path: str, image_size: int, fit: str) -> np.ndarray:
         raise AssertionError(f"decoded {path} although the cache should hit")
 
     monkeypatch.setattr(cache, "_decode_resized", fail)
@@ -146,9 +146,9 @@ def test_cache_invalidated_by_changed_file_list(images: list[str], tmp_path: Pat
     decoded = []
     original = cache._decode_resized
 
-    def counting(path: str, image_size: int) -> np.ndarray:
+    def counting(path: str, image_size: int, fit: str) -> np.ndarray:
         decoded.append(path)
-        return original(path, image_size)
+        return original(path, image_size, fit)
 
     monkeypatch.setattr(cache, "_decode_resized", counting)
     extra = str(noise_jpeg(Path(images[0]).parent / "new.jpg", seed=9))
@@ -204,3 +204,23 @@ def test_real_large_jpeg_draft_decode_close_to_full_decode(tmp_path: Path) -> No
         expected = _reference_square(path, 112).astype(float)
         assert np.abs(row.astype(float) - expected).mean() < 3.0
     shutil.rmtree(tmp_path)
+
+
+def test_stretch_keeps_the_whole_image_and_crop_its_centre(tmp_path):
+    # A 2:1 image: red left quarter, green middle half, blue right quarter.
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, :20, 0], wide[:, 20:60, 1], wide[:, 60:, 2] = 255, 255, 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    stretched = cache.load_resized(path, 20, fit="stretch")
+    cropped = cache.load_resized(path, 20, fit="crop")
+    assert stretched[10, 1].tolist() == [255, 0, 0] and stretched[10, 18].tolist() == [0, 0, 255]
+    assert (cropped[:, :, 1] == 255).all()  # only the green middle survives the crop
+    np.testing.assert_array_equal(cache.resize_square(wide, 20, fit="stretch"), stretched)
+    arrays = {fit: cache.load_image_array([str(path)], 20, cache_dir=tmp_path / "c", fit=fit,
+                                          progress=False) for fit in cache.FITS}
+    np.testing.assert_array_equal(arrays["stretch"][0], stretched)
+    np.testing.assert_array_equal(arrays["crop"][0], cropped)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2  # one cache file per fit
+    with pytest.raises(ValueError, match="stretch"):
+        cache.load_resized(path, 20, fit="pad")
