@@ -12,9 +12,15 @@ import pandas as pd
 from common import data, metrics
 
 __all__ = ["GalleryReport", "PairReport", "retrieval_table", "gallery_report", "pair_report", "make_pair_list",
-           "retrieval_failures", "worst_pairs", "load_rows"]
+           "retrieval_failures", "worst_pairs", "load_rows", "photo_keys", "PAIR_KINDS"]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
+PAIR_KINDS = ("same photo", "same identity", "different identity")
+
+
+def photo_keys(frame: pd.DataFrame) -> np.ndarray:
+    """Per row, the photo it shows: its clean source, or itself when the source is unknown."""
+    return frame["source"].where(frame["source"] != "", frame["path"]).to_numpy()
 
 
 def retrieval_table(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str = "max",
@@ -115,11 +121,26 @@ class PairReport:
         """Decision distances by name, for the histogram figure."""
         return {"fixed": FIXED_DISTANCE, "calibrated": self.calibrated["threshold"]}
 
+    def by_kind(self) -> pd.DataFrame:
+        """Pairs and accuracy per kind: two views of the same photo, two photos of one identity,
+        two identities. Pair accuracy depends on this mix, so any comparison needs it."""
+        rows = {}
+        for kind, frame in self.pairs.groupby("kind", sort=False):
+            same = frame["same"].to_numpy().astype(bool)
+            rows[kind] = {"pairs": len(frame), "mean_distance": frame["distance"].mean(), **{
+                f"accuracy_{name}": float(((frame["distance"] < threshold) == same).mean())
+                for name, threshold in self.thresholds.items()}}
+        order = [kind for kind in PAIR_KINDS if kind in rows]
+        return pd.DataFrame.from_dict(rows, orient="index").loc[order]
+
     def flat(self) -> dict:
-        """metrics.json keys: pair_* at the calibrated distance, pair_*_fixed at 0.5."""
+        """metrics.json keys: pair_* at the calibrated distance, pair_*_fixed at 0.5, and the
+        calibrated accuracy per pair kind (pair_accuracy_same_photo, ...)."""
         out = {f"pair_{key}": value for key, value in self.calibrated.items()}
         out.update({f"pair_{key}_fixed": value for key, value in self.fixed.items()
                     if key in ("accuracy", "precision", "recall", "f1")})
+        out.update({f"pair_accuracy_{kind.replace(' ', '_')}": row["accuracy_calibrated"]
+                    for kind, row in self.by_kind().iterrows()})
         return out
 
     def summary(self) -> pd.DataFrame:
@@ -154,7 +175,10 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
     pairs = make_pair_list(evaluated, n_pairs, seed + 1)
     distances = _pair_distances(eval_embeddings, pairs)
     same = pairs["same"].to_numpy().astype(int)
-    pairs = pairs.assign(distance=distances)
+    photo = photo_keys(evaluated)
+    same_photo = photo[pairs["i"].to_numpy()] == photo[pairs["j"].to_numpy()]
+    pairs = pairs.assign(distance=distances, kind=np.select(
+        [same_photo, same == 1], [PAIR_KINDS[0], PAIR_KINDS[1]], PAIR_KINDS[2]))
     return PairReport(
         fixed=metrics.compute_verification_metrics(distances, same, FIXED_DISTANCE,
                                                    higher_is_same=False),

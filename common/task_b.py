@@ -219,11 +219,6 @@ class PairDataset(Dataset):
         return (self.images[int(i)][0], self.images[int(j)][0]), self.targets[index]
 
 
-def _photo_keys(frame: pd.DataFrame) -> np.ndarray:
-    """Per row, the photo it shows: its clean source, or itself when the source is unknown."""
-    return frame["source"].where(frame["source"] != "", frame["path"]).to_numpy()
-
-
 def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = True
                   ) -> np.ndarray | None:
     """Teacher embeddings of the photos of `frame`, in the order of `source_view_pairs` codes.
@@ -241,7 +236,7 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
         return None
     if teacher != "dlib":
         raise ValueError(f"teacher={teacher!r}; choose 'dlib' or '' (none)")
-    photos = np.unique(_photo_keys(frame))
+    photos = np.unique(evaluation.photo_keys(frame))
     try:
         vectors, _ = baselines.cached_dlib_descriptors(list(photos), progress=progress)
     except PriorUnavailableError as error:
@@ -261,7 +256,7 @@ def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> 
     Returns:
         DataFrame[i, j, source]: row positions in `frame` and an integer code of the photo.
     """
-    _, code = np.unique(_photo_keys(frame), return_inverse=True)
+    _, code = np.unique(evaluation.photo_keys(frame), return_inverse=True)
     clean = (frame["distortion"] == "clean").to_numpy()
     rng = np.random.default_rng(seed)
     first, second, sources = [], [], []
@@ -337,7 +332,7 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
     transform = transforms.create_train_transform(cfg.image_size, mean, std, distortion_p)
     train, labels = task_data.splits.train, task_data.train_labels()
     train_set = cache.ImageArrayDataset(task_data.images["train"], labels, transform)
-    n_photos = len(np.unique(_photo_keys(train)))
+    n_photos = len(np.unique(evaluation.photo_keys(train)))
     pairs_per_source = max(1, round(len(train) / (2 * n_photos)))
     teacher_by_photo = None if teacher is None else torch.as_tensor(teacher)
 
