@@ -266,7 +266,33 @@ def _standardization(backbone: nn.Module, enabled: bool) -> nn.Module:
     return InputStandardization(0.25 / float(np.mean(backbone.data_config["std"])))
 
 
-class EmbeddingNet(_BackboneModel):
+class _LayoutFusion(_BackboneModel):
+    """Appends the weighted `layout_descriptor` to a learned unit embedding when
+    ``layout_weight > 0``: ``[sqrt(1 - w) e, sqrt(w) l]`` is still a unit vector and its cosine
+    is ``(1 - w) cos_e + w cos_l``. Training losses use `embed_learned`."""
+
+    layout_weight: float = 0.0
+
+    def _set_layout_weight(self, layout_weight: float) -> None:
+        if not 0.0 <= layout_weight < 1.0:
+            raise ValueError(f"layout_weight={layout_weight}; use a value in [0, 1)")
+        self.layout_weight = layout_weight
+
+    def embed_learned(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) normalised images -> (B, embedding_dim) learned unit embeddings."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The learned embedding, with the weighted layout descriptor appended when enabled."""
+        learned = self.embed_learned(images)
+        if not self.layout_weight:
+            return learned
+        layout = layout_descriptor(images, self.data_config["mean"], self.data_config["std"])
+        return torch.cat([learned * (1.0 - self.layout_weight) ** 0.5,
+                          layout * self.layout_weight ** 0.5], dim=1)
+
+
+class EmbeddingNet(_LayoutFusion):
     """Backbone -> Linear(F, D) -> BatchNorm1d -> L2 normalise: a face embedding.
 
     Used with `common.losses.ArcMarginProduct` (identity classification) and with
@@ -275,9 +301,8 @@ class EmbeddingNet(_BackboneModel):
     ``standardize_input=True`` puts `InputStandardization` in front of the backbone;
     ``head="spatial"`` replaces pooling + linear with `SpatialEmbeddingHead`.
 
-    ``layout_weight=w > 0`` appends `layout_descriptor` to the output: ``[sqrt(1 - w) e,
-    sqrt(w) l]`` is still a unit vector and its cosine is ``(1 - w) cos_e + w cos_l``. Training
-    losses use `embed_learned` (the learned part only); `w` is chosen on dev after training.
+    ``layout_weight=w > 0`` appends `layout_descriptor` to the output (see `_LayoutFusion`);
+    `w` is chosen on dev after training.
     """
 
     def __init__(self, backbone_name: str, embedding_dim: int = 512,
@@ -285,9 +310,7 @@ class EmbeddingNet(_BackboneModel):
                  project: bool = True, standardize_input: bool = False,
                  head: str = "pooled", layout_weight: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= layout_weight < 1.0:
-            raise ValueError(f"layout_weight={layout_weight}; use a value in [0, 1)")
-        self.layout_weight = layout_weight
+        self._set_layout_weight(layout_weight)
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
         self.standardize_input = standardize_input
         self.standardize = _standardization(self.backbone, standardize_input)
@@ -315,15 +338,6 @@ class EmbeddingNet(_BackboneModel):
                     else self.backbone(standardized))
         return F.normalize(self.projection(features), dim=1)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """The learned embedding, with the weighted layout descriptor appended when enabled."""
-        learned = self.embed_learned(images)
-        if not self.layout_weight:
-            return learned
-        layout = layout_descriptor(images, self.data_config["mean"], self.data_config["std"])
-        return torch.cat([learned * (1.0 - self.layout_weight) ** 0.5,
-                          layout * self.layout_weight ** 0.5], dim=1)
-
 
 class FaceNet(EmbeddingNet):
     """InceptionResnetV1 (VGGFace2) as a 512-d L2-normalised embedding, without projection.
@@ -345,18 +359,20 @@ class FaceNet(EmbeddingNet):
         return self(images_a), self(images_b)
 
 
-class SiameseNet(_BackboneModel):
+class SiameseNet(_LayoutFusion):
     """Shared encoder -> Linear(F, 512) -> ReLU -> Linear(512, 128) -> L2 normalise.
 
     Both images of a pair go through the same weights, so distances between embeddings are
     comparable; trained with `common.losses.ContrastiveLoss`. ``standardize_input=True`` puts
-    `InputStandardization` in front of the encoder.
+    `InputStandardization` in front of the encoder; ``layout_weight`` as in `EmbeddingNet`.
     """
 
     def __init__(self, backbone_name: str, pretrained: bool | str = True,
                  weights: WeightsPath = None, hidden_dim: int = 512,
-                 embedding_dim: int = 128, standardize_input: bool = False) -> None:
+                 embedding_dim: int = 128, standardize_input: bool = False,
+                 layout_weight: float = 0.0) -> None:
         super().__init__()
+        self._set_layout_weight(layout_weight)
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
         self.standardize_input = standardize_input
         self.standardize = _standardization(self.backbone, standardize_input)
@@ -364,7 +380,7 @@ class SiameseNet(_BackboneModel):
         self.head = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(hidden_dim, embedding_dim))
 
-    def forward(self, images: Tensor) -> Tensor:
+    def embed_learned(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> (B, embedding_dim) L2-normalised embeddings."""
         return F.normalize(self.head(self.backbone(self.standardize(images))), dim=1)
 

@@ -425,7 +425,8 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
 
     def compute_loss(trained: nn.Module, batch) -> torch.Tensor:
         (first, second), same = batch
-        return criterion(trained(first), trained(second), same[:, 0].float())
+        return criterion(trained.embed_learned(first), trained.embed_learned(second),
+                         same[:, 0].float())
 
     return _fit_embedding(model, cfg, name, make_epoch_loader, compute_loss, task_data, mean,
                           std, monitor, epochs, "cosine", lr, stop_after_steps)
@@ -440,7 +441,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                                    "standardize_input": embedder.standardize_input}
     elif model == "siamese":
         kind, kwargs = "siamese", {"backbone_name": cfg.backbone,
-                                   "standardize_input": embedder.standardize_input}
+                                   "standardize_input": embedder.standardize_input,
+                                   "layout_weight": embedder.layout_weight}
     else:
         kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
                                      "embedding_dim": embedder.embedding_dim,

@@ -238,3 +238,14 @@ def test_embedding_with_layout_is_a_weighted_unit_concatenation():
     assert torch.allclose(cos, expected, atol=1e-5)
     with pytest.raises(ValueError, match="layout_weight"):
         models.EmbeddingNet("resnet10t", pretrained=False, layout_weight=1.0)
+
+
+def test_siamese_fuses_the_layout_descriptor_too():
+    model = models.SiameseNet("resnet10t", pretrained=False, embedding_dim=8,
+                              layout_weight=0.5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused, learned = model(images), model.embed_learned(images)
+    assert fused.shape == (2, 8 + 2 * 32 * 31) and learned.shape == (2, 8)
+    assert torch.allclose(fused[:, :8], learned * 0.5 ** 0.5, atol=1e-6)
+    assert _unit_norms(fused) == pytest.approx([1.0] * 2, abs=1e-5)
