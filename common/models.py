@@ -350,9 +350,11 @@ class FaceNet(EmbeddingNet):
     """
 
     def __init__(self, embedding_dim: int = 512, pretrained: bool | str = True,
-                 weights: WeightsPath = None, standardize_input: bool = False) -> None:
+                 weights: WeightsPath = None, standardize_input: bool = False,
+                 layout_weight: float = 0.0) -> None:
         super().__init__("inception_resnet_v1", embedding_dim, pretrained, weights,
-                         project=embedding_dim != 512, standardize_input=standardize_input)
+                         project=embedding_dim != 512, standardize_input=standardize_input,
+                         layout_weight=layout_weight)
 
     def forward_pair(self, images_a: Tensor, images_b: Tensor) -> tuple[Tensor, Tensor]:
         """Two (B, 3, 160, 160) batches -> two (B, D) embeddings, for contrastive fine-tuning."""

@@ -436,19 +436,18 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
                pair_threshold: float | None = None) -> dict:
     """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it)."""
+    kwargs = {"standardize_input": embedder.standardize_input,
+              "layout_weight": embedder.layout_weight}
     if model == "facenet":
-        kind, kwargs = "facenet", {"embedding_dim": embedder.embedding_dim,
-                                   "standardize_input": embedder.standardize_input}
+        kind = "facenet"
+        kwargs.update(embedding_dim=embedder.embedding_dim)
     elif model == "siamese":
-        kind, kwargs = "siamese", {"backbone_name": cfg.backbone,
-                                   "standardize_input": embedder.standardize_input,
-                                   "layout_weight": embedder.layout_weight}
+        kind = "siamese"
+        kwargs.update(backbone_name=cfg.backbone)
     else:
-        kind, kwargs = "embedding", {"backbone_name": cfg.backbone,
-                                     "embedding_dim": embedder.embedding_dim,
-                                     "standardize_input": embedder.standardize_input,
-                                     "head": embedder.head_kind,
-                                     "layout_weight": embedder.layout_weight}
+        kind = "embedding"
+        kwargs.update(backbone_name=cfg.backbone, embedding_dim=embedder.embedding_dim,
+                      head=embedder.head_kind)
     source = embedder.weights_source
     return {
         "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,

@@ -143,3 +143,28 @@ def test_choose_layout_weight_picks_the_best_dev_top1(setup):
     assert best > 0 and table["dev_top1"].max() >= table["dev_top1"].iloc[0] + 0.1
     assert task_b.choose_layout_weight(embedder, task_data, cfg, 0.25).empty
     assert embedder.layout_weight == 0.25
+
+
+@pytest.mark.parametrize("model", ["facenet", "siamese", "embedding"])
+def test_model_card_rebuilds_the_same_embedding(setup, model):
+    from types import SimpleNamespace
+
+    cfg, task_data = setup
+    cfg = dataclasses.replace(cfg, backbone="resnet10t", pretrained=False)
+    if model == "facenet":
+        embedder = models.create_model("facenet", pretrained=False, standardize_input=True)
+    elif model == "siamese":
+        embedder = models.create_model("siamese", backbone_name="resnet10t", pretrained=False,
+                                       standardize_input=True)
+    else:
+        embedder = task_b.create_embedder("embedding", cfg, 32, standardize_input=True,
+                                          head="spatial")
+    embedder.layout_weight = 0.3  # as choose_layout_weight sets it after training
+    report = SimpleNamespace(verification={"threshold": 0.5}, dev={"top1": 1.0, "f1_macro": 1.0})
+    card = task_b.model_card(cfg, embedder, model, report, task_data.splits, "test")
+    rebuilt = models.create_model(card["kind"], **{**card["model_kwargs"], "pretrained": False})
+    rebuilt.load_state_dict(embedder.state_dict())
+    side = 160 if model == "facenet" else 64  # InceptionResnetV1 needs its own input size
+    images = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(images), embedder.eval()(images), atol=1e-5)
