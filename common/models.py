@@ -23,7 +23,8 @@ from common.weights import WeightsSource, load_pretrained
 __all__ = [
     "create_backbone", "create_model", "freeze_backbone", "backbone_blocks", "MODEL_KINDS",
     "GenderClassifier", "DualStreamSE", "SqueezeExcitation", "InputStandardization",
-    "SpatialEmbeddingHead", "layout_descriptor", "LAYOUT_SIZE", "EmbeddingNet", "FaceNet", "SiameseNet",
+    "SpatialEmbeddingHead", "layout_descriptor", "LAYOUT_SIZE", "EmbeddingNet", "FaceNet",
+    "SiameseNet",
 ]
 
 # InceptionResnetV1 was trained on (x - 127.5) / 128 with x in [0, 255], i.e. mean 0.5 and
@@ -266,17 +267,21 @@ def _standardization(backbone: nn.Module, enabled: bool) -> nn.Module:
     return InputStandardization(0.25 / float(np.mean(backbone.data_config["std"])))
 
 
-class _LayoutFusion(_BackboneModel):
-    """Appends the weighted `layout_descriptor` to a learned unit embedding when
+class _Embedder(_BackboneModel):
+    """What the Task B embedders share: optional `InputStandardization` before the backbone,
+    and the weighted `layout_descriptor` appended to the learned unit embedding when
     ``layout_weight > 0``: ``[sqrt(1 - w) e, sqrt(w) l]`` is still a unit vector and its cosine
     is ``(1 - w) cos_e + w cos_l``. Training losses use `embed_learned`."""
 
     layout_weight: float = 0.0
 
-    def _set_layout_weight(self, layout_weight: float) -> None:
+    def _init_input(self, standardize_input: bool, layout_weight: float) -> None:
+        """Set up standardisation and layout fusion; call once `self.backbone` exists."""
         if not 0.0 <= layout_weight < 1.0:
             raise ValueError(f"layout_weight={layout_weight}; use a value in [0, 1)")
         self.layout_weight = layout_weight
+        self.standardize_input = standardize_input
+        self.standardize = _standardization(self.backbone, standardize_input)
 
     def embed_learned(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> (B, embedding_dim) learned unit embeddings."""
@@ -292,7 +297,7 @@ class _LayoutFusion(_BackboneModel):
                           layout * self.layout_weight ** 0.5], dim=1)
 
 
-class EmbeddingNet(_LayoutFusion):
+class EmbeddingNet(_Embedder):
     """Backbone -> Linear(F, D) -> BatchNorm1d -> L2 normalise: a face embedding.
 
     Used with `common.losses.ArcMarginProduct` (identity classification) and with
@@ -301,7 +306,7 @@ class EmbeddingNet(_LayoutFusion):
     ``standardize_input=True`` puts `InputStandardization` in front of the backbone;
     ``head="spatial"`` replaces pooling + linear with `SpatialEmbeddingHead`.
 
-    ``layout_weight=w > 0`` appends `layout_descriptor` to the output (see `_LayoutFusion`);
+    ``layout_weight=w > 0`` appends `layout_descriptor` to the output (see `_Embedder`);
     `w` is chosen on dev after training.
     """
 
@@ -310,10 +315,8 @@ class EmbeddingNet(_LayoutFusion):
                  project: bool = True, standardize_input: bool = False,
                  head: str = "pooled", layout_weight: float = 0.0) -> None:
         super().__init__()
-        self._set_layout_weight(layout_weight)
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
-        self.standardize_input = standardize_input
-        self.standardize = _standardization(self.backbone, standardize_input)
+        self._init_input(standardize_input, layout_weight)
         if not project and embedding_dim != num_features:
             raise ValueError(f"project=False keeps the backbone's {num_features}-d features; "
                              f"embedding_dim={embedding_dim} needs project=True")
@@ -361,7 +364,7 @@ class FaceNet(EmbeddingNet):
         return self(images_a), self(images_b)
 
 
-class SiameseNet(_LayoutFusion):
+class SiameseNet(_Embedder):
     """Shared encoder -> Linear(F, 512) -> ReLU -> Linear(512, 128) -> L2 normalise.
 
     Both images of a pair go through the same weights, so distances between embeddings are
@@ -374,10 +377,8 @@ class SiameseNet(_LayoutFusion):
                  embedding_dim: int = 128, standardize_input: bool = False,
                  layout_weight: float = 0.0) -> None:
         super().__init__()
-        self._set_layout_weight(layout_weight)
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
-        self.standardize_input = standardize_input
-        self.standardize = _standardization(self.backbone, standardize_input)
+        self._init_input(standardize_input, layout_weight)
         self.embedding_dim = embedding_dim
         self.head = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(hidden_dim, embedding_dim))

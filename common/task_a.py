@@ -22,7 +22,8 @@ from common.experiment import (ExperimentConfig, Splits, create_optimizer, creat
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
 
-__all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "RECIPES", "resolve_recipe", "STREAMS", "TaskAData", "load_views", "prepare_data",
+__all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "RECIPES", "resolve_recipe", "STREAMS",
+           "TaskAData", "load_views", "prepare_data",
            "epoch_indices", "create_classifier", "create_loss", "StreamDataset", "predict_probs",
            "evaluate_views", "model_card", "training_subset", "train_classifier",
            "evaluate_model", "metrics_table", "worst_errors"]

@@ -19,16 +19,17 @@ from torch.utils.data import Dataset
 
 from common import (baselines, cache, data, evaluation, identity_folders, losses, metrics,
                     models, runs, transforms)
-from common.face_priors import PriorUnavailableError
-from common.weights import WeightsSource
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
+from common.face_priors import PriorUnavailableError
 from common.train import FitResult, fit, predict_batches
+from common.weights import WeightsSource
 
 __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
-           "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card", "MIN_PAIRS_PER_EPOCH"]
+           "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
+           "MIN_PAIRS_PER_EPOCH"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
@@ -68,10 +69,7 @@ def prepare_data(cfg: ExperimentConfig) -> TaskBData:
 def image_fit(cfg: ExperimentConfig) -> str:
     """How Task B images become square (`cache.FITS`): the notebook's ``fit``, default
     ``"stretch"``, the way FACECOM made its distorted copies (see `common.cache`)."""
-    fit = cfg.params.get("fit", "stretch")
-    if fit not in cache.FITS:
-        raise ValueError(f"fit={fit!r}; choose one of {cache.FITS}")
-    return fit
+    return cache.check_fit(cfg.params.get("fit", "stretch"))
 
 
 def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
