@@ -48,6 +48,7 @@ __all__ = [
     "AlignmentResult",
     "FaceReadError",
     "create_detector",
+    "detect_subject_box",
     "align_faces",
     "compute_alignment_stats",
 ]
@@ -371,23 +372,45 @@ def _detect_and_crop(detector: MTCNN, copies: list[np.ndarray], indices: list[in
         all_boxes, all_probs, all_points = detector.detect(np.stack(copies), landmarks=True)
     for array, index, boxes, probs, points in zip(copies, indices, all_boxes, all_probs,
                                                   all_points):
-        height, width = array.shape[:2]
-        if boxes is not None and len(boxes):
-            boxes = np.asarray(boxes, dtype=np.float32)
-            centres = (boxes[:, :2] + boxes[:, 2:]) / 2 / np.array([width, height]) - 0.5
-            central = np.abs(centres).max(axis=1) <= MAX_CENTRE_OFFSET
-            boxes = boxes[central]
-            probs = np.asarray(probs, dtype=np.float32)[central]
-            points = np.asarray(points, dtype=np.float32)[central]
-        if boxes is None or len(boxes) == 0:
+        subject = _subject_face(boxes, probs, points, array.shape[1], array.shape[0])
+        if subject is None:
             result.images[index] = _fallback_crop(array, image_size, margin)
             continue
-        best = _select_face(boxes, probs, width, height)
-        result.images[index] = _aligned_crop(array, boxes[best], points[best], image_size, margin)
-        to_original = result.sizes[index][0] / width
+        box, prob, point = subject
+        result.images[index] = _aligned_crop(array, box, point, image_size, margin)
+        to_original = result.sizes[index][0] / array.shape[1]
         result.found[index] = True
-        result.boxes[index] = boxes[best] * to_original
-        result.probs[index] = probs[best]
+        result.boxes[index] = box * to_original
+        result.probs[index] = prob
+
+
+def _subject_face(boxes, probs, points, width: int, height: int
+                  ) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """(box, probability, landmarks) of the subject among MTCNN's faces, None if there is none:
+    bystanders off-centre (`MAX_CENTRE_OFFSET`) are dropped, then `_select_face` picks."""
+    if boxes is None or len(boxes) == 0:
+        return None
+    boxes = np.asarray(boxes, dtype=np.float32)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2 / np.array([width, height]) - 0.5
+    central = np.abs(centres).max(axis=1) <= MAX_CENTRE_OFFSET
+    if not central.any():
+        return None
+    boxes, probs = boxes[central], np.asarray(probs, dtype=np.float32)[central]
+    points = np.asarray(points, dtype=np.float32)[central]
+    best = _select_face(boxes, probs, width, height)
+    return boxes[best], float(probs[best]), points[best]
+
+
+def detect_subject_box(detector: MTCNN, image: np.ndarray) -> np.ndarray | None:
+    """x1, y1, x2, y2 of the subject's face in one RGB image (the rule of `align_faces`), or None.
+
+    For callers that already hold the decoded image and need only the box, such as the dlib
+    descriptor's fallback when dlib's own detector misses (`common.face_descriptor`).
+    """
+    with torch.inference_mode():
+        boxes, probs, points = detector.detect(image, landmarks=True)
+    subject = _subject_face(boxes, probs, points, image.shape[1], image.shape[0])
+    return None if subject is None else subject[0]
 
 
 def compute_alignment_stats(result: AlignmentResult) -> dict[str, float]:
