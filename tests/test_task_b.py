@@ -72,7 +72,7 @@ def test_photo_teacher_centres_and_orders_by_photo(monkeypatch):
         seen.append(list(paths))
         return raw, np.ones(len(paths), dtype=bool)
 
-    monkeypatch.setattr(task_b.baselines, "cached_dlib_descriptors", fake)
+    monkeypatch.setattr(task_b.face_descriptor, "cached_descriptors", fake)
     teacher = task_b.photo_teacher(_photo_frame(), "dlib", progress=False)
     assert seen == [["a.jpg", "b.jpg", "c_rainy.jpg"]]
     # Mean (2, 2): centred rows (1, -1), (-1, -1), (0, 2), then unit length.
@@ -85,7 +85,7 @@ def test_photo_teacher_centres_and_orders_by_photo(monkeypatch):
     def unavailable(paths, progress=True):
         raise task_b.PriorUnavailableError("dlib not installed: pip install dlib-bin")
 
-    monkeypatch.setattr(task_b.baselines, "cached_dlib_descriptors", unavailable)
+    monkeypatch.setattr(task_b.face_descriptor, "cached_descriptors", unavailable)
     with pytest.warns(UserWarning, match="without a teacher: dlib not installed"):
         assert task_b.photo_teacher(_photo_frame(), "dlib") is None
 

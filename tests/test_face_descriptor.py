@@ -1,0 +1,174 @@
+"""Tests for common/face_descriptor.py: fusion arithmetic, the dev choice of the descriptor's
+share, the card-level embedding, and dlib's descriptor itself when it is installed."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import skimage.data
+from PIL import Image
+
+from common import face_descriptor, face_priors, faces, task_b
+from conftest import requires_descriptor
+
+
+def _unit(rows) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_fuse_mixes_the_two_cosines_by_the_weight():
+    learned = _unit([[1, 0], [0.6, 0.8]])            # cosine 0.6
+    descriptors = np.array([[2, 0, 0], [0, 0, 5.0]])  # raw; cosine 0 after normalising
+    for weight in (0.25, 0.7):
+        fused = face_descriptor.fuse(learned, descriptors, weight)
+        assert fused.shape == (2, 5)
+        np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-6)
+        assert fused[0] @ fused[1] == pytest.approx((1 - weight) * 0.6 + weight * 0.0, abs=1e-6)
+    assert face_descriptor.fuse(learned, descriptors, 0.0) is learned
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        face_descriptor.fuse(learned, descriptors, 1.5)
+
+
+def test_cosine_threshold_is_dlibs_distance_rule():
+    raw = np.array([[1.0, 1.0], [1.0, -1.0]])  # squared norm 2 each
+    # ||a - b|| < 0.6 for norm-r vectors <=> cosine > 1 - 0.36 / (2 r^2) = 1 - 0.36 / 4.
+    assert face_descriptor.cosine_threshold(raw) == pytest.approx(0.91)
+
+
+def _gallery_frame() -> pd.DataFrame:
+    """Three identities, each a clean photo and two distorted copies of it, plus a second photo."""
+    rows = []
+    for identity in ("a", "b", "c"):
+        for photo in ("1", "2"):
+            source = f"{identity}/{photo}.jpg"
+            rows.append({"path": source, "identity": identity, "distortion": "clean",
+                         "source": ""})
+            rows += [{"path": f"{identity}/{photo}_{d}.jpg", "identity": identity,
+                      "distortion": d, "source": source} for d in ("noisy", "sunny")]
+    return pd.DataFrame(rows)
+
+
+def test_choose_weight_picks_the_descriptor_only_when_it_helps_on_dev():
+    frame = _gallery_frame()
+    rng = np.random.default_rng(0)
+    identity_code = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    knows_identity = np.eye(3)[identity_code] + 0.05 * rng.normal(size=(len(frame), 3))
+    noise = _unit(rng.normal(size=(len(frame), 8)))
+    # Learned = noise: the descriptor is all that matches; the largest share wins (ties: smallest).
+    weight, table = face_descriptor.choose_weight(frame, noise, knows_identity, "auto")
+    assert weight == table.loc[table["dev_top1"].idxmax(), "descriptor_weight"] > 0
+    assert table["dev_top1"].max() == 1.0 and table["dev_top1"].iloc[0] < 1.0
+    # Learned already perfect: every share ties at top-1 1.0, so the smallest (0) is kept.
+    weight, table = face_descriptor.choose_weight(frame, _unit(knows_identity), noise, "auto")
+    assert weight == 0.0 and list(table["descriptor_weight"]) == list(face_descriptor.WEIGHTS)
+    weight, table = face_descriptor.choose_weight(frame, noise, knows_identity, "auto",
+                                                  objective="pair_accuracy", n_pairs=60)
+    assert weight > 0 and "dev_pair_accuracy" in table
+    weight, table = face_descriptor.choose_weight(frame, noise, None, "auto")
+    assert weight == 0.0 and table.empty
+    assert face_descriptor.choose_weight(frame, noise, knows_identity, 0.3)[0] == 0.3
+    with pytest.raises(face_priors.PriorUnavailableError, match="needs dlib"):
+        face_descriptor.choose_weight(frame, noise, None, 0.3)
+    with pytest.raises(ValueError, match="objective"):
+        face_descriptor.choose_weight(frame, noise, knows_identity, objective="auc")
+
+
+def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
+    frame = _gallery_frame()
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(len(frame), 128)).astype(np.float32)
+    by_path = dict(zip(frame["path"], raw))
+    monkeypatch.setattr(face_descriptor, "cached_descriptors",
+                        lambda paths, front_end="hog", progress=True: (
+                            np.stack([by_path[p] for p in paths]), np.ones(len(paths), bool)))
+
+    class Splits:
+        dev = eval = frame
+
+    class Data:
+        splits = Splits()
+
+    learned = {"dev": _unit(rng.normal(size=(len(frame), 16)))}
+    learned["eval"] = learned["dev"]
+    fusion = task_b.fuse_descriptor(Data(), learned, 0.4, progress=False)
+    assert fusion.weight == 0.4 and fusion.front_end == "robust"
+    np.testing.assert_allclose(fusion.embeddings["eval"],
+                               face_descriptor.fuse(learned["eval"], raw, 0.4))
+    assert task_b.fuse_descriptor(Data(), learned, 0).embeddings["dev"] is learned["dev"]
+
+    card = {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "descriptor_weight": 0.4,
+            "descriptor_front_end": "robust"}
+    monkeypatch.setattr(task_b, "embed", lambda *args, **kwargs: learned["eval"])
+    fused = task_b.embed_for_card(None, card, np.zeros((len(frame), 8, 8, 3), np.uint8),
+                                  frame["path"].tolist())
+    np.testing.assert_allclose(fused, fusion.embeddings["eval"])
+    plain = task_b.embed_for_card(None, {**card, "descriptor_weight": 0.0}, None, [])
+    assert plain is learned["eval"]
+
+
+def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
+    def unavailable(paths, front_end="hog", progress=True):
+        raise face_priors.PriorUnavailableError("no dlib: pip install dlib-bin")
+
+    monkeypatch.setattr(face_descriptor, "cached_descriptors", unavailable)
+
+    class Splits:
+        dev = eval = _gallery_frame()
+
+    class Data:
+        splits = Splits()
+
+    learned = {"dev": _unit(np.eye(18, 4) + 0.1)}
+    with pytest.warns(UserWarning, match="no face-descriptor channel: no dlib"):
+        fusion = task_b.fuse_descriptor(Data(), learned, "auto", progress=False)
+    assert fusion.weight == 0.0 and fusion.embeddings["dev"] is learned["dev"]
+
+
+def test_unknown_front_end_is_rejected():
+    with pytest.raises(ValueError, match="front_end"):
+        face_descriptor.describe([], front_end="cnn")
+
+
+def test_mtcnn_subject_box_on_the_astronaut():
+    image = skimage.data.astronaut()
+    box = faces.detect_subject_box(faces.create_detector("cpu"), image)
+    # Eileen Collins' face, checked by eye: x 180-268, y 61-172.
+    assert box is not None and 180 <= (box[0] + box[2]) / 2 <= 268
+    assert 61 <= (box[1] + box[3]) / 2 <= 172
+    assert faces.detect_subject_box(faces.create_detector("cpu"),
+                                    np.full((160, 160, 3), 128, np.uint8)) is None
+
+
+@requires_descriptor
+def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
+    path = tmp_path / "no_face.png"
+    Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(path)
+    for front_end in face_descriptor.FRONT_ENDS:
+        vectors, found = face_descriptor.describe([str(path)], front_end, progress=False)
+        assert vectors.shape == (1, 128) and np.isfinite(vectors).all()
+        assert found.tolist() == [False]
+        cached = face_descriptor.cached_descriptors([str(path)], front_end, tmp_path / "cache",
+                                                    progress=False)
+        again = face_descriptor.cached_descriptors([str(path)], front_end, tmp_path / "cache",
+                                                   progress=False)
+        np.testing.assert_array_equal(cached[0], vectors)
+        np.testing.assert_array_equal(again[0], vectors)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one file per front end
+
+
+@requires_descriptor
+def test_robust_front_end_recognises_a_noisy_face():
+    """Heavy per-pixel noise hides the astronaut from HOG; the median filter and MTCNN's box
+    bring its descriptor back next to the clean one (dlib: same person below distance 0.6)."""
+    clean = skimage.data.astronaut()
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 60, clean.shape), 0, 255
+                    ).astype(np.uint8)
+    reference, _ = face_descriptor.describe([clean], "hog", progress=False)
+    distance, found = {}, {}
+    for front_end in face_descriptor.FRONT_ENDS:
+        vector, found[front_end] = face_descriptor.describe([noisy], front_end, progress=False)
+        distance[front_end] = float(np.linalg.norm(vector[0] - reference[0]))
+    # Measured: HOG finds nothing and lands at 0.79; the robust front end at 0.51.
+    assert found == {"hog": [False], "robust": [True]}
+    assert distance["robust"] < 0.6 < distance["hog"]
