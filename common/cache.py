@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
-    "file_list_key", "FITS", "check_fit",
+    "file_list_key", "FITS", "check_fit", "to_rgb_array",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -164,9 +164,14 @@ def load_resized(path: str | os.PathLike, image_size: int, fit: str = "crop") ->
 def resize_square(image: np.ndarray | Image.Image, image_size: int,
                   fit: str = "crop") -> np.ndarray:
     """An in-memory image (array or PIL, any mode) prepared exactly like the cached ones."""
+    return _square(Image.fromarray(to_rgb_array(image)), image_size, fit)
+
+
+def to_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
+    """An in-memory image (array or PIL, any mode) as a full-size RGB uint8 array."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.ascontiguousarray(image))
-    return _square(_to_rgb(image), image_size, fit)
+    return np.asarray(_to_rgb(image), dtype=np.uint8)
 
 
 def _square(image: Image.Image, image_size: int, fit: str = "crop") -> np.ndarray:

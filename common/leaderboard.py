@@ -139,8 +139,8 @@ def _score_task_a(model, card, frame, images, device) -> tuple[dict, dict]:
 
 
 def _score_task_b(model, card, frame, images, device, seed) -> tuple[dict, dict]:
-    embeddings = task_b.embed(model, images, card["image_size"], card["mean"], card["std"],
-                              device, progress=True)
+    embeddings = task_b.embed_for_card(model, card, images, frame["path"].tolist(), device,
+                                       progress=True)
     report = evaluation.gallery_report(frame, embeddings, threshold=card["similarity_threshold"],
                                        seed=seed)
     return report.flat(), {"report": report, "embeddings": embeddings}
@@ -207,7 +207,8 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
                 result, extra = _score_task_b(model, card, frame, images, device, seed)
                 distortion_rows[card["name"]] = result["top1_by_distortion"]
                 task_b_frame = (frame, note) if task_b_frame is None else task_b_frame
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
+        except (FileNotFoundError, ValueError, RuntimeError,
+                face_priors.PriorUnavailableError) as error:
             print(f"{card['name']}: not evaluated: {error}")
             board.rows.append({**row, "evaluated_on": f"not evaluated: {error}"})
             continue

@@ -122,8 +122,15 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
               f"{err}" for i, err in enumerate(errors) if err]
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
-    return task_b.embed(model, array, card["image_size"], card["mean"], card["std"], device_,
-                        progress=progress)
+    return task_b.embed_for_card(model, card, array, _originals(images, array, errors), device_,
+                                 progress)
+
+
+def _originals(images: Sequence[ImageLike], array: np.ndarray, errors: list[str]) -> list:
+    """What a fused card's face descriptor reads: each file or full-size image as given, the
+    placeholder of `load_inputs` where an item failed (its row is reported as an error)."""
+    return [array[i] if errors[i] else item if isinstance(item, (str, os.PathLike))
+            else cache.to_rgb_array(item) for i, item in enumerate(images)]
 
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
@@ -176,8 +183,11 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     g_ok = np.array([not e for e in g_errors])
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {g_errors[:3]}")
-    g_emb = task_b.embed(model, g_array[g_ok], size, card["mean"], card["std"], device_)
-    q_emb = task_b.embed(model, q_array, size, card["mean"], card["std"], device_)
+    g_originals = [item for item, ok in zip(_originals(gallery_files, g_array, g_errors), g_ok)
+                   if ok]
+    g_emb = task_b.embed_for_card(model, card, g_array[g_ok], g_originals, device_)
+    q_emb = task_b.embed_for_card(model, card, q_array, _originals(query_files, q_array, q_errors),
+                                  device_)
     names = np.array(gallery_ids)[g_ok]
     identities = np.unique(names)
     similarity = q_emb @ g_emb.T

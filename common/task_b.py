@@ -7,7 +7,9 @@ similar gallery identity is its own. Nothing from the evaluated identities is tr
 """
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import (baselines, cache, data, evaluation, identity_folders, losses, metrics,
+from common import (cache, data, evaluation, face_descriptor, identity_folders, losses, metrics,
                     models, runs, transforms)
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
@@ -29,7 +31,7 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_dat
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
-           "MIN_PAIRS_PER_EPOCH"]
+           "MIN_PAIRS_PER_EPOCH", "DescriptorFusion", "fuse_descriptor", "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
@@ -221,7 +223,7 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
                   ) -> np.ndarray | None:
     """Teacher embeddings of the photos of `frame`, in the order of `source_view_pairs` codes.
 
-    ``"dlib"``: dlib's face descriptor (`baselines.cached_dlib_descriptors`) of each clean photo,
+    ``"dlib"``: dlib's face descriptor (`face_descriptor.cached_descriptors`) of each clean photo,
     centred on the mean photo and L2-normalised, so that unrelated faces sit near cosine 0. The
     clean photo stands for its distorted copies: dlib finds no face in most noisy, rainy and
     sunny copies, and teaching the student to see the clean face through them is the point.
@@ -236,7 +238,7 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
         raise ValueError(f"teacher={teacher!r}; choose 'dlib' or '' (none)")
     photos = np.unique(evaluation.photo_keys(frame))
     try:
-        vectors, _ = baselines.cached_dlib_descriptors(list(photos), progress=progress)
+        vectors, _ = face_descriptor.cached_descriptors(list(photos), progress=progress)
     except PriorUnavailableError as error:
         warnings.warn(f"training without a teacher: {error}", stacklevel=2)
         return None
@@ -391,6 +393,67 @@ def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experim
     return table
 
 
+@dataclass
+class DescriptorFusion:
+    """The face-descriptor share chosen for a model, and its embeddings with that share."""
+
+    weight: float
+    front_end: str
+    embeddings: dict[str, np.ndarray]
+    table: pd.DataFrame
+
+
+def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
+                    setting: str | float = "auto", objective: str = "top1", seed: int = 0,
+                    front_end: str = "robust", progress: bool = True) -> DescriptorFusion:
+    """Join dlib's face descriptor (`common.face_descriptor`) to learned embeddings.
+
+    The learned networks match distorted copies of one photo; dlib recognises a person across
+    photos. ``setting="auto"`` picks the share with the best dev `objective` (0 when dlib is not
+    installed, with a warning); a number is used as given; 0 skips the descriptors entirely.
+
+    Args:
+        learned: split name ("dev", "eval", ...) -> unit embeddings of ``task_data.images[split]``.
+
+    Returns:
+        `DescriptorFusion` whose ``embeddings`` has the same keys as `learned`.
+    """
+    if setting != "auto" and float(setting) == 0.0:
+        return DescriptorFusion(0.0, front_end, dict(learned), pd.DataFrame())
+    def descriptors(split: str) -> np.ndarray | None:
+        paths = getattr(task_data.splits, split)["path"].tolist()
+        return face_descriptor.optional_descriptors(paths, front_end, progress)
+
+    weight, table = face_descriptor.choose_weight(task_data.splits.dev, learned["dev"],
+                                                  descriptors("dev"), setting, objective, seed)
+    embeddings = {split: face_descriptor.fuse(vectors, descriptors(split), weight)
+                  if weight else vectors for split, vectors in learned.items()}
+    return DescriptorFusion(weight, front_end, embeddings, table)
+
+
+def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
+                   originals: Sequence[str | np.ndarray], device: torch.device | str = "cpu",
+                   progress: bool = False) -> np.ndarray:
+    """A checkpoint's embeddings as its notebook evaluated them: learned, plus the face
+    descriptor of the full-size `originals` (files or RGB arrays) when the card says so.
+
+    Raises:
+        PriorUnavailableError: the card fuses the descriptor and dlib is not installed.
+    """
+    learned = embed(model, images, card["image_size"], card["mean"], card["std"], device,
+                    progress=progress)
+    weight = float(card.get("descriptor_weight") or 0.0)
+    if not weight:
+        return learned
+    front_end = card.get("descriptor_front_end", "robust")
+    if all(isinstance(item, (str, os.PathLike)) for item in originals):
+        raw, _ = face_descriptor.cached_descriptors([str(p) for p in originals], front_end,
+                                                    progress=progress)
+    else:
+        raw, _ = face_descriptor.describe(originals, front_end, progress)
+    return face_descriptor.fuse(learned, raw, weight)
+
+
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
                 epochs: int, lr: float, pairs_per_epoch: int = 0, margin: float = 1.0,
                 hard_negatives: bool = False, distortion_p: float = 0.5,
@@ -432,8 +495,10 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
 
 def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
-               pair_threshold: float | None = None) -> dict:
-    """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it)."""
+               pair_threshold: float | None = None,
+               descriptor: DescriptorFusion | None = None) -> dict:
+    """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it,
+    including the face-descriptor share its thresholds were calibrated with)."""
     kwargs = {"standardize_input": embedder.standardize_input,
               "layout_weight": embedder.layout_weight}
     if model == "facenet":
@@ -452,6 +517,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         "backbone": cfg.backbone, "image_size": cfg.image_size, "fit": image_fit(cfg),
         "mean": list(embedder.data_config["mean"]), "std": list(embedder.data_config["std"]),
         "aligned": False, "similarity_threshold": report.verification["threshold"],
+        "descriptor_weight": descriptor.weight if descriptor else 0.0,
+        "descriptor_front_end": descriptor.front_end if descriptor else None,
         "pair_distance_threshold": pair_threshold, "data_fingerprint": fingerprint,
         "dev_metrics": {"top1": report.dev["top1"], "f1_macro": report.dev["f1_macro"]},
         "weights_source": str(source), "pretrained": bool(getattr(source, "pretrained", False)),

@@ -139,3 +139,29 @@ def test_embed_and_compare(checkpoints, sample_root):
     assert ab == pytest.approx(ba, abs=1e-6)
     with pytest.raises(ValueError, match="missing.jpg"):
         predict.embed([val / "missing.jpg"], weights)
+
+
+def test_fused_card_adds_the_face_descriptor(checkpoints, sample_root, tmp_path, monkeypatch):
+    """A card with descriptor_weight embeds as its notebook evaluated: learned + descriptor,
+    for files and in-memory images alike (descriptor faked: the image's mean colour)."""
+    from common import face_descriptor
+
+    def fake_describe(images, front_end="hog", progress=True):
+        means = [np.asarray(Image.open(item) if not isinstance(item, np.ndarray) else item,
+                            np.float32).reshape(-1, 3).mean(0) for item in images]
+        return np.stack([np.resize(m, 128) + 1 for m in means]), np.ones(len(images), bool)
+
+    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    monkeypatch.setattr(face_descriptor, "cached_descriptors",
+                        lambda paths, front_end="hog", progress=True: fake_describe(paths))
+    model, card = runs.load_model(checkpoints["task_b"])
+    fused_weights = runs.save_model(model, tmp_path, "fused", {
+        **card, "descriptor_weight": 0.5, "descriptor_front_end": "robust"})
+    first = sorted(next(p for p in sorted((sample_root / "Task_B" / "val").iterdir())
+                        if p.is_dir()).glob("*.jpg"))[0]
+    plain = predict.embed([first], checkpoints["task_b"])
+    fused = predict.embed([first, np.asarray(Image.open(first))], fused_weights)
+    assert fused.shape == (2, plain.shape[1] + 128)
+    expected = face_descriptor.fuse(plain, fake_describe([first])[0], 0.5)
+    np.testing.assert_allclose(fused[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(fused[1, -128:], fused[0, -128:], atol=1e-5)
