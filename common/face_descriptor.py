@@ -92,8 +92,9 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
     mtcnn = None
     vectors = np.zeros((len(images), 128), np.float32)
     found = np.zeros(len(images), bool)
+    # ~13 images/s on 2 cores: a refresh every 2 s keeps a papermill notebook's log short.
     for i, item in enumerate(tqdm(images, desc=f"dlib descriptor ({front_end})",
-                                  disable=not progress)):
+                                  disable=not progress, mininterval=2.0)):
         image = np.ascontiguousarray(item if isinstance(item, np.ndarray)
                                      else data.load_image(item))
         if front_end == "robust":
