@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
 
 from common import data, metrics
 
-__all__ = ["GalleryReport", "PairReport", "retrieval_table", "gallery_report", "pair_report",
-           "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows", "photo_keys",
-           "PAIR_KINDS"]
+__all__ = ["GalleryReport", "PairReport", "FaceRule", "fit_face_rule", "retrieval_table",
+           "gallery_report", "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs",
+           "load_rows", "photo_keys", "PAIR_KINDS"]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
 PAIR_KINDS = ("same photo", "same identity", "different identity")
@@ -107,15 +108,57 @@ def gallery_report(evaluated: pd.DataFrame, eval_embeddings: np.ndarray,
         dev=dev_summary, table=table, verification_scores=scores, verification_same=same)
 
 
+@dataclass(frozen=True)
+class FaceRule:
+    """A pair decision for when one distance cannot serve both kinds of positive pair.
+
+    Same when the embeddings are within `distance` (two views of one photo, which the learned
+    part and the copy detector see) **or** a face descriptor found both faces and their cosine is
+    at least `descriptor_cosine` (one person on two photos, which only a face-trained model sees).
+    """
+
+    distance: float
+    descriptor_cosine: float
+
+    def decide(self, distances: np.ndarray, descriptor_cosines: np.ndarray,
+               both_found: np.ndarray) -> np.ndarray:
+        """Boolean same/different per pair."""
+        return (np.asarray(distances) <= self.distance) | (
+            np.asarray(both_found, bool) & (np.asarray(descriptor_cosines) >= self.descriptor_cosine))
+
+
+def fit_face_rule(distances: np.ndarray, descriptor_cosines: np.ndarray, both_found: np.ndarray,
+                  same: np.ndarray, n_candidates: int = 100) -> FaceRule:
+    """The `FaceRule` with the best accuracy on (dev) pairs: both thresholds on a grid of
+    quantiles of their scores; the first best in (distance, cosine) order on ties."""
+    same = np.asarray(same).astype(bool)
+    quantiles = np.linspace(0, 1, n_candidates)
+    cosines = np.unique(np.quantile(descriptor_cosines[both_found], quantiles)) if np.any(
+        both_found) else np.array([np.inf])
+    cosines = np.append(cosines, np.inf)  # inf: the descriptor never decides
+    best = (-1.0, 0.0, np.inf)
+    for distance in np.unique(np.quantile(distances, quantiles)):
+        close = distances <= distance
+        for cosine in cosines:
+            accuracy = float(((close | (both_found & (descriptor_cosines >= cosine))) == same)
+                             .mean())
+            if accuracy > best[0]:
+                best = (accuracy, float(distance), float(cosine))
+    return FaceRule(best[1], best[2])
+
+
 @dataclass
 class PairReport:
-    """Siamese pair verification at the fixed distance 0.5 and at the dev-calibrated distance."""
+    """Siamese pair verification at the fixed distance 0.5, at the dev-calibrated distance and,
+    with face descriptors, by the dev-fitted `FaceRule`."""
 
     fixed: dict
     calibrated: dict
     pairs: pd.DataFrame = field(repr=False)
     distances: np.ndarray = field(repr=False)
     same: np.ndarray = field(repr=False)
+    rule: FaceRule | None = None
+    face_rule: dict | None = None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -131,24 +174,40 @@ class PairReport:
             rows[kind] = {"pairs": len(frame), "mean_distance": frame["distance"].mean(), **{
                 f"accuracy_{name}": float(((frame["distance"] < threshold) == same).mean())
                 for name, threshold in self.thresholds.items()}}
+            if self.rule is not None:
+                rows[kind]["accuracy_face_rule"] = float(
+                    (frame["same_by_rule"].to_numpy() == same).mean())
         order = [kind for kind in PAIR_KINDS if kind in rows]
         return pd.DataFrame.from_dict(rows, orient="index").loc[order]
 
     def flat(self) -> dict:
-        """metrics.json keys: pair_* at the calibrated distance, pair_*_fixed at 0.5, and the
-        calibrated accuracy per pair kind (pair_accuracy_same_photo, ...)."""
+        """metrics.json keys: pair_* at the calibrated distance, pair_*_fixed at 0.5,
+        pair_*_face_rule with the rule, and the accuracy per pair kind
+        (pair_accuracy_same_photo, ..., pair_accuracy_face_rule_same_photo, ...)."""
         out = {f"pair_{key}": value for key, value in self.calibrated.items()}
-        out.update({f"pair_{key}_fixed": value for key, value in self.fixed.items()
-                    if key in ("accuracy", "precision", "recall", "f1")})
-        out.update({f"pair_accuracy_{kind.replace(' ', '_')}": row["accuracy_calibrated"]
-                    for kind, row in self.by_kind().iterrows()})
+        decisions = [("fixed", self.fixed)] + ([("face_rule", self.face_rule)]
+                                               if self.face_rule else [])
+        for name, values in decisions:
+            out.update({f"pair_{key}_{name}": value for key, value in values.items()
+                        if key in ("accuracy", "precision", "recall", "f1")})
+        for kind, row in self.by_kind().iterrows():
+            key = kind.replace(" ", "_")
+            out[f"pair_accuracy_{key}"] = row["accuracy_calibrated"]
+            if self.rule is not None:
+                out[f"pair_accuracy_face_rule_{key}"] = row["accuracy_face_rule"]
+        if self.rule is not None:
+            out.update(pair_rule_distance=self.rule.distance,
+                       pair_rule_descriptor_cosine=self.rule.descriptor_cosine)
         return out
 
     def summary(self) -> pd.DataFrame:
-        """Fixed vs calibrated distance side by side."""
+        """Fixed vs calibrated distance (vs the face rule) side by side."""
         keys = ("threshold", "accuracy", "precision", "recall", "f1", "roc_auc", "eer")
-        return pd.DataFrame({"fixed 0.5": [self.fixed[k] for k in keys],
-                             "dev-calibrated": [self.calibrated[k] for k in keys]}, index=keys)
+        columns = {"fixed 0.5": [self.fixed[k] for k in keys],
+                   "dev-calibrated": [self.calibrated[k] for k in keys]}
+        if self.face_rule:
+            columns["face rule (dev)"] = [self.face_rule.get(k, np.nan) for k in keys]
+        return pd.DataFrame(columns, index=keys)
 
 
 def make_pair_list(frame: pd.DataFrame, n_pairs: int, seed: int,
@@ -166,13 +225,27 @@ def _pair_distances(embeddings: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
                           axis=1)
 
 
+def _descriptor_cosines(faces: tuple[np.ndarray, np.ndarray], pairs: pd.DataFrame
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    unit, found = faces
+    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    return (unit[i] * unit[j]).sum(axis=1), found[i] & found[j]
+
+
 def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,
-                eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0) -> PairReport:
+                eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0,
+                faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> PairReport:
     """Verification on a fixed, seeded pair list of `evaluated` (Euclidean distance of the
-    L2-normalised embeddings); the calibrated distance is chosen on a dev pair list."""
+    L2-normalised embeddings); the calibrated distance is chosen on a dev pair list.
+
+    Args:
+        faces: optional ``{"dev": (unit descriptors, face found), "eval": (...)}`` rows aligned
+            with the two frames: then a `FaceRule` is fitted on the dev pairs and reported too.
+    """
     dev_pairs = make_pair_list(dev, n_pairs, seed)
-    threshold = metrics.calibrate_threshold(_pair_distances(dev_embeddings, dev_pairs),
-                                            dev_pairs["same"].to_numpy(), higher_is_same=False)
+    dev_distances = _pair_distances(dev_embeddings, dev_pairs)
+    threshold = metrics.calibrate_threshold(dev_distances, dev_pairs["same"].to_numpy(),
+                                            higher_is_same=False)
     pairs = make_pair_list(evaluated, n_pairs, seed + 1)
     distances = _pair_distances(eval_embeddings, pairs)
     same = pairs["same"].to_numpy().astype(int)
@@ -180,12 +253,22 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
     same_photo = photo[pairs["i"].to_numpy()] == photo[pairs["j"].to_numpy()]
     pairs = pairs.assign(distance=distances, kind=np.select(
         [same_photo, same == 1], [PAIR_KINDS[0], PAIR_KINDS[1]], PAIR_KINDS[2]))
+    rule = rule_metrics = None
+    if faces is not None:
+        rule = fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
+                             dev_pairs["same"].to_numpy())
+        decided = rule.decide(distances, *_descriptor_cosines(faces["eval"], pairs))
+        pairs = pairs.assign(same_by_rule=decided)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            same, decided.astype(int), average="binary", zero_division=0)
+        rule_metrics = {"threshold": rule.distance, "accuracy": float((decided == same).mean()),
+                        "precision": float(precision), "recall": float(recall), "f1": float(f1)}
     return PairReport(
         fixed=metrics.compute_verification_metrics(distances, same, FIXED_DISTANCE,
                                                    higher_is_same=False),
         calibrated=metrics.compute_verification_metrics(distances, same, threshold,
                                                         higher_is_same=False),
-        pairs=pairs, distances=distances, same=same)
+        pairs=pairs, distances=distances, same=same, rule=rule, face_rule=rule_metrics)
 
 
 def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:

@@ -38,3 +38,58 @@ def test_pair_report_accuracy_by_kind():
     flat = report.flat()
     assert flat["pair_accuracy_same_photo"] == table.loc["same photo", "accuracy_calibrated"]
     assert "pair_accuracy_different_identity" in flat
+
+
+def test_face_rule_decides_by_distance_or_agreeing_faces():
+    rule = evaluation.FaceRule(distance=0.3, descriptor_cosine=0.9)
+    same = rule.decide(np.array([0.1, 0.8, 0.8, 0.8]), np.array([0.0, 0.95, 0.95, 0.5]),
+                       np.array([False, True, False, True]))
+    # close embeddings | agreeing faces | agreeing but a face missing | disagreeing faces
+    assert same.tolist() == [True, True, False, False]
+
+
+def _people_embeddings(frame: pd.DataFrame) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Embeddings that only see photos (copies sit on their photo, every photo 1 apart) and unit
+    descriptors that see people; bob's foggy copies hide his face from the descriptor."""
+    photos = sorted(set(frame["source"]))
+    embeddings = np.eye(len(photos))[[photos.index(s) for s in frame["source"]]] / np.sqrt(2)
+    people = {"ann": [1.0, 0.0], "bob": [0.0, 1.0]}
+    descriptors = np.array([people[p] for p in frame["identity"]])
+    found = ~((frame["identity"] == "bob") & (frame["distortion"] == "foggy")).to_numpy()
+    return embeddings, (descriptors, found)
+
+
+def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
+    frame = _frame()
+    embeddings, faces = _people_embeddings(frame)
+    report = evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40, seed=0,
+                                    faces={"dev": faces, "eval": faces})
+    # No single distance separates two photos of one person (1 apart) from two people (1 apart).
+    assert report.calibrated["accuracy"] < 1.0
+    table = report.by_kind()
+    assert table.loc["same photo", "accuracy_face_rule"] == 1.0
+    assert table.loc["different identity", "accuracy_face_rule"] == 1.0
+    # Two photos of one person: right unless one of them is bob's hidden face.
+    pairs = report.pairs[report.pairs["kind"] == "same identity"]
+    hidden = ~(faces[1][pairs["i"]] & faces[1][pairs["j"]])
+    expected = 1.0 - hidden.mean()
+    assert table.loc["same identity", "accuracy_face_rule"] == pytest.approx(expected)
+    assert report.face_rule["accuracy"] == pytest.approx(
+        (report.pairs["same_by_rule"] == report.pairs["same"].astype(bool)).mean())
+    assert report.face_rule["accuracy"] > report.calibrated["accuracy"]
+    flat = report.flat()
+    assert flat["pair_accuracy_face_rule"] == report.face_rule["accuracy"]
+    assert flat["pair_rule_distance"] == report.rule.distance
+    assert "face rule (dev)" in report.summary().columns
+    plain = evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40, seed=0)
+    assert plain.rule is None and "pair_accuracy_face_rule" not in plain.flat()
+
+
+def test_fit_face_rule_never_trusts_a_useless_descriptor():
+    distances = np.array([0.1, 0.2, 0.9, 1.0])
+    same = np.array([1, 1, 0, 0])
+    rule = evaluation.fit_face_rule(distances, np.array([0.99, 0.1, 0.99, 0.1]),
+                                    np.ones(4, bool), same)
+    assert rule.decide(distances, np.array([0.99, 0.1, 0.99, 0.1]), np.ones(4, bool)).tolist() \
+        == [True, True, False, False]
+    assert rule.descriptor_cosine > 0.99  # a cosine of 0.99 also marks a different pair
