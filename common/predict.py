@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import cache, config, data, face_priors, faces, metrics, runs, task_a, task_b
+from common import (cache, config, data, evaluation, face_descriptor, face_priors, faces,
+                    metrics, runs, task_a, task_b)
 
 __all__ = ["ImageLike", "load_inputs", "predict_gender", "embed", "compare", "match_gallery",
            "main"]
@@ -135,13 +136,24 @@ def _originals(images: Sequence[ImageLike], array: np.ndarray, errors: list[str]
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
             device: str = "auto") -> dict:
-    """Cosine similarity of two faces and the same/different decision at the card's threshold."""
+    """Cosine similarity of two faces and the same/different decision: at the card's threshold,
+    or by its dev-fitted `evaluation.FaceRule` when it has one (the Siamese notebook's)."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
     first, second = embed([image_a, image_b], weights, device)
     similarity = float(np.clip(first @ second, -1.0, 1.0))
     threshold = card.get("similarity_threshold")
-    return {"similarity": similarity, "threshold": threshold,
-            "same": None if threshold is None else bool(similarity >= threshold)}
+    result = {"similarity": similarity, "threshold": threshold,
+              "same": None if threshold is None else bool(similarity >= threshold)}
+    if card.get("pair_rule"):
+        raw, found = face_descriptor.describe(_originals([image_a, image_b], None, ["", ""]),
+                                              card.get("descriptor_front_end", "robust"), False)
+        unit = face_descriptor.normalise(raw)
+        rule = evaluation.FaceRule(**card["pair_rule"])
+        same = rule.decide(np.array([np.linalg.norm(first - second)]),
+                           np.array([unit[0] @ unit[1]]), np.array([found.all()]))
+        result.update(same=bool(same[0]), descriptor_cosine=float(unit[0] @ unit[1]),
+                      faces_found=bool(found.all()), pair_rule=card["pair_rule"])
+    return result
 
 
 def _folder_images(folder: Path) -> list[Path]:

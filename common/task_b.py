@@ -7,6 +7,7 @@ similar gallery identity is its own. Nothing from the evaluated identities is tr
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -395,22 +396,26 @@ def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experim
 
 @dataclass
 class DescriptorFusion:
-    """The face-descriptor share chosen for a model, and its embeddings with that share."""
+    """The face-descriptor share chosen for a model, its embeddings with that share, and the
+    descriptors themselves (``faces``: split -> (unit descriptors, face found), or None)."""
 
     weight: float
     front_end: str
     embeddings: dict[str, np.ndarray]
     table: pd.DataFrame
+    faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
                     setting: str | float = "auto", objective: str = "top1", seed: int = 0,
-                    front_end: str = "robust", progress: bool = True) -> DescriptorFusion:
+                    front_end: str = "robust", keep_faces: bool = False,
+                    progress: bool = True) -> DescriptorFusion:
     """Join dlib's face descriptor (`common.face_descriptor`) to learned embeddings.
 
     The learned networks match distorted copies of one photo; dlib recognises a person across
     photos. ``setting="auto"`` picks the share with the best dev `objective` (0 when dlib is not
-    installed, with a warning); a number is used as given; 0 skips the descriptors entirely.
+    installed, with a warning); a number is used as given; 0 skips the descriptors unless
+    `keep_faces` asks for them (the pair `FaceRule` of `evaluation.pair_report` needs them).
 
     Args:
         learned: split name ("dev", "eval", ...) -> unit embeddings of ``task_data.images[split]``.
@@ -418,17 +423,21 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     Returns:
         `DescriptorFusion` whose ``embeddings`` has the same keys as `learned`.
     """
-    if setting != "auto" and float(setting) == 0.0:
+    if setting != "auto" and float(setting) == 0.0 and not keep_faces:
         return DescriptorFusion(0.0, front_end, dict(learned), pd.DataFrame())
-    def descriptors(split: str) -> np.ndarray | None:
-        paths = getattr(task_data.splits, split)["path"].tolist()
-        return face_descriptor.optional_descriptors(paths, front_end, progress)
-
+    loaded = {split: face_descriptor.optional_descriptors(
+        getattr(task_data.splits, split)["path"].tolist(), front_end, progress)
+        for split in learned}
+    raw = {split: None if pair is None else pair[0] for split, pair in loaded.items()}
     weight, table = face_descriptor.choose_weight(task_data.splits.dev, learned["dev"],
-                                                  descriptors("dev"), setting, objective, seed)
-    embeddings = {split: face_descriptor.fuse(vectors, descriptors(split), weight)
-                  if weight else vectors for split, vectors in learned.items()}
-    return DescriptorFusion(weight, front_end, embeddings, table)
+                                                  raw["dev"], setting, objective, seed)
+    embeddings = {split: face_descriptor.fuse(vectors, raw[split], weight) if weight else vectors
+                  for split, vectors in learned.items()}
+    faces = None
+    if keep_faces and all(pair is not None for pair in loaded.values()):
+        faces = {split: (face_descriptor.normalise(vectors), found)
+                 for split, (vectors, found) in loaded.items()}
+    return DescriptorFusion(weight, front_end, embeddings, table, faces)
 
 
 def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
@@ -496,7 +505,8 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
 def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
                pair_threshold: float | None = None,
-               descriptor: DescriptorFusion | None = None) -> dict:
+               descriptor: DescriptorFusion | None = None,
+               pair_rule: evaluation.FaceRule | None = None) -> dict:
     """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it,
     including the face-descriptor share its thresholds were calibrated with)."""
     kwargs = {"standardize_input": embedder.standardize_input,
@@ -519,6 +529,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         "aligned": False, "similarity_threshold": report.verification["threshold"],
         "descriptor_weight": descriptor.weight if descriptor else 0.0,
         "descriptor_front_end": descriptor.front_end if descriptor else None,
+        "pair_rule": dataclasses.asdict(pair_rule) if pair_rule else None,
         "pair_distance_threshold": pair_threshold, "data_fingerprint": fingerprint,
         "dev_metrics": {"top1": report.dev["top1"], "f1_macro": report.dev["f1_macro"]},
         "weights_source": str(source), "pretrained": bool(getattr(source, "pretrained", False)),

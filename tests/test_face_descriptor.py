@@ -96,6 +96,12 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     np.testing.assert_allclose(fusion.embeddings["eval"],
                                face_descriptor.fuse(learned["eval"], raw, 0.4))
     assert task_b.fuse_descriptor(Data(), learned, 0).embeddings["dev"] is learned["dev"]
+    assert fusion.faces is None
+    kept = task_b.fuse_descriptor(Data(), learned, 0, keep_faces=True, progress=False)
+    assert kept.weight == 0.0 and kept.embeddings["dev"] is learned["dev"]
+    unit, found = kept.faces["eval"]
+    np.testing.assert_allclose(unit, face_descriptor.normalise(raw), atol=1e-6)
+    assert found.all()
 
     card = {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "descriptor_weight": 0.4,
             "descriptor_front_end": "robust"}
