@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
-    "file_list_key", "FITS", "check_fit", "to_rgb_array",
+    "file_list_key", "FITS", "check_fit", "to_rgb_array", "write_npz", "read_npz",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -222,6 +223,32 @@ def file_list_key(paths: Sequence[str | os.PathLike], settings: dict) -> str:
     for path in paths:
         digest.update(f"{path}\0{os.path.getsize(path)}\n".encode())
     return digest.hexdigest()[:24]
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays to ``path`` atomically (temp file in the same folder, then rename), so no
+    reader ever sees half a cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The named arrays of a cache file written by `write_npz`, or None when it is missing or
+    unreadable (the caller then recomputes and rewrites it)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as arrays:
+            return {name: arrays[name] for name in names}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _cache_key(paths: Sequence[str], image_size: int, fit: str = "crop") -> str:

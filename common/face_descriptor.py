@@ -127,14 +127,11 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
                 {"detector_upsample": 1, "version": 1, "front_end": front_end,
                  "median": MEDIAN_KERNEL})
     target = folder / f"descriptors_{len(paths)}_{cache.file_list_key(paths, settings)}.npz"
-    if target.is_file():
-        with np.load(target) as arrays:
-            return arrays["vectors"], arrays["detected"]
+    cached = cache.read_npz(target, ("vectors", "detected"))
+    if cached is not None:
+        return cached["vectors"], cached["detected"]
     vectors, found = describe(paths, front_end, progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, vectors=vectors, detected=found)
-    os.replace(tmp, target)
+    cache.write_npz(target, vectors=vectors, detected=found)
     return vectors, found
 
 

@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from common import cache
 from common.config import CACHE_DIR
 
 __all__ = [
@@ -282,6 +282,7 @@ CHIP_ORIGINS = ("own", "source", "whole_image")
 """Where a chip's landmarks came from: the image's own HOG face, its clean source image's face
 (rescaled to the copy's size), or the whole image taken as the face box."""
 CHIPS_CACHE_DIR = CACHE_DIR / "chips"
+_CHIP_FIELDS = ("images", "origin", "landmarks")  # the FaceChips arrays
 _CHIPS_CACHE_VERSION = 1  # bump when the chip geometry changes, so stale caches are not reused
 
 
@@ -315,30 +316,6 @@ def _chips_cache_path(paths: Sequence[str], sources: Sequence[str], size: int, p
     for path, source in zip(paths, sources):
         digest.update(f"{path}\0{os.path.getsize(path)}\0{source}\n".encode())
     return cache_dir / f"chips_{len(paths)}_{size}_{digest.hexdigest()[:24]}.npz"
-
-
-def _read_chips(path: Path) -> FaceChips | None:
-    """The cached chips, or None when missing or unreadable (then they are recomputed)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as arrays:
-            return FaceChips(arrays["images"], arrays["origin"], arrays["landmarks"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _write_chips(path: Path, chips: FaceChips) -> None:
-    """Write atomically (temp file in the same folder, then rename): no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, images=chips.images, origin=chips.origin, landmarks=chips.landmarks)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def load_face_chips(paths: Sequence[str | os.PathLike],
@@ -377,9 +354,9 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
                          "one source per path (the path itself for clean images)")
     cache_path = _chips_cache_path(paths, sources, size, padding,
                                    Path(cache_dir) if cache_dir is not None else CHIPS_CACHE_DIR)
-    cached = _read_chips(cache_path)
+    cached = cache.read_npz(cache_path, _CHIP_FIELDS)
     if cached is not None:
-        return cached
+        return FaceChips(**cached)
     front_end = _dlib_front_end()
     found: dict[str, tuple[np.ndarray | None, tuple[int, int]]] = {}
 
@@ -409,5 +386,6 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
         landmarks[i] = points
         images[i] = _chip(front_end, image, points, size, padding)
     chips = FaceChips(images, origin, landmarks)
-    _write_chips(cache_path, chips)
+    cache.write_npz(cache_path, images=chips.images, origin=chips.origin,
+                    landmarks=chips.landmarks)
     return chips

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +37,7 @@ from facenet_pytorch import MTCNN
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from common.cache import file_list_key
+from common.cache import file_list_key, read_npz, write_npz
 from common.config import CACHE_DIR, resolve_device
 
 __all__ = [
@@ -67,6 +66,7 @@ still keeps portraits framed high, such as skimage's astronaut (0.27)."""
 
 DEFAULT_CACHE_DIR = CACHE_DIR / "aligned"
 _CACHE_VERSION = 2  # bump when the crop geometry changes, so stale caches are not reused
+_RESULT_FIELDS = ("images", "found", "boxes", "probs", "sizes")  # the AlignmentResult arrays
 _CENTER_WEIGHT = 2.0  # as facenet-pytorch's "center_weighted_size" heuristic
 
 
@@ -250,32 +250,6 @@ def _cache_key(paths: Sequence[str], image_size: int, margin: float,
                                  "fallback_fraction": FALLBACK_FACE_FRACTION, **settings})
 
 
-def _write_cache(path: Path, result: AlignmentResult) -> None:
-    """Write atomically (temp file in the same folder, then rename): no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, images=result.images, found=result.found, boxes=result.boxes,
-                     probs=result.probs, sizes=result.sizes)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _read_cache(path: Path) -> AlignmentResult | None:
-    """The cached result, or None when the file is missing or unreadable (then it is recomputed)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as arrays:
-            return AlignmentResult(**{name: arrays[name] for name in
-                                      ("images", "found", "boxes", "probs", "sizes")})
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margin: float = 0.2,
                 cache_dir: str | os.PathLike | None = None, device: str = "auto",
                 batch_size: int = 16, progress: bool = True,
@@ -319,9 +293,9 @@ def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margi
                 "factor": 0.709}
     cache_path = (Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR) / (
         f"aligned_{len(paths)}_{image_size}_{_cache_key(paths, image_size, margin, settings)}.npz")
-    cached = _read_cache(cache_path)
+    cached = read_npz(cache_path, _RESULT_FIELDS)
     if cached is not None:
-        return cached
+        return AlignmentResult(**cached)
 
     detector = create_detector(device=device, **settings)
     count = len(paths)
@@ -361,7 +335,7 @@ def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margi
                                  [indices[p] for p in positions], result, image_size, margin)
             bar.update(len(indices))
 
-    _write_cache(cache_path, result)
+    write_npz(cache_path, **{name: getattr(result, name) for name in _RESULT_FIELDS})
     return result
 
 

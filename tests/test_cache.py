@@ -224,3 +224,16 @@ def test_stretch_keeps_the_whole_image_and_crop_its_centre(tmp_path):
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2  # one cache file per fit
     with pytest.raises(ValueError, match="stretch"):
         cache.load_resized(path, 20, fit="pad")
+
+
+def test_npz_cache_round_trip_and_unreadable_files(tmp_path):
+    target = tmp_path / "sub" / "c.npz"
+    cache.write_npz(target, a=np.arange(3), b=np.ones((2, 2), bool))
+    read = cache.read_npz(target, ("a", "b"))
+    np.testing.assert_array_equal(read["a"], [0, 1, 2])
+    assert read["b"].dtype == bool and read["b"].all()
+    assert list(target.parent.iterdir()) == [target]  # no temporary file left behind
+    assert cache.read_npz(target, ("a", "missing")) is None
+    assert cache.read_npz(tmp_path / "absent.npz", ("a",)) is None
+    target.write_bytes(b"truncated")
+    assert cache.read_npz(target, ("a",)) is None
