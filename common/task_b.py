@@ -381,16 +381,8 @@ def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experim
     both = embed(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
                  cfg.batch_size * 2) * 2 ** 0.5
     learned, layout = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
-    rows = []
-    for weight in candidates:
-        fused = np.hstack([learned * (1 - weight) ** 0.5, layout * weight ** 0.5])
-        summary = metrics.summarize_retrieval(evaluation.retrieval_table(dev, fused, seed=cfg.seed))
-        hard = metrics.summarize_retrieval(evaluation.retrieval_table(
-            dev, fused, exclude_own_source=True, seed=cfg.seed))
-        rows.append({"layout_weight": weight, "dev_top1": summary["top1"],
-                     "dev_top1_hard": hard["top1"], "dev_f1_macro": summary["f1_macro"]})
-    table = pd.DataFrame(rows)
-    embedder.layout_weight = float(table.loc[table["dev_top1"].idxmax(), "layout_weight"])
+    embedder.layout_weight, table = evaluation.choose_share(
+        dev, learned, layout, candidates, "layout_weight", "top1", cfg.seed)
     return table
 
 
