@@ -116,6 +116,14 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
     Raises:
         ValueError: an image could not be read (the message names it).
     """
+    return _embed(images, weights, device, progress)[0]
+
+
+def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
+           progress: bool = False, with_faces: bool = False
+           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """`embed`, plus the card's dlib descriptors and face-found flags (`task_b.card_descriptors`)
+    when the card fuses them or `with_faces` asks: computed once for both uses."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
     array, errors = load_inputs(images, card["image_size"], progress, card.get("fit", "crop"))
@@ -123,8 +131,10 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
               f"{err}" for i, err in enumerate(errors) if err]
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
-    return task_b.embed_for_card(model, card, array, _originals(images, array, errors), device_,
-                                 progress)
+    originals = _originals(images, array, errors)
+    faces = (task_b.card_descriptors(card, originals, progress)
+             if with_faces or card.get("descriptor_weight") else None)
+    return task_b.embed_for_card(model, card, array, originals, device_, progress, faces), faces
 
 
 def _originals(images: Sequence[ImageLike], array: np.ndarray, errors: list[str]) -> list:
@@ -139,14 +149,14 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     """Cosine similarity of two faces and the same/different decision: at the card's threshold,
     or by its dev-fitted `evaluation.FaceRule` when it has one (the Siamese notebook's)."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
-    first, second = embed([image_a, image_b], weights, device)
+    (first, second), faces = _embed([image_a, image_b], weights, device,
+                                    with_faces=bool(card.get("pair_rule")))
     similarity = float(np.clip(first @ second, -1.0, 1.0))
     threshold = card.get("similarity_threshold")
     result = {"similarity": similarity, "threshold": threshold,
               "same": None if threshold is None else bool(similarity >= threshold)}
     if card.get("pair_rule"):
-        raw, found = face_descriptor.describe(_originals([image_a, image_b], None, ["", ""]),
-                                              card.get("descriptor_front_end", "robust"), False)
+        raw, found = faces
         unit = face_descriptor.normalise(raw)
         rule = evaluation.FaceRule(**card["pair_rule"])
         same = rule.decide(np.array([np.linalg.norm(first - second)]),

@@ -32,7 +32,8 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_dat
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
-           "MIN_PAIRS_PER_EPOCH", "DescriptorFusion", "fuse_descriptor", "embed_for_card"]
+           "MIN_PAIRS_PER_EPOCH", "DescriptorFusion", "fuse_descriptor", "card_descriptors",
+           "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
@@ -417,26 +418,48 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     """
     if setting != "auto" and float(setting) == 0.0 and not keep_faces:
         return DescriptorFusion(0.0, front_end, dict(learned), pd.DataFrame())
-    loaded = {split: face_descriptor.optional_descriptors(
-        getattr(task_data.splits, split)["path"].tolist(), front_end, progress)
-        for split in learned}
-    raw = {split: None if pair is None else pair[0] for split, pair in loaded.items()}
-    weight, table = face_descriptor.choose_weight(task_data.splits.dev, learned["dev"],
-                                                  raw["dev"], setting, objective, seed)
-    embeddings = {split: face_descriptor.fuse(vectors, raw[split], weight) if weight else vectors
+    def load(split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        paths = getattr(task_data.splits, split)["path"].tolist()
+        return face_descriptor.optional_descriptors(paths, front_end, progress)
+
+    loaded = {"dev": load("dev")}
+    weight, table = face_descriptor.choose_weight(
+        task_data.splits.dev, learned["dev"], None if loaded["dev"] is None else loaded["dev"][0],
+        setting, objective, seed)
+    if not (weight or keep_faces) or loaded["dev"] is None:  # the other splits are not needed
+        return DescriptorFusion(weight, front_end, dict(learned), table)
+    loaded.update({split: load(split) for split in learned if split != "dev"})
+    embeddings = {split: face_descriptor.fuse(vectors, loaded[split][0], weight)
                   for split, vectors in learned.items()}
-    faces = None
-    if keep_faces and all(pair is not None for pair in loaded.values()):
-        faces = {split: (face_descriptor.normalise(vectors), found)
-                 for split, (vectors, found) in loaded.items()}
+    faces = {split: (face_descriptor.normalise(vectors), found)
+             for split, (vectors, found) in loaded.items()} if keep_faces else None
     return DescriptorFusion(weight, front_end, embeddings, table, faces)
 
 
+def card_descriptors(card: dict, originals: Sequence[str | os.PathLike | np.ndarray],
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """dlib's raw descriptors and face-found flags of full-size `originals` with the card's
+    front end: cached for a list of files, computed for in-memory images.
+
+    Raises:
+        PriorUnavailableError: dlib is not installed.
+    """
+    front_end = card.get("descriptor_front_end", "robust")
+    if all(isinstance(item, (str, os.PathLike)) for item in originals):
+        return face_descriptor.cached_descriptors([str(p) for p in originals], front_end,
+                                                  progress=progress)
+    return face_descriptor.describe(originals, front_end, progress)
+
+
 def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
-                   originals: Sequence[str | np.ndarray], device: torch.device | str = "cpu",
-                   progress: bool = False) -> np.ndarray:
+                   originals: Sequence[str | os.PathLike | np.ndarray],
+                   device: torch.device | str = "cpu", progress: bool = False,
+                   descriptors: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A checkpoint's embeddings as its notebook evaluated them: learned, plus the face
     descriptor of the full-size `originals` (files or RGB arrays) when the card says so.
+
+    Args:
+        descriptors: `card_descriptors` of `originals` when the caller already has them.
 
     Raises:
         PriorUnavailableError: the card fuses the descriptor and dlib is not installed.
@@ -446,12 +469,7 @@ def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
     weight = float(card.get("descriptor_weight") or 0.0)
     if not weight:
         return learned
-    front_end = card.get("descriptor_front_end", "robust")
-    if all(isinstance(item, (str, os.PathLike)) for item in originals):
-        raw, _ = face_descriptor.cached_descriptors([str(p) for p in originals], front_end,
-                                                    progress=progress)
-    else:
-        raw, _ = face_descriptor.describe(originals, front_end, progress)
+    raw, _ = descriptors or card_descriptors(card, originals, progress)
     return face_descriptor.fuse(learned, raw, weight)
 
 

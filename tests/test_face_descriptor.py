@@ -113,6 +113,35 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     assert plain is learned["eval"]
 
 
+def test_fuse_descriptor_reads_only_dev_when_the_share_stays_zero(monkeypatch):
+    frame = _gallery_frame()
+    dev = frame.assign(path="dev/" + frame["path"])
+    rng = np.random.default_rng(2)
+    requested = []
+
+    def fake(paths, front_end="hog", progress=True):
+        requested.append(paths[0].split("/")[0])
+        return rng.normal(size=(len(paths), 128)), np.ones(len(paths), bool)
+
+    monkeypatch.setattr(face_descriptor, "cached_descriptors", fake)
+
+    class Splits:
+        eval = frame
+
+    Splits.dev = dev
+
+    class Data:
+        splits = Splits()
+
+    identity = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    learned = {"dev": _unit(np.eye(3)[identity] + 0.01), "eval": _unit(np.eye(3)[identity])}
+    fusion = task_b.fuse_descriptor(Data(), learned, "auto", progress=False)
+    assert fusion.weight == 0.0 and requested == ["dev"]  # perfect learned part: no share
+    assert fusion.embeddings["eval"] is learned["eval"] and fusion.faces is None
+    kept = task_b.fuse_descriptor(Data(), learned, "auto", keep_faces=True, progress=False)
+    assert requested == ["dev", "dev", "a"] and set(kept.faces) == {"dev", "eval"}
+
+
 def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
     def unavailable(paths, front_end="hog", progress=True):
         raise face_priors.PriorUnavailableError("no dlib: pip install dlib-bin")

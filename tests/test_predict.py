@@ -172,22 +172,27 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     from common import face_descriptor
 
     agree = {"value": True}
+    calls = []
 
     def fake_describe(images, front_end="hog", progress=True):
+        calls.append(len(images))
         vectors = np.zeros((2, 128), np.float32)
         vectors[0, 0] = vectors[1, 0 if agree["value"] else 1] = 1.0
         return vectors, np.ones(2, bool)
 
     monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    monkeypatch.setattr(face_descriptor, "cached_descriptors",
+                        lambda paths, front_end="hog", progress=True: fake_describe(paths))
     model, card = runs.load_model(checkpoints["task_b"])
     # distance -1: the embeddings alone never say "same", so only the descriptors decide.
     ruled = runs.save_model(model, tmp_path, "ruled", {
         **card, "pair_rule": {"distance": -1.0, "descriptor_cosine": 0.9},
-        "descriptor_front_end": "robust"})
+        "descriptor_weight": 0.5, "descriptor_front_end": "robust"})
     val = sample_root / "Task_B" / "val"
     first, other = (sorted(p.glob("*.jpg"))[0] for p in sorted(val.iterdir())[:2])
     result = predict.compare(first, other, ruled)
     assert result["same"] is True and result["descriptor_cosine"] == pytest.approx(1.0)
     assert result["faces_found"] is True
+    assert calls == [2]  # one descriptor pass serves both the fused embedding and the rule
     agree["value"] = False
     assert predict.compare(first, other, ruled)["same"] is False
