@@ -171,12 +171,13 @@ class PairReport:
 
     def by_kind(self) -> pd.DataFrame:
         """Pairs and accuracy per kind: two views of the same photo, two photos of one identity,
-        two identities. Pair accuracy depends on this mix, so any comparison needs it."""
+        two identities. Pair accuracy depends on this mix, so any comparison needs it. A pair is
+        *same* at ``distance <= threshold``, as in `metrics.compute_verification_metrics`."""
         rows = {}
         for kind, frame in self.pairs.groupby("kind", sort=False):
             same = frame["same"].to_numpy().astype(bool)
             rows[kind] = {"pairs": len(frame), "mean_distance": frame["distance"].mean(), **{
-                f"accuracy_{name}": float(((frame["distance"] < threshold) == same).mean())
+                f"accuracy_{name}": float(((frame["distance"] <= threshold) == same).mean())
                 for name, threshold in self.thresholds.items()}}
             if self.rule is not None:
                 rows[kind]["accuracy_face_rule"] = float(
