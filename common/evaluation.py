@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,16 @@ from common import data, metrics
 
 __all__ = ["GalleryReport", "PairReport", "FaceRule", "fit_face_rule", "retrieval_table",
            "gallery_report", "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs",
-           "load_rows", "photo_keys", "PAIR_KINDS", "SHARE_OBJECTIVES", "weighted_concat",
-           "choose_share"]
+           "load_rows", "photo_keys", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
+           "SHARE_OBJECTIVES", "weighted_concat", "choose_share"]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
 PAIR_KINDS = ("same photo", "same identity", "different identity")
-SHARE_OBJECTIVES = ("top1", "pair_accuracy")  # what `choose_share` maximises on dev
+# what `choose_share` maximises on dev: gallery top-1, pair accuracy at the calibrated distance,
+# or pair accuracy of the dev-fitted `FaceRule`
+SHARE_OBJECTIVES = ("top1", "pair_accuracy", "pair_accuracy_face_rule")
+# pair lists: ours (`make_pair_list`) and the public Siamese entries' (`hackathon_pair_list`)
+PAIR_PROTOCOLS = ("random", "hackathon")
 
 
 def photo_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -225,6 +230,39 @@ def make_pair_list(frame: pd.DataFrame, n_pairs: int, seed: int,
                               n_pairs=n_pairs, seed=seed, hard_negatives_from=hard_negatives_from)
 
 
+def hackathon_pair_list(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The pair list of the public Siamese entries, whose validation pair accuracy is the bar
+    of the Siamese notebook: each identity's files sorted by name (``distortion/`` flattened into
+    the identity folder), every two consecutive files a positive, and for each positive one
+    negative: its first image with the file at the same position in a random other identity.
+
+    FACECOM names a photo's copies ``<photo>_<distortion>.jpg``, so consecutive files are two
+    views of one photo, except the last copy of a photo (sunny, whose glare erases the face) next
+    to the following photo; a negative pairs two copies with the same distortion.
+    """
+    names = frame["path"].map(lambda path: PurePath(path).name)
+    order = frame.assign(_name=names.to_numpy(), _row=np.arange(len(frame))).sort_values(
+        ["identity", "_name"], kind="stable")
+    groups = [group["_row"].to_numpy() for _, group in order.groupby("identity", sort=True)]
+    if len(groups) < 2:
+        raise ValueError("hackathon_pair_list needs at least two identities")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index, group in enumerate(groups):
+        for position in range(len(group) - 1):
+            other = groups[(index + rng.integers(1, len(groups))) % len(groups)]
+            rows += [(group[position], group[position + 1], 1),
+                     (group[position], other[position % len(other)], 0)]
+    return pd.DataFrame(rows, columns=["i", "j", "same"])
+
+
+def _pair_list(frame: pd.DataFrame, n_pairs: int, seed: int, protocol: str) -> pd.DataFrame:
+    if protocol not in PAIR_PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}; choose one of {PAIR_PROTOCOLS}")
+    return (make_pair_list(frame, n_pairs, seed) if protocol == "random" else
+            hackathon_pair_list(frame, seed))
+
+
 def _pair_distances(embeddings: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
     return np.linalg.norm(embeddings[pairs["i"].to_numpy()] - embeddings[pairs["j"].to_numpy()],
                           axis=1)
@@ -239,19 +277,23 @@ def _descriptor_cosines(faces: tuple[np.ndarray, np.ndarray], pairs: pd.DataFram
 
 def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,
                 eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0,
-                faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> PairReport:
+                faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                protocol: str = "random") -> PairReport:
     """Verification on a fixed, seeded pair list of `evaluated` (Euclidean distance of the
-    L2-normalised embeddings); the calibrated distance is chosen on a dev pair list.
+    L2-normalised embeddings); the calibrated distance is chosen on a dev pair list made the
+    same way.
 
     Args:
+        n_pairs: size of the ``"random"`` lists (`make_pair_list`); the ``"hackathon"`` lists
+            (`hackathon_pair_list`) have one positive and one negative per consecutive file.
         faces: optional ``{"dev": (unit descriptors, face found), "eval": (...)}`` rows aligned
             with the two frames: then a `FaceRule` is fitted on the dev pairs and reported too.
     """
-    dev_pairs = make_pair_list(dev, n_pairs, seed)
+    dev_pairs = _pair_list(dev, n_pairs, seed, protocol)
     dev_distances = _pair_distances(dev_embeddings, dev_pairs)
     threshold = metrics.calibrate_threshold(dev_distances, dev_pairs["same"].to_numpy(),
                                             higher_is_same=False)
-    pairs = make_pair_list(evaluated, n_pairs, seed + 1)
+    pairs = _pair_list(evaluated, n_pairs, seed + 1, protocol)
     distances = _pair_distances(eval_embeddings, pairs)
     same = pairs["same"].to_numpy().astype(int)
     photo = photo_keys(evaluated)
@@ -286,13 +328,17 @@ def weighted_concat(first: np.ndarray, second: np.ndarray, weight: float) -> np.
 
 def choose_share(frame: pd.DataFrame, first: np.ndarray, second: np.ndarray,
                  candidates: Sequence[float], name: str, objective: str = "top1",
-                 seed: int = 0, n_pairs: int = 3000) -> tuple[float, pd.DataFrame]:
+                 seed: int = 0, n_pairs: int = 3000, found: np.ndarray | None = None
+                 ) -> tuple[float, pd.DataFrame]:
     """The share of `second` in `weighted_concat` with the best dev `objective` (gallery top-1,
-    or pair accuracy at the dev-calibrated distance), the smallest candidate on ties.
+    pair accuracy at the dev-calibrated distance, or pair accuracy of the `FaceRule` that
+    decides with the fused distance and `second` as the descriptor), the smallest candidate on
+    ties.
 
     Args:
         frame / first / second: the dev rows and two unit embeddings of them.
         candidates: shares to try, ascending. name: the table's column for them.
+        found: per row, whether `second` saw a face (needed by the face-rule objective).
 
     Returns:
         (share, table of dev top-1, harder-variant top-1, macro-F1 (and pair accuracy) per
@@ -300,6 +346,8 @@ def choose_share(frame: pd.DataFrame, first: np.ndarray, second: np.ndarray,
     """
     if objective not in SHARE_OBJECTIVES:
         raise ValueError(f"objective={objective!r}; choose one of {SHARE_OBJECTIVES}")
+    if objective == "pair_accuracy_face_rule" and found is None:
+        raise ValueError("the pair_accuracy_face_rule objective needs `found`")
     rows = []
     for weight in tqdm(candidates, desc=name, leave=False):
         fused = weighted_concat(first, second, weight)
@@ -308,12 +356,16 @@ def choose_share(frame: pd.DataFrame, first: np.ndarray, second: np.ndarray,
                                                            seed=seed))
         row = {name: weight, "dev_top1": summary["top1"], "dev_top1_hard": hard["top1"],
                "dev_f1_macro": summary["f1_macro"]}
-        if objective == "pair_accuracy":
-            pairs = pair_report(frame, fused, frame, fused, n_pairs, seed)
+        if objective != "top1":
+            faces = ({"dev": (second, found), "eval": (second, found)}
+                     if objective == "pair_accuracy_face_rule" else None)
+            pairs = pair_report(frame, fused, frame, fused, n_pairs, seed, faces=faces)
             row["dev_pair_accuracy"] = pairs.calibrated["accuracy"]
+            if faces is not None:
+                row["dev_pair_accuracy_face_rule"] = pairs.face_rule["accuracy"]
         rows.append(row)
     table = pd.DataFrame(rows)
-    key = "dev_top1" if objective == "top1" else "dev_pair_accuracy"
+    key = "dev_top1" if objective == "top1" else f"dev_{objective}"
     return float(table.loc[table[key].idxmax(), name]), table
 
 

@@ -93,3 +93,39 @@ def test_fit_face_rule_never_trusts_a_useless_descriptor():
     assert rule.decide(distances, np.array([0.99, 0.1, 0.99, 0.1]), np.ones(4, bool)).tolist() \
         == [True, True, False, False]
     assert rule.descriptor_cosine > 0.99  # a cosine of 0.99 also marks a different pair
+
+
+def test_hackathon_pair_list_pairs_consecutive_files_and_same_position_negatives():
+    frame = _frame().sample(frac=1.0, random_state=3).reset_index(drop=True)  # order by name
+    pairs = evaluation.hackathon_pair_list(frame, seed=0)
+    names = frame["path"].to_numpy()
+    got = {(names[i], names[j], same) for i, j, same in pairs.itertuples(index=False)}
+    # Sorted by name, each person's files are p1, p1_fog, p2, p2_fog ("." sorts before "_");
+    # with two people the other identity is always the other person.
+    expected = set()
+    for person, other in (("ann", "bob"), ("bob", "ann")):
+        files = [f"{person}_p1.jpg", f"{person}_p1_fog.jpg", f"{person}_p2.jpg",
+                 f"{person}_p2_fog.jpg"]
+        others = [name.replace(person, other) for name in files]
+        for k in range(3):
+            expected |= {(files[k], files[k + 1], 1), (files[k], others[k], 0)}
+    assert got == expected and len(pairs) == 12
+    with pytest.raises(ValueError, match="two identities"):
+        evaluation.hackathon_pair_list(frame[frame["identity"] == "ann"], seed=0)
+
+
+def test_pair_report_on_the_hackathon_list():
+    frame = _frame()
+    photo_points = {"ann_p1": [0.0, 0.0], "ann_p2": [0.8, 0.0], "bob_p1": [0.0, 1.4],
+                    "bob_p2": [0.8, 1.4]}
+    embeddings = np.array([photo_points[s[:-4]] for s in frame["source"]])
+    report = evaluation.pair_report(frame, embeddings, frame, embeddings, seed=0,
+                                    protocol="hackathon")
+    table = report.by_kind()
+    # Per person: two same-photo positives, one across photos (p1_fog, p2), three negatives.
+    assert table["pairs"].to_dict() == {"same photo": 4, "same identity": 2,
+                                        "different identity": 6}
+    # Distance 0.5 accepts only same-photo pairs: wrong on the two cross-photo positives.
+    assert report.fixed["accuracy"] == pytest.approx(10 / 12)
+    with pytest.raises(ValueError, match="protocol"):
+        evaluation.pair_report(frame, embeddings, frame, embeddings, protocol="sorted")
