@@ -161,15 +161,16 @@ def fuse(learned: np.ndarray, descriptors: np.ndarray, weight: float) -> np.ndar
 
 def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndarray | None,
                   setting: str | float = "auto", objective: str = "top1", seed: int = 0,
-                  n_pairs: int = 3000, candidates: Sequence[float] = WEIGHTS
-                  ) -> tuple[float, pd.DataFrame]:
+                  n_pairs: int = 3000, candidates: Sequence[float] = WEIGHTS,
+                  found: np.ndarray | None = None) -> tuple[float, pd.DataFrame]:
     """The descriptor's share of the similarity: a number as given, or with ``"auto"`` the
-    candidate with the best dev `objective` (top-1, or pair accuracy at the dev-calibrated
-    distance), the smallest on ties.
+    candidate with the best dev `objective` (one of `OBJECTIVES`, see
+    `evaluation.choose_share`), the smallest on ties.
 
     Args:
         frame / learned / descriptors: the dev rows, their learned unit embeddings and raw
             descriptors (None when dlib is not installed: ``"auto"`` then gives 0).
+        found: dlib found the face, per row (for the ``"pair_accuracy_face_rule"`` objective).
 
     Returns:
         (weight, table of dev metrics per candidate; empty for a fixed number).
@@ -184,7 +185,7 @@ def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndar
     if descriptors is None:
         return 0.0, pd.DataFrame()
     return evaluation.choose_share(frame, learned, normalise(descriptors), candidates,
-                                   "descriptor_weight", objective, seed, n_pairs)
+                                   "descriptor_weight", objective, seed, n_pairs, found)
 
 
 def optional_descriptors(paths: Sequence[str], front_end: str = "robust", progress: bool = True

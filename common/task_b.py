@@ -423,9 +423,9 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
         return face_descriptor.optional_descriptors(paths, front_end, progress)
 
     loaded = {"dev": load("dev")}
-    weight, table = face_descriptor.choose_weight(
-        task_data.splits.dev, learned["dev"], None if loaded["dev"] is None else loaded["dev"][0],
-        setting, objective, seed)
+    raw, found = loaded["dev"] if loaded["dev"] is not None else (None, None)
+    weight, table = face_descriptor.choose_weight(task_data.splits.dev, learned["dev"], raw,
+                                                  setting, objective, seed, found=found)
     if not (weight or keep_faces) or loaded["dev"] is None:  # the other splits are not needed
         return DescriptorFusion(weight, front_end, dict(learned), table)
     loaded.update({split: load(split) for split in learned if split != "dev"})

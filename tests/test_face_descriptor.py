@@ -74,6 +74,29 @@ def test_choose_weight_picks_the_descriptor_only_when_it_helps_on_dev():
         face_descriptor.choose_weight(frame, noise, knows_identity, objective="auc")
 
 
+def test_choose_weight_for_the_face_rule_keeps_the_descriptor_out_of_the_distance():
+    frame = _gallery_frame()
+    rng = np.random.default_rng(0)
+    photos = frame["path"].str.split("_").str[0].str.replace(".jpg", "", regex=False)
+    photo_code = pd.factorize(photos)[0]
+    sees_photos = _unit(np.eye(photo_code.max() + 1)[photo_code])  # copies on their photo
+    identity_code = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    knows_identity = np.eye(3)[identity_code] + 0.05 * rng.normal(size=(len(frame), 3))
+    found = np.ones(len(frame), bool)
+    # One distance needs the descriptor in it to tell two photos of a person from two people...
+    weight, table = face_descriptor.choose_weight(frame, sees_photos, knows_identity, "auto",
+                                                  objective="pair_accuracy", n_pairs=60)
+    assert weight > 0 and table["dev_pair_accuracy"].iloc[0] < 1.0
+    # ...but the face rule asks the descriptor separately, so the distance can stay learned.
+    weight, table = face_descriptor.choose_weight(
+        frame, sees_photos, knows_identity, "auto", objective="pair_accuracy_face_rule",
+        n_pairs=60, found=found)
+    assert weight == 0.0 and table["dev_pair_accuracy_face_rule"].iloc[0] == 1.0
+    with pytest.raises(ValueError, match="needs `found`"):
+        face_descriptor.choose_weight(frame, sees_photos, knows_identity, "auto",
+                                      objective="pair_accuracy_face_rule")
+
+
 def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     frame = _gallery_frame()
     rng = np.random.default_rng(1)
