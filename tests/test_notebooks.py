@@ -80,7 +80,10 @@ def test_task_b_siamese_verification_beats_chance(executed):
     metrics = _metrics(executed, "03_task_b_siamese")
     assert metrics["pair_roc_auc"] >= 0.7  # chance 0.5 on a balanced pair list (measured 0.84)
     assert metrics["top1"] >= 5 / 45
-    assert {"pair_accuracy", "pair_accuracy_fixed"} <= set(metrics)
+    assert {"pair_accuracy", "pair_accuracy_fixed", "hackathon_pair_accuracy",
+            "hackathon_pair_accuracy_fixed"} <= set(metrics)
+    # The public entries' list pairs copies with the same distortion: chance is 0.5 there too.
+    assert metrics["hackathon_pair_roc_auc"] >= 0.7
 
 
 def test_evaluation_leaderboard(executed):
