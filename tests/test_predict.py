@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from common import experiment, predict, runs, task_a, task_b
+from conftest import requires_descriptor
 
 
 def _config(tmp: Path, sample_root: Path, notebook: str, backbones: dict, epochs: dict):
@@ -196,3 +197,34 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     assert calls == [2]  # one descriptor pass serves both the fused embedding and the rule
     agree["value"] = False
     assert predict.compare(first, other, ruled)["same"] is False
+
+
+@requires_descriptor
+def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
+    """A descriptor-probe checkpoint through the CLI path: the same P(female) as notebook 01's
+    evaluation computes from the cached descriptors, and a broken file only gets an error."""
+    from common import data, experiment as exp, face_descriptor
+
+    table = data.read_task_a(sample_root, "train").assign(distortion="clean")
+    table = table.groupby("gender", group_keys=False).apply(lambda g: g.head(10))
+    parts = {"train": table.iloc[::2], "dev": table.iloc[1::4], "eval": table.iloc[3::4]}
+    parts = {name: frame.reset_index(drop=True) for name, frame in parts.items()}
+    images = {name: face_descriptor.normalise(face_descriptor.cached_descriptors(
+        frame["path"].tolist(), task_a.PROBE_FRONT_END, progress=False)[0])
+        for name, frame in parts.items()}
+    gender_data = task_a.TaskAData(exp.Splits(parts["train"], parts["dev"], parts["eval"], "val"),
+                                   images, None, 0, "descriptor")
+    cfg = _config(tmp_path, sample_root, "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS)
+    net = task_a.create_classifier(cfg, "probe")
+    result = task_a.train_classifier(net, gender_data, cfg, None, "probe")
+    assert len(result.history) == len(task_a.PROBE_CS)
+    threshold, dev, _, eval_probs = task_a.evaluate_model(net, gender_data, cfg)
+    card = task_a.model_card(cfg, net, "probe", threshold, dev, gender_data.splits, "test",
+                             stream="descriptor")
+    weights = runs.save_model(net, cfg.weights_dir, "probe", card)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    predictions = predict.predict_gender(parts["eval"]["path"].tolist() + [str(broken)], weights,
+                                         progress=False)
+    np.testing.assert_allclose(predictions["probability"].to_numpy()[:-1], eval_probs, atol=1e-5)
+    assert predictions["error"].iloc[-1] and predictions["label"].iloc[-1] == ""
