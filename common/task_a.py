@@ -23,12 +23,12 @@ from common.experiment import (ExperimentConfig, Splits, create_optimizer, creat
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
 
-__all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS", "RECIPES",
-           "resolve_recipe", "STREAMS", "fit_probe",
-           "TaskAData", "load_views", "prepare_data",
-           "epoch_indices", "create_classifier", "create_loss", "StreamDataset", "predict_probs",
-           "evaluate_views", "model_card", "training_subset", "train_classifier",
-           "evaluate_model", "metrics_table", "worst_errors"]
+__all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
+           "PROBE_FRONT_END", "RECIPES", "MODEL_KINDS", "resolve_recipe", "STREAMS", "fit_probe",
+           "TaskAData", "load_views", "prepare_data", "epoch_indices", "create_classifier",
+           "create_loss", "StreamDataset", "predict_probs", "evaluate_views", "model_card",
+           "training_subset", "train_classifier", "evaluate_model", "metrics_table",
+           "worst_errors"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b3"}
 # The offline face prior fine-tuned on dlib face chips (needs requirements-extras.txt). Measured
