@@ -107,19 +107,24 @@ def plot_training_curves(history: Sequence[Mapping[str, float]] | pd.DataFrame,
                          title: str = "Training") -> Figure:
     """Loss panel (`*_loss` keys) and metric panel (other numeric keys) per epoch; 2 axes.
 
-    Keys named `epoch` or containing `lr` are not plotted; the x axis is `epoch` when present.
+    Keys named `epoch` or containing `lr` are not plotted; the x axis is `epoch` when present. A
+    sweep instead of epochs (rows with a `candidate` label, e.g. `task_a.fit_probe`'s
+    regularisation strengths) is plotted against those labels.
     """
     df = pd.DataFrame(history)
     if df.empty:
         raise ValueError("plot_training_curves: history is empty; train at least one epoch")
     x = df["epoch"] if "epoch" in df else pd.Series(np.arange(1, len(df) + 1))
+    xlabel = "candidate" if "candidate" in df else "epoch"
     numeric = [c for c in df.select_dtypes("number").columns if c != "epoch" and "lr" not in c]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, cols, name in ((ax_loss, [c for c in numeric if c.endswith("loss")], "loss"),
                            (ax_metric, [c for c in numeric if not c.endswith("loss")], "metric")):
         for col in cols:
             ax.plot(x, df[col], marker="o", ms=3, label=col)
-        ax.set(xlabel="epoch", ylabel=name)
+        ax.set(xlabel=xlabel, ylabel=name)
+        if "candidate" in df:
+            ax.set_xticks(x, df["candidate"])
         if cols:
             ax.legend(fontsize=8)
         else:

@@ -401,15 +401,16 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
         history.append({"epoch": index, "candidate": f"C={c:g}", "train_loss": float(
             -np.mean(np.log(np.clip(regression.predict_proba(train_x)[np.arange(len(train_y)),
                                                                         train_y], 1e-12, 1)))),
-            "f1_macro": scores["f1_macro"], "accuracy": scores["accuracy"]})
+            "dev_f1_macro": scores["f1_macro"], "dev_accuracy": scores["accuracy"]})
         fitted.append(regression)
-    best = int(np.argmax([row["f1_macro"] for row in history]))  # first best: the smaller C
+    best = int(np.argmax([row["dev_f1_macro"] for row in history]))  # first best: smaller C
     with torch.no_grad():
         net.classifier.weight.zero_()
         net.classifier.bias.zero_()
         net.classifier.weight[1] = torch.as_tensor(fitted[best].coef_[0], dtype=torch.float32)
         net.classifier.bias[1] = float(fitted[best].intercept_[0])
-    return FitResult(history=history, best_metric=history[best]["f1_macro"], best_epoch=best)
+    return FitResult(history=history, best_metric=history[best]["dev_f1_macro"],
+                     best_epoch=best)
 
 
 def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig

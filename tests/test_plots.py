@@ -70,6 +70,10 @@ def test_training_curves_split_loss_and_metrics():
     assert list(ax_loss.lines[0].get_xdata()) == [1, 2, 3]
     with pytest.raises(ValueError, match="empty"):
         plots.plot_training_curves([])
+    sweep = [{"epoch": i, "candidate": f"C={c}", "f1_macro": 0.9} for i, c in enumerate((1, 3))]
+    ax_metric = plots.plot_training_curves(sweep).axes[1]
+    assert [t.get_text() for t in ax_metric.get_xticklabels()] == ["C=1", "C=3"]
+    assert ax_metric.get_xlabel() == "candidate"
 
 
 def test_tsne_fast_and_keeps_top_identities():

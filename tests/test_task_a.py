@@ -129,7 +129,7 @@ def test_probe_head_is_the_logistic_regression_and_generalises():
     result = task_a.fit_probe(net, data_)
     assert [row["candidate"] for row in result.history] == [f"C={c:g}" for c in task_a.PROBE_CS]
     chosen = task_a.PROBE_CS[result.best_epoch]
-    assert result.best_metric == max(row["f1_macro"] for row in result.history)
+    assert result.best_metric == max(row["dev_f1_macro"] for row in result.history)
     reference = LogisticRegression(C=chosen, class_weight="balanced", max_iter=5000).fit(
         data_.images["train"], data_.splits.train["label"])
     probs = task_a.predict_probs(net, data_.images["eval"], 0)
