@@ -50,7 +50,8 @@ from common.face_priors import PriorUnavailableError
 
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "WEIGHTS", "OBJECTIVES", "describe",
-           "cached_descriptors", "optional_descriptors", "cosine_threshold", "is_available",
+           "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
+           "is_available",
            "installed_front_end",
            "same_person_threshold", "normalise", "fuse", "choose_weight"]
 
@@ -251,6 +252,15 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
     vectors, found = describe(paths, front_end, progress)
     cache.write_npz(target, vectors=vectors, detected=found)
     return vectors, found
+
+
+def describe_images(images: Sequence[str | os.PathLike | np.ndarray], front_end: str,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`cached_descriptors` for a list of files, `describe` when any item is an in-memory image:
+    what model cards and new inputs need (`task_b.card_descriptors`, `task_a.probe_inputs`)."""
+    if all(isinstance(item, (str, os.PathLike)) for item in images):
+        return cached_descriptors([str(path) for path in images], front_end, progress=progress)
+    return describe(images, front_end, progress)
 
 
 def cosine_threshold(raw: np.ndarray) -> float:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, data, evaluation, face_descriptor, face_priors, faces, plots,
-                    runs, task_a, task_b)
+from common import (baselines, cache, data, evaluation, face_priors, faces, plots, runs, task_a,
+                    task_b)
 
 __all__ = ["Leaderboard", "evaluation_frame", "evaluate_checkpoints", "best_model_figures",
            "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
@@ -122,8 +122,7 @@ def _card_images(card: dict, frame: pd.DataFrame):
     (a distorted copy without its own face borrows its clean source's, as in training) or, for
     a descriptor probe, each image's unit face descriptor."""
     if card.get("stream", "raw") == "descriptor":
-        return face_descriptor.normalise(face_descriptor.cached_descriptors(
-            frame["path"].tolist(), card["descriptor_front_end"])[0])
+        return task_a.probe_inputs(frame["path"].tolist(), card["descriptor_front_end"])
     if card.get("stream", "raw") == "chips":
         return face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
                                            size=card["image_size"]).images

@@ -78,34 +78,18 @@ def _aligned(paths: Sequence[ImageLike], card: dict, errors: list[str], device) 
     return aligned
 
 
-def _decoded(images: Sequence[ImageLike], errors: list[str]
-             ) -> tuple[list[int], list[np.ndarray]]:
-    """The readable inputs' positions and full-size RGB arrays."""
-    good = [i for i, err in enumerate(errors) if not err]
-    return good, [cache.load_image(images[i]) if isinstance(images[i], (str, os.PathLike))
-                  else np.asarray(images[i].convert("RGB") if isinstance(images[i], Image.Image)
-                                  else images[i], dtype=np.uint8) for i in good]
-
-
 def _chips(images: Sequence[ImageLike], card: dict, errors: list[str]) -> np.ndarray:
     """dlib face chips for a "chips"-stream checkpoint: each image's own face, else the whole
     image (unlike training, new files have no clean source to borrow a face from)."""
     size = card["image_size"]
     chips = np.zeros((len(images), size, size, 3), dtype=np.uint8)
-    good, decoded = _decoded(images, errors)
+    good = [i for i, err in enumerate(errors) if not err]
+    decoded = [cache.load_image(images[i]) if isinstance(images[i], (str, os.PathLike))
+               else np.asarray(images[i].convert("RGB") if isinstance(images[i], Image.Image)
+                               else images[i], dtype=np.uint8) for i in good]
     if good:
         chips[good] = face_priors.extract_face_chips(decoded, size)[0]
     return chips
-
-
-def _descriptors(images: Sequence[ImageLike], card: dict, errors: list[str]) -> np.ndarray:
-    """Unit face descriptors for a "descriptor"-stream checkpoint (zeros for unreadable ones)."""
-    good, decoded = _decoded(images, errors)
-    out = np.zeros((len(images), card["model_kwargs"]["in_features"]), dtype=np.float32)
-    if good:
-        out[good] = face_descriptor.normalise(face_descriptor.describe(
-            decoded, card["descriptor_front_end"], progress=False)[0])
-    return out
 
 
 def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
@@ -116,8 +100,9 @@ def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, devic
     array, errors = load_inputs(paths, card["image_size"], progress, card.get("fit", "crop"))
     if card.get("stream", "raw") == "chips":
         array = _chips(paths, card, errors)
-    elif card.get("stream", "raw") == "descriptor":
-        array = _descriptors(paths, card, errors)
+    elif card.get("stream", "raw") == "descriptor":  # failed rows: the placeholder's, unused
+        array = task_a.probe_inputs(_originals(paths, array, errors), card["descriptor_front_end"],
+                                    progress=False)
     aligned = _aligned(paths, card, errors, device_) if card.get("aligned") else None
     probs = task_a.predict_probs(model, array, card["image_size"], device_, aligned,
                                  progress=progress)
@@ -176,10 +161,11 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     if card.get("pair_rule"):
         raw, found = faces
         unit = face_descriptor.normalise(raw)
-        rule = evaluation.FaceRule(**card["pair_rule"])
-        same = rule.decide(np.array([np.linalg.norm(first - second)]),
-                           np.array([unit[0] @ unit[1]]), np.array([found.all()]))
-        result.update(same=bool(same[0]), descriptor_cosine=float(unit[0] @ unit[1]),
+        cosine = float(unit[0] @ unit[1])
+        same = evaluation.FaceRule(**card["pair_rule"]).decide(
+            np.array([np.linalg.norm(first - second)]), np.array([cosine]),
+            np.array([found.all()]))
+        result.update(same=bool(same[0]), descriptor_cosine=cosine,
                       faces_found=bool(found.all()), pair_rule=card["pair_rule"])
     return result
 

@@ -8,6 +8,8 @@ scored once at the end.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
            "PROBE_FRONT_END", "RECIPES", "MODEL_KINDS", "resolve_recipe", "STREAMS", "fit_probe",
+           "probe_inputs",
            "TaskAData", "load_views", "prepare_data", "epoch_indices", "create_classifier",
            "create_loss", "StreamDataset", "predict_probs", "evaluate_views", "model_card",
            "training_subset", "train_classifier", "evaluate_model", "metrics_table",
@@ -147,8 +150,7 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
     origins = {} if stream == "chips" else None
     for name, frame in (("train", splits.train), ("dev", splits.dev), ("eval", splits.eval)):
         if stream == "descriptor":
-            images[name] = face_descriptor.normalise(face_descriptor.cached_descriptors(
-                frame["path"].tolist(), PROBE_FRONT_END)[0])
+            images[name] = probe_inputs(frame["path"].tolist())
         elif stream == "chips":
             chips = face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
                                                 size=cfg.image_size)
@@ -161,6 +163,14 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
             aligned[name] = result.images
             fallback += result.n_fallback
     return TaskAData(splits, images, aligned, fallback, stream, origins)
+
+
+def probe_inputs(images: Sequence[str | os.PathLike | np.ndarray],
+                 front_end: str = PROBE_FRONT_END, progress: bool = True) -> np.ndarray:
+    """The descriptor probe's input rows: unit face descriptors of files (cached) or RGB arrays,
+    the same for training (`prepare_data`), notebook 04 and `common.predict`."""
+    return face_descriptor.normalise(face_descriptor.describe_images(images, front_end,
+                                                                     progress)[0])
 
 
 def epoch_indices(frame: pd.DataFrame, epoch: int, seed: int, views_per_epoch: int = 2,
@@ -385,6 +395,7 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
     threshold; the smaller C on ties). The head's logits are (0, w.x + b), so its softmax is the
     regression's probability. History: one row per candidate."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
 
     splits = task_data.splits
     dev_rows = ((splits.dev["distortion"] == "clean").to_numpy() if dev_views == "clean"
@@ -398,10 +409,9 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
         probs = regression.predict_proba(dev_x)[:, 1]
         scores = metrics.compute_classification_metrics(
             dev_y, probs, metrics.choose_threshold(dev_y, probs), class_names=CLASS_NAMES)
-        history.append({"epoch": index, "candidate": f"C={c:g}", "train_loss": float(
-            -np.mean(np.log(np.clip(regression.predict_proba(train_x)[np.arange(len(train_y)),
-                                                                        train_y], 1e-12, 1)))),
-            "dev_f1_macro": scores["f1_macro"], "dev_accuracy": scores["accuracy"]})
+        history.append({"epoch": index, "candidate": f"C={c:g}",
+                        "train_loss": log_loss(train_y, regression.predict_proba(train_x)),
+                        "dev_f1_macro": scores["f1_macro"], "dev_accuracy": scores["accuracy"]})
         fitted.append(regression)
     best = int(np.argmax([row["dev_f1_macro"] for row in history]))  # first best: smaller C
     with torch.no_grad():

@@ -448,11 +448,8 @@ def card_descriptors(card: dict, originals: Sequence[str | os.PathLike | np.ndar
     Raises:
         PriorUnavailableError: a face model of that front end is not installed.
     """
-    front_end = card.get("descriptor_front_end", "robust")
-    if all(isinstance(item, (str, os.PathLike)) for item in originals):
-        return face_descriptor.cached_descriptors([str(p) for p in originals], front_end,
-                                                  progress=progress)
-    return face_descriptor.describe(originals, front_end, progress)
+    return face_descriptor.describe_images(originals, card.get("descriptor_front_end", "robust"),
+                                           progress)
 
 
 def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
