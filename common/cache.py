@@ -23,10 +23,12 @@ a copy and its photo line up only when stretched.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -261,6 +263,33 @@ def _cache_key(paths: Sequence[str], image_size: int, fit: str = "crop") -> str:
     return digest.hexdigest()[:20]
 
 
+def _allocate(path: Path) -> None:
+    """Give the (sparse) memmap file its disk blocks before any image is written into it.
+
+    Writing into a sparse file on a full disk kills the whole process with SIGBUS, far from
+    the cause; allocating first turns that into an `OSError` that names the folder and the
+    size. Filesystems without fallocate support are left sparse.
+    """
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return
+        if error.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC, (
+            f"Not enough disk space for the image cache: {size / 2**20:.0f} MiB needed in "
+            f"{path.parent}, {free / 2**20:.0f} MiB free. Free space there, or pass cache_dir= "
+            "a folder on a larger disk")) from error
+    finally:
+        os.close(fd)
+
+
 def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
                      cache_dir: str | os.PathLike | None = None, progress: bool = True,
                      workers: int | None = None, fit: str = "crop") -> np.ndarray:
@@ -282,6 +311,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
 
     Raises:
         ImageReadError: a file cannot be decoded (validation should have excluded it).
+        OSError: the cache folder's disk cannot hold the array (checked before decoding).
     """
     from common.config import CACHE_DIR  # late: keeps this module importable on its own
 
@@ -297,6 +327,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
     shape = (len(paths), image_size, image_size, 3)
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _allocate(tmp)
 
         def fill(index: int) -> None:
             array[index] = _decode_resized(paths[index], image_size, fit)

@@ -2,6 +2,8 @@
 ImageArrayDataset."""
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -167,6 +169,29 @@ def test_bad_image_raises_and_leaves_no_cache(images: list[str], tmp_path: Path)
         load_image_array([*images, str(bad)], 8, cache_dir=cache_dir, progress=False)
     assert info.value.path == str(bad)
     assert list(cache_dir.iterdir()) == []  # no partial or temporary file left behind
+
+
+def test_full_disk_is_reported_before_decoding(images: list[str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("this platform has no posix_fallocate; the cache stays sparse")
+    requested = []
+
+    def full_disk(fd: int, offset: int, length: int) -> None:
+        requested.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def never(path: str, image_size: int, fit: str) -> np.ndarray:
+        raise AssertionError("decoded although the disk is full")
+
+    monkeypatch.setattr(os, "posix_fallocate", full_disk)
+    monkeypatch.setattr(cache, "_decode_resized", never)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(OSError, match="Not enough disk space") as info:
+        load_image_array(images, 100, cache_dir=cache_dir, progress=False)
+    assert info.value.errno == errno.ENOSPC and str(cache_dir) in str(info.value)
+    assert requested and requested[0] >= 5 * 100 * 100 * 3  # the whole array, header aside
+    assert list(cache_dir.iterdir()) == []
 
 
 def test_dataset_without_and_with_transform(images: list[str], tmp_path: Path) -> None:
