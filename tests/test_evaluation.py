@@ -37,6 +37,12 @@ def test_pair_report_accuracy_by_kind():
     assert table.loc["same photo", "mean_distance"] == pytest.approx(0.0)
     flat = report.flat()
     assert flat["pair_accuracy_same_photo"] == table.loc["same photo", "accuracy_calibrated"]
+    blind = evaluation.face_blind_decisions(frame, report.pairs)
+    distortion = frame["distortion"].to_numpy()
+    for (i, j), decided in zip(report.pairs[["i", "j"]].to_numpy(), blind):
+        assert decided == (distortion[i] != distortion[j])
+    assert flat["pair_accuracy_face_blind"] == pytest.approx(
+        (blind == report.pairs["same"].astype(bool)).mean())
     assert "pair_accuracy_different_identity" in flat
 
 
@@ -127,5 +133,8 @@ def test_pair_report_on_the_hackathon_list():
                                         "different identity": 6}
     # Distance 0.5 accepts only same-photo pairs: wrong on the two cross-photo positives.
     assert report.fixed["accuracy"] == pytest.approx(10 / 12)
+    # Without looking at a face, "different distortions" gets every pair of this list right.
+    assert report.face_blind_accuracy == 1.0
+    assert report.flat()["pair_accuracy_face_blind"] == 1.0
     with pytest.raises(ValueError, match="protocol"):
         evaluation.pair_report(frame, embeddings, frame, embeddings, protocol="sorted")
