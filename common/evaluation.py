@@ -15,10 +15,12 @@ from tqdm.auto import tqdm
 
 from common import data, metrics
 
-__all__ = ["GalleryReport", "PairReport", "FaceRule", "fit_face_rule", "face_blind_decisions",
-           "retrieval_table", "gallery_report", "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs",
-           "load_rows", "photo_keys", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
-           "SHARE_OBJECTIVES", "weighted_concat", "choose_share"]
+__all__ = [
+    "GalleryReport", "PairReport", "FaceRule", "fit_face_rule", "face_blind_decisions",
+    "retrieval_table", "gallery_report", "pair_report", "make_pair_list", "retrieval_failures",
+    "worst_pairs", "load_rows", "photo_keys", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
+    "SHARE_OBJECTIVES", "weighted_concat", "choose_share",
+]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
 PAIR_KINDS = ("same photo", "same identity", "different identity")
@@ -395,13 +397,14 @@ def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:
 
 
 def worst_pairs(report: PairReport, n: int = 8) -> pd.DataFrame:
-    """Misjudged pairs at the calibrated distance, furthest on the wrong side first."""
+    """Misjudged pairs, furthest on the wrong side of the calibrated distance first. With a
+    `FaceRule`, the pairs the rule gets wrong: it is the decision the model card keeps."""
     pairs = report.pairs
     threshold = report.calibrated["threshold"]
-    wrong_side = np.where(pairs["same"] == 1, pairs["distance"] - threshold,
-                          threshold - pairs["distance"])
-    return pairs.assign(error=wrong_side)[wrong_side > 0].sort_values(
-        "error", ascending=False).head(n)
+    same = pairs["same"].to_numpy() == 1
+    error = np.where(same, pairs["distance"] - threshold, threshold - pairs["distance"])
+    wrong = error > 0 if report.rule is None else pairs["same_by_rule"].to_numpy() != same
+    return pairs.assign(error=error)[wrong].sort_values("error", ascending=False).head(n)
 
 
 def load_rows(frame: pd.DataFrame, rows) -> list[np.ndarray]:

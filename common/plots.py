@@ -186,7 +186,9 @@ def plot_image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None =
     if not len(images):
         raise ValueError("plot_image_grid: no images to show")
     nrows = math.ceil(len(images) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    # constrained layout: tight_layout lets a row's titles slide under the images above it
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False,
+                             layout="constrained")
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(images):
@@ -195,7 +197,6 @@ def plot_image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None =
                 ax.set_title(titles[k], fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

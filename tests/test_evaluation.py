@@ -89,6 +89,15 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
     assert "face rule (dev)" in report.summary().columns
     plain = evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40, seed=0)
     assert plain.rule is None and "pair_accuracy_face_rule" not in plain.flat()
+    # The worst pairs are the decision's errors: with the rule, only bob's hidden-face pairs.
+    by_distance = evaluation.worst_pairs(plain, n=100)
+    assert len(by_distance) == round((1 - plain.calibrated["accuracy"]) * len(plain.pairs))
+    assert by_distance["error"].is_monotonic_decreasing and (by_distance["error"] > 0).all()
+    by_rule = evaluation.worst_pairs(report, n=100)
+    assert len(by_rule) == int((~report.pairs["same_by_rule"]
+                                & report.pairs["same"].astype(bool)).sum()) > 0
+    assert (by_rule["kind"] == "same identity").all()
+    assert not (faces[1][by_rule["i"]] & faces[1][by_rule["j"]]).any()
 
 
 def test_fit_face_rule_never_trusts_a_useless_descriptor():
