@@ -107,6 +107,16 @@ def test_image_grid_and_retrieval_failures():
         plots.plot_retrieval_failures(_images(2), _images(1), _images(2))
 
 
+def test_image_grid_titles_stay_clear_of_the_row_above():
+    fig = plots.plot_image_grid(_images(16, size=224), [f"same d=1.{k:02d}" for k in range(16)],
+                                ncols=8, title="worst pairs")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for above, below in zip(fig.axes[:8], fig.axes[8:]):
+        image_bottom = above.images[0].get_window_extent(renderer).y0
+        assert below.title.get_window_extent(renderer).y1 <= image_bottom
+
+
 def test_distance_histograms_with_thresholds():
     d = np.concatenate([RNG.normal(0.4, 0.1, 50), RNG.normal(1.0, 0.1, 50)])
     fig = plots.plot_distance_histograms(d, np.repeat([1, 0], 50),
