@@ -16,9 +16,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] installing requirements into $VENV (first run takes a few minutes)"
-  # PyPI's x86_64 torch brings its CUDA libraries: the venv takes about 7 GiB.
+  # PyPI's x86_64 torch brings its CUDA libraries: a new venv takes about 7 GiB.
   FREE_MIB="$(df -Pm "$VENV" | awk 'NR == 2 {print $4}')"
-  if [ "${FREE_MIB:-0}" -lt 8192 ]; then
+  if [ "${FREE_MIB:-0}" -lt 8192 ] && ! "$VENV/bin/python" -m pip show --quiet torch \
+      >/dev/null 2>&1; then
     echo "[setup] warning: only ${FREE_MIB} MiB free on the disk of $VENV; the venv needs about" \
       "7 GiB and a test run 2 GiB more. Free space or set FACECOM_VENV to a larger disk." >&2
   fi
