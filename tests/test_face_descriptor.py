@@ -177,7 +177,6 @@ def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
     assert fusion.weight == 0.0 and fusion.embeddings["dev"] is learned["dev"]
 
 
-
 def test_without_sface_the_channel_keeps_dlib(monkeypatch):
     monkeypatch.setattr(face_descriptor, "is_available",
                         lambda front_end: "sface" not in front_end)
@@ -196,6 +195,7 @@ def test_without_sface_the_channel_keeps_dlib(monkeypatch):
         fusion = task_b.fuse_descriptor(data_, learned, 0.3, progress=False)
     assert fusion.front_end == "robust" and set(asked) == {"robust"}
     assert face_descriptor.installed_front_end("hog") == "hog"
+
 
 def test_unknown_front_end_is_rejected():
     with pytest.raises(ValueError, match="front_end"):
