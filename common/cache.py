@@ -40,6 +40,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from common import workspace
+
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
@@ -304,7 +306,8 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
     Args:
         paths: image files; row ``i`` of the result is ``paths[i]``.
         image_size: output side S in pixels.
-        cache_dir: cache folder; ``None`` means ``common.config.CACHE_DIR`` (``data/cache``).
+        cache_dir: cache folder; ``None`` means ``workspace.cache_dir()`` (``data/cache`` of the
+            work root).
         progress: show a tqdm bar while decoding.
         workers: decoding threads (Pillow releases the GIL); ``None`` = `cpu_count()`.
         fit: ``"crop"`` (shorter side, centre square) or ``"stretch"`` (whole image, squashed).
@@ -313,12 +316,10 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         ImageReadError: a file cannot be decoded (validation should have excluded it).
         OSError: the cache folder's disk cannot hold the array (checked before decoding).
     """
-    from common.config import CACHE_DIR  # late: keeps this module importable on its own
-
     paths = [str(p) for p in paths]
     if not paths:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
-    folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"images_{_cache_key(paths, image_size, check_fit(fit))}_{image_size}px.npy"
     if target.exists():

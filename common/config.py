@@ -1,39 +1,21 @@
-"""Run-wide settings: project paths, device and profile resolution, data-root discovery, seeding.
+"""Run-wide settings that depend on the machine: device, hardware profile, threads, seeding.
 
-Everything that depends on the machine (CUDA or not, Kaggle or not, where the data lives) is
-resolved here once, so notebooks only pass literals and the rest of `common` never guesses.
+Resolved here once, so notebooks only pass literals and the rest of `common` never guesses.
+Where files go is `common.paths`; where the data is, `common.discovery`.
 """
 from __future__ import annotations
 
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 __all__ = [
-    "PROJECT_ROOT", "DATA_DIR", "WEIGHTS_DIR", "RUNS_DIR", "CACHE_DIR", "KAGGLE_INPUT",
-    "KAGGLE_DATASET_ENV", "PROFILES", "Profile", "DataNotFoundError", "seed_everything",
-    "seed_worker", "make_generator", "resolve_device", "resolve_profile", "resolve_data_dir",
-    "is_facecom_root", "configure_threads", "LAYOUTS", "seedable_transforms",
+    "PROFILES", "Profile", "seed_everything", "seed_worker", "make_generator", "resolve_device",
+    "resolve_profile", "configure_threads", "seedable_transforms",
 ]
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = PROJECT_ROOT / "data"
-WEIGHTS_DIR = PROJECT_ROOT / "weights"
-RUNS_DIR = PROJECT_ROOT / "runs"
-CACHE_DIR = DATA_DIR / "cache"
-KAGGLE_INPUT = Path("/kaggle/input")
-# `owner/slug` of a Kaggle copy of the hackathon release, for data_dir="kaggle". Copies are
-# published by different users, so the project names none; set FACECOM_KAGGLE_DATASET.
-KAGGLE_DATASET_ENV = "FACECOM_KAGGLE_DATASET"
-LAYOUTS = ("facecom", "identity_folders")  # the notebooks' `data_format` values
-
-
-class DataNotFoundError(FileNotFoundError):
-    """No FACECOM-layout data set could be found or fetched; the message says how to provide one."""
 
 
 @dataclass(frozen=True)
@@ -139,101 +121,3 @@ def configure_threads(device: torch.device) -> int:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(max(1, threads or 1))
     return torch.get_num_threads()
-
-
-def is_facecom_root(path: Path) -> bool:
-    """A FACECOM root holds `Task_A/` and/or `Task_B/`, each with a `train` or `val` split."""
-    return any((path / task / split).is_dir()
-               for task in ("Task_A", "Task_B") for split in ("train", "val"))
-
-
-def _resolve_identity_folders(data_dir: str) -> Path:
-    from common import identity_folders, sample  # late imports: both import this module
-
-    if data_dir in ("", "auto", "sample"):
-        return sample.ensure_sample() / "Task_B"
-    path = Path(data_dir).expanduser().resolve()
-    if not identity_folders.is_identity_folders_root(path):
-        raise DataNotFoundError(
-            f"{path} is not a folder of identity folders: expected {path}/<identity>/*.jpg, or "
-            f"{path}/train/<identity>/*.jpg (+ val/, test/). Point data_dir at that folder.")
-    return path
-
-
-def _find_kaggle_input() -> Path | None:
-    if not KAGGLE_INPUT.is_dir():
-        return None
-    for candidate in sorted(KAGGLE_INPUT.glob("**/Task_A"))[:20]:
-        if is_facecom_root(candidate.parent):
-            return candidate.parent
-    return None
-
-
-def _download_from_kaggle(target: Path) -> Path:
-    """Download the FACECOM data set with the `kaggle` package when credentials exist."""
-    has_credentials = (Path.home() / ".kaggle" / "kaggle.json").exists() or (
-        "KAGGLE_USERNAME" in os.environ and "KAGGLE_KEY" in os.environ)
-    if not has_credentials:
-        raise DataNotFoundError(
-            "data_dir='kaggle' needs Kaggle API credentials: put kaggle.json in ~/.kaggle/ or set "
-            "KAGGLE_USERNAME and KAGGLE_KEY (https://www.kaggle.com/settings -> Create New Token). "
-            "Alternatively pass --data-dir pointing at a folder that contains Task_A and Task_B.")
-    dataset = os.environ.get(KAGGLE_DATASET_ENV, "")
-    if not dataset:
-        raise DataNotFoundError(
-            f"data_dir='kaggle' needs the data set to download: set {KAGGLE_DATASET_ENV}=owner/slug "
-            "of a Kaggle copy of the FACECOM release (as shown in its URL).")
-    from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: it reads credentials
-
-    api = KaggleApi()
-    api.authenticate()
-    target.mkdir(parents=True, exist_ok=True)
-    api.dataset_download_files(dataset, path=str(target), unzip=True, quiet=False)
-    for candidate in [target, *sorted(target.glob("**/Task_A"))]:
-        root = candidate if candidate == target else candidate.parent
-        if is_facecom_root(root):
-            return root
-    raise DataNotFoundError(f"Downloaded {dataset} into {target} but found no Task_A/Task_B "
-                            f"folders in it; set {KAGGLE_DATASET_ENV} to the right data set.")
-
-
-def resolve_data_dir(data_dir: str | os.PathLike = "", layout: str = "facecom") -> Path:
-    """Find the data root.
-
-    - a path: used as given (must exist and have the FACECOM layout);
-    - ``""``: a FACECOM copy under /kaggle/input when on Kaggle, else the embedded sample in
-      ``data/sample`` (generated when missing);
-    - ``"sample"``: the embedded sample;
-    - ``"kaggle"``: download the data set with the `kaggle` package into ``data/facecom``.
-
-    With ``layout="identity_folders"`` (notebook parameter `data_format`) a path must hold
-    ``<identity>/`` image folders (see `common.identity_folders`), and ``""`` / ``"sample"``
-    mean the sample's ``Task_B`` folder, whose ``train/`` and ``val/`` are such folders.
-    """
-    from common.sample import ensure_sample  # late import: sample imports distortions (albumentations)
-
-    data_dir = str(data_dir)
-    if layout not in LAYOUTS:
-        raise ValueError(f"Unknown data layout {layout!r}; choose one of {LAYOUTS}.")
-    if layout == "identity_folders":
-        return _resolve_identity_folders(data_dir)
-    if data_dir in ("", "auto"):
-        found = _find_kaggle_input()
-        return found if found is not None else ensure_sample()
-    if data_dir == "sample":
-        return ensure_sample()
-    if data_dir == "kaggle":
-        local = DATA_DIR / "facecom"
-        return local if is_facecom_root(local) else _download_from_kaggle(local)
-    path = Path(data_dir).expanduser().resolve()
-    if not path.exists():
-        raise DataNotFoundError(
-            f"Data directory {path} does not exist. Pass --data-dir (or data_dir=) pointing at the "
-            "folder that contains Task_A/ and Task_B/, 'kaggle' to download it, or '' for the "
-            "embedded sample.")
-    if not is_facecom_root(path):
-        raise DataNotFoundError(
-            f"{path} does not have the FACECOM layout: expected {path}/Task_A/{{train,val}}/"
-            f"{{male,female}}/ and/or {path}/Task_B/{{train,val}}/<identity>/. Point --data-dir at "
-            "the folder that contains Task_A and Task_B.")
-    return path

@@ -31,7 +31,7 @@ from common.cache import (ImageArrayDataset, ImageReadError, _open_image, comput
 from common.distortions import DISTORTIONS
 
 __all__ = [
-    "GENDERS", "SPLITS", "DISTORTIONS", "IMAGE_EXTENSIONS", "OFFICIAL_COUNTS",
+    "GENDERS", "SPLITS", "DISTORTIONS", "IMAGE_EXTENSIONS", "is_image_name", "OFFICIAL_COUNTS",
     "DatasetLayoutError", "ImageReadError", "ValidationReport", "available_splits",
     "read_task_a", "read_task_b", "join_gender", "split_identities", "validate_dataset",
     "load_image", "load_image_array", "compute_fingerprint", "ImageArrayDataset",
@@ -72,7 +72,8 @@ def _check_root(root: str | os.PathLike) -> Path:
     return path
 
 
-def _is_image(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """A visible file with an image extension (`IMAGE_EXTENSIONS`)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -104,7 +105,7 @@ def _clean_identity_map(root: Path, split: str) -> dict[str, str]:
     if not folder.is_dir():
         return {}
     return {f.name: d.name for d in _dirs(folder) for f in _files(Path(d.path))
-            if _is_image(f.name)}
+            if is_image_name(f.name)}
 
 
 def read_task_a(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:
@@ -126,7 +127,7 @@ def read_task_a(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:
         if not (folder / gender).is_dir():
             continue
         for entry in _files(folder / gender):
-            if _is_image(entry.name):
+            if is_image_name(entry.name):
                 identity = identities.get(entry.name, os.path.splitext(entry.name)[0])
                 rows.append((str(Path(entry.path)), split, gender, label, identity))
     return pd.DataFrame(rows, columns=["path", "split", "gender", "label", "identity"])
@@ -157,13 +158,13 @@ def read_task_b(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:
     rows = []
     for identity_dir in identity_dirs:
         identity_path = Path(identity_dir.path)
-        clean = [Path(e.path) for e in _files(identity_path) if _is_image(e.name)]
+        clean = [Path(e.path) for e in _files(identity_path) if is_image_name(e.name)]
         clean_by_stem = {p.stem: str(p) for p in clean}
         rows += [(str(p), split, identity_dir.name, "clean", str(p)) for p in clean]
         distorted_dir = identity_path / DISTORTION_DIR
         if distorted_dir.is_dir():
             for entry in _files(distorted_dir):
-                if _is_image(entry.name):
+                if is_image_name(entry.name):
                     distortion, source = _parse_distorted(entry.name, clean_by_stem)
                     rows.append((str(Path(entry.path)), split, identity_dir.name, distortion,
                                  source))
@@ -280,7 +281,7 @@ class ValidationReport:
 
 def _check_file(path: str) -> tuple[str, str | None, str | None, str | None]:
     """(path, sha1, problem reason, converted-from mode) for one file."""
-    if not _is_image(os.path.basename(path)):
+    if not is_image_name(os.path.basename(path)):
         return path, None, "not an image file (extension not in IMAGE_EXTENSIONS)", None
     try:
         data = Path(path).read_bytes()
@@ -307,8 +308,8 @@ def _layout_walk(root: Path, task: str, split: str) -> tuple[list[str], list[tup
                 problems.append((path, "file outside the FACECOM layout (ignored by readers)"))
         if task == "Task_B" and len(rel) == 1:
             distorted = Path(dirpath) / DISTORTION_DIR
-            n_images = sum(_is_image(n) for n in filenames) + (
-                sum(_is_image(e.name) for e in _files(distorted)) if distorted.is_dir() else 0)
+            n_images = sum(is_image_name(n) for n in filenames) + (
+                sum(is_image_name(e.name) for e in _files(distorted)) if distorted.is_dir() else 0)
             if n_images == 0:
                 problems.append((dirpath, "empty identity folder (no images)"))
     return files, problems

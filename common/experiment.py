@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common import config, data, runs
+from common import config, data, discovery, runs, workspace
 
 __all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
            "make_loader", "create_optimizer", "create_scheduler", "file_sha1"]
@@ -70,14 +70,15 @@ class ExperimentConfig:
             backbone_defaults / epoch_defaults: per profile name ("cpu", "gpu").
             params: the notebook's parameters cell, as `**locals()` of it.
         """
+        workspace.set_work_root(params.get("work_root", ""))
         device = config.resolve_device(params.get("device", "auto"))
         config.configure_threads(device)
         profile = config.resolve_profile(params.get("profile", "auto"))
         quick = bool(params.get("quick", False))
         cfg = cls(
             notebook=notebook,
-            data_dir=config.resolve_data_dir(params.get("data_dir", ""),
-                                             layout=params.get("data_format", "facecom")),
+            data_dir=discovery.resolve_data_dir(params.get("data_dir", ""),
+                                                layout=params.get("data_format", "facecom")),
             run_dir=runs.create_run_dir(params.get("output_dir", ""), notebook),
             weights_dir=runs.resolve_weights_dir(params.get("weights_dir", "")),
             device=device,

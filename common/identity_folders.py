@@ -35,65 +35,21 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import config, data, experiment
+from common import data, experiment, workspace
+from common.discovery import list_images, list_subdirs, split_roots
 from common.cache import ImageReadError, cpu_count, load_image
 from common.distortions import DISTORTIONS, apply_distortion
 
-__all__ = ["SPLIT_NAMES", "SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE", "VIEWS_DIR",
-           "is_identity_folders_root", "read_identity_folders", "split_images", "summarize",
+__all__ = ["SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE",
+           "read_identity_folders", "split_images", "summarize",
            "read_splits"]
 
-SPLIT_NAMES = ("train", "val", "test")  # sub-roots of an already split data set
 SPLIT_BY = ("identity", "image")
 VIEWS_VERSION = 1  # bump when view generation changes, so old views are not reused
 MAX_VIEW_SIDE = 512  # views of larger photos are downscaled first (training decodes <= 224 px)
-VIEWS_DIR = config.CACHE_DIR / "identity_views"
 _STAMP = "views.json"
 _JPEG_QUALITY = 90
 _COLUMNS = ["path", "split", "identity", "distortion", "source"]
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in data.IMAGE_EXTENSIONS
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder)
-                  if e.is_dir() and not e.name.startswith("."))
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
-
-
-def _split_roots(root: Path) -> dict[str, Path]:
-    """``{split: folder}`` for a pre-split root, ``{"": root}`` for a flat one.
-
-    Raises:
-        DatasetLayoutError: some but not all top-level folders are split names (ambiguous).
-    """
-    names = [d.name for d in _subdirs(root)]
-    split_named = [n for n in names if n in SPLIT_NAMES]
-    if not split_named:
-        return {"": root}
-    if len(split_named) != len(names) or "train" not in split_named:
-        raise data.DatasetLayoutError(
-            f"{root} mixes split folders {split_named} with other folders "
-            f"{sorted(set(names) - set(split_named))[:5]}: use either <root>/<identity>/* or "
-            "<root>/train/<identity>/* (+ val/, test/), with a train/ folder.")
-    return {n: root / n for n in SPLIT_NAMES if n in split_named}
-
-
-def is_identity_folders_root(path: str | os.PathLike) -> bool:
-    """True when `path` holds ``<identity>/`` image folders, directly or in ``train/`` etc."""
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    try:
-        folders = _split_roots(path).values()
-    except data.DatasetLayoutError:
-        return False
-    return any(_images(identity) for folder in folders for identity in _subdirs(folder))
 
 
 def _views_key(root: Path, clean: list[Path], seed: int) -> str:
@@ -244,13 +200,13 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if not root.is_dir():
         raise data.DatasetLayoutError(f"{root} does not exist; point data_dir at the folder that "
                                       "holds <identity>/ image folders.")
-    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else VIEWS_DIR
+    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else workspace.cache_dir() / "identity_views"
     if cache_dir == root or root in cache_dir.parents:
         raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is "
                          "never written to; choose a cache_dir outside it.")
-    split_roots = _split_roots(root)
-    listing = [(split or "train", identity.name, _images(identity))
-               for split, folder in split_roots.items() for identity in _subdirs(folder)]
+    roots = split_roots(root)
+    listing = [(split or "train", identity.name, list_images(identity))
+               for split, folder in roots.items() for identity in list_subdirs(folder)]
     clean = [image for *_, images in listing for image in images]
     if not clean:
         raise data.DatasetLayoutError(
@@ -268,9 +224,9 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
         rows += [(str(views / _view_name(rels[image], name)), split, identity, name, str(image))
                  for image in readable for name in DISTORTIONS]
     table = pd.DataFrame(rows, columns=_COLUMNS)
-    if "" in split_roots and split_by == "identity":
+    if "" in roots and split_by == "identity":
         table["split"] = _split_by_identity(table, eval_fraction, seed)
-    elif "" in split_roots:
+    elif "" in roots:
         kept, held = split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
     table.attrs["unreadable"] = [str(root / rel) for rel in unreadable]
@@ -328,7 +284,7 @@ def read_splits(cfg: experiment.ExperimentConfig) -> experiment.Splits:
         raise data.DatasetLayoutError(f"{cfg.data_dir}/train has no val/ or test/ beside it: "
                                       "add one, or put the identities directly in the root.")
     train, evaluated = table[table["split"] == "train"], table[table["split"] == eval_name]
-    if split_by == "image" and "" in _split_roots(Path(cfg.data_dir)):
+    if split_by == "image" and "" in split_roots(Path(cfg.data_dir)):
         fraction = min(0.5, cfg.dev_fraction / (1.0 - cfg.holdout_fraction))
         train, dev = split_images(train, fraction, cfg.seed + 1)
         _check_duplicate_images(train, dev, "dev", cfg.allow_leakage)

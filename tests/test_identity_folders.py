@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import config, data, evaluation, experiment, identity_folders, predict, task_b
+from common import (data, discovery, evaluation, experiment, identity_folders, predict,
+                    task_b)
 from common.distortions import DISTORTIONS
 from common.runner import run_notebooks
 
@@ -141,7 +142,7 @@ def test_views_are_seeded(faces_root, by_identity, tmp_path):
 def test_pre_split_root_keeps_its_splits(sample_root, tmp_path):
     """The sample's Task_B is train/ + val/ identity folders; distortion/ sub-folders are not
     read (views are generated instead)."""
-    root = config.resolve_data_dir("", layout="identity_folders")
+    root = discovery.resolve_data_dir("", layout="identity_folders")
     assert root == sample_root / "Task_B"
     table = identity_folders.read_identity_folders(root, cache_dir=tmp_path, progress=False)
     assert set(table["split"]) == {"train", "val"}
@@ -170,13 +171,13 @@ def test_layout_errors_name_the_fix(faces_root, tmp_path):
         identity_folders.read_identity_folders(faces_root, cache_dir=faces_root / "views")
     with pytest.raises(ValueError, match="split_by"):
         identity_folders.read_identity_folders(faces_root, "person")
-    with pytest.raises(config.DataNotFoundError, match="FACECOM layout"):
-        config.resolve_data_dir(faces_root)  # the default layout is still FACECOM
-    assert config.resolve_data_dir(faces_root, layout="identity_folders") == faces_root
+    with pytest.raises(discovery.DataNotFoundError, match="FACECOM layout"):
+        discovery.resolve_data_dir(faces_root)  # the default layout is still FACECOM
+    assert discovery.resolve_data_dir(faces_root, layout="identity_folders") == faces_root
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.jpg").write_bytes(b"")
-    with pytest.raises(config.DataNotFoundError, match="identity folders"):
-        config.resolve_data_dir(tmp_path / "flat", layout="identity_folders")
+    with pytest.raises(discovery.DataNotFoundError, match="identity folders"):
+        discovery.resolve_data_dir(tmp_path / "flat", layout="identity_folders")
     mixed = tmp_path / "mixed"
     (mixed / "train" / "ann").mkdir(parents=True)
     (mixed / "bob").mkdir()

@@ -23,11 +23,13 @@ def notebooks(monkeypatch) -> dict:
     notebook (writing its metrics.json) and then fail like papermill in the next one."""
     calls: dict = {"fail_after": None}
 
-    def fake_run(parameters: dict, run_root: Path, only: tuple[str, ...], *args, **kwargs):
-        calls.update(parameters=parameters, run_root=run_root, only=only)
+    def fake_run(parameters: dict, run_root: Path, only: tuple[str, ...], *args,
+                 sections: dict | None = None, **kwargs):
+        calls.update(parameters=parameters, run_root=run_root, only=only, sections=sections)
         for name in only:
             (run_root / name).mkdir(parents=True)
-            (run_root / name / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+            (run_root / name / "metrics.json").write_text(
+                json.dumps({"accuracy": 0.5, "data": "synthetic sample"}))
             if name == calls["fail_after"]:
                 raise NotebookFailed(FAILURE)
         return [run_root / f"{name}.ipynb" for name in only]
@@ -132,8 +134,36 @@ def test_parameters_reach_the_notebooks_typed_and_recorded(tmp_path, capsys, not
     assert notebooks["only"] == ("01_task_a_gender",)
     assert yaml.safe_load((output / "parameters.yaml").read_text()) == expected
     summary = (output / "summary.md").read_text()
-    assert "| 01_task_a_gender | 0.5000 |" in summary and "Run stopped" not in summary
+    assert "| 01_task_a_gender | synthetic sample | 0.5000 |" in summary
+    assert "Run stopped" not in summary
     assert "Done. Summary" in out
+
+
+def test_params_file_sections_and_numbers_reach_their_notebook(tmp_path, capsys, notebooks,
+                                                               sample_root):
+    params = tmp_path / "params.yaml"
+    params.write_text("lr: 3e-4\n01_task_a_gender:\n  model: dual_se\n")
+    output = tmp_path / "run"
+    code, _, _ = _run(capsys, "--data-dir", str(sample_root), "--output", str(output),
+                      "-f", str(params), "--only", "01_task_a_gender", "02_task_b_arcface",
+                      "-p", "02_task_b_arcface.model", "facenet", "-p", "distortion_p", "2.5e-1")
+    assert code == 0
+    shared = notebooks["parameters"]
+    assert shared["lr"] == 3e-4 and type(shared["lr"]) is float
+    assert shared["distortion_p"] == 0.25 and type(shared["distortion_p"]) is float
+    assert notebooks["sections"] == {"01_task_a_gender": {"model": "dual_se"},
+                                     "02_task_b_arcface": {"model": "facenet"}}
+    recorded = yaml.safe_load((output / "parameters.yaml").read_text())
+    assert recorded["lr"] == 3e-4 and recorded["01_task_a_gender"] == {"model": "dual_se"}
+
+
+def test_a_shared_name_with_two_meanings_stops_before_any_work(tmp_path, capsys, notebooks,
+                                                               sample_root):
+    code, _, err = _run(capsys, "--data-dir", str(sample_root), "--output", str(tmp_path / "r"),
+                        "-p", "model", "dual_se")
+    assert code == 2
+    assert "'model' means different things" in err and "-p 01_task_a_gender.model" in err
+    assert "parameters" not in notebooks and not (tmp_path / "r").exists()
 
 
 def test_failure_keeps_the_summary_of_finished_notebooks(tmp_path, capsys, notebooks,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from common import experiment, models, predict, runs, task_a
+from common import experiment, fallbacks, models, predict, runs, task_a
 from common.distortions import DISTORTIONS
 
 
@@ -91,7 +91,9 @@ def test_recipe_resolution(monkeypatch, capsys):
     assert probe["model"] == "probe" and "recipe probe sets" in capsys.readouterr().out
     monkeypatch.setattr(task_a.face_descriptor, "is_available", lambda front_end: False)
     monkeypatch.setattr(task_a.face_priors, "is_available", lambda: True)
-    auto = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "single", "lr": 1e-3})
+    with pytest.warns(fallbacks.FallbackWarning, match="using recipe=face_prior"):
+        auto = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "single",
+                                      "lr": 1e-3})
     assert auto["recipe"] == "face_prior" and auto["backbone"] == "dlib_gender"
     assert auto["lr"] == task_a.FACE_PRIOR_RECIPE["lr"] and "recipe face_prior sets" in (
         capsys.readouterr().out)
@@ -100,8 +102,12 @@ def test_recipe_resolution(monkeypatch, capsys):
     dual = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "dual_se"})
     assert dual["recipe"] == "parameters"
     monkeypatch.setattr(task_a.face_priors, "is_available", lambda: False)
-    missing = task_a.resolve_recipe({"recipe": "auto", "backbone": ""})
-    assert missing["recipe"] == "parameters" and "not installed" in capsys.readouterr().out
+    with pytest.warns(fallbacks.FallbackWarning, match="not installed"):
+        missing = task_a.resolve_recipe({"recipe": "auto", "backbone": ""})
+    assert missing["recipe"] == "parameters"
+    # Both fall-backs are on record for metrics.json and the model card.
+    for recipe in ("face_prior", "parameters"):
+        assert any(f"using recipe={recipe}" in m for m in fallbacks.recorded())
     with pytest.raises(ValueError, match="recipe"):
         task_a.resolve_recipe({"recipe": "best"})
 

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data as skdata
 
-from common import weights
+from common import weights, workspace
 from common.efficientfr import create_efficientfr
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,7 +24,7 @@ CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, E
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """Empty project weights dir and caches, offline: only what a test puts there is found."""
-    monkeypatch.setattr(weights, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(paths, "pretrained_dir", lambda: (tmp_path / "pretrained",))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
