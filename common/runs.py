@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from common import discovery, fallbacks, workspace
+from common.models import create_model
+from common.train import atomic_save
 
 __all__ = ["MissingModelCardError", "create_run_dir", "git_commit", "package_versions",
            "provenance", "to_jsonable", "write_json", "write_metrics", "save_model",
@@ -166,8 +168,6 @@ def save_model(model: torch.nn.Module, weights_dir: Path, name: str, card: dict)
     The card must say how to rebuild the model (`kind`, `model_kwargs`) and preprocess its input
     (`image_size`, `mean`, `std`, `aligned`); `load_model` relies on those keys.
     """
-    from common.train import atomic_save
-
     required = {"task", "kind", "model_kwargs", "image_size", "mean", "std"}
     missing = required - set(card)
     if missing:
@@ -213,8 +213,6 @@ def find_model_cards(weights_dir: str | os.PathLike = "") -> list[dict]:
 def load_model(weights: str | os.PathLike, device: torch.device | str = "cpu"
                ) -> tuple[torch.nn.Module, dict]:
     """Rebuild the network described by the card beside `weights` and load the weights into it."""
-    from common.models import create_model
-
     card = load_model_card(weights)
     model = create_model(card["kind"], **{**card["model_kwargs"], "pretrained": False})
     state = torch.load(card["weights_path"], map_location="cpu", weights_only=True)
