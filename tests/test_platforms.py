@@ -122,7 +122,7 @@ def test_colab_clone_under_content(tmp_path, session_env):
     assert metrics["provenance"]["project_root"] == str(clone)
     assert metrics["data"] == discovery.SYNTHETIC and metrics["n_problems"] == 0
     assert (clone / "data" / "sample").is_dir()
-    text = "".join(out.get("text", "") for cell in executed["cells"]
+    text = "".join("".join(out.get("text", "")) for cell in executed["cells"]
                    for out in cell.get("outputs", []))
     assert "NO REAL DATA" in text, "the synthetic-sample banner must show in the notebook"
     assert set(os.listdir(tmp_path)) == {"content", "origin"}
