@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, data, evaluation, face_priors, faces, plots, runs, task_a,
-                    task_b)
+from common import (baselines, cache, data, evaluation, face_priors, faces, figures, plots, runs,
+                    task_a, task_b)
 
 __all__ = ["Leaderboard", "evaluation_frame", "evaluate_checkpoints", "best_model_figures",
            "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
@@ -230,32 +230,24 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
 def best_model_figures(board: Leaderboard, seed: int = 0) -> list[tuple[str, object]]:
     """(file stem, figure) pairs: the best Task A model's confusion matrix and errors, the best
     Task B model's t-SNE and retrieval failures."""
-    figures = []
+    found = []
     best_a = board.best("task_a", "accuracy")
     if best_a is not None:
-        detail = board.details[best_a["name"]]
-        figures.append((f"confusion_matrix_{best_a['name']}", plots.plot_confusion_matrix(
-            detail["metrics"]["confusion_matrix"], task_a.CLASS_NAMES,
-            title=f"{best_a['name']}")))
-        errors = task_a.worst_errors(detail["frame"], detail["probs"],
-                                     detail["card"]["threshold"], n=8)
-        if len(errors):
-            figures.append((f"worst_errors_{best_a['name']}", plots.plot_image_grid(
-                evaluation.load_rows(errors.reset_index(drop=True), range(len(errors))),
-                [f"{g} p(f)={p:.2f}" for g, p in zip(errors["gender"], errors["prob"])],
-                ncols=8, title=f"{best_a['name']}: worst errors")))
+        name, detail = best_a["name"], board.details[best_a["name"]]
+        found.append((f"confusion_matrix_{name}", plots.plot_confusion_matrix(
+            detail["metrics"]["confusion_matrix"], task_a.CLASS_NAMES, title=name)))
+        errors = figures.worst_errors_figure(detail["frame"], detail["probs"],
+                                             detail["card"]["threshold"], n=8,
+                                             title=f"{name}: worst errors")
+        found += [(f"worst_errors_{name}", errors)] if errors is not None else []
     best_b = board.best("task_b", "top1")
     if best_b is not None:
-        detail = board.details[best_b["name"]]
+        name, detail = best_b["name"], board.details[best_b["name"]]
         frame = detail["frame"]
-        figures.append((f"tsne_{best_b['name']}", plots.plot_tsne(
+        found.append((f"tsne_{name}", plots.plot_tsne(
             detail["embeddings"], frame["identity"].to_numpy(), frame["distortion"].to_numpy(),
-            seed=seed, title=f"{best_b['name']}: t-SNE")))
-        failures = evaluation.retrieval_failures(detail["report"], n=6)
-        if len(failures):
-            figures.append((f"retrieval_failures_{best_b['name']}", plots.plot_retrieval_failures(
-                evaluation.load_rows(frame, failures["query_row"]),
-                evaluation.load_rows(frame, failures["predicted_row"]),
-                evaluation.load_rows(frame, failures["true_row"]),
-                title=f"{best_b['name']}: retrieval failures")))
-    return figures
+            seed=seed, title=f"{name}: t-SNE")))
+        failures = figures.retrieval_failures_figure(detail["report"], frame, n=6,
+                                                     title=f"{name}: retrieval failures")
+        found += [(f"retrieval_failures_{name}", failures)] if failures is not None else []
+    return found
