@@ -13,9 +13,9 @@ of that label. P(female) is rebuilt as the middle of that 1 % bin (``(c + 0.5) /
 and ROC AUC is computed on 1 %-quantised scores. The largest face is used when several are
 found. When none is (HOG fails on most ``noisy``, ``rainy`` and ``sunny`` copies), the row is
 counted as a fallback and scored either on the whole image (``gender(face)``, the package's path
-for pre-cropped faces) or on `CENTRE_BOX`, the typical face box of FACECOM's LFW-style framing:
-on 300 such failures the box lifts noisy 0.71 -> 0.98 and rainy 0.67 -> 0.95, but drops sunny
-0.61 -> 0.25, so the whole image stays the default.
+for pre-cropped faces) or on `CENTRE_BOX`, the typical face box of FACECOM's LFW-style framing;
+the box helps noisy and rainy copies but hurts sunny ones, so the whole image stays the default
+(`docs/results.md`).
 
 The Task B baselines are dlib's 128-d ResNet descriptor (`common.face_descriptor`) behind two
 front ends: ``dlib_face_descriptor`` is what ``face_recognition`` does (HOG detection, the whole

