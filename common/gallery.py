@@ -165,8 +165,7 @@ class GalleryIndex:
 
     def _to_ivf(self, vectors: np.ndarray) -> None:
         """Replace the exact index by an inverted file trained on a sample of all vectors."""
-        held = self.index.reconstruct_n(0, len(self)) if len(self) else vectors[:0]
-        everything = np.vstack([held, vectors])
+        everything = np.vstack([self._vectors(), vectors])
         nlist = self.nlist or max(1, int(np.sqrt(len(everything))))
         rng = np.random.default_rng(0)
         sample = everything[np.sort(rng.choice(len(everything), min(len(everything),
@@ -180,6 +179,21 @@ class GalleryIndex:
         index.make_direct_map()  # reconstruct() for the harder variant of "mean"
         self.index, self.nlist = index, nlist
 
+    def _prepared(self, queries: np.ndarray, exclude_sources: Sequence | None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalised queries and their source codes (-2: not in the gallery), checked."""
+        if not len(self):
+            raise ValueError("GalleryIndex.search: the gallery is empty; add images first")
+        queries = normalise(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"GalleryIndex.search: queries {queries.shape}; expected (Q, "
+                             f"{self.dim}) like the gallery")
+        if self.is_ivf:
+            self.index.nprobe = self.nprobe
+        if exclude_sources is None:
+            return queries, None
+        return queries, np.array([self._source_code.get(str(s), -2) for s in exclude_sources])
+
     def search(self, queries: np.ndarray, k: int = 5,
                exclude_sources: Sequence | None = None) -> Matches:
         """The `k` best identities of each query `(Q, D)` (normalised here).
@@ -189,17 +203,7 @@ class GalleryIndex:
             exclude_sources: per query, a source whose images are left out for that query (the
                 harder variant: the query's own photo removed); unknown sources exclude nothing.
         """
-        if not len(self):
-            raise ValueError("GalleryIndex.search: the gallery is empty; add images first")
-        queries = normalise(queries)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"GalleryIndex.search: queries {queries.shape}; expected (Q, "
-                             f"{self.dim}) like the gallery")
-        q_src = None
-        if exclude_sources is not None:
-            q_src = np.array([self._source_code.get(str(s), -2) for s in exclude_sources])
-        if self.is_ivf:
-            self.index.nprobe = self.nprobe
+        queries, q_src = self._prepared(queries, exclude_sources)
         out = Matches(np.full((len(queries), k), -1, np.int64),
                       np.full((len(queries), k), -np.inf, np.float32),
                       np.full((len(queries), k), -1, np.int64))
@@ -209,6 +213,50 @@ class GalleryIndex:
             found = self._search_chunk(queries[part], k, None if q_src is None else q_src[part])
             out.codes[part], out.scores[part], out.gallery_rows[part] = found
         return out
+
+    def identity_scores(self, queries: np.ndarray, exclude_sources: Sequence | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Every identity's score and best image for each query, exactly: what an evaluation
+        that ranks all identities needs. Ranking everything is exhaustive by nature, so this
+        reads the stored vectors and takes one BLAS product per chunk instead of sorting a
+        search result. Columns are identity codes; an identity with no image left after
+        exclusion scores -inf.
+
+        Returns:
+            `(Q, I)` float32 scores and `(Q, I)` best gallery rows.
+        """
+        queries, q_src = self._prepared(queries, exclude_sources)
+        order = np.argsort(self._item_identity, kind="stable")  # each identity's images together
+        starts = np.searchsorted(self._item_identity[order], np.arange(len(self.names)))
+        vectors = self._vectors()[order]
+        sources = self._item_source[order]
+        centroids = normalise(self._sums) if self.aggregate == "mean" else None
+        scores = np.empty((len(queries), len(self.names)), np.float32)
+        rows = np.empty((len(queries), len(self.names)), np.int64)
+        chunk = max(1, _CHUNK_CELLS // len(self))
+        for lo in range(0, len(queries), chunk):
+            q = queries[lo:lo + chunk]
+            sim = q @ vectors.T
+            if q_src is not None:
+                sim[sources[None, :] == q_src[lo:lo + chunk, None]] = -np.inf
+            best = np.maximum.reduceat(sim, starts, axis=1)
+            first = np.where(sim == np.repeat(best, np.diff(np.append(starts, len(self))), 1),
+                             order, len(self))
+            rows[lo:lo + chunk] = np.minimum.reduceat(first, starts, axis=1)
+            if centroids is not None:
+                best = q @ centroids.T
+                if q_src is not None:
+                    row, code, score = self._excluded_means(q, q_src[lo:lo + chunk])
+                    best[row, code] = score
+            scores[lo:lo + chunk] = best
+        return scores, rows
+
+    def _vectors(self) -> np.ndarray:
+        """The stored unit vectors `(N, D)`: a view of an exact index, a copy from an IVF."""
+        if self.is_ivf:
+            return self.index.reconstruct_n(0, len(self))
+        return faiss.rev_swig_ptr(self.index.get_xb(), len(self) * self.dim).reshape(
+            len(self), self.dim)
 
     def _first_fetch(self, k: int, excluding: bool) -> int:
         """Images fetched per query on the first pass: all of them when every identity is

@@ -156,7 +156,7 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
     index = gallery.GalleryIndex.build(gallery_embeddings, g_ids, gallery_sources
                                        if exclude_own_source else None, aggregate=aggregate,
                                        kind="exact")
-    column = np.searchsorted(names, np.asarray(index.names))  # index code -> column of `names`
+    by_code = np.argsort(np.asarray(index.names))  # columns of `names` -> index codes
     q_code = np.searchsorted(names, q_ids)
     queries = gallery.normalise(query_embeddings)
     excluded = np.asarray(query_sources, str) if exclude_own_source else None
@@ -165,13 +165,9 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
     block = max(1, _BLOCK_CELLS // max(1, len(g_ids)))
     for lo in range(0, len(queries), block):
         qb, cb = queries[lo:lo + block], q_code[lo:lo + block]
-        found = index.search(qb, len(names), None if excluded is None
-                             else excluded[lo:lo + block])
-        scores = np.full((len(qb), len(names)), -np.inf, np.float32)
-        best_image = np.full((len(qb), len(names)), -1, np.int64)
-        at = (np.nonzero(found.codes >= 0)[0], column[found.codes[found.codes >= 0]])
-        scores[at] = found.scores[found.codes >= 0]
-        best_image[at] = found.gallery_rows[found.codes >= 0]
+        scores, best_image = index.identity_scores(qb, None if excluded is None
+                                                   else excluded[lo:lo + block])
+        scores, best_image = scores[:, by_code], best_image[:, by_code]
         ar = np.arange(len(qb))
         true = scores[ar, cb]
         pred = scores.argmax(axis=1)
