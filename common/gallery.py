@@ -4,8 +4,11 @@ A `GalleryIndex` holds L2-normalised gallery embeddings with the identity and so
 returns, per query, the k most similar identities. An identity's score is the max cosine over
 its images (``"max"``) or the cosine to its normalised mean embedding (``"mean"``), as the
 evaluation protocol defines them; the harder variant drops the images that share the query's
-source. Galleries up to `EXACT_LIMIT` images are searched exactly (``IndexFlatIP``), larger ones
-with an inverted file (``IndexIVFFlat``) that scans `nprobe` cells per query.
+source. Galleries up to `EXACT_LIMIT` images are searched exactly (``IndexFlatIP``). Larger ones
+use an inverted file of 4-bit product-quantised codes scanned with SIMD lookup tables
+(``IVF<n>,PQ<m>x4fs``) over `nprobe` cells per query, whose best candidates are re-scored exactly
+from the stored vectors (``RFlat``): scanning float vectors would be bound by memory bandwidth,
+and the re-scoring keeps every returned score an exact cosine.
 
 Per-identity scores come from each query's top images, fetched again with more images only for
 the queries whose top-k identities are not settled yet, and queries go in chunks: memory is
@@ -30,7 +33,8 @@ __all__ = ["AGGREGATES", "INDEX_KINDS", "EXACT_LIMIT", "Matches", "GalleryIndex"
 AGGREGATES = ("max", "mean")
 INDEX_KINDS = ("auto", "exact", "ivf")
 EXACT_LIMIT = 50_000  # images; "auto" switches to an inverted file above this
-NPROBE = 16  # IVF cells scanned per query (benchmarks/results/gallery.md)
+NPROBE = 32  # IVF cells scanned per query (benchmarks/results/gallery.md)
+REFINE_FACTOR = 4  # IVF candidates re-scored exactly per image asked for
 _CHUNK_CELLS = 2 ** 22  # query rows x fetched images per chunk: 16 MB of float32 scores
 _TRAIN_PER_LIST = 40  # k-means training points per IVF cell (FAISS warns below 39)
 _INDEX_FILE, _META_FILE, _ITEMS_FILE = "index.faiss", "gallery.json", "items.npz"
@@ -113,7 +117,7 @@ class GalleryIndex:
     @property
     def is_ivf(self) -> bool:
         """Whether searches are approximate (an inverted file)."""
-        return isinstance(self.index, faiss.IndexIVF)
+        return isinstance(self.index, faiss.IndexRefine)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -167,16 +171,14 @@ class GalleryIndex:
         """Replace the exact index by an inverted file trained on a sample of all vectors."""
         everything = np.vstack([self._vectors(), vectors])
         nlist = self.nlist or max(1, int(np.sqrt(len(everything))))
+        codes = next(m for m in range(max(1, self.dim // 8), self.dim + 1) if self.dim % m == 0)
+        index = faiss.index_factory(self.dim, f"IVF{nlist},PQ{codes}x4fs,RFlat",
+                                    faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).cp.min_points_per_centroid = 1  # small galleries too
         rng = np.random.default_rng(0)
-        sample = everything[np.sort(rng.choice(len(everything), min(len(everything),
-                                                                    _TRAIN_PER_LIST * nlist),
-                                               replace=False))]
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist,
-                                   faiss.METRIC_INNER_PRODUCT)
-        index.cp.min_points_per_centroid = 1  # small galleries: fewer points per cell is fine
-        index.train(sample)
+        index.train(everything[np.sort(rng.choice(
+            len(everything), min(len(everything), _TRAIN_PER_LIST * nlist), replace=False))])
         index.add(everything)
-        index.make_direct_map()  # reconstruct() for the harder variant of "mean"
         self.index, self.nlist = index, nlist
 
     def _prepared(self, queries: np.ndarray, exclude_sources: Sequence | None
@@ -189,7 +191,8 @@ class GalleryIndex:
             raise ValueError(f"GalleryIndex.search: queries {queries.shape}; expected (Q, "
                              f"{self.dim}) like the gallery")
         if self.is_ivf:
-            self.index.nprobe = self.nprobe
+            faiss.extract_index_ivf(self.index).nprobe = self.nprobe
+            self.index.k_factor = REFINE_FACTOR
         if exclude_sources is None:
             return queries, None
         return queries, np.array([self._source_code.get(str(s), -2) for s in exclude_sources])
@@ -252,11 +255,11 @@ class GalleryIndex:
         return scores, rows
 
     def _vectors(self) -> np.ndarray:
-        """The stored unit vectors `(N, D)`: a view of an exact index, a copy from an IVF."""
-        if self.is_ivf:
-            return self.index.reconstruct_n(0, len(self))
-        return faiss.rev_swig_ptr(self.index.get_xb(), len(self) * self.dim).reshape(
-            len(self), self.dim)
+        """The stored unit vectors `(N, D)`, a view of the exact index (an IVF's re-scoring
+        part)."""
+        flat = faiss.downcast_index(self.index.refine_index) if self.is_ivf else self.index
+        return faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.dim).reshape(len(self),
+                                                                                  self.dim)
 
     def _first_fetch(self, k: int, excluding: bool) -> int:
         """Images fetched per query on the first pass: all of them when every identity is

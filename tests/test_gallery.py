@@ -196,6 +196,8 @@ def test_save_load_append_round_trip(tmp_path, kind):
     loaded.add(images[2_000:], ids[2_000:], sources=ids[2_000:])
     whole = gallery.GalleryIndex.build(images, ids, sources=ids, aggregate="mean", kind=kind,
                                        nlist=16)
+    np.testing.assert_allclose(loaded.identity_scores(queries)[0],  # read from stored vectors
+                               whole.identity_scores(queries)[0], atol=1e-6)
     if kind == "exact":  # the appended index is the index built at once
         a, b = loaded.search(queries, 3), whole.search(queries, 3)
         assert (np.asarray(loaded.names)[a.codes] == np.asarray(whole.names)[b.codes]).all()
