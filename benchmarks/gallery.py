@@ -71,7 +71,7 @@ def _worker(n_images: int, n_identities: int, n_queries: int, n_recall: int) -> 
         index.add(images, identities.astype(str))
         build += time.perf_counter() - start
         for q in range(0, n_recall, 1024):  # exact best image so far, query block by block
-            sim = queries[q:q + 1024] @ images.T
+            sim = queries[q:min(q + 1024, n_recall)] @ images.T
             best = sim.argmax(axis=1)
             score = sim[np.arange(len(best)), best]
             better = score > exact_score[q:q + 1024]
@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     for n_images, n_identities in sizes:
         done = subprocess.run([sys.executable, __file__, "--worker", str(n_images),
                                str(n_identities), str(n_queries), str(n_recall)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"the {n_images:,}-image run failed:\n{done.stderr}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(_table(rows[-1:]).splitlines()[-1], flush=True)
     table = _table(rows)
