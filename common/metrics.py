@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from common import gallery
+
 __all__ = [
     "compute_classification_metrics", "choose_threshold", "compute_retrieval_table",
     "summarize_retrieval", "compute_retrieval_metrics", "compute_verification_metrics",
@@ -107,11 +109,6 @@ def choose_threshold(labels: Sequence[int], probs: Sequence[float],
     return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: Sequence,
                             query_embeddings: np.ndarray, query_identities: Sequence,
                             query_distortions: Sequence[str] | None = None,
@@ -120,6 +117,9 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
                             aggregate: str = "max", exclude_own_source: bool = False,
                             seed: int = 0) -> pd.DataFrame:
     """Rank gallery identities for every query by cosine similarity; one row per scored query.
+
+    Searched exactly with `gallery.GalleryIndex`, the search `common.predict` uses too, ranking
+    every identity in query blocks so memory stays bounded.
 
     The score of an identity is the max cosine over its gallery references
     (`aggregate="max"`) or the cosine to their normalised mean embedding (`"mean"`).
@@ -152,41 +152,22 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
     if exclude_own_source and (query_sources is None or gallery_sources is None):
         raise ValueError("compute_retrieval_table: exclude_own_source=True needs query_sources "
                          "and gallery_sources (the table's `source` column)")
-    names, g_code = np.unique(g_ids, return_inverse=True)
-    order = np.argsort(g_code, kind="stable")  # gallery sorted by identity: contiguous groups
-    gallery = _normalise(gallery_embeddings)[order]
-    g_code = g_code[order]
-    starts = np.searchsorted(g_code, np.arange(len(names)))
+    names = np.unique(g_ids)
+    index = gallery.GalleryIndex.build(gallery_embeddings, g_ids, gallery_sources
+                                       if exclude_own_source else None, aggregate=aggregate,
+                                       kind="exact")
+    by_code = np.argsort(np.asarray(index.names))  # columns of `names` -> index codes
     q_code = np.searchsorted(names, q_ids)
-    queries = _normalise(query_embeddings)
-    if exclude_own_source:
-        _, src_code = np.unique(np.concatenate([np.asarray(gallery_sources, str)[order],
-                                                   np.asarray(query_sources, str)]),
-                                   return_inverse=True)
-        g_src, q_src = src_code[:len(gallery)], src_code[len(gallery):]
-    sums = np.add.reduceat(gallery, starts, axis=0)
-    counts = np.diff(np.append(starts, len(gallery)))
-    centroids = _normalise(sums)
+    queries = gallery.normalise(query_embeddings)
+    excluded = np.asarray(query_sources, str) if exclude_own_source else None
     rng = np.random.default_rng(seed)
     rows = []
-    block = max(1, _BLOCK_CELLS // max(1, len(gallery)))
+    block = max(1, _BLOCK_CELLS // max(1, len(g_ids)))
     for lo in range(0, len(queries), block):
         qb, cb = queries[lo:lo + block], q_code[lo:lo + block]
-        sim = qb @ gallery.T
-        if exclude_own_source:
-            mask = q_src[lo:lo + block, None] == g_src[None, :]
-            sim[mask] = -np.inf
-        if aggregate == "max":
-            scores = np.maximum.reduceat(sim, starts, axis=1)
-        else:
-            scores = qb @ centroids.T
-            if exclude_own_source:
-                for r, c in zip(*np.nonzero(mask)):  # remove excluded references from the mean
-                    g = g_code[c]
-                    left = counts[g] - mask[r, starts[g]:starts[g] + counts[g]].sum()
-                    kept = sums[g] - gallery[starts[g]:starts[g] + counts[g]][
-                        mask[r, starts[g]:starts[g] + counts[g]]].sum(axis=0)
-                    scores[r, g] = -np.inf if left == 0 else qb[r] @ _normalise(kept[None])[0]
+        scores, best_image = index.identity_scores(qb, None if excluded is None
+                                                   else excluded[lo:lo + block])
+        scores, best_image = scores[:, by_code], best_image[:, by_code]
         ar = np.arange(len(qb))
         true = scores[ar, cb]
         pred = scores.argmax(axis=1)
@@ -207,10 +188,8 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
                 "best_other_score": float(other[r, best_other[r]]),
                 "random_other_identity": names[rand_other[r]],
                 "random_other_score": float(scores[r, rand_other[r]]),
-                "predicted_gallery_index": int(order[starts[p] + sim[r, starts[p]:starts[p]
-                                                                       + counts[p]].argmax()]),
-                "true_gallery_index": int(order[starts[t] + sim[r, starts[t]:starts[t]
-                                                                  + counts[t]].argmax()]),
+                "predicted_gallery_index": int(best_image[r, p]),
+                "true_gallery_index": int(best_image[r, t]),
             })
     table = pd.DataFrame(rows)
     if query_distortions is not None and len(table):
@@ -405,7 +384,7 @@ def make_pairs(identities: Sequence, distortions: Sequence[str] | None = None,
     if hard_negatives_from is None:
         neg = draw_unique(draw_neg, n_neg)
     else:
-        emb = _normalise(hard_negatives_from)
+        emb = gallery.normalise(hard_negatives_from)
         anchors = rng.choice(ids.size, n_neg, replace=n_neg > ids.size)
         nearest = []
         block = max(1, _BLOCK_CELLS // ids.size)

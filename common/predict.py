@@ -4,6 +4,9 @@
     python -m common.predict task-b --weights weights/task_b_x.pt --gallery DIR --queries DIR \\
         --output matches.csv
     python -m common.predict task-b --weights weights/task_b_x.pt --input FACECOM_SPLIT_DIR ...
+    python -m common.predict enrol --weights weights/task_b_x.pt --gallery DIR --index GALLERY
+    python -m common.predict search --weights weights/task_b_x.pt --index GALLERY --queries DIR \\
+        --output matches.csv
     python -m common.predict compare a.jpg b.jpg --weights weights/task_b_x.pt
 
 Preprocessing (image size, normalisation, face alignment or dlib face chips, threshold) comes
@@ -13,6 +16,7 @@ with an `error` column. Nothing in the input folders is modified.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -26,9 +30,10 @@ from tqdm.auto import tqdm
 
 from common import (cache, config, data, evaluation, face_descriptor, face_priors, faces,
                     metrics, runs, task_a, task_b)
+from common.gallery import GalleryIndex
 
 __all__ = ["ImageLike", "load_inputs", "predict_gender", "embed", "compare", "match_gallery",
-           "main"]
+           "checkpoint_fingerprint", "enrol", "search", "main"]
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 _MODELS: dict[tuple[str, str], tuple[torch.nn.Module, dict]] = {}
@@ -183,52 +188,131 @@ def _identity_of(path: Path, root: Path) -> str:
     return relative[0] if len(relative) > 1 else ""
 
 
-def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
-                  device: str = "auto", progress: bool = True) -> pd.DataFrame:
-    """Task B: match every query image to the most similar gallery identity.
-
-    The gallery is `<gallery>/<identity>/*` (distortion sub-folders ignored); queries are any
-    images under `queries`, labelled by their first sub-folder when there is one.
-    """
-    gallery_files = [p for p in _folder_images(gallery) if "distortion" not in p.parts[-2:-1]]
-    gallery_ids = [_identity_of(p, gallery) for p in gallery_files]
-    if not all(gallery_ids):
+def _gallery_files(gallery: Path) -> tuple[list[Path], list[str]]:
+    """`<gallery>/<identity>/*` files (distortion sub-folders ignored) and their identities."""
+    files = [p for p in _folder_images(gallery) if "distortion" not in p.parts[-2:-1]]
+    identities = [_identity_of(p, gallery) for p in files]
+    if not all(identities):
         raise ValueError(f"Gallery {gallery} must hold one folder per identity "
                          "(<gallery>/<identity>/*.jpg); found images directly inside it.")
     empty = sorted(p.name for p in gallery.iterdir() if p.is_dir()
                    and not any(f.is_file() for f in p.rglob("*")))
     if empty:
         print(f"warning: gallery identities with no images are skipped: {empty}")
-    query_files = _folder_images(queries)
+    return files, identities
+
+
+def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of `files` as the card says (a placeholder's where a file is unreadable)
+    and one error string per file ("" when fine)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    size = card["image_size"]
-    fit = card.get("fit", "crop")
-    g_array, g_errors = load_inputs(gallery_files, size, progress, fit)
-    q_array, q_errors = load_inputs(query_files, size, progress, fit)
-    g_ok = np.array([not e for e in g_errors])
-    if not g_ok.any():
-        raise ValueError(f"No readable gallery image in {gallery}: {g_errors[:3]}")
-    g_originals = [item for item, ok in zip(_originals(gallery_files, g_array, g_errors), g_ok)
-                   if ok]
-    g_emb = task_b.embed_for_card(model, card, g_array[g_ok], g_originals, device_)
-    q_emb = task_b.embed_for_card(model, card, q_array, _originals(query_files, q_array, q_errors),
-                                  device_)
-    names = np.array(gallery_ids)[g_ok]
-    identities = np.unique(names)
-    similarity = q_emb @ g_emb.T
-    per_identity = np.stack([similarity[:, names == name].max(axis=1) for name in identities], 1)
-    best = per_identity.argmax(axis=1)
-    truth = [_identity_of(p, queries) for p in query_files]
+    array, errors = load_inputs(files, card["image_size"], progress, card.get("fit", "crop"))
+    embeddings = task_b.embed_for_card(model, card, array, _originals(files, array, errors),
+                                       device_)
+    return embeddings, np.array(errors, dtype=object)
+
+
+def _match_table(index: GalleryIndex, query_files: list[Path], queries: Path,
+                 embeddings: np.ndarray, errors: np.ndarray) -> pd.DataFrame:
+    """One row per query: the best identity of `index`, its similarity, the true identity
+    (the query's first sub-folder, when there is one) and whether they agree."""
+    found = index.search(embeddings, k=1)
+    names = np.asarray(index.names)
+    best = found.codes[:, 0]
     table = pd.DataFrame({
-        "query": [str(p) for p in query_files], "predicted_identity": identities[best],
-        "similarity": per_identity[np.arange(len(best)), best].round(6), "true_identity": truth,
-        "error": q_errors})
-    known = table["true_identity"].isin(set(identities)) & (table["error"] == "")
+        "query": [str(p) for p in query_files], "predicted_identity": names[best],
+        "similarity": found.scores[:, 0].round(6),
+        "true_identity": [_identity_of(p, queries) for p in query_files], "error": errors})
+    known = table["true_identity"].isin(set(names)) & (table["error"] == "")
     table["match"] = np.where(known, (table["predicted_identity"] == table["true_identity"])
                               .astype(int), "")
     table.loc[table["error"] != "", ["predicted_identity", "similarity"]] = ["", np.nan]
     return table
+
+
+def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
+                  device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """Task B: match every query image to the most similar gallery identity.
+
+    The gallery is `<gallery>/<identity>/*` (distortion sub-folders ignored); queries are any
+    images under `queries`, labelled by their first sub-folder when there is one. The gallery
+    is embedded on every call: `enrol` keeps it in a saved index instead.
+    """
+    gallery_files, gallery_ids = _gallery_files(gallery)
+    query_files = _folder_images(queries)
+    g_emb, g_errors = _embed_files(gallery_files, weights, device, progress)
+    g_ok = g_errors == ""
+    if not g_ok.any():
+        raise ValueError(f"No readable gallery image in {gallery}: {list(g_errors[:3])}")
+    index = GalleryIndex.build(g_emb[g_ok], np.array(gallery_ids)[g_ok])
+    return _match_table(index, query_files, queries,
+                        *_embed_files(query_files, weights, device, progress))
+
+
+def checkpoint_fingerprint(weights: str | os.PathLike) -> dict:
+    """What a saved gallery remembers of the checkpoint that embedded it: the model card's name
+    and the SHA-256 of the weights file, so a checkpoint retrained under the same name differs.
+    """
+    card = runs.load_model_card(weights)
+    digest = hashlib.sha256()
+    with open(weights, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"checkpoint": card["name"], "sha256": digest.hexdigest()}
+
+
+def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
+          progress: bool = True) -> GalleryIndex:
+    """Save the embeddings of `<gallery>/<identity>/*` as a gallery index in the folder `index`,
+    or, when one is there, append only the files it does not hold yet (new identities or new
+    photos of known ones): nothing is embedded twice. Files are known by their resolved path.
+
+    Raises:
+        gallery.FingerprintMismatchError: the saved index was built with another checkpoint.
+    """
+    index, fingerprint = Path(index), checkpoint_fingerprint(weights)
+    saved = GalleryIndex.load(index, fingerprint) if index.exists() and any(
+        index.iterdir()) else None
+    files, identities = _gallery_files(gallery)
+    held = set(saved.sources) if saved else set()
+    new = [i for i, path in enumerate(files) if str(path.resolve()) not in held]
+    embeddings, errors = _embed_files([files[i] for i in new], weights, device, progress) if (
+        new) else (None, np.array([], dtype=object))
+    ok = errors == ""
+    if (~ok).any():
+        print(f"warning: {int((~ok).sum())} unreadable gallery images not enrolled, e.g. "
+              f"{[str(files[new[i]]) for i in np.flatnonzero(~ok)[:3]]}")
+    if ok.any():
+        keep = [new[i] for i in np.flatnonzero(ok)]
+        ids, keys = [identities[i] for i in keep], [str(files[i].resolve()) for i in keep]
+        if saved is None:
+            saved = GalleryIndex.build(embeddings[ok], ids, keys,
+                                       metadata={"fingerprint": fingerprint})
+        else:
+            saved.add(embeddings[ok], ids, keys)
+        saved.save(index)
+    if saved is None:
+        raise ValueError(f"No readable gallery image in {gallery}; nothing to enrol.")
+    print(f"enrolled {int(ok.sum())} new images into {index}: {len(saved)} images of "
+          f"{len(saved.names)} identities")
+    return saved
+
+
+def search(queries: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
+           progress: bool = True) -> pd.DataFrame:
+    """`match_gallery` against a gallery saved by `enrol` (same columns); only the queries
+    are embedded.
+
+    Raises:
+        gallery.FingerprintMismatchError: `weights` is not the checkpoint the index was built
+            with.
+    """
+    saved = GalleryIndex.load(index, checkpoint_fingerprint(weights))
+    query_files = _folder_images(queries)
+    return _match_table(saved, query_files, queries,
+                        *_embed_files(query_files, weights, device, progress))
 
 
 def _write(table: pd.DataFrame, output: str) -> None:
@@ -267,7 +351,20 @@ def _task_b(args: argparse.Namespace) -> None:
     table = match_gallery(gallery, queries, args.weights, args.device)
     if args.input:  # one FACECOM folder: the queries are the distorted images
         table = table[table["query"].str.contains(f"{os.sep}distortion{os.sep}")]
-    _write(table, args.output)
+    _write_matches(table, args.output)
+
+
+def _enrol(args: argparse.Namespace) -> None:
+    enrol(Path(args.gallery), Path(args.index), args.weights, args.device)
+
+
+def _search(args: argparse.Namespace) -> None:
+    _write_matches(search(Path(args.queries), Path(args.index), args.weights, args.device),
+                   args.output)
+
+
+def _write_matches(table: pd.DataFrame, output: str) -> None:
+    _write(table, output)
     scored = table[table["match"] != ""]
     if len(scored):
         print(f"top-1 over {len(scored)} labelled queries: "
@@ -292,17 +389,24 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--gallery", help="<gallery>/<identity>/*")
     b.add_argument("--queries", help="images, optionally in <identity>/ folders")
     b.add_argument("--input", help="one FACECOM-layout split folder (gallery = clean images)")
+    e = sub.add_parser("enrol", help="save a gallery index, or add new files to one")
+    e.add_argument("--gallery", required=True, help="<gallery>/<identity>/*")
+    e.add_argument("--index", required=True, help="folder of the saved gallery index")
+    s = sub.add_parser("search", help="match queries against a saved gallery index")
+    s.add_argument("--index", required=True, help="folder written by enrol")
+    s.add_argument("--queries", required=True, help="images, optionally in <identity>/ folders")
     c = sub.add_parser("compare", help="similarity of two face images")
     c.add_argument("image_a")
     c.add_argument("image_b")
-    for command in (a, b):
+    for command in (a, b, s):
         command.add_argument("--output", required=True, help="CSV to write")
-    for command in (a, b, c):
+    for command in (a, b, e, s, c):
         command.add_argument("--weights", required=True, help="checkpoint .pt with its .json card")
         command.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args(argv)
     try:
-        {"task-a": _task_a, "task-b": _task_b, "compare": _compare}[args.command](args)
+        {"task-a": _task_a, "task-b": _task_b, "enrol": _enrol, "search": _search,
+         "compare": _compare}[args.command](args)
     except (FileNotFoundError, ValueError, TypeError, runs.MissingModelCardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -78,6 +78,56 @@ def test_task_b_cli_gallery_and_queries(checkpoints, sample_root, tmp_path, caps
     assert "top-1" in capsys.readouterr().out
 
 
+def test_enrol_add_search_round_trip(checkpoints, sample_root, tmp_path, monkeypatch, capsys):
+    """enrol half the people with one photo each, enrol again after the rest and more photos
+    arrive (only those are embedded), then search: the saved index answers like match_gallery
+    on the whole folder. Another checkpoint is refused, both named."""
+    val, weights = sample_root / "Task_B" / "val", str(checkpoints["task_b"])
+    people = sorted(p for p in val.iterdir() if p.is_dir())
+    gallery, index = tmp_path / "gallery", tmp_path / "index"
+
+    def copy(person: Path, photos: list[Path]) -> None:
+        (gallery / person.name).mkdir(parents=True, exist_ok=True)
+        for photo in photos:
+            shutil.copy(photo, gallery / person.name / photo.name)
+
+    embedded: list[int] = []
+    real_embed = predict._embed_files
+    monkeypatch.setattr(predict, "_embed_files", lambda files, *args: (
+        embedded.append(len(files)), real_embed(files, *args))[1])
+    half = len(people) // 2
+    for person in people[:half]:
+        copy(person, sorted(person.glob("*.jpg"))[:1])
+    enrol = ["enrol", "--weights", weights, "--gallery", str(gallery), "--index", str(index)]
+    assert predict.main(enrol) == 0
+    for person in people:
+        copy(person, sorted(person.glob("*.jpg")))
+    n_photos = len(list(gallery.glob("*/*.jpg")))
+    assert n_photos > len(people)  # known people got new photos too
+    assert predict.main(enrol) == 0
+    assert embedded == [half, n_photos - half]  # nothing embedded twice
+    assert f"{n_photos} images of {len(people)} identities" in capsys.readouterr().out
+
+    output = tmp_path / "matches.csv"
+    assert predict.main(["search", "--weights", weights, "--index", str(index), "--queries",
+                         str(val), "--output", str(output)]) == 0
+    searched = pd.read_csv(output, keep_default_na=False)
+    direct = predict.match_gallery(gallery, val, weights, progress=False)
+    assert searched["query"].tolist() == direct["query"].tolist()
+    assert searched["predicted_identity"].tolist() == direct["predicted_identity"].tolist()
+    np.testing.assert_allclose(searched["similarity"], direct["similarity"], atol=1e-5)
+    assert "top-1" in capsys.readouterr().out
+
+    model, card = runs.load_model(weights)
+    other = runs.save_model(model, tmp_path / "other", "other_b", card)
+    assert predict.main(["search", "--weights", str(other), "--index", str(index), "--queries",
+                         str(val), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert "'tiny_b'" in error and "'other_b'" in error
+    with pytest.raises(ValueError, match="other_b"):
+        predict.enrol(gallery, index, other)
+
+
 def test_cli_reports_bad_images_without_aborting(checkpoints, sample_root, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
