@@ -20,7 +20,6 @@ they stay where they are and, as in FACECOM, are queried only by their own disto
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,8 +35,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from common import config, data, experiment
-from common.cache import ImageReadError, cpu_count, load_image
+from common.cache import ImageReadError, cpu_count, file_list_key, load_image
 from common.distortions import DISTORTIONS, apply_distortion
+from common.listing import is_hidden, is_image_name
 
 __all__ = ["SPLIT_NAMES", "SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE", "VIEWS_DIR",
            "is_identity_folders_root", "read_identity_folders", "split_images", "summarize",
@@ -53,17 +53,13 @@ _JPEG_QUALITY = 90
 _COLUMNS = ["path", "split", "identity", "distortion", "source"]
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in data.IMAGE_EXTENSIONS
-
-
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(Path(e.path) for e in os.scandir(folder)
-                  if e.is_dir() and not e.name.startswith("."))
+                  if e.is_dir() and not is_hidden(e.name))
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
+    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and is_image_name(e.name))
 
 
 def _split_roots(root: Path) -> dict[str, Path]:
@@ -97,14 +93,11 @@ def is_identity_folders_root(path: str | os.PathLike) -> bool:
 
 
 def _views_key(root: Path, clean: list[Path], seed: int) -> str:
-    """Names, sizes and mtimes of the clean files plus the generator settings: a changed file
+    """`cache.file_list_key` of the clean files plus the generator settings: a changed file
     or setting gives a new views folder instead of stale views."""
-    digest = hashlib.sha1(f"v{VIEWS_VERSION}:{seed}:{MAX_VIEW_SIDE}:{DISTORTIONS}:{root}".encode())
-    for path in clean:
-        stat = path.stat()
-        digest.update(f"\n{path.relative_to(root).as_posix()}\t{stat.st_size}\t"
-                      f"{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    return file_list_key(clean, {"version": VIEWS_VERSION, "seed": seed,
+                                 "max_side": MAX_VIEW_SIDE, "distortions": list(DISTORTIONS),
+                                 "root": str(root)})[:16]
 
 
 def _view_name(clean_rel: str, distortion: str) -> str:
