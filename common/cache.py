@@ -332,7 +332,8 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    key = file_list_key(paths, {"version": CACHE_VERSION, "size": image_size, "fit": check_fit(fit)})
+    settings = {"version": CACHE_VERSION, "size": image_size, "fit": check_fit(fit)}
+    key = file_list_key(paths, settings)
     target = folder / f"images_{key}_{image_size}px.npy"
     if target.exists():
         return np.load(target, mmap_mode="r")
