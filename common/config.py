@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import listing
+
 __all__ = [
     "PROJECT_ROOT", "DATA_DIR", "WEIGHTS_DIR", "RUNS_DIR", "CACHE_DIR", "KAGGLE_INPUT",
     "KAGGLE_DATASET_ENV", "PROFILES", "Profile", "DataNotFoundError", "seed_everything",
@@ -154,9 +156,15 @@ def _resolve_identity_folders(data_dir: str) -> Path:
         return sample.ensure_sample() / "Task_B"
     path = Path(data_dir).expanduser().resolve()
     if not identity_folders.is_identity_folders_root(path):
+        found = (", ".join(f"{ext or '(no extension)'} x{n}"
+                           for ext, n in listing.count_extensions(path).most_common(10))
+                 if path.is_dir() else "the folder does not exist") or "no files"
         raise DataNotFoundError(
-            f"{path} is not a folder of identity folders: expected {path}/<identity>/*.jpg, or "
-            f"{path}/train/<identity>/*.jpg (+ val/, test/). Point data_dir at that folder.")
+            f"{path} is not a folder of identity folders with images: expected "
+            f"{path}/<identity>/<image>, or {path}/train/<identity>/<image> (+ val/, test/). "
+            f"Found: {found}. Images are recognised by the extensions Pillow reads: "
+            f"{' '.join(listing.IMAGE_EXTENSIONS)}. Point data_dir at that folder, or convert "
+            "the images to one of those formats.")
     return path
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from common import config, data, evaluation, experiment, identity_folders, predict, task_b
 from common.distortions import DISTORTIONS
@@ -182,6 +183,36 @@ def test_layout_errors_name_the_fix(faces_root, tmp_path):
     (mixed / "bob").mkdir()
     with pytest.raises(data.DatasetLayoutError, match="mixes split folders"):
         identity_folders.read_identity_folders(mixed)
+
+
+def test_any_format_pillow_reads_is_accepted(tmp_path, sample_root):
+    """An AT&T / ORL-style copy (identity folders of .pgm, one .ppm, one .tif) is read like
+    JPEGs; a folder with no image names the extensions it found and the accepted ones."""
+    root = tmp_path / "orl"
+    photos = sorted((sample_root / "Task_B" / "val").glob("*/*.jpg"))[:6]
+    names = {}
+    for n, photo in enumerate(photos):
+        identity, ext = f"s{n // 2 + 1}", (".pgm", ".pgm", ".ppm", ".pgm", ".tif", ".pgm")[n]
+        (root / identity).mkdir(parents=True, exist_ok=True)
+        image = Image.open(photo)
+        (image.convert("L") if ext == ".pgm" else image).save(root / identity / f"{n}{ext}")
+        names[str(root / identity / f"{n}{ext}")] = identity
+    assert config.resolve_data_dir(root, layout="identity_folders") == root
+    table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v",
+                                                   progress=False)
+    clean = table[table["distortion"] == "clean"]
+    assert dict(zip(clean["path"], clean["identity"])) == names
+    assert len(table) == 6 * 8 and not table.attrs["unreadable"]
+
+    notes = tmp_path / "notes"
+    (notes / "ann").mkdir(parents=True)
+    for name in ("a.xyz", "b.xyz", "readme"):
+        (notes / "ann" / name).write_text("not an image")
+    with pytest.raises(config.DataNotFoundError) as info:
+        config.resolve_data_dir(notes, layout="identity_folders")
+    message = str(info.value)
+    assert "Found: .xyz x2, (no extension) x1" in message
+    assert all(ext in message for ext in (".jpg", ".pgm", ".ppm", ".tif", ".webp"))
 
 
 @pytest.mark.notebooks
