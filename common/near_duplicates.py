@@ -14,7 +14,8 @@ made (224 x 224 re-encodes of the clean photo). A perceptual hash survives those
   (``benchmarks/near_duplicates.py``, results in ``benchmarks/results/near_duplicates.md``).
   Fog and glare change the hash as much as another photo does: such a copy is only caught
   through the other copies of the same photo.
-- Hashes are computed from a JPEG draft decode and cached per file list with
+- Hashes are computed from a JPEG draft decode, kept per file for the process (the guards
+  hash train, then train + dev against the evaluated split) and on disk per file list with
   `cache.file_list_key`, so a re-run reads them.
 """
 from __future__ import annotations
@@ -39,6 +40,8 @@ HASH_BYTES = HASH_SIZE * HASH_SIZE // 8
 MAX_DISTANCE = 20  # bits of 256; see the module docstring for how it was chosen
 _DCT_SIDE = 4 * HASH_SIZE  # imagehash's highfreq_factor
 _CACHE_VERSION = 1
+# (absolute path, size, mtime ns) -> hash, for this process: overlapping lists hash once.
+_HASHES: dict[tuple[str, int, int], np.ndarray] = {}
 
 
 def compute_phash(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -77,9 +80,14 @@ def load_phashes(paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLik
     cached = cache.read_npz(target, ("hashes", "readable"))
     if cached is not None:
         return cached["hashes"], cached["readable"]
+    stats = [os.stat(p) for p in paths]
+    keys = [(os.path.abspath(p), s.st_size, s.st_mtime_ns) for p, s in zip(paths, stats)]
+    missing = list(dict.fromkeys(k for k in keys if k not in _HASHES))
     with ThreadPoolExecutor(max_workers=workers or cache.cpu_count()) as pool:
-        results = list(tqdm(pool.map(_file_phash, paths), total=len(paths), disable=not progress,
-                            desc=f"hashing {len(paths)} images"))
+        computed = list(tqdm(pool.map(_file_phash, [k[0] for k in missing]), total=len(missing),
+                             disable=not progress, desc=f"hashing {len(missing)} images"))
+    _HASHES.update(zip(missing, computed))
+    results = [_HASHES[k] for k in keys]
     readable = np.array([h is not None for h in results], dtype=bool)
     hashes = np.stack([np.zeros(HASH_BYTES, np.uint8) if h is None else h for h in results])
     cache.write_npz(target, hashes=hashes, readable=readable)
