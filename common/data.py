@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from common import near_duplicates
 from common.cache import (ImageArrayDataset, ImageReadError, _open_image, compute_fingerprint,
                           cpu_count, load_image, load_image_array)
 from common.distortions import DISTORTIONS
@@ -391,8 +392,9 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
     (decompression bomb), ``file name is not valid UTF-8`` (these are `excluded`),
     ``distorted image without a clean source``, ``distortion suffix not one of DISTORTIONS``,
     ``empty identity folder``, ``file outside the FACECOM layout``, ``broken symbolic link``,
-    ``symbolic link loop``, ``identity also in another split`` and ``same bytes as <path>``
-    for images shared between splits (leakage; reported, not excluded). Hidden files are
+    ``symbolic link loop``, ``identity also in another split``, ``same bytes as <path>`` and
+    ``near duplicate of <path>`` (`near_duplicates`: re-encoded, resized or distorted) for
+    images shared between splits (leakage; reported, not excluded). Hidden files are
     listed in ``skipped``, links followed in ``notes``. A missing val split is a warning.
 
     Raises:
@@ -444,11 +446,35 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
         split = Path(path).relative_to(base).parts[1]
         splits_by_hash[digest][split].append(path)
     problems += _leakage_problems(base, splits_by_hash, identities_by_split)
+    problems += _near_duplicate_problems(base, splits_by_hash)
     return ValidationReport(
         root=str(base), counts=_counts_frame(count_rows), problems=_frame(problems, "reason"),
         notes=_frame(notes, "note"), warnings=warnings, excluded=excluded,
         skipped=_frame(skipped, "reason"), n_files=len(files),
         seconds=time.perf_counter() - start)
+
+
+def _near_duplicate_problems(base: Path, splits_by_hash: dict[str, dict[str, list[str]]]
+                             ) -> list[tuple[str, str]]:
+    """Images of a later split (sorted by name) within `near_duplicates.MAX_DISTANCE` bits of
+    an image of an earlier one, byte-identical copies left to `_leakage_problems`; one row per
+    later image, naming its closest match. Nothing is hashed when there is a single split."""
+    paths_by_split: dict[str, list[str]] = defaultdict(list)
+    digest_of = {}
+    for digest, by_split in splits_by_hash.items():
+        for split, paths in by_split.items():
+            paths_by_split[split] += paths
+            digest_of.update(dict.fromkeys(paths, digest))
+    order = sorted(paths_by_split)
+    closest: dict[str, tuple[int, str, str]] = {}
+    for i, split in enumerate(order[1:], start=1):
+        earlier = [p for s in order[:i] for p in sorted(paths_by_split[s])]
+        for first, second, bits in near_duplicates.find_near_duplicates(
+                earlier, sorted(paths_by_split[split])):
+            if digest_of[first] != digest_of[second] and second not in closest:
+                closest[second] = (bits, first, Path(first).relative_to(base).parts[1])
+    return [(path, f"near duplicate of {first} ({bits} bits apart in the perceptual hash, "
+                   f"{split} split)") for path, (bits, first, split) in sorted(closest.items())]
 
 
 def _leakage_problems(base: Path, splits_by_hash: dict[str, dict[str, list[str]]],

@@ -300,6 +300,26 @@ def test_validation_follows_links_and_reports_every_bad_input(facecom: Path,
     assert {p: p.read_bytes() for p in facecom.rglob("*") if p.is_file()} == files_before
 
 
+def test_validation_reports_a_reencoded_copy_in_another_split(facecom: Path,
+                                                               sample_root: Path) -> None:
+    """A train photo saved again smaller and at another JPEG quality under a val identity:
+    other bytes, same picture, reported against the train image it copies."""
+    build = Builder(facecom)
+    face = sorted((sample_root / "Task_B" / "train").glob("*/*.jpg"))[0]
+    source = build.write("Task_B/train/bob/bob_0002.jpg", face.read_bytes())
+    photo = Image.open(face)
+    copy = io.BytesIO()
+    photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(copy, "JPEG", quality=70)
+    leaked = build.write("Task_B/val/erin/erin_0001.jpg", copy.getvalue())
+
+    report = data.validate_dataset(facecom, progress=False)
+
+    problems = dict(zip(report.problems["path"], report.problems["reason"]))
+    assert problems.pop(leaked).startswith(f"near duplicate of {source} (")
+    assert problems == {}  # no other image of the copy is anyone's near duplicate
+    assert leaked not in report.excluded
+
+
 def test_validation_recognises_older_val_release(tmp_path: Path) -> None:
     build = Builder(tmp_path)
     build.identity("train", "bob", ("bob_0001",), "male", ())
