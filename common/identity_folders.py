@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import config, data, experiment
+from common import config, data, experiment, listing
 from common.cache import ImageReadError, cpu_count, file_list_key, load_image
 from common.distortions import DISTORTIONS, apply_distortion
-from common.listing import is_hidden, is_image_name
 
 __all__ = ["SPLIT_NAMES", "SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE", "VIEWS_DIR",
            "is_identity_folders_root", "read_identity_folders", "split_images", "summarize",
@@ -55,11 +54,12 @@ _COLUMNS = ["path", "split", "identity", "distortion", "source"]
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(Path(e.path) for e in os.scandir(folder)
-                  if e.is_dir() and not is_hidden(e.name))
+                  if e.is_dir() and not listing.is_hidden(e.name))
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and is_image_name(e.name))
+    return sorted(Path(e.path) for e in os.scandir(folder)
+                  if e.is_file() and listing.is_image_name(e.name))
 
 
 def _split_roots(root: Path) -> dict[str, Path]:
@@ -106,7 +106,7 @@ def _view_name(clean_rel: str, distortion: str) -> str:
 
 
 def _view_seed(seed: int, clean_rel: str, distortion: str) -> int:
-    return zlib.crc32(f"{seed}:{clean_rel}:{distortion}".encode())
+    return zlib.crc32(f"{seed}:{clean_rel}:{distortion}".encode("utf-8", "surrogateescape"))
 
 
 def _write_views_of(source: Path, clean_rel: str, target: Path, seed: int) -> str | None:
@@ -181,7 +181,8 @@ def split_images(table: pd.DataFrame, fraction: float, seed: int = 0
         # round(n * fraction) photos, at least 1 and at most n - 1, drawn with a seed that
         # depends only on the identity, so adding people never reshuffles the others.
         n_held = min(len(paths) - 1, max(1, math.floor(len(paths) * fraction + 0.5)))
-        rng = np.random.default_rng([seed, zlib.crc32(str(identity).encode())])
+        name = str(identity).encode("utf-8", "surrogateescape")  # names need not be UTF-8
+        rng = np.random.default_rng([seed, zlib.crc32(name)])
         held.update(paths.iloc[rng.permutation(len(paths))[:n_held]])
     if not held:
         raise ValueError("split_by='image' needs identities with at least two images; none has. "
@@ -224,7 +225,8 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     Returns:
         DataFrame ``path, split, identity, distortion, source`` (clean rows first per identity);
         `split` is "train" / "holdout" / "val" when generated, else the sub-root's name.
-        Unreadable images are left out with a warning and listed in ``attrs["unreadable"]``.
+        Unreadable images are left out with a warning and listed in ``attrs["unreadable"]``,
+        hidden files and folders (never read) in ``attrs["skipped"]``.
 
     Raises:
         DatasetLayoutError: no identity folder with images, or an ambiguous root.
@@ -242,9 +244,9 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
         raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is "
                          "never written to; choose a cache_dir outside it.")
     split_roots = _split_roots(root)
-    listing = [(split or "train", identity.name, _images(identity))
+    folders = [(split or "train", identity.name, _images(identity))
                for split, folder in split_roots.items() for identity in _subdirs(folder)]
-    clean = [image for *_, images in listing for image in images]
+    clean = [image for *_, images in folders for image in images]
     if not clean:
         raise data.DatasetLayoutError(
             f"{root}: no images in <identity>/ folders. Expected <root>/<identity>/*.jpg or "
@@ -253,8 +255,12 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if unreadable:
         warnings.warn(f"{len(unreadable)} unreadable images left out, e.g. "
                       f"{next(iter(unreadable.items()))}", stacklevel=2)
+    skipped = listing.walk_files(root).skipped
+    if skipped:
+        warnings.warn(f"{len(skipped)} hidden files or folders skipped, e.g. "
+                      f"{listing.printable(skipped[0][0])}", stacklevel=2)
     rows = []
-    for split, identity, images in listing:
+    for split, identity, images in folders:
         rels = {image: image.relative_to(root).as_posix() for image in images}
         readable = [image for image in images if rels[image] not in unreadable]
         rows += [(str(image), split, identity, "clean", str(image)) for image in readable]
@@ -267,6 +273,7 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
         kept, held = split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
     table.attrs["unreadable"] = [str(root / rel) for rel in unreadable]
+    table.attrs["skipped"] = [path for path, _ in skipped]
     return table
 
 

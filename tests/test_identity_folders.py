@@ -4,6 +4,7 @@ VGGFace2-style copy of the embedded sample followed by `predict.compare` on its 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from common import config, data, evaluation, experiment, identity_folders, predict, task_b
 from common.distortions import DISTORTIONS
 from common.runner import run_notebooks
+from conftest import bomb_png
 
 
 def _listing(root: Path) -> dict[str, tuple[int, int]]:
@@ -159,11 +161,19 @@ def test_unreadable_images_are_left_out_and_reported(tmp_path, sample_root):
         for n, image in enumerate(sorted((sample_root / "Task_B" / "val").glob("*/*.jpg"))[:2]):
             shutil.copy2(image, root / identity / f"{n}.jpg")
     (root / "bob" / "broken.jpg").write_bytes(b"")
-    with pytest.warns(UserWarning, match="1 unreadable"):
+    (root / "bob" / "bomb.png").write_bytes(bomb_png())
+    (root / "ann" / ".DS_Store").write_bytes(b"\0")
+    odd = os.fsdecode(os.fsencode(root / "ann") + b"/caf\xe9.jpg")
+    shutil.copy2(root / "ann" / "0.jpg", odd)
+    with pytest.warns(UserWarning, match="2 unreadable"), \
+            pytest.warns(UserWarning, match="1 hidden files or folders skipped"):
         table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v",
                                                        progress=False)
-    assert table.attrs["unreadable"] == [str(root / "bob" / "broken.jpg")]
-    assert len(table) == 4 * 8  # 4 readable photos, each clean + 7 views
+    assert sorted(table.attrs["unreadable"]) == [str(root / "bob" / n)
+                                                 for n in ("bomb.png", "broken.jpg")]
+    assert table.attrs["skipped"] == [str(root / "ann" / ".DS_Store")]
+    assert odd in set(table["path"])  # a name that is not UTF-8 is read like any other
+    assert len(table) == 5 * 8  # 5 readable photos, each clean + 7 views
 
 
 def test_layout_errors_name_the_fix(faces_root, tmp_path):
