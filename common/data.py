@@ -265,7 +265,7 @@ class ValidationReport:
         return df[keep].reset_index(drop=True)
 
     def to_markdown(self, max_rows: int = 50) -> str:
-        """A readable report: summary, counts, problems, conversion notes, warnings."""
+        """A readable report: summary, counts, problems, notes, skipped files, warnings."""
         status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         lines = [f"## FACECOM validation: `{self.root}`", "",
                  f"{status}; {self.n_files} file(s) checked, {len(self.excluded)} excluded, "

@@ -71,7 +71,8 @@ class Walk:
         files: regular files to read (through links), hidden ones excluded.
         skipped: ``(path, reason)`` for hidden files and folders.
         links: ``(path, target)`` for every symbolic link followed.
-        broken: ``(path, reason)`` for broken links and link loops (not followed).
+        broken: ``(path, reason)`` for broken links, link loops (not followed) and folders
+            that cannot be listed.
     """
 
     files: list[str] = field(default_factory=list)
@@ -98,8 +99,12 @@ def walk_files(folder: str | os.PathLike) -> Walk:
 
 
 def _walk(folder: str, ancestors: set[str], walk: Walk) -> None:
-    with os.scandir(folder) as entries:
-        ordered = sorted(entries, key=lambda e: os.fsencode(e.name))
+    try:
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda e: os.fsencode(e.name))
+    except OSError as error:  # e.g. no read permission: reported, the rest is still walked
+        walk.broken.append((folder, f"cannot list folder ({error.strerror or error})"))
+        return
     for entry in ordered:
         if is_hidden(entry.name):
             kind = "folder" if entry.is_dir() else "file"
