@@ -14,8 +14,8 @@ Every image the project reads goes through `load_image` (or its resized twin use
 - The EXIF orientation tag is applied, so arrays look the way image viewers show the file.
 
 `load_image_array` decodes a file list once at a fixed size and keeps the result as ``.npy`` in
-a cache folder, opened as a read-only memmap; the key is `compute_fingerprint` of the list plus
-its order and the size, so a changed list is decoded anew.
+a cache folder, opened as a read-only memmap; its key is `file_list_key` (paths in order, size,
+modification time, settings), the key of every cache in the project.
 Images become square in one of two ways (`FITS`): ``"crop"`` scales the shorter side to S and
 keeps the centre square; ``"stretch"`` resizes the whole image to S x S, aspect ratio not kept,
 which is how FACECOM made its 224 x 224 distorted copies of the 683 x 1024 studio portraits, so
@@ -99,6 +99,8 @@ def _open_image(path: str | os.PathLike, data: bytes | None = None,
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, "not an image (format not recognised)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, _bomb_reason(exc)) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else f"corrupt header ({exc})"
         raise ImageReadError(path, reason) from exc
@@ -106,6 +108,8 @@ def _open_image(path: str | os.PathLike, data: bytes | None = None,
         image.draft(None, (draft_size, draft_size))
     try:
         image.load()
+    except Image.DecompressionBombError as exc:  # some formats learn their size only here
+        raise ImageReadError(path, _bomb_reason(exc)) from exc
     except OSError as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else f"corrupt data ({exc})"
         raise ImageReadError(path, reason) from exc
@@ -115,6 +119,13 @@ def _open_image(path: str | os.PathLike, data: bytes | None = None,
     if image.format == "JPEG" and _JPEG_EOI not in data[-1024:]:
         raise ImageReadError(path, "truncated (JPEG end marker missing)")
     return image
+
+
+def _bomb_reason(error: Exception) -> str:
+    """Pillow refuses images above twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb
+    could fill the memory); its error is not an `OSError`, so it is turned into a reason."""
+    return (f"too many pixels for Pillow's decompression-bomb limit ({error}); downscale the "
+            "image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -207,25 +218,36 @@ def _entries(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
-    """SHA-1 over the sorted (relative path, size in bytes) pairs of ``paths``.
+    """SHA-1 over the sorted (relative path, size in bytes) pairs of ``paths``: which data a
+    model was trained on, for its card, not a cache key (see `file_list_key`).
 
     Paths are taken relative to the FACECOM root (from ``Task_A``/``Task_B`` on) or to their
     common folder, so the same data set gives the same fingerprint on Kaggle and locally.
-    Content edits that keep the size are not seen; the size check catches re-encodes.
 
     Raises:
         FileNotFoundError: a path does not exist.
     """
     entries = sorted(_entries(paths)) if len(paths) else []
-    return hashlib.sha1("\n".join(entries).encode("utf-8")).hexdigest()
+    return hashlib.sha1("\n".join(entries).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def file_list_key(paths: Sequence[str | os.PathLike], settings: dict) -> str:
-    """Names a cache file whose rows follow ``paths``: sha256 over (path, file size) in order
-    and the settings that change the cached values."""
+    """The one key of every cache whose rows follow ``paths`` (decoded images, aligned faces,
+    face chips, descriptors, perceptual hashes).
+
+    sha256 over the settings that change the cached values and, per path in order, its
+    absolute path (so two data roots with the same relative paths never share an entry), size
+    and modification time in ns (so an image edited in place, even at the same size, is
+    decoded anew). File names are hashed as bytes: names that are not UTF-8 work too.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in paths:
-        digest.update(f"{path}\0{os.path.getsize(path)}\n".encode())
+        absolute = os.path.abspath(os.fspath(path))
+        stat = os.stat(absolute)
+        digest.update(os.fsencode(absolute) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
@@ -253,16 +275,6 @@ def read_npz(path: Path, names: Sequence[str]) -> dict[str, np.ndarray] | None:
             return {name: arrays[name] for name in names}
     except (OSError, ValueError, KeyError):
         return None
-
-
-def _cache_key(paths: Sequence[str], image_size: int, fit: str = "crop") -> str:
-    """Like the fingerprint but in list order (rows follow it), plus size, fit and decoder
-    version (crop keys keep their old form, so existing caches stay valid)."""
-    entries = _entries(paths)
-    tag = "" if fit == "crop" else f":{fit}"
-    digest = hashlib.sha1(f"v{CACHE_VERSION}:{image_size}{tag}\n".encode())
-    digest.update("\n".join(entries).encode("utf-8"))
-    return digest.hexdigest()[:20]
 
 
 def _allocate(path: Path) -> None:
@@ -321,7 +333,9 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"images_{_cache_key(paths, image_size, check_fit(fit))}_{image_size}px.npy"
+    settings = {"version": CACHE_VERSION, "size": image_size, "fit": check_fit(fit)}
+    key = file_list_key(paths, settings)
+    target = folder / f"images_{key}_{image_size}px.npy"
     if target.exists():
         return np.load(target, mmap_mode="r")
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")

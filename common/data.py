@@ -26,12 +26,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from common import near_duplicates
 from common.cache import (ImageArrayDataset, ImageReadError, _open_image, compute_fingerprint,
                           cpu_count, load_image, load_image_array)
 from common.distortions import DISTORTIONS
+from common.listing import IMAGE_EXTENSIONS, is_hidden, is_image_name, is_valid_name, printable
+from common.listing import walk_files
 
 __all__ = [
-    "GENDERS", "SPLITS", "DISTORTIONS", "IMAGE_EXTENSIONS", "is_image_name", "OFFICIAL_COUNTS",
+    "GENDERS", "SPLITS", "DISTORTIONS", "IMAGE_EXTENSIONS", "OFFICIAL_COUNTS",
     "DatasetLayoutError", "ImageReadError", "ValidationReport", "available_splits",
     "read_task_a", "read_task_b", "join_gender", "split_identities", "validate_dataset",
     "load_image", "load_image_array", "compute_fingerprint", "ImageArrayDataset",
@@ -39,7 +42,6 @@ __all__ = [
 
 GENDERS = ("male", "female")  # label 0 = male, 1 = female
 SPLITS = ("train", "val")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DISTORTION_DIR = "distortion"
 # Official FACECOM release (COMSYS-5 hackathon) file counts, to catch incomplete copies.
 OFFICIAL_COUNTS = {
@@ -72,17 +74,15 @@ def _check_root(root: str | os.PathLike) -> Path:
     return path
 
 
-def is_image_name(name: str) -> bool:
-    """A visible file with an image extension (`IMAGE_EXTENSIONS`)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def _files(folder: Path) -> list[os.DirEntry]:
-    return sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
+    """Image files directly in ``folder`` (through links; hidden ones are never read)."""
+    return sorted((e for e in os.scandir(folder) if e.is_file() and is_image_name(e.name)),
+                  key=lambda e: e.name)
 
 
 def _dirs(folder: Path) -> list[os.DirEntry]:
-    return sorted((e for e in os.scandir(folder) if e.is_dir()), key=lambda e: e.name)
+    return sorted((e for e in os.scandir(folder) if e.is_dir() and not is_hidden(e.name)),
+                  key=lambda e: e.name)
 
 
 def available_splits(root: str | os.PathLike, task: str) -> list[str]:
@@ -104,8 +104,7 @@ def _clean_identity_map(root: Path, split: str) -> dict[str, str]:
     folder = root / "Task_B" / split
     if not folder.is_dir():
         return {}
-    return {f.name: d.name for d in _dirs(folder) for f in _files(Path(d.path))
-            if is_image_name(f.name)}
+    return {f.name: d.name for d in _dirs(folder) for f in _files(Path(d.path))}
 
 
 def read_task_a(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:
@@ -127,9 +126,8 @@ def read_task_a(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:
         if not (folder / gender).is_dir():
             continue
         for entry in _files(folder / gender):
-            if is_image_name(entry.name):
-                identity = identities.get(entry.name, os.path.splitext(entry.name)[0])
-                rows.append((str(Path(entry.path)), split, gender, label, identity))
+            identity = identities.get(entry.name, os.path.splitext(entry.name)[0])
+            rows.append((str(Path(entry.path)), split, gender, label, identity))
     return pd.DataFrame(rows, columns=["path", "split", "gender", "label", "identity"])
 
 
@@ -158,16 +156,14 @@ def read_task_b(root: str | os.PathLike, split: str = "train") -> pd.DataFrame:
     rows = []
     for identity_dir in identity_dirs:
         identity_path = Path(identity_dir.path)
-        clean = [Path(e.path) for e in _files(identity_path) if is_image_name(e.name)]
+        clean = [Path(e.path) for e in _files(identity_path)]
         clean_by_stem = {p.stem: str(p) for p in clean}
         rows += [(str(p), split, identity_dir.name, "clean", str(p)) for p in clean]
         distorted_dir = identity_path / DISTORTION_DIR
         if distorted_dir.is_dir():
             for entry in _files(distorted_dir):
-                if is_image_name(entry.name):
-                    distortion, source = _parse_distorted(entry.name, clean_by_stem)
-                    rows.append((str(Path(entry.path)), split, identity_dir.name, distortion,
-                                 source))
+                distortion, source = _parse_distorted(entry.name, clean_by_stem)
+                rows.append((str(Path(entry.path)), split, identity_dir.name, distortion, source))
     return pd.DataFrame(rows, columns=["path", "split", "identity", "distortion", "source"])
 
 
@@ -235,9 +231,13 @@ class ValidationReport:
         counts: long table ``task, split, item, value`` (images per class, identities, clean and
             distorted images per distortion, clean images per identity min/median/max).
         problems: ``path, reason`` for everything wrong; see `validate_dataset` for reasons.
-        notes: ``path, note`` for images decoded after a mode conversion (listed, still used).
+        notes: ``path, note`` for images decoded after a mode conversion and for symbolic
+            links followed (listed, still used).
         warnings: data-set level messages (absent splits, counts unlike the official release).
-        excluded: paths that cannot be decoded or are not images; `filter` drops them.
+        excluded: paths that cannot be decoded, are not images or have a name that is not
+            UTF-8; `filter` drops them. Paths in the frames are `listing.printable`.
+        skipped: ``path, reason`` for hidden files and folders, which no reader reads.
+        n_files: files opened and checked (hidden ones are not).
         seconds: wall time of the check.
     """
 
@@ -247,6 +247,8 @@ class ValidationReport:
     notes: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
+    skipped: pd.DataFrame = field(default_factory=lambda: _frame([], "reason"))
+    n_files: int = 0
     seconds: float = 0.0
 
     @property
@@ -263,13 +265,14 @@ class ValidationReport:
         return df[keep].reset_index(drop=True)
 
     def to_markdown(self, max_rows: int = 50) -> str:
-        """A readable report: summary, counts, problems, conversion notes, warnings."""
+        """A readable report: summary, counts, problems, notes, skipped files, warnings."""
         status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         lines = [f"## FACECOM validation: `{self.root}`", "",
-                 f"{status}; {len(self.excluded)} file(s) excluded; {len(self.notes)} "
-                 f"converted; checked in {self.seconds:.1f} s.", "", "### Counts", "",
-                 _markdown_table(self.counts)]
-        for title, frame in (("Problems", self.problems), ("Converted images", self.notes)):
+                 f"{status}; {self.n_files} file(s) checked, {len(self.excluded)} excluded, "
+                 f"{len(self.skipped)} skipped; {len(self.notes)} note(s); checked in "
+                 f"{self.seconds:.1f} s.", "", "### Counts", "", _markdown_table(self.counts)]
+        for title, frame in (("Problems", self.problems), ("Notes", self.notes),
+                             ("Skipped", self.skipped)):
             if len(frame):
                 lines += ["", f"### {title}", "", _markdown_table(frame.head(max_rows))]
                 if len(frame) > max_rows:
@@ -279,10 +282,22 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+def _frame(rows: list[tuple[str, str]], column: str) -> pd.DataFrame:
+    """``path, <column>`` rows as a frame, names made printable (`listing.printable`)."""
+    return pd.DataFrame([(printable(path), printable(text)) for path, text in rows],
+                        columns=["path", column])
+
+
 def _check_file(path: str) -> tuple[str, str | None, str | None, str | None]:
     """(path, sha1, problem reason, converted-from mode) for one file."""
-    if not is_image_name(os.path.basename(path)):
-        return path, None, "not an image file (extension not in IMAGE_EXTENSIONS)", None
+    if not is_valid_name(path):
+        return path, None, ("file name is not valid UTF-8 (reports, tables and CSVs cannot "
+                            "name it): rename the file"), None
+    name = os.path.basename(path)
+    if not is_image_name(name):
+        extension = os.path.splitext(name)[1] or "none"
+        return path, None, (f"not an image file (extension {extension} is not one Pillow "
+                            "reads, see data.IMAGE_EXTENSIONS)"), None
     try:
         data = Path(path).read_bytes()
         image = _open_image(path, data=data)
@@ -292,27 +307,35 @@ def _check_file(path: str) -> tuple[str, str | None, str | None, str | None]:
     return path, hashlib.sha1(data).hexdigest(), None, mode
 
 
-def _layout_walk(root: Path, task: str, split: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """All files of one split plus structural problems (empty identities, stray files)."""
+@dataclass
+class _SplitWalk:
+    """One split's files and what its walk reported (see `listing.walk_files`)."""
+
+    files: list[str]
+    problems: list[tuple[str, str]]
+    notes: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]
+
+
+def _layout_walk(root: Path, task: str, split: str) -> _SplitWalk:
+    """All files of one split, symbolic links followed, plus structural problems (empty
+    identities, stray files, broken links), the links followed and the hidden files skipped."""
     folder = root / task / split
-    files, problems = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(folder).parts
+    walk = walk_files(folder)
+    problems = list(walk.broken)
+    for path in walk.files:
+        rel = Path(path).parent.relative_to(folder).parts
         expected = ((len(rel) == 1 and rel[0] in GENDERS) if task == "Task_A"
                     else len(rel) == 1 or (len(rel) == 2 and rel[1] == DISTORTION_DIR))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            files.append(path)
-            if not expected:
-                problems.append((path, "file outside the FACECOM layout (ignored by readers)"))
-        if task == "Task_B" and len(rel) == 1:
-            distorted = Path(dirpath) / DISTORTION_DIR
-            n_images = sum(is_image_name(n) for n in filenames) + (
-                sum(is_image_name(e.name) for e in _files(distorted)) if distorted.is_dir() else 0)
-            if n_images == 0:
-                problems.append((dirpath, "empty identity folder (no images)"))
-    return files, problems
+        if not expected:
+            problems.append((path, "file outside the FACECOM layout (ignored by readers)"))
+    if task == "Task_B":
+        for identity in _dirs(folder):
+            distorted = Path(identity.path) / DISTORTION_DIR
+            if not _files(Path(identity.path)) and not (distorted.is_dir() and _files(distorted)):
+                problems.append((identity.path, "empty identity folder (no images)"))
+    notes = [(path, f"symbolic link to {target} (followed)") for path, target in walk.links]
+    return _SplitWalk(walk.files, problems, notes, walk.skipped)
 
 
 def _count_rows(task: str, split: str, table: pd.DataFrame) -> list[tuple]:
@@ -362,21 +385,24 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
                      compare_official: bool = True) -> ValidationReport:
     """Check every file under ``<root>/Task_A`` and ``<root>/Task_B`` before training on it.
 
-    Each file is read, SHA-1 hashed and fully decoded (truncation raises; JPEGs must end with
-    the EOI marker): ~3 s for the 17,334 files of the real train split on 2 cores (page cache
-    warm). Problem reasons: ``zero-byte file``, ``not an image ...``, ``truncated ...``,
-    ``corrupt ...`` (these are `excluded`), ``distorted image without a clean source``,
-    ``distortion suffix not one of DISTORTIONS``, ``empty identity folder``, ``file outside
-    the FACECOM layout``, ``identity also in another split`` and ``same bytes as <path>`` for
-    images shared between splits (leakage; reported, not excluded). A missing val split is a
-    warning, not an error.
+    Files are found by `listing.walk_files` (symbolic links followed, so a linked identity
+    folder is checked like the readers read it); each is read, SHA-1 hashed and fully decoded
+    (truncation raises; JPEGs must end with the EOI marker). Problem reasons: ``zero-byte
+    file``, ``not an image ...``, ``truncated ...``, ``corrupt ...``, ``too many pixels ...``
+    (decompression bomb), ``file name is not valid UTF-8`` (these are `excluded`),
+    ``distorted image without a clean source``, ``distortion suffix not one of DISTORTIONS``,
+    ``empty identity folder``, ``file outside the FACECOM layout``, ``broken symbolic link``,
+    ``symbolic link loop``, ``identity also in another split``, ``same bytes as <path>`` and
+    ``near duplicate of <path>`` (`near_duplicates`: re-encoded, resized or distorted) for
+    images shared between splits (leakage; reported, not excluded). Hidden files are
+    listed in ``skipped``, links followed in ``notes``. A missing val split is a warning.
 
     Raises:
         DatasetLayoutError: the root or a split folder does not have the FACECOM layout.
     """
     start = time.perf_counter()
     base = _check_root(root)
-    files, problems, count_rows, warnings = [], [], [], []
+    files, problems, notes, skipped, count_rows, warnings = [], [], [], [], [], []
     identities_by_split: dict[str, set[str]] = {}
     for task in ("Task_A", "Task_B"):
         splits = available_splits(base, task)
@@ -386,9 +412,11 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
                                 "of FACECOM holds only train)")
         for split in splits:
             table = read_task_a(base, split) if task == "Task_A" else read_task_b(base, split)
-            split_files, layout_problems = _layout_walk(base, task, split)
-            files += split_files
-            problems += layout_problems
+            walk = _layout_walk(base, task, split)
+            files += walk.files
+            problems += walk.problems
+            notes += walk.notes
+            skipped += walk.skipped
             rows = _count_rows(task, split, table)
             count_rows += rows
             if compare_official:
@@ -406,7 +434,7 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
     with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
         results = list(tqdm(pool.map(_check_file, files, chunksize=32), total=len(files),
                             disable=not progress, desc=f"validating {len(files)} files"))
-    notes, excluded = [], set()
+    excluded = set()
     splits_by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for path, digest, reason, mode in results:
         if reason is not None:
@@ -418,11 +446,35 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
         split = Path(path).relative_to(base).parts[1]
         splits_by_hash[digest][split].append(path)
     problems += _leakage_problems(base, splits_by_hash, identities_by_split)
+    problems += _near_duplicate_problems(base, splits_by_hash)
     return ValidationReport(
-        root=str(base), counts=_counts_frame(count_rows),
-        problems=pd.DataFrame(problems, columns=["path", "reason"]),
-        notes=pd.DataFrame(notes, columns=["path", "note"]), warnings=warnings,
-        excluded=excluded, seconds=time.perf_counter() - start)
+        root=str(base), counts=_counts_frame(count_rows), problems=_frame(problems, "reason"),
+        notes=_frame(notes, "note"), warnings=warnings, excluded=excluded,
+        skipped=_frame(skipped, "reason"), n_files=len(files),
+        seconds=time.perf_counter() - start)
+
+
+def _near_duplicate_problems(base: Path, splits_by_hash: dict[str, dict[str, list[str]]]
+                             ) -> list[tuple[str, str]]:
+    """Images of a later split (sorted by name) within `near_duplicates.MAX_DISTANCE` bits of
+    an image of an earlier one, byte-identical copies left to `_leakage_problems`; one row per
+    later image, naming its closest match. Nothing is hashed when there is a single split."""
+    paths_by_split: dict[str, list[str]] = defaultdict(list)
+    digest_of = {}
+    for digest, by_split in splits_by_hash.items():
+        for split, paths in by_split.items():
+            paths_by_split[split] += paths
+            digest_of.update(dict.fromkeys(paths, digest))
+    order = sorted(paths_by_split)
+    closest: dict[str, tuple[int, str, str]] = {}
+    for i, split in enumerate(order[1:], start=1):
+        earlier = [p for s in order[:i] for p in sorted(paths_by_split[s])]
+        for first, second, bits in near_duplicates.find_near_duplicates(
+                earlier, sorted(paths_by_split[split])):
+            if digest_of[first] != digest_of[second] and second not in closest:
+                closest[second] = (bits, first, Path(first).relative_to(base).parts[1])
+    return [(path, f"near duplicate of {first} ({bits} bits apart in the perceptual hash, "
+                   f"{split} split)") for path, (bits, first, split) in sorted(closest.items())]
 
 
 def _leakage_problems(base: Path, splits_by_hash: dict[str, dict[str, list[str]]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common import data, sample, workspace
+from common import data, listing, sample, workspace
 
 __all__ = ["LAYOUTS", "SPLIT_NAMES", "KAGGLE_DATASET_ENV", "COLAB_ROOT_ENV", "SYNTHETIC",
            "DataNotFoundError", "is_facecom_root", "is_identity_folders_root", "split_roots",
@@ -40,13 +40,13 @@ def is_facecom_root(path: Path) -> bool:
 def list_subdirs(folder: Path) -> list[Path]:
     """Visible sub-folders of `folder`, sorted."""
     return sorted(Path(e.path) for e in os.scandir(folder)
-                  if e.is_dir() and not e.name.startswith("."))
+                  if e.is_dir() and not listing.is_hidden(e.name))
 
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside `folder`, sorted (hidden files and other types left out)."""
     return sorted(Path(e.path) for e in os.scandir(folder)
-                  if e.is_file() and data.is_image_name(e.name))
+                  if e.is_file() and listing.is_image_name(e.name))
 
 
 def split_roots(root: Path) -> dict[str, Path]:
@@ -165,10 +165,15 @@ def resolve_data_dir(data_dir: str | os.PathLike = "", layout: str = "facecom") 
     path = Path(data_dir).expanduser().resolve()
     if layout == "identity_folders":
         if not is_identity_folders_root(path):
+            found = (", ".join(f"{ext or '(no extension)'} x{n}"
+                               for ext, n in listing.count_extensions(path).most_common(10))
+                     if path.is_dir() else "the folder does not exist") or "no files"
             raise DataNotFoundError(
-                f"{path} is not a folder of identity folders: expected {path}/<identity>/<images>,"
-                f" or {path}/train/<identity>/<images> (+ val/, test/). Point data_dir at that "
-                "folder.")
+                f"{path} is not a folder of identity folders with images: expected "
+                f"{path}/<identity>/<image>, or {path}/train/<identity>/<image> (+ val/, test/). "
+                f"Found: {found}. Images are recognised by the extensions Pillow reads: "
+                f"{' '.join(listing.IMAGE_EXTENSIONS)}. Point data_dir at that folder, or "
+                "convert the images to one of those formats.")
         return path
     if not path.exists():
         raise DataNotFoundError(

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common import config, data, discovery, runs, workspace
+from common import config, data, discovery, near_duplicates, runs, workspace
 
 __all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
            "make_loader", "create_optimizer", "create_scheduler", "file_sha1"]
@@ -169,9 +169,12 @@ def file_sha1(path: str) -> str:
 
 def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
                   allow: bool = False, train_name: str = "train") -> None:
-    """Refuse to train when train and `evaluated` share an identity or an identical image file.
+    """Refuse to train when train and `evaluated` share an identity, an identical image file, or
+    a near-duplicate image.
 
-    Clean images are hashed (distorted copies derive from them); `allow=True` downgrades the
+    Clean images are compared by SHA-1; every image, clean or distorted, by perceptual hash
+    (`near_duplicates.find_near_duplicates`), so a train photo that reappears re-encoded,
+    resized or distorted under another identity is caught too. `allow=True` downgrades the
     refusal to a printed warning, for users who know why they want it. `name` and `train_name`
     only label the two tables in the message.
     """
@@ -191,6 +194,12 @@ def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
     if shared:
         problems.append(f"{len(shared)} identical images in both {train_name} and {name} (e.g. "
                         f"{train_hashes[shared[0]]} == {eval_hashes[shared[0]]})")
+    near = near_duplicates.find_near_duplicates(train["path"], evaluated["path"])
+    if near:
+        first, second, bits = near[0]
+        problems.append(f"{len(near)} near-duplicate image pairs in {train_name} and {name} "
+                        f"(perceptual hashes within {near_duplicates.MAX_DISTANCE} bits; e.g. "
+                        f"{first} ~ {second}, {bits} bits)")
     if not problems:
         return
     message = f"Leakage between {train_name} and {name}: " + "; ".join(problems)

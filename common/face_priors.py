@@ -16,9 +16,7 @@ builds (checkpoints reload with ``pretrained=False``), but no prior weights can 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -308,12 +306,11 @@ class FaceChips:
 
 def _chips_cache_path(paths: Sequence[str], sources: Sequence[str], size: int, padding: float,
                       cache_dir: Path) -> Path:
-    """File named by sha256 over (path, size, source) triples and the chip settings."""
-    digest = hashlib.sha256(json.dumps({"version": _CHIPS_CACHE_VERSION, "size": size,
-                                        "padding": padding}, sort_keys=True).encode())
-    for path, source in zip(paths, sources):
-        digest.update(f"{path}\0{os.path.getsize(path)}\0{source}\n".encode())
-    return cache_dir / f"chips_{len(paths)}_{size}_{digest.hexdigest()[:24]}.npz"
+    """File named by `cache.file_list_key` over the paths then their sources (a source lends
+    its landmarks, so an edited source must invalidate the chips too) and the chip settings."""
+    settings = {"version": _CHIPS_CACHE_VERSION, "size": size, "padding": padding}
+    key = cache.file_list_key([*paths, *sources], settings)
+    return cache_dir / f"chips_{len(paths)}_{size}_{key}.npz"
 
 
 def load_face_chips(paths: Sequence[str | os.PathLike],
@@ -334,7 +331,7 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
             means every image is its own source (own face or whole image only).
         size / padding: chip side in pixels and dlib's padding around the landmarks.
         cache_dir: folder for the ``.npz``; None = ``data/cache/chips`` in the project. The key
-            covers paths, file sizes, sources and the settings.
+            covers paths, sources, their sizes and modification times, and the settings.
 
     Returns:
         `FaceChips`; ``counts()`` says how many chips used each fallback.

@@ -19,7 +19,7 @@ Pipeline per image:
    *original-image* pixels.
 5. When no face is found, fall back to a centre crop (rule in `_fallback_crop`) and count it.
 
-Results are cached as one ``.npz`` per call, keyed by the file list, file sizes and every setting
+Results are cached as one ``.npz`` per call, keyed by `cache.file_list_key` and every setting
 that changes the pixels, so the second call with the same inputs is a read.
 """
 from __future__ import annotations
@@ -241,7 +241,7 @@ def _fallback_crop(image: np.ndarray, image_size: int, margin: float) -> np.ndar
 
 def _cache_key(paths: Sequence[str], image_size: int, margin: float,
                detector: MTCNN | dict) -> str:
-    """sha256 over (path, file size) pairs and every setting that changes the output pixels."""
+    """`file_list_key` of the paths and every setting that changes the output pixels."""
     settings = detector if isinstance(detector, dict) else {
         "min_face_size": detector.min_face_size, "thresholds": list(detector.thresholds),
         "factor": detector.factor}

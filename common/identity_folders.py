@@ -20,7 +20,6 @@ they stay where they are and, as in FACECOM, are queried only by their own disto
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,9 +34,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import data, experiment, workspace
+from common import data, experiment, listing, workspace
+from common.cache import ImageReadError, cpu_count, file_list_key, load_image
 from common.discovery import list_images, list_subdirs, split_roots
-from common.cache import ImageReadError, cpu_count, load_image
 from common.distortions import DISTORTIONS, apply_distortion
 
 __all__ = ["SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE",
@@ -53,14 +52,11 @@ _COLUMNS = ["path", "split", "identity", "distortion", "source"]
 
 
 def _views_key(root: Path, clean: list[Path], seed: int) -> str:
-    """Names, sizes and mtimes of the clean files plus the generator settings: a changed file
+    """`cache.file_list_key` of the clean files plus the generator settings: a changed file
     or setting gives a new views folder instead of stale views."""
-    digest = hashlib.sha1(f"v{VIEWS_VERSION}:{seed}:{MAX_VIEW_SIDE}:{DISTORTIONS}:{root}".encode())
-    for path in clean:
-        stat = path.stat()
-        digest.update(f"\n{path.relative_to(root).as_posix()}\t{stat.st_size}\t"
-                      f"{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    return file_list_key(clean, {"version": VIEWS_VERSION, "seed": seed,
+                                 "max_side": MAX_VIEW_SIDE, "distortions": list(DISTORTIONS),
+                                 "root": str(root)})[:16]
 
 
 def _view_name(clean_rel: str, distortion: str) -> str:
@@ -69,7 +65,7 @@ def _view_name(clean_rel: str, distortion: str) -> str:
 
 
 def _view_seed(seed: int, clean_rel: str, distortion: str) -> int:
-    return zlib.crc32(f"{seed}:{clean_rel}:{distortion}".encode())
+    return zlib.crc32(f"{seed}:{clean_rel}:{distortion}".encode("utf-8", "surrogateescape"))
 
 
 def _write_views_of(source: Path, clean_rel: str, target: Path, seed: int) -> str | None:
@@ -144,7 +140,8 @@ def split_images(table: pd.DataFrame, fraction: float, seed: int = 0
         # round(n * fraction) photos, at least 1 and at most n - 1, drawn with a seed that
         # depends only on the identity, so adding people never reshuffles the others.
         n_held = min(len(paths) - 1, max(1, math.floor(len(paths) * fraction + 0.5)))
-        rng = np.random.default_rng([seed, zlib.crc32(str(identity).encode())])
+        name = str(identity).encode("utf-8", "surrogateescape")  # names need not be UTF-8
+        rng = np.random.default_rng([seed, zlib.crc32(name)])
         held.update(paths.iloc[rng.permutation(len(paths))[:n_held]])
     if not held:
         raise ValueError("split_by='image' needs identities with at least two images; none has. "
@@ -187,7 +184,8 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     Returns:
         DataFrame ``path, split, identity, distortion, source`` (clean rows first per identity);
         `split` is "train" / "holdout" / "val" when generated, else the sub-root's name.
-        Unreadable images are left out with a warning and listed in ``attrs["unreadable"]``.
+        Unreadable images are left out with a warning and listed in ``attrs["unreadable"]``,
+        hidden files and folders (never read) in ``attrs["skipped"]``.
 
     Raises:
         DatasetLayoutError: no identity folder with images, or an ambiguous root.
@@ -205,9 +203,9 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
         raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is "
                          "never written to; choose a cache_dir outside it.")
     roots = split_roots(root)
-    listing = [(split or "train", identity.name, list_images(identity))
+    folders = [(split or "train", identity.name, list_images(identity))
                for split, folder in roots.items() for identity in list_subdirs(folder)]
-    clean = [image for *_, images in listing for image in images]
+    clean = [image for *_, images in folders for image in images]
     if not clean:
         raise data.DatasetLayoutError(
             f"{root}: no images in <identity>/ folders. Expected <root>/<identity>/*.jpg or "
@@ -216,8 +214,12 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if unreadable:
         warnings.warn(f"{len(unreadable)} unreadable images left out, e.g. "
                       f"{next(iter(unreadable.items()))}", stacklevel=2)
+    skipped = listing.walk_files(root).skipped
+    if skipped:
+        warnings.warn(f"{len(skipped)} hidden files or folders skipped, e.g. "
+                      f"{listing.printable(skipped[0][0])}", stacklevel=2)
     rows = []
-    for split, identity, images in listing:
+    for split, identity, images in folders:
         rels = {image: image.relative_to(root).as_posix() for image in images}
         readable = [image for image in images if rels[image] not in unreadable]
         rows += [(str(image), split, identity, "clean", str(image)) for image in readable]
@@ -230,6 +232,7 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
         kept, held = split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
     table.attrs["unreadable"] = [str(root / rel) for rel in unreadable]
+    table.attrs["skipped"] = [path for path, _ in skipped]
     return table
 
 

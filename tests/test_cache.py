@@ -17,6 +17,7 @@ from PIL import Image
 
 from common import cache
 from common.cache import ImageArrayDataset, ImageReadError, load_image, load_image_array
+from conftest import bomb_png
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "facecom"
 needs_real = pytest.mark.skipif(not REAL_DATA.exists(),
@@ -159,6 +160,37 @@ def test_cache_invalidated_by_changed_file_list(images: list[str], tmp_path: Pat
     assert np.array_equal(grown[:5], first)
     reordered = load_image_array(images[::-1], 8, cache_dir=cache_dir, progress=False)
     assert np.array_equal(reordered, first[::-1]) and len(decoded) == 11
+
+
+def test_same_size_edit_in_place_and_another_root_miss_the_cache(tmp_path: Path) -> None:
+    """An EXIF-style in-place edit keeps the byte size; the edited file must be decoded anew,
+    and a second data root with the same relative paths must not share the first's entry."""
+    pixels = np.random.default_rng(3).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    roots = [tmp_path / name / "Task_A" / "train" / "male" for name in ("first", "second")]
+    for root, image in zip(roots, (pixels, pixels[::-1])):
+        root.mkdir(parents=True)
+        save(Image.fromarray(image), root / "a.ppm", "PPM")
+    path = roots[0] / "a.ppm"
+    cache_dir = tmp_path / "cache"
+    before = np.array(load_image_array([path], 12, cache_dir=cache_dir, progress=False))
+    other = load_image_array([roots[1] / "a.ppm"], 12, cache_dir=cache_dir, progress=False)
+    assert not np.array_equal(other, before)  # same relative path, other root, other pixels
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    save(Image.fromarray(pixels[:, ::-1]), path, "PPM")  # mirrored: same header, same size
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # an edit a second later
+    assert path.stat().st_size == size
+    after = load_image_array([path], 12, cache_dir=cache_dir, progress=False)
+    assert np.array_equal(after[0], _reference_square(path, 12))
+    assert np.array_equal(after[0], before[0, :, ::-1])
+    assert len(list(cache_dir.iterdir())) == 3
+
+
+def test_decompression_bomb_is_an_image_read_error(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png())
+    with pytest.raises(ImageReadError, match="decompression-bomb limit") as info:
+        load_image(path)
+    assert info.value.path == str(path)
 
 
 def test_bad_image_raises_and_leaves_no_cache(images: list[str], tmp_path: Path) -> None:

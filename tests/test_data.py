@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 
 from common import data
 from common.distortions import DISTORTIONS
+from conftest import bomb_png
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "facecom"
 needs_real = pytest.mark.skipif(not REAL_DATA.exists(),
@@ -194,7 +196,8 @@ def test_validation_reports_each_broken_file(facecom: Path) -> None:
         build.write("Task_B/train/bob/bob_0004.jpg", good[: len(good) // 2] + bytes(len(good))):
             "truncated (JPEG end marker missing)",
         build.write("Task_B/train/bob/notes.txt", b"hello"):
-            "not an image file (extension not in IMAGE_EXTENSIONS)",
+            "not an image file (extension .txt is not one Pillow reads, see "
+            "data.IMAGE_EXTENSIONS)",
         str(b_train / "ghost"): "empty identity folder (no images)",
         build.write("Task_B/train/bob/distortion/bob_0009_foggy.jpg"):
             "distorted image without a clean source (no clean image with the stem before the "
@@ -237,6 +240,84 @@ def test_validation_reports_each_broken_file(facecom: Path) -> None:
     markdown = report.to_markdown()
     assert "### Problems" in markdown and "zero-byte file" in markdown
     assert "converted from CMYK" in markdown
+
+
+def test_validation_follows_links_and_reports_every_bad_input(facecom: Path,
+                                                              tmp_path: Path) -> None:
+    """Each bad input gets one row and nothing crashes: a linked identity folder is walked (its
+    zero-byte file caught), broken links and loops are reported, a decompression bomb and a
+    non-UTF-8 name are excluded, hidden files are listed as skipped; a PGM is an image."""
+    build = Builder(facecom)
+    build.seed = 300
+    b_train = facecom / "Task_B" / "train"
+    elsewhere = tmp_path / "elsewhere" / "carol"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "carol_0001.jpg").write_bytes(jpeg_bytes(301))
+    (elsewhere / "carol_0002.jpg").write_bytes(b"")
+    (b_train / "carol").symlink_to(elsewhere, target_is_directory=True)
+    (b_train / "bob" / "bob_0007.jpg").symlink_to(tmp_path / "missing.jpg")
+    (b_train / "bob" / "distortion" / "loop").symlink_to(b_train / "bob")
+    bomb = build.write("Task_B/train/bob/bob_0008.png", bomb_png())
+    odd_name = os.fsdecode(str(b_train / "bob").encode() + b"/b\xe9b_0006.jpg")
+    Path(odd_name).write_bytes(jpeg_bytes(302))
+    hidden = [build.write("Task_B/train/bob/.DS_Store", b"\0\1"),
+              build.write("Task_A/train/male/.ipynb_checkpoints/x.jpg")]
+    grey = io.BytesIO()
+    Image.new("L", (20, 24), 90).save(grey, "PPM")
+    pgm = build.write("Task_B/train/dave/dave_0001.pgm", grey.getvalue())
+    files_before = {p: p.read_bytes() for p in facecom.rglob("*") if p.is_file()}
+
+    report = data.validate_dataset(facecom, progress=False)
+
+    problems = dict(zip(report.problems["path"], report.problems["reason"]))
+    zero_byte = str(b_train / "carol" / "carol_0002.jpg")
+    assert problems.pop(zero_byte) == "zero-byte file"
+    assert problems.pop(str(b_train / "bob" / "bob_0007.jpg")).startswith(
+        f"broken symbolic link to {tmp_path / 'missing.jpg'}")
+    assert problems.pop(str(b_train / "bob" / "distortion" / "loop")).startswith(
+        "symbolic link loop")
+    assert "decompression-bomb limit" in problems.pop(bomb)
+    printed = str(b_train / "bob") + "/b\\xe9b_0006.jpg"
+    assert problems.pop(printed).startswith("file name is not valid UTF-8")
+    assert problems == {}
+    assert report.excluded == {zero_byte, bomb, odd_name}
+    notes = dict(zip(report.notes["path"], report.notes["note"]))
+    assert notes == {str(b_train / "carol"): f"symbolic link to {elsewhere} (followed)",
+                     pgm: "converted from L"}
+    skipped = dict(zip(report.skipped["path"], report.skipped["reason"]))
+    assert skipped == {hidden[0]: "hidden file (name starts with '.'), skipped",
+                       str(Path(hidden[1]).parent):
+                           "hidden folder (name starts with '.'), skipped"}
+    n_visible = len([p for p in files_before if not any(part.startswith(".") for part in
+                                                         p.relative_to(facecom).parts)])
+    assert report.n_files == n_visible + 2  # rglob does not enter the linked carol/ (2 files)
+    table = report.filter(data.read_task_b(facecom, "train"), verbose=False)
+    assert {"carol", "dave"} <= set(table["identity"])
+    assert zero_byte not in set(table["path"]) and pgm in set(table["path"])
+    markdown = report.to_markdown()
+    markdown.encode("utf-8")  # printable: no surrogate escapes left
+    assert "### Skipped" in markdown and "b\\xe9b_0006.jpg" in markdown
+    assert {p: p.read_bytes() for p in facecom.rglob("*") if p.is_file()} == files_before
+
+
+def test_validation_reports_a_reencoded_copy_in_another_split(facecom: Path,
+                                                               sample_root: Path) -> None:
+    """A train photo saved again smaller and at another JPEG quality under a val identity:
+    other bytes, same picture, reported against the train image it copies."""
+    build = Builder(facecom)
+    face = sorted((sample_root / "Task_B" / "train").glob("*/*.jpg"))[0]
+    source = build.write("Task_B/train/bob/bob_0002.jpg", face.read_bytes())
+    photo = Image.open(face)
+    copy = io.BytesIO()
+    photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(copy, "JPEG", quality=70)
+    leaked = build.write("Task_B/val/erin/erin_0001.jpg", copy.getvalue())
+
+    report = data.validate_dataset(facecom, progress=False)
+
+    problems = dict(zip(report.problems["path"], report.problems["reason"]))
+    assert problems.pop(leaked).startswith(f"near duplicate of {source} (")
+    assert problems == {}  # no other image of the copy is anyone's near duplicate
+    assert leaked not in report.excluded
 
 
 def test_validation_recognises_older_val_release(tmp_path: Path) -> None:

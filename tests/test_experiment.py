@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from common import cache, metrics, task_a, task_b, transforms
 from common.data import read_task_b
@@ -215,11 +216,32 @@ def test_allow_leakage_only_warns(small_copy, tmp_path, capsys):
     assert warning in capsys.readouterr().out
 
 
-def test_check_leakage_ignores_distorted_copies_of_other_identities():
-    # Only clean images are hashed; distorted rows are never read, so fake paths are fine.
-    train = {"identity": ["a"], "distortion": ["blurred"], "path": ["/nonexistent/a.jpg"]}
-    evaluated = {"identity": ["b"], "distortion": ["blurred"], "path": ["/nonexistent/b.jpg"]}
-    check_leakage(pd.DataFrame(train), pd.DataFrame(evaluated), "dev")
+@pytest.mark.parametrize("edit", ["reencoded", "distorted"])
+def test_near_duplicate_under_another_identity_is_refused(small_copy, tmp_path, edit):
+    """A train photo re-encoded smaller, or one of its distorted copies, filed under a val
+    identity has other bytes (the SHA-1 guard passes it) but the same perceptual hash."""
+    identity = sorted(_splits_of(small_copy, tmp_path / "clean").train["identity"])[0]
+    folder = small_copy / "Task_B" / "train" / identity
+    leaked = small_copy / "Task_B" / "val" / "person_005" / "person_005_0999.jpg"
+    if edit == "reencoded":
+        source = folder / f"{identity}_0001.jpg"
+        image = Image.open(source)
+        image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(leaked, quality=70)
+    else:
+        source = folder / "distortion" / f"{identity}_0001_blurred.jpg"
+        shutil.copyfile(source, leaked)
+        with open(leaked, "ab") as handle:  # other bytes, same pixels
+            handle.write(b"\0")
+    with pytest.raises(LeakageError, match="near-duplicate image pairs") as error:
+        _splits_of(small_copy, tmp_path)
+    assert "identical images" not in str(error.value) and str(leaked) in str(error.value)
+
+
+def test_other_identities_distorted_copies_are_not_near_duplicates(small_copy, tmp_path):
+    """Every image of the copy, clean and distorted, is hashed: different people pass."""
+    splits = _splits_of(small_copy, tmp_path)
+    assert (splits.train["distortion"] != "clean").any()
+    check_leakage(splits.train, splits.eval, "val")
 
 
 def test_splits_are_identity_disjoint_and_cover_train(tmp_path, sample_root):

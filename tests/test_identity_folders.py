@@ -4,17 +4,20 @@ VGGFace2-style copy of the embedded sample followed by `predict.compare` on its 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from common import (data, discovery, evaluation, experiment, identity_folders, predict,
                     task_b)
 from common.distortions import DISTORTIONS
 from common.runner import run_notebooks
+from conftest import bomb_png
 
 
 def _listing(root: Path) -> dict[str, tuple[int, int]]:
@@ -159,11 +162,19 @@ def test_unreadable_images_are_left_out_and_reported(tmp_path, sample_root):
         for n, image in enumerate(sorted((sample_root / "Task_B" / "val").glob("*/*.jpg"))[:2]):
             shutil.copy2(image, root / identity / f"{n}.jpg")
     (root / "bob" / "broken.jpg").write_bytes(b"")
-    with pytest.warns(UserWarning, match="1 unreadable"):
+    (root / "bob" / "bomb.png").write_bytes(bomb_png())
+    (root / "ann" / ".DS_Store").write_bytes(b"\0")
+    odd = os.fsdecode(os.fsencode(root / "ann") + b"/caf\xe9.jpg")
+    shutil.copy2(root / "ann" / "0.jpg", odd)
+    with pytest.warns(UserWarning, match="2 unreadable"), \
+            pytest.warns(UserWarning, match="1 hidden files or folders skipped"):
         table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v",
                                                        progress=False)
-    assert table.attrs["unreadable"] == [str(root / "bob" / "broken.jpg")]
-    assert len(table) == 4 * 8  # 4 readable photos, each clean + 7 views
+    assert sorted(table.attrs["unreadable"]) == [str(root / "bob" / n)
+                                                 for n in ("bomb.png", "broken.jpg")]
+    assert table.attrs["skipped"] == [str(root / "ann" / ".DS_Store")]
+    assert odd in set(table["path"])  # a name that is not UTF-8 is read like any other
+    assert len(table) == 5 * 8  # 5 readable photos, each clean + 7 views
 
 
 def test_layout_errors_name_the_fix(faces_root, tmp_path):
@@ -183,6 +194,36 @@ def test_layout_errors_name_the_fix(faces_root, tmp_path):
     (mixed / "bob").mkdir()
     with pytest.raises(data.DatasetLayoutError, match="mixes split folders"):
         identity_folders.read_identity_folders(mixed)
+
+
+def test_any_format_pillow_reads_is_accepted(tmp_path, sample_root):
+    """An AT&T / ORL-style copy (identity folders of .pgm, one .ppm, one .tif) is read like
+    JPEGs; a folder with no image names the extensions it found and the accepted ones."""
+    root = tmp_path / "orl"
+    photos = sorted((sample_root / "Task_B" / "val").glob("*/*.jpg"))[:6]
+    names = {}
+    for n, photo in enumerate(photos):
+        identity, ext = f"s{n // 2 + 1}", (".pgm", ".pgm", ".ppm", ".pgm", ".tif", ".pgm")[n]
+        (root / identity).mkdir(parents=True, exist_ok=True)
+        image = Image.open(photo)
+        (image.convert("L") if ext == ".pgm" else image).save(root / identity / f"{n}{ext}")
+        names[str(root / identity / f"{n}{ext}")] = identity
+    assert discovery.resolve_data_dir(root, layout="identity_folders") == root
+    table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v",
+                                                   progress=False)
+    clean = table[table["distortion"] == "clean"]
+    assert dict(zip(clean["path"], clean["identity"])) == names
+    assert len(table) == 6 * 8 and not table.attrs["unreadable"]
+
+    notes = tmp_path / "notes"
+    (notes / "ann").mkdir(parents=True)
+    for name in ("a.xyz", "b.xyz", "readme"):
+        (notes / "ann" / name).write_text("not an image")
+    with pytest.raises(discovery.DataNotFoundError) as info:
+        discovery.resolve_data_dir(notes, layout="identity_folders")
+    message = str(info.value)
+    assert "Found: .xyz x2, (no extension) x1" in message
+    assert all(ext in message for ext in (".jpg", ".pgm", ".ppm", ".tif", ".webp"))
 
 
 @pytest.mark.notebooks

@@ -47,9 +47,12 @@ def test_executed_notebooks_show_figures(executed):
     assert len(images) >= 5
 
 
-def test_preprocess_report(executed):
+def test_preprocess_report(executed, sample_root):
     metrics = _metrics(executed, "00_preprocess")
     assert metrics["n_problems"] == 0
+    n_files = sum(p.is_file() for task in ("Task_A", "Task_B")
+                  for p in (sample_root / task).rglob("*"))
+    assert metrics["n_files_checked"] == n_files and metrics["n_files_skipped"] == 0
     assert metrics["task_b_identities"]["train"] >= 48
     assert 0.0 <= metrics["alignment"]["detection_rate"] <= 1.0
 

@@ -2,6 +2,7 @@
 then run on the sample's val folders and on a deliberately broken folder."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from common import experiment, predict, runs, task_a, task_b
-from conftest import requires_descriptor
+from common import experiment, listing, predict, runs, task_a, task_b
+from conftest import bomb_png, requires_descriptor
 
 
 def _config(tmp: Path, sample_root: Path, notebook: str, backbones: dict, epochs: dict):
@@ -150,6 +151,93 @@ def test_cli_reports_bad_images_without_aborting(checkpoints, sample_root, tmp_p
     for name in ("good.jpg", "cmyk.jpg", "rgba.png", "gray.png"):
         assert table.loc[name, "error"] == "" and table.loc[name, "label"] in ("male", "female")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
+
+
+def _snapshot(folder: Path) -> dict[bytes, tuple]:
+    """Every entry under ``folder`` through links: bytes, link target and mtime."""
+    entries = {}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            link = os.readlink(path) if os.path.islink(path) else None
+            content = Path(path).read_bytes() if os.path.isfile(path) else None
+            mtime = os.lstat(path).st_mtime_ns
+            entries[os.fsencode(os.path.relpath(path, folder))] = (content, link, mtime)
+    return entries
+
+
+def test_cli_gives_every_bad_input_a_row(checkpoints, sample_root, tmp_path, capsys):
+    """A decompression bomb, a linked sub-folder (its zero-byte file caught), a broken link,
+    hidden files, a name that is not UTF-8 and a PGM: one row each naming the problem (or a
+    prediction), the CSV written atomically and refused without --overwrite, inputs untouched."""
+    folder = tmp_path / "mixed"
+    linked = tmp_path / "elsewhere"
+    folder.mkdir()
+    linked.mkdir()
+    good = next((sample_root / "Task_A" / "val" / "male").glob("*.jpg"))
+    shutil.copy(good, linked / "linked_good.jpg")
+    (linked / "linked_empty.jpg").write_bytes(b"")
+    (folder / "sub").symlink_to(linked, target_is_directory=True)
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "bomb.png").write_bytes(bomb_png())
+    (folder / ".DS_Store").write_bytes(b"\0\1\2")
+    (folder / ".thumbnails").mkdir()
+    shutil.copy(good, folder / ".thumbnails" / "t.jpg")
+    odd = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg")
+    shutil.copy(good, odd)
+    Image.open(good).convert("L").save(folder / "grey.pgm")
+    before = _snapshot(folder)
+    output = tmp_path / "out" / "preds.csv"
+    args = ["task-a", "--weights", str(checkpoints["task_a"]), "--input", str(folder),
+            "--output", str(output)]
+
+    assert predict.main(args) == 0
+    raw = output.read_bytes()
+    raw.decode("utf-8")  # valid UTF-8 although one input name is not
+    table = pd.read_csv(output, keep_default_na=False).set_index("path")
+    assert len(table) == 8
+    errors = table["error"].to_dict()
+    assert "decompression-bomb limit" in errors[str(folder / "bomb.png")]
+    assert "zero-byte file" in errors[str(folder / "sub" / "linked_empty.jpg")]
+    assert errors[str(folder / "dangling.jpg")].startswith("broken symbolic link")
+    assert errors[str(folder / ".DS_Store")] == listing.HIDDEN_REASON
+    assert errors[str(folder / ".thumbnails")].startswith("hidden folder")
+    predicted = [str(folder / "sub" / "linked_good.jpg"), str(folder / "grey.pgm"),
+                 str(folder) + "/caf\\xe9.jpg"]
+    for path in predicted:
+        assert errors[path] == "" and table.loc[path, "label"] in ("male", "female"), path
+    for path in set(errors) - set(predicted):
+        assert table.loc[path, "label"] == "", path
+    assert _snapshot(folder) == before  # inputs byte-identical, links included
+
+    assert predict.main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert output.read_bytes() == raw
+    assert predict.main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in output.parent.iterdir()) == ["preds.csv"]  # no temp file left
+
+
+def test_task_b_cli_reports_unreadable_gallery_images(checkpoints, sample_root, tmp_path):
+    gallery, queries = tmp_path / "gallery", tmp_path / "queries"
+    identities = sorted(p for p in (sample_root / "Task_B" / "val").iterdir() if p.is_dir())[:3]
+    for identity in identities:
+        shutil.copytree(identity, gallery / identity.name, ignore=shutil.ignore_patterns(
+            "distortion"))
+        shutil.copytree(identity / "distortion", queries / identity.name)
+    broken = gallery / identities[0].name / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    (gallery / identities[1].name / ".hidden.jpg").write_bytes(b"")
+    output = tmp_path / "matches.csv"
+    assert predict.main(["task-b", "--weights", str(checkpoints["task_b"]), "--gallery",
+                         str(gallery), "--queries", str(queries), "--output", str(output)]) == 0
+    table = pd.read_csv(output, keep_default_na=False).set_index("query")
+    n_queries = sum(len(list((queries / p.name).iterdir())) for p in identities)
+    assert len(table) == n_queries + 2
+    assert table.loc[str(broken), "error"].startswith("gallery image not used: ")
+    assert table.loc[str(broken), "true_identity"] == identities[0].name
+    hidden = str(gallery / identities[1].name / ".hidden.jpg")
+    assert table.loc[hidden, "error"] == listing.HIDDEN_REASON
+    assert (table.drop([str(broken), hidden])["error"] == "").all()
 
 
 def test_cli_errors_name_the_problem(checkpoints, tmp_path, capsys):

@@ -162,6 +162,10 @@ def test_model_card_rebuilds_the_same_embedding(setup, model):
     embedder.layout_weight = 0.3  # as choose_layout_weight sets it after training
     report = SimpleNamespace(verification={"threshold": 0.5}, dev={"top1": 1.0, "f1_macro": 1.0})
     card = task_b.model_card(cfg, embedder, model, report, task_data.splits, "test")
+    splits = task_data.splits
+    assert card["train_identities"] == sorted(set(splits.train["identity"])
+                                              | set(splits.dev["identity"]))
+    assert not set(card["train_identities"]) & set(splits.eval["identity"])
     rebuilt = models.create_model(card["kind"], **{**card["model_kwargs"], "pretrained": False})
     rebuilt.load_state_dict(embedder.state_dict())
     side = 160 if model == "facenet" else 64  # InceptionResnetV1 needs its own input size
