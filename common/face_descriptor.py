@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import cache, data, evaluation, fallbacks, faces, workspace
+from common import data, evaluation, fallbacks, faces, feature_store
 from common.face_priors import PriorUnavailableError
 
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
@@ -223,13 +223,13 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
 def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
                        cache_dir: str | Path | None = None, progress: bool = True
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """`describe` of image files, kept in ``cache_dir`` (default ``data/cache/descriptors``):
-    the teacher, the fused channel and the leaderboard rows compute each list once."""
+    """`describe` of image files, each image described once per front end and kept by its
+    content (`common.feature_store`, in ``cache_dir`` when given): the teacher, the fused
+    channel, Task A's probe, the leaderboard rows and `common.predict` share them."""
     _check_front_end(front_end)
-    if front_end == "robust+sface":  # from the two cached parts, so each is computed once
+    if front_end == "robust+sface":  # from the two stored parts, so each is computed once
         return _combine(*(cached_descriptors(paths, part, cache_dir, progress)
                           for part in ("robust", "sface")))
-    folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "descriptors"
     if front_end == "hog":
         settings = {"detector_upsample": 1, "version": 1}
     elif front_end == "robust":
@@ -238,13 +238,19 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
     else:  # sface
         settings = {"front_end": front_end, "median": MEDIAN_KERNEL, "version": 1,
                     "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
-    target = folder / f"descriptors_{len(paths)}_{cache.file_list_key(paths, settings)}.npz"
-    cached = cache.read_npz(target, ("vectors", "detected"))
-    if cached is not None:
-        return cached["vectors"], cached["detected"]
-    vectors, found = describe(paths, front_end, progress)
-    cache.write_npz(target, vectors=vectors, detected=found)
-    return vectors, found
+    folder = Path(cache_dir) if cache_dir is not None else None
+    store = feature_store.FeatureStore(f"descriptors_{front_end}", settings,
+                                       {"vectors": ((128,), "float32"), "found": ((), "bool")},
+                                       folder)
+    paths = [str(path) for path in paths]
+
+    def compute(indices: list[int]) -> dict[str, np.ndarray]:
+        vectors, found = describe([paths[i] for i in indices], front_end, progress=False)
+        return {"vectors": vectors, "found": found}
+
+    values = store.fetch(feature_store.content_keys(paths, folder), compute, progress,
+                         desc=f"face descriptor ({front_end})")
+    return values["vectors"], values["found"]
 
 
 def describe_images(images: Sequence[str | os.PathLike | np.ndarray], front_end: str,

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from common import cache, data, workspace
+from common import cache, data, feature_store
 from common.weights import load_pretrained
 
 __all__ = [
@@ -304,15 +303,6 @@ class FaceChips:
         return len(self.images)
 
 
-def _chips_cache_path(paths: Sequence[str], sources: Sequence[str], size: int, padding: float,
-                      cache_dir: Path) -> Path:
-    """File named by `cache.file_list_key` over the paths then their sources (a source lends
-    its landmarks, so an edited source must invalidate the chips too) and the chip settings."""
-    settings = {"version": _CHIPS_CACHE_VERSION, "size": size, "padding": padding}
-    key = cache.file_list_key([*paths, *sources], settings)
-    return cache_dir / f"chips_{len(paths)}_{size}_{key}.npz"
-
-
 def load_face_chips(paths: Sequence[str | os.PathLike],
                     sources: Sequence[str | os.PathLike] | None = None, size: int = CHIP_SIZE,
                     padding: float = CHIP_PADDING, cache_dir: str | os.PathLike | None = None,
@@ -330,8 +320,8 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
         sources: per path, the clean image it was derived from (itself for clean images); None
             means every image is its own source (own face or whole image only).
         size / padding: chip side in pixels and dlib's padding around the landmarks.
-        cache_dir: folder for the ``.npz``; None = ``data/cache/chips`` in the project. The key
-            covers paths, sources, their sizes and modification times, and the settings.
+        cache_dir: folder of the per-image store (`common.feature_store`; None: its default).
+            A chip is kept by the content of its image and of its source, and the settings.
 
     Returns:
         `FaceChips`; ``counts()`` says how many chips used each fallback.
@@ -346,40 +336,47 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
     if len(sources) != len(paths):
         raise ValueError(f"sources has {len(sources)} entries for {len(paths)} paths; pass "
                          "one source per path (the path itself for clean images)")
-    cache_path = _chips_cache_path(paths, sources, size, padding,
-                                   Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "chips")
-    cached = cache.read_npz(cache_path, _CHIP_FIELDS)
-    if cached is not None:
-        return FaceChips(**cached)
-    front_end = _dlib_front_end()
+    folder = Path(cache_dir) if cache_dir is not None else None
+    store = feature_store.FeatureStore(
+        f"chips_{size}px", {"version": _CHIPS_CACHE_VERSION, "size": size, "padding": padding},
+        {"images": ((size, size, 3), "uint8"), "origin": ((), "int8"),
+         "landmarks": ((5, 2), "int32")}, folder)
+    # A copy borrows its source's landmarks, so the pair is the key: an edited source counts.
+    content = dict(zip(dict.fromkeys([*paths, *sources]),
+                       feature_store.content_keys(list(dict.fromkeys([*paths, *sources])),
+                                                  folder)))
+    keys = [f"{content[path]}:{content[source]}" for path, source in zip(paths, sources)]
     found: dict[str, tuple[np.ndarray | None, tuple[int, int]]] = {}
+    front_end: list = []  # dlib's detector and landmarks, loaded when a chip is not stored
 
     def source_face(source: str) -> tuple[np.ndarray | None, tuple[int, int]]:
         if source not in found:
             image = np.ascontiguousarray(data.load_image(source))
-            points, detected = _landmarks(front_end, image)
+            points, detected = _landmarks(front_end[0], image)
             found[source] = (points if detected else None, image.shape[:2])
         return found[source]
 
-    images = np.empty((len(paths), size, size, 3), np.uint8)
-    origin = np.zeros(len(paths), np.int8)
-    landmarks = np.zeros((len(paths), 5, 2), np.int32)
-    for i, (path, source) in enumerate(tqdm(list(zip(paths, sources)), desc="face chips",
-                                            disable=not progress)):
-        image = np.ascontiguousarray(data.load_image(path))
-        points, detected = _landmarks(front_end, image)
-        if path == source:
-            found[path] = (points if detected else None, image.shape[:2])
-        elif not detected:
-            source_points, (height, width) = source_face(source)
-            if source_points is not None:
-                scale = np.array([image.shape[1] / width, image.shape[0] / height])
-                points, origin[i] = np.rint(source_points * scale).astype(np.int32), 1
-        if not detected and origin[i] == 0:
-            origin[i] = 2
-        landmarks[i] = points
-        images[i] = _chip(front_end, image, points, size, padding)
-    chips = FaceChips(images, origin, landmarks)
-    cache.write_npz(cache_path, images=chips.images, origin=chips.origin,
-                    landmarks=chips.landmarks)
-    return chips
+    def compute(indices: list[int]) -> dict[str, np.ndarray]:
+        if not front_end:
+            front_end.append(_dlib_front_end())
+        images = np.empty((len(indices), size, size, 3), np.uint8)
+        origin = np.zeros(len(indices), np.int8)
+        landmarks = np.zeros((len(indices), 5, 2), np.int32)
+        for row, i in enumerate(indices):
+            path, source = paths[i], sources[i]
+            image = np.ascontiguousarray(data.load_image(path))
+            points, detected = _landmarks(front_end[0], image)
+            if path == source:
+                found[path] = (points if detected else None, image.shape[:2])
+            elif not detected:
+                source_points, (height, width) = source_face(source)
+                if source_points is not None:
+                    scale = np.array([image.shape[1] / width, image.shape[0] / height])
+                    points, origin[row] = np.rint(source_points * scale).astype(np.int32), 1
+            if not detected and origin[row] == 0:
+                origin[row] = 2
+            landmarks[row] = points
+            images[row] = _chip(front_end[0], image, points, size, padding)
+        return {"images": images, "origin": origin, "landmarks": landmarks}
+
+    return FaceChips(**store.fetch(keys, compute, progress, desc="face chips"))

@@ -19,8 +19,8 @@ Pipeline per image:
    *original-image* pixels.
 5. When no face is found, fall back to a centre crop (rule in `_fallback_crop`) and count it.
 
-Results are cached as one ``.npz`` per call, keyed by `cache.file_list_key` and every setting
-that changes the pixels, so the second call with the same inputs is a read.
+Results are kept per image by its content (`common.feature_store`), under the settings that
+change the pixels: an image is aligned once, whatever list or notebook asks for it again.
 """
 from __future__ import annotations
 
@@ -35,11 +35,9 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
-from common.cache import file_list_key, read_npz, write_npz
-from common import workspace
 from common.config import resolve_device
+from common.feature_store import FeatureStore, content_keys
 
 __all__ = [
     "DETECT_MAX_SIDE",
@@ -239,17 +237,6 @@ def _fallback_crop(image: np.ndarray, image_size: int, margin: float) -> np.ndar
     return _warp(image, _crop_matrix((width / 2, height / 2), side, 0.0, image_size), image_size)
 
 
-def _cache_key(paths: Sequence[str], image_size: int, margin: float,
-               detector: MTCNN | dict) -> str:
-    """`file_list_key` of the paths and every setting that changes the output pixels."""
-    settings = detector if isinstance(detector, dict) else {
-        "min_face_size": detector.min_face_size, "thresholds": list(detector.thresholds),
-        "factor": detector.factor}
-    return file_list_key(paths, {"version": _CACHE_VERSION, "image_size": image_size,
-                                 "margin": margin, "max_side": DETECT_MAX_SIDE,
-                                 "fallback_fraction": FALLBACK_FACE_FRACTION, **settings})
-
-
 def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margin: float = 0.2,
                 cache_dir: str | os.PathLike | None = None, device: str = "auto",
                 batch_size: int = 16, progress: bool = True,
@@ -261,7 +248,7 @@ def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margi
         paths: image files (any PIL-readable format and mode; converted to RGB).
         image_size: output side S in px.
         margin: extra context as a fraction of the face box side (0.2 = 20 % larger crop).
-        cache_dir: folder for the ``.npz`` cache; None = ``data/cache/aligned`` in the project.
+        cache_dir: folder of the per-image store (`common.feature_store`); None = its default.
         device: "auto", "cpu" or "cuda[:i]".
         batch_size: images per MTCNN call (equal-size images are batched together).
         progress: show a tqdm bar.
@@ -291,13 +278,28 @@ def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margi
                                 "build the path table with common.data.read_task_a/read_task_b.")
     settings = {"min_face_size": int(min_face_size), "thresholds": [float(t) for t in thresholds],
                 "factor": 0.709}
-    cache_path = (Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "aligned") / (
-        f"aligned_{len(paths)}_{image_size}_{_cache_key(paths, image_size, margin, settings)}.npz")
-    cached = read_npz(cache_path, _RESULT_FIELDS)
-    if cached is not None:
-        return AlignmentResult(**cached)
+    folder = Path(cache_dir) if cache_dir is not None else None
+    store = FeatureStore(
+        f"aligned_{image_size}px", {"version": _CACHE_VERSION, "image_size": image_size,
+                                    "margin": margin, "max_side": DETECT_MAX_SIDE,
+                                    "fallback_fraction": FALLBACK_FACE_FRACTION, **settings},
+        {"images": ((image_size, image_size, 3), "uint8"), "found": ((), "bool"),
+         "boxes": ((4,), "float32"), "probs": ((), "float32"), "sizes": ((2,), "int64")}, folder)
+    detector: list[MTCNN] = []  # built once, and only when an image is not stored yet
 
-    detector = create_detector(device=device, **settings)
+    def compute(indices: list[int]) -> dict[str, np.ndarray]:
+        if not detector:
+            detector.append(create_detector(device=device, **settings))
+        found = _align([paths[i] for i in indices], detector[0], image_size, margin, batch_size)
+        return {name: getattr(found, name) for name in _RESULT_FIELDS}
+
+    return AlignmentResult(**store.fetch(content_keys(paths, folder), compute, progress,
+                                         desc="align_faces"))
+
+
+def _align(paths: list[str], detector: MTCNN, image_size: int, margin: float,
+           batch_size: int) -> AlignmentResult:
+    """MTCNN on `paths`, batched by detection-copy size; see `align_faces`."""
     count = len(paths)
     result = AlignmentResult(
         images=np.zeros((count, image_size, image_size, 3), dtype=np.uint8),
@@ -319,23 +321,18 @@ def align_faces(paths: Sequence[str | os.PathLike], image_size: int = 112, margi
         by_shape.setdefault((round(width * shrink), round(height * shrink)), []).append(index)
     batches = [indices[start:start + batch_size] for indices in by_shape.values()
                for start in range(0, len(indices), batch_size)]
-
-    with tqdm(total=count, desc="align_faces", unit="img", disable=not progress) as bar:
-        for indices in batches:
-            copies = []
-            for index in indices:
-                array, result.sizes[index] = _load_detection_copy(paths[index], DETECT_MAX_SIDE)
-                copies.append(array)
-            # thumbnail rounding can differ by 1 px from the header estimate: split if so
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for position, array in enumerate(copies):
-                groups.setdefault(array.shape, []).append(position)
-            for positions in groups.values():
-                _detect_and_crop(detector, [copies[p] for p in positions],
-                                 [indices[p] for p in positions], result, image_size, margin)
-            bar.update(len(indices))
-
-    write_npz(cache_path, **{name: getattr(result, name) for name in _RESULT_FIELDS})
+    for indices in batches:
+        copies = []
+        for index in indices:
+            array, result.sizes[index] = _load_detection_copy(paths[index], DETECT_MAX_SIDE)
+            copies.append(array)
+        # thumbnail rounding can differ by 1 px from the header estimate: split if so
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for position, array in enumerate(copies):
+            groups.setdefault(array.shape, []).append(position)
+        for positions in groups.values():
+            _detect_and_crop(detector, [copies[p] for p in positions],
+                             [indices[p] for p in positions], result, image_size, margin)
     return result
 
 

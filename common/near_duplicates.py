@@ -28,9 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
-from common import cache, workspace
+from common import cache, feature_store
 
 __all__ = ["HASH_SIZE", "HASH_BYTES", "MAX_DISTANCE", "compute_phash", "load_phashes",
            "hamming_distances", "find_near_duplicates"]
@@ -40,8 +39,6 @@ HASH_BYTES = HASH_SIZE * HASH_SIZE // 8
 MAX_DISTANCE = 20  # bits of 256; see the module docstring for how it was chosen
 _DCT_SIDE = 4 * HASH_SIZE  # imagehash's highfreq_factor
 _CACHE_VERSION = 1
-# (absolute path, size, mtime ns) -> hash, for this process: overlapping lists hash once.
-_HASHES: dict[tuple[str, int, int], np.ndarray] = {}
 
 
 def compute_phash(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -67,29 +64,27 @@ def load_phashes(paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLik
     """(N, HASH_BYTES) uint8 hashes of image files and an (N,) bool mask of the readable ones.
 
     Unreadable files (validation reports them) get zeros and ``False``, so a guard never
-    crashes on them. Cached in ``cache_dir`` (default ``data/cache/phash``).
+    crashes on them. Kept per image by its content (`common.feature_store`, in ``cache_dir``
+    when given).
     """
     paths = [os.fspath(p) for p in paths]
     if not paths:
         return np.zeros((0, HASH_BYTES), np.uint8), np.zeros(0, bool)
-    folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir() / "phash"
-    key = cache.file_list_key(paths, {"version": _CACHE_VERSION, "hash_size": HASH_SIZE})
-    target = folder / f"phash_{len(paths)}_{key}.npz"
-    cached = cache.read_npz(target, ("hashes", "readable"))
-    if cached is not None:
-        return cached["hashes"], cached["readable"]
-    stats = [os.stat(p) for p in paths]
-    keys = [(os.path.abspath(p), s.st_size, s.st_mtime_ns) for p, s in zip(paths, stats)]
-    missing = list(dict.fromkeys(k for k in keys if k not in _HASHES))
-    with ThreadPoolExecutor(max_workers=workers or cache.cpu_count()) as pool:
-        computed = list(tqdm(pool.map(_file_phash, [k[0] for k in missing]), total=len(missing),
-                             disable=not progress, desc=f"hashing {len(missing)} images"))
-    _HASHES.update(zip(missing, computed))
-    results = [_HASHES[k] for k in keys]
-    readable = np.array([h is not None for h in results], dtype=bool)
-    hashes = np.stack([np.zeros(HASH_BYTES, np.uint8) if h is None else h for h in results])
-    cache.write_npz(target, hashes=hashes, readable=readable)
-    return hashes, readable
+    folder = Path(cache_dir) if cache_dir is not None else None
+    store = feature_store.FeatureStore(
+        "phash", {"version": _CACHE_VERSION, "hash_size": HASH_SIZE},
+        {"hashes": ((HASH_BYTES,), "uint8"), "readable": ((), "bool")}, folder)
+
+    def compute(indices: list[int]) -> dict[str, np.ndarray]:
+        with ThreadPoolExecutor(max_workers=workers or cache.cpu_count()) as pool:
+            found = list(pool.map(_file_phash, [paths[i] for i in indices]))
+        return {"hashes": np.stack([np.zeros(HASH_BYTES, np.uint8) if h is None else h
+                                    for h in found]),
+                "readable": np.array([h is not None for h in found])}
+
+    values = store.fetch(feature_store.content_keys(paths, folder), compute, progress,
+                         desc="perceptual hashes")
+    return values["hashes"], values["readable"]
 
 
 def hamming_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:

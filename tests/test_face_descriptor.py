@@ -3,6 +3,7 @@ share, the card-level embedding, and dlib's descriptor itself when it is install
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -228,8 +229,8 @@ def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
                                                    progress=False)
         np.testing.assert_array_equal(cached[0], vectors)
         np.testing.assert_array_equal(again[0], vectors)
-    # one file per network and front end; robust+sface is built from the robust and sface files
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+    # one store per network and front end; robust+sface is built from the robust and sface ones
+    assert len(list((tmp_path / "cache").glob("descriptors_*.sqlite"))) == 3
 
 
 @requires_descriptor
@@ -298,3 +299,30 @@ def test_sface_matches_a_noisy_face_and_tells_two_people_apart():
     unit = face_descriptor.normalise(vectors)
     assert found.tolist() == [True, True, True]
     assert unit[0] @ unit[1] > face_descriptor.SFACE_COSINE_THRESHOLD > unit[0] @ unit[2]
+
+
+def test_each_image_is_described_once_whatever_the_list(tmp_path, monkeypatch):
+    """Notebooks 01 and 03 ask for the same val images in other orders and other company; the
+    per-image store describes each content once (a byte-identical copy under another name
+    included)."""
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(paths[-1])
+    (tmp_path / "copy.png").write_bytes(Path(paths[0]).read_bytes())
+    described: list[str] = []
+
+    def fake_describe(images, front_end, progress=True):
+        described.extend(images)
+        vectors = np.array([[float(Image.open(p).getpixel((0, 0))[0])] * 128 for p in images],
+                           np.float32)
+        return vectors, np.ones(len(images), bool)
+
+    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    store = tmp_path / "store"
+    first, _ = face_descriptor.cached_descriptors(paths[:3], "robust", store, progress=False)
+    later = [paths[4], paths[2], str(tmp_path / "copy.png"), paths[0]]
+    second, found = face_descriptor.cached_descriptors(later, "robust", store, progress=False)
+    assert described == [*paths[:3], paths[4]]
+    assert second[:, 0].tolist() == [160.0, 80.0, 0.0, 0.0] and found.all()
+    np.testing.assert_array_equal(second[1], first[2])

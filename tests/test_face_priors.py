@@ -60,8 +60,7 @@ def test_second_call_reads_the_cache_and_key_covers_sources(astronaut_files, tmp
     cache = tmp_path / "cache"
     first = face_priors.load_face_chips([face, copy], [face, face], cache_dir=cache,
                                         progress=False)
-    assert len(list(cache.glob("chips_2_32_*.npz"))) == 1
-    assert not list(cache.glob("*.tmp")), "the atomic write leaves no temp file"
+    assert len(list(cache.glob("chips_32px_*.sqlite"))) == 1
 
     def no_detection():
         raise AssertionError("cache hit expected, but dlib was called")
