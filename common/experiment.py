@@ -75,6 +75,8 @@ class ExperimentConfig:
             backbone_defaults / epoch_defaults: per profile name ("cpu", "gpu").
             params: the notebook's parameters cell, as `**locals()` of it.
         """
+        if params.get("run_name"):  # refused before any work, not when the weights are saved
+            runs.check_run_name(params["run_name"])
         device = config.resolve_device(params.get("device", "auto"))
         config.configure_threads(device)
         profile = config.resolve_profile(params.get("profile", "auto"))

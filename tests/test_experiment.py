@@ -299,6 +299,12 @@ def test_recipe_stopped_by_sigterm_resumes_to_the_same_run(recipe_reference, tmp
     _assert_same_run(run_recipe(name, tmp_path, sample_root, Plan(), resume=True), reference)
 
 
+def test_unsafe_run_name_is_refused_when_the_config_resolves(tmp_path, sample_root):
+    with pytest.raises(ValueError, match=r"run_name '\.\./elsewhere' is not allowed"):
+        _resolve(task_a, tmp_path, sample_root, run_name="../elsewhere")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_after_a_parameter_change_names_it(tmp_path, sample_root):
     with pytest.raises(TrainingInterrupted):
         run_recipe("task_a", tmp_path, sample_root, Plan(loss=Interrupt(2)))
