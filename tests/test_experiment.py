@@ -281,11 +281,11 @@ def test_recipe_interrupted_in_the_replay_and_in_evaluate_resumes_to_the_same_ru
 def test_recipe_stopped_by_sigterm_resumes_to_the_same_run(recipe_reference, tmp_path,
                                                            sample_root):
     name, reference, _ = recipe_reference
-    started = tmp_path / "started"
+    started = tmp_path / "started"  # touched at step 2; slow steps leave seconds to signal
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
               "from pathlib import Path; import test_experiment as t; "
               f"t.run_recipe({name!r}, Path({str(tmp_path)!r}), Path({str(sample_root)!r}), "
-              f"t.Plan(sleep=0.2, started=Path({str(started)!r})))")
+              f"t.Plan(sleep=1.0, started=Path({str(started)!r})))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
                              text=True)

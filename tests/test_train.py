@@ -162,10 +162,10 @@ def test_other_exception_saves_state_and_keeps_its_type(tmp_path, reference):
 
 
 def test_sigterm_to_a_training_process_resumes_to_the_same_weights(tmp_path, reference):
-    marker = tmp_path / "started"
+    marker = tmp_path / "started"  # touched at step 3; slow steps leave seconds to signal
     script = (f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from pathlib import Path; "
               f"import test_train; test_train._run(Path({str(tmp_path)!r}), hard=True, "
-              f"sleep=0.05, started_marker={str(marker)!r})")
+              f"sleep=0.25, started_marker={str(marker)!r})")
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
                              text=True)
