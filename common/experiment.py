@@ -18,10 +18,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from common import config, data, discovery, near_duplicates, runs, workspace
 
 __all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
-           "make_loader", "create_optimizer", "create_scheduler", "file_sha1"]
+           "make_loader", "create_optimizer", "create_scheduler", "file_sha1", "training_files",
+           "resume_fingerprint"]
 
 # Quick mode (CI, tests): the sample is rendered at 112 px, and smaller inputs lose the cues.
 QUICK = {"epochs": 2, "image_size": 112, "batch_size": 32, "num_workers": 0}
+# Settings that say where a run reads and writes, or how it is resumed, not what it computes:
+# left out of the resume fingerprint so a moved data folder or a new run folder can resume.
+_LOCATION_SETTINGS = ("notebook", "data_dir", "run_dir", "output_dir", "weights_dir", "device",
+                      "resume")
 
 
 class LeakageError(RuntimeError):
@@ -52,7 +57,7 @@ class ExperimentConfig:
     weight_decay: float
     seed: int
     quick: bool
-    resume: bool
+    resume: bool | str
     dev_fraction: float
     holdout_fraction: float
     num_workers: int
@@ -71,6 +76,8 @@ class ExperimentConfig:
             params: the notebook's parameters cell, as `**locals()` of it.
         """
         workspace.set_work_root(params.get("work_root", ""))
+        if params.get("run_name"):  # refused before any work, not when the weights are saved
+            runs.check_run_name(params["run_name"])
         device = config.resolve_device(params.get("device", "auto"))
         config.configure_threads(device)
         profile = config.resolve_profile(params.get("profile", "auto"))
@@ -93,7 +100,7 @@ class ExperimentConfig:
             weight_decay=float(params.get("weight_decay", 1e-4)),
             seed=int(params.get("seed", 0)),
             quick=quick,
-            resume=bool(params.get("resume", False)),
+            resume=_resume_mode(params.get("resume", False)),
             dev_fraction=float(params.get("dev_fraction", 0.15)),
             holdout_fraction=float(params.get("holdout_fraction", 0.15)),
             num_workers=int(params.get("num_workers", profile.num_workers)),
@@ -116,6 +123,15 @@ class ExperimentConfig:
         values["device"] = str(self.device)
         values.pop("params")
         return runs.to_jsonable(values)
+
+
+def _resume_mode(value: Any) -> bool | str:
+    if value == "force":
+        return "force"
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"resume={value!r}; choose False, True or 'force' (continue a resume "
+                     "state written with other settings or data).")
 
 
 @dataclass
@@ -259,3 +275,28 @@ def create_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
                                                           patience=1), "epoch"
     raise ValueError(f"Unknown schedule {name!r}; choose 'cosine' or 'plateau'.")
+
+
+def training_files(cfg: ExperimentConfig, name: str) -> tuple[Path, Path]:
+    """The resume state and best-epoch weights of run `name`: `weights/<name>.resume.pt` and
+    `weights/<name>.best_state.pt`. Named by the run, not stamped, so a re-run finds them.
+
+    Raises:
+        ValueError: `name` is not a safe file name (`runs.check_run_name`).
+    """
+    runs.check_run_name(name)
+    return cfg.weights_dir / f"{name}.resume.pt", cfg.weights_dir / f"{name}.best_state.pt"
+
+
+def resume_fingerprint(cfg: ExperimentConfig, splits: Splits, **recipe: Any) -> dict:
+    """What a training run is, for `train.fit` to refuse resuming another one: the resolved and
+    raw settings (without where it reads and writes), the recipe's own arguments, and the
+    fingerprints of the train and dev file lists."""
+    settings = {key: value for key, value in cfg.summary().items()
+                if key not in _LOCATION_SETTINGS}
+    params = {key: value for key, value in cfg.params.items() if key not in _LOCATION_SETTINGS}
+    return runs.to_jsonable({
+        "config": settings, "parameters": params, "recipe": recipe,
+        "data": {"train": data.compute_fingerprint(splits.train["path"].tolist()),
+                 "dev": data.compute_fingerprint(splits.dev["path"].tolist())},
+    })

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
                     models, transforms)
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
-                               make_loader, make_splits)
+                               make_loader, make_splits, resume_fingerprint, training_files)
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
@@ -331,8 +331,7 @@ def training_subset(dataset: Dataset, frame: pd.DataFrame, epoch: int, seed: int
 def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig,
                      criterion: nn.Module, name: str, views_per_epoch: int = 2,
                      imbalance: str = "weighted_sampler", distortion_p: float = 0.5,
-                     stop_after_steps: int | None = None, dev_views: str = "clean"
-                     ) -> FitResult:
+                     dev_views: str = "clean") -> FitResult:
     """Fine-tune `net` with the seeded per-epoch views, selecting on dev macro-F1 (a
     `models.DescriptorProbe` is fitted by `fit_probe` instead).
 
@@ -379,13 +378,16 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
     steps = max(1, len(epoch_indices(splits.train, 0, cfg.seed, views_per_epoch, imbalance))
                 // cfg.batch_size)
     scheduler, interval = create_scheduler("cosine", optimizer, cfg.epochs, steps)
+    resume_path, best_path = training_files(cfg, name)
+    fingerprint = resume_fingerprint(cfg, splits, model=type(net).__name__,
+                                     criterion=repr(criterion), views_per_epoch=views_per_epoch,
+                                     imbalance=imbalance, distortion_p=distortion_p,
+                                     dev_views=dev_views)
     return fit(net, make_loader=make_epoch_loader, compute_loss=compute_loss, evaluate=evaluate,
                optimizer=optimizer, scheduler=scheduler, scheduler_interval=interval,
                epochs=cfg.epochs, monitor="f1_macro", mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
-               resume_path=cfg.weights_dir / f"{name}.resume.pt",
-               best_path=cfg.weights_dir / f"{name}.best_state.pt",
-               stop_after_steps=stop_after_steps)
+               resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 
 def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str = "clean"

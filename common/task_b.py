@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from common import (cache, data, evaluation, face_descriptor, fallbacks, identity_folders, losses,
                     metrics, models, runs, transforms)
 from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
-                               make_loader, make_splits)
+                               make_loader, make_splits, resume_fingerprint, training_files)
 from common.face_priors import PriorUnavailableError
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
@@ -160,9 +160,10 @@ def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
     gives the Siamese head a face-aware encoder to build on.
 
     Args:
-        init_from: a Task B checkpoint (.pt with its model card); ``"auto"``: notebook 02's
-            ``task_b_embedding_<backbone>.pt`` in the weights folder when it exists and has the
-            same backbone, else the pretrained backbone; ``""``: the pretrained backbone.
+        init_from: a Task B checkpoint (.pt with its model card); ``"auto"``: the latest
+            ``task_b_embedding_<backbone>`` checkpoint of notebook 02 in the weights folder when
+            there is one with the same backbone, else the pretrained backbone; ``""``: the
+            pretrained backbone.
         standardize_input: used when not starting from a checkpoint, which brings its own.
 
     Returns:
@@ -174,8 +175,11 @@ def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
     """
     checkpoint = Path(init_from) if init_from not in ("", "auto") else None
     if init_from == "auto":
-        candidate = cfg.weights_dir / f"task_b_embedding_{cfg.backbone}.pt"
-        checkpoint = candidate if candidate.is_file() else None
+        try:
+            checkpoint = runs.resolve_checkpoint(
+                cfg.weights_dir / f"task_b_embedding_{cfg.backbone}.pt")
+        except FileNotFoundError:
+            checkpoint = None
     card = runs.load_model_card(checkpoint) if checkpoint is not None else None
     if card is not None and card.get("backbone") != cfg.backbone:
         if init_from != "auto":
@@ -287,8 +291,11 @@ def embed(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
 
 def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoch_loader,
                    compute_loss, task_data: TaskBData, mean, std, monitor: str, epochs: int,
-                   schedule: str, lr: float, stop_after_steps: int | None) -> FitResult:
-    """Shared by every Task B recipe: dev retrieval + dev pair verification, best by `monitor`."""
+                   schedule: str, lr: float, recipe: dict) -> FitResult:
+    """Shared by every Task B recipe: dev retrieval + dev pair verification, best by `monitor`.
+
+    ``recipe`` holds the calling recipe's own arguments, for the resume fingerprint.
+    """
     dev = task_data.splits.dev
     dev_pairs = evaluation.make_pair_list(dev, min(2000, 4 * len(dev)), seed=cfg.seed)
     first, second = dev_pairs["i"].to_numpy(), dev_pairs["j"].to_numpy()
@@ -306,19 +313,20 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
     optimizer = create_optimizer(model, lr, cfg.weight_decay)
     steps = max(1, len(make_epoch_loader(0)))
     scheduler, interval = create_scheduler(schedule, optimizer, epochs, steps)
+    resume_path, best_path = training_files(cfg, name)
+    fingerprint = resume_fingerprint(cfg, task_data.splits, model=type(model).__name__,
+                                     monitor=monitor, epochs=epochs, schedule=schedule, lr=lr,
+                                     **recipe)
     return fit(model, make_loader=make_epoch_loader, compute_loss=compute_loss, evaluate=evaluate,
                optimizer=optimizer, scheduler=scheduler, scheduler_interval=interval,
                epochs=epochs, monitor=monitor, mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
-               resume_path=cfg.weights_dir / f"{name}.resume.pt",
-               best_path=cfg.weights_dir / f"{name}.best_state.pt",
-               stop_after_steps=stop_after_steps)
+               resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 
 def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: ExperimentConfig,
                   name: str, distortion_p: float = 0.5, schedule: str = "cosine",
-                  teacher: np.ndarray | None = None,
-                  stop_after_steps: int | None = None) -> FitResult:
+                  teacher: np.ndarray | None = None) -> FitResult:
     """ArcFace classification over the train identities (clean and distorted images alike),
     selected on dev gallery top-1.
 
@@ -358,8 +366,11 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
         return trained.loss(torch.cat([first, second]), targets[:, 0].repeat(2), sources,
                             teacher_batch)
 
+    recipe = {"distortion_p": distortion_p, "paired": model.paired,
+              "teacher_weight": model.teacher_weight,
+              "teacher": teacher is not None}
     return _fit_embedding(model, cfg, name, make_epoch_loader, compute_loss, task_data, mean,
-                          std, "top1", cfg.epochs, schedule, cfg.lr, stop_after_steps)
+                          std, "top1", cfg.epochs, schedule, cfg.lr, recipe)
 
 
 def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: ExperimentConfig,
@@ -476,8 +487,7 @@ def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
                 epochs: int, lr: float, pairs_per_epoch: int = 0, margin: float = 1.0,
                 hard_negatives: bool = False, distortion_p: float = 0.5,
-                monitor: str = "pair_accuracy", stop_after_steps: int | None = None
-                ) -> FitResult:
+                monitor: str = "pair_accuracy") -> FitResult:
     """Contrastive training on fresh, seeded, balanced pairs every epoch.
 
     Used for the Siamese network (monitor dev pair accuracy) and for FaceNet's stage 2 (monitor
@@ -508,8 +518,10 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
         return criterion(trained.embed_learned(first), trained.embed_learned(second),
                          same[:, 0].float())
 
+    recipe = {"pairs_per_epoch": n_pairs, "margin": margin, "hard_negatives": hard_negatives,
+              "distortion_p": distortion_p}
     return _fit_embedding(model, cfg, name, make_epoch_loader, compute_loss, task_data, mean,
-                          std, monitor, epochs, "cosine", lr, stop_after_steps)
+                          std, monitor, epochs, "cosine", lr, recipe)
 
 
 def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,

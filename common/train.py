@@ -2,26 +2,26 @@
 
 The loop knows nothing about tasks. A notebook hands it three callables:
 - ``make_loader(epoch)`` returns that epoch's DataLoader (seeded by epoch, so a resumed run sees
-  the same batches, and Siamese pairs can be re-sampled every epoch);
+  the same batches, and Siamese pairs can be re-sampled every epoch); it is always called with
+  the model holding its weights from the start of that epoch, so it may embed with it;
 - ``compute_loss(model, batch)`` returns the scalar loss of one batch;
 - ``evaluate(model)`` returns the dev metrics used for checkpoint selection.
 
 Resume state (model, optimiser, scheduler, AMP scaler, RNG states, epoch, step within the epoch,
-best metric, history) is written atomically at every epoch end and when the run is interrupted
-(KeyboardInterrupt or SIGTERM). A resumed run replays the interrupted epoch's loader up to the
-saved step without computing, so on CPU it ends with exactly the metrics of an uninterrupted run.
+best metric, history, the caller's fingerprint) is written atomically at every epoch end and when
+the run stops on an exception, Ctrl-C or SIGTERM. It always describes the last consistent point
+(after a whole optimiser step or a whole epoch end), wherever the run stopped: in `evaluate`,
+in the loader, in the replay. A resumed run replays the interrupted epoch's loader up to the
+saved step without computing, so on CPU it ends with exactly the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import random
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,8 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from common.resume import (RESUME_MODES, Interruptions, ResumeStateError, check_fingerprint,
+                           load_resume_state, rng_state, set_rng_state)
+
 __all__ = ["FitResult", "TrainingInterrupted", "fit", "move_to", "predict_batches",
-           "atomic_save", "load_resume_state"]
+           "atomic_save"]
 
 Batch = Any
 
@@ -75,49 +78,24 @@ def move_to(batch: Batch, device: torch.device) -> Batch:
     return batch
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_resume_state(path: Path) -> dict | None:
-    """The saved resume state, or None when there is none to resume from."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Kaggle and batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C so state is saved."""
-    def handler(signum, frame):  # noqa: ARG001 - signal API
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
 
 def _improved(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars (a NumPy-computed learning rate, a dev metric) as the Python numbers they
+    equal exactly, so the resume state loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def fit(
@@ -138,8 +116,8 @@ def fit(
     device: torch.device | str = "cpu",
     amp: bool = False,
     grad_clip: float | None = None,
-    resume: bool = False,
-    stop_after_steps: int | None = None,
+    resume: bool | str = False,
+    fingerprint: dict | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train `model`, keep the best dev checkpoint, stop early, and survive interruption.
@@ -150,75 +128,106 @@ def fit(
         evaluate: model -> dev metrics dict; must contain `monitor`. Runs under `torch.no_grad`.
         scheduler_interval: "epoch" (ReduceLROnPlateau gets the monitored value) or "step".
         patience: epochs without improvement before stopping; None disables early stopping.
-        resume: continue from `resume_path` when it exists (else start fresh).
-        stop_after_steps: simulate an interruption after this many optimiser steps (tests).
+        resume: True continues from `resume_path` when it exists (else starts fresh) and only
+            when it was written with the same `fingerprint`; "force" continues even when not.
+        fingerprint: nested dict of plain values saying what the run is (settings, data
+            hashes); stored in the resume state and compared on resume.
 
     Returns:
-        FitResult; the best weights are in `best_path` (state dict only, deployable) and
-        the model is left holding them.
+        FitResult; the best weights are in `best_path` (state dict only, deployable) and the
+        model is left holding them (its last weights, with a warning, when no epoch's dev
+        metric was a number better than the start).
 
     Raises:
         TrainingInterrupted: after saving the resume state on Ctrl-C / SIGTERM.
+        ResumeMismatchError: `resume=True` and the state was written by another run.
+        Any exception of the callables, after saving the resume state.
     """
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume={resume!r}; choose False, True or 'force'.")
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     result = FitResult()
-    start_epoch, skip_steps, global_step = 0, 0, 0
-    epochs_without_improvement = 0
+    global_step, epochs_without_improvement = 0, 0
     resume_path, best_path = Path(resume_path), Path(best_path)
     best_metric = -math.inf if mode == "max" else math.inf
     running = {"loss": 0.0, "batches": 0}  # this epoch's loss so far, kept across a resume
+    # The last consistent point: optimiser steps done in `epoch`, the RNG states right then, and
+    # (mid-epoch) the weights and RNG states the epoch started with, for `make_loader`.
+    point = {"epoch": 0, "step_in_epoch": 0, "rng": rng_state(), "epoch_start": None}
 
     state = load_resume_state(resume_path) if resume else None
     if state is not None:
+        check_fingerprint(state.get("fingerprint"), fingerprint, resume_path,
+                          force=resume == "force")
+        if state["best_epoch"] > 0 and not best_path.exists():
+            raise ResumeStateError(f"{resume_path} records a best epoch {state['best_epoch']} "
+                                   f"but its weights {best_path} are gone; run with "
+                                   "resume=False.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, skip_steps = state["epoch"], state["step_in_epoch"]
+        point.update(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"],
+                     rng=state["rng"], epoch_start=state["epoch_start"])
         global_step = state["global_step"]
         best_metric = state["best_metric"]
         epochs_without_improvement = state["epochs_without_improvement"]
         result.history = state["history"]
         result.best_epoch = state["best_epoch"]
-        result.resumed_from_epoch = start_epoch
+        result.resumed_from_epoch = point["epoch"]
         running.update(state["running"])
-        print(f"Resuming from {resume_path}: epoch {start_epoch + 1}, step {skip_steps}")
-    elif resume:
-        print(f"resume=True but no resume state at {resume_path}: starting from scratch")
+        print(f"Resuming from {resume_path}: epoch {point['epoch'] + 1}, "
+              f"step {point['step_in_epoch']}")
+    else:
+        if resume:
+            print(f"resume={resume!r} but no resume state at {resume_path}: starting afresh")
+        best_path.unlink(missing_ok=True)  # an earlier run's best weights are not this run's
 
-    def save_resume(epoch: int, step_in_epoch: int) -> None:
-        atomic_save({
+    def save_resume() -> None:
+        atomic_save(_plain({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch,
-            "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "scaler": scaler.state_dict(), "global_step": global_step,
             "best_metric": best_metric, "best_epoch": result.best_epoch,
             "epochs_without_improvement": epochs_without_improvement,
             "history": result.history, "running": dict(running),
-        }, resume_path)
+            "fingerprint": fingerprint, **point,
+        }), resume_path)
 
     started = time.perf_counter()
     model.to(device)
-    epoch = start_epoch
-    step = skip_steps
-    with _sigterm_as_interrupt():
+    interruptions = Interruptions()
+    pending_rng = point["rng"]  # restored once the replay is over, before the next real step
+    with interruptions.installed():
         try:
-            for epoch in range(start_epoch, epochs):
-                model.train()
-                loader = make_loader(epoch)
-                if skip_steps == 0:
+            for epoch in range(point["epoch"], epochs):
+                skip_steps = point["step_in_epoch"]
+                if skip_steps:  # the loader is built from the epoch's starting weights
+                    mid_epoch = _cpu_copy(model)
+                    model.load_state_dict(point["epoch_start"]["model"])
+                    set_rng_state(point["epoch_start"]["rng"])
+                else:
+                    if pending_rng is not None:
+                        set_rng_state(pending_rng)
+                        pending_rng = None
                     running.update(loss=0.0, batches=0)
+                loader = make_loader(epoch)
+                if skip_steps:
+                    model.load_state_dict(mid_epoch)
+                else:
+                    point["epoch_start"] = {"model": _cpu_copy(model), "rng": point["rng"]}
+                model.train()
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
                            leave=False)
                 for step, batch in enumerate(bar):
                     if step < skip_steps:  # replay the loader up to where the run stopped
                         continue
-                    if stop_after_steps is not None and global_step >= stop_after_steps:
-                        raise KeyboardInterrupt("stop_after_steps reached")
+                    if pending_rng is not None:
+                        set_rng_state(pending_rng)
+                        pending_rng = None
                     batch = move_to(batch, device)
                     optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(device.type, enabled=use_amp):
@@ -231,16 +240,19 @@ def fit(
                     if grad_clip is not None:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if scheduler is not None and scheduler_interval == "step":
-                        scheduler.step()
-                    global_step += 1
-                    running["loss"] += loss.item()
-                    running["batches"] += 1
+                    with interruptions.deferred():
+                        scaler.step(optimizer)
+                        scaler.update()
+                        if scheduler is not None and scheduler_interval == "step":
+                            scheduler.step()
+                        global_step += 1
+                        running["loss"] += loss.item()
+                        running["batches"] += 1
+                        point.update(epoch=epoch, step_in_epoch=step + 1, rng=rng_state())
                     bar.set_postfix(loss=f"{running['loss'] / running['batches']:.4f}")
-                skip_steps = 0
-                step = 0
+                if pending_rng is not None:  # the whole epoch was replayed
+                    set_rng_state(pending_rng)
+                    pending_rng = None
 
                 model.eval()
                 with torch.no_grad():
@@ -248,40 +260,58 @@ def fit(
                 if monitor not in metrics:
                     raise KeyError(f"evaluate() returned {sorted(metrics)} but monitor={monitor!r}")
                 value = float(metrics[monitor])
-                if scheduler is not None and scheduler_interval == "epoch":
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(value)
+                with interruptions.deferred():
+                    if scheduler is not None and scheduler_interval == "epoch":
+                        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                            scheduler.step(value)
+                        else:
+                            scheduler.step()
+                    result.history.append({
+                        "epoch": epoch + 1,
+                        "train_loss": running["loss"] / max(running["batches"], 1),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        **{f"dev_{key}": val for key, val in metrics.items()
+                           if isinstance(val, (int, float))}})
+                    if _improved(value, best_metric, mode):
+                        best_metric, result.best_epoch = value, epoch + 1
+                        epochs_without_improvement = 0
+                        atomic_save(model.state_dict(), best_path)
                     else:
-                        scheduler.step()
-                row = {"epoch": epoch + 1,
-                       "train_loss": running["loss"] / max(running["batches"], 1),
-                       "lr": optimizer.param_groups[0]["lr"],
-                       **{f"dev_{key}": val for key, val in metrics.items()
-                          if isinstance(val, (int, float))}}
-                result.history.append(row)
-                if _improved(value, best_metric, mode):
-                    best_metric, result.best_epoch = value, epoch + 1
-                    epochs_without_improvement = 0
-                    atomic_save(model.state_dict(), best_path)
-                else:
-                    epochs_without_improvement += 1
-                print(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  "
-                      f"dev {monitor} {value:.4f}  best {best_metric:.4f} (epoch {result.best_epoch})")
-                save_resume(epoch + 1, 0)
+                        epochs_without_improvement += 1
+                    point.update(epoch=epoch + 1, step_in_epoch=0, rng=rng_state(),
+                                 epoch_start=None)
+                    save_resume()
+                print(f"epoch {epoch + 1}/{epochs}  loss {result.history[-1]['train_loss']:.4f}"
+                      f"  dev {monitor} {value:.4f}  best {best_metric:.4f} "
+                      f"(epoch {result.best_epoch})")
                 if patience is not None and epochs_without_improvement >= patience:
                     result.stopped_early = True
                     print(f"Early stopping: no dev {monitor} improvement for {patience} epochs")
                     break
-        except KeyboardInterrupt as interrupt:
-            save_resume(epoch, step)
-            raise TrainingInterrupted(
-                f"Training interrupted at epoch {epoch + 1}, step {step} ({interrupt}); state saved "
-                f"to {resume_path}. Re-run with resume=True to continue.") from interrupt
+        except BaseException as error:
+            interruptions.ignore()
+            if interruptions.broken:
+                error.add_note(f"It stopped an update half-way, so {resume_path} was not "
+                               "written and keeps what it held.")
+                raise
+            save_resume()
+            where = f"epoch {point['epoch'] + 1}, step {point['step_in_epoch']}"
+            if isinstance(error, KeyboardInterrupt):
+                raise TrainingInterrupted(
+                    f"Training interrupted ({error}); state after {where} saved to "
+                    f"{resume_path}. Re-run with resume=True to continue.") from error
+            error.add_note(f"Resume state after {where} saved to {resume_path}; fix the cause "
+                           "and re-run with resume=True to continue.")
+            raise
 
     result.best_metric = best_metric
     result.wall_time_s = time.perf_counter() - started
-    if best_path.exists():
+    if result.best_epoch > 0:
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    else:
+        print(f"WARNING: no epoch improved dev {monitor} (values "
+              f"{[row.get(f'dev_{monitor}') for row in result.history]}); the model keeps its "
+              "last weights.")
     return result
 
 
@@ -290,14 +320,22 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
                     desc: str = "predict") -> torch.Tensor:
     """Run `model` over a loader of (inputs, ...) batches and concatenate the outputs on CPU.
 
-    The first element of each batch is the model input (a tensor or a tuple for two-stream models).
+    The first element of each batch is the model input (a tensor or a tuple for two-stream
+    models). The model runs in eval mode and is handed back in the mode it came in, so a
+    training loop that embeds with it (hard negatives) keeps training with dropout and
+    batch-norm updates.
     """
     outputs = []
+    was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            inputs = move_to(batch[0], device)
-            out = model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
-            outputs.append(out.float().cpu())
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+                inputs = move_to(batch[0], device)
+                out = model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
+                outputs.append(out.float().cpu())
+    finally:
+        if was_training:
+            model.train()
     return torch.cat(outputs) if outputs else torch.empty(0)

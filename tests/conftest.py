@@ -44,3 +44,17 @@ def sample_root() -> Path:
     from common.sample import ensure_sample
 
     return ensure_sample()
+
+
+class Interrupt:
+    """Raises `error` (KeyboardInterrupt, like Ctrl-C) on the `at`-th `tick()`, 1-based, once:
+    a real interruption at a chosen point of a training run."""
+
+    def __init__(self, at: int, error: BaseException | None = None):
+        self.at, self.calls = at, 0
+        self.error = error or KeyboardInterrupt("test interruption")
+
+    def tick(self) -> None:
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error

@@ -1,9 +1,15 @@
-"""common.experiment and the Task A/B recipes on top of it: seeded runs repeat exactly, an
-interrupted recipe resumes to the uninterrupted result, and train never meets evaluated data."""
+"""common.experiment and the Task A/B recipes on top of it: seeded runs repeat exactly, a recipe
+interrupted anywhere (in `evaluate`, in the replay, by SIGTERM) resumes to the uninterrupted
+result bit for bit, and train never meets evaluated data."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -13,11 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from common import cache, metrics, task_a, task_b, transforms
+from common import cache, metrics, models, task_a, task_b, train, transforms
 from common.data import read_task_b
 from common.experiment import (ExperimentConfig, LeakageError, check_leakage, make_loader,
                                make_splits)
+from common.resume import ResumeMismatchError
 from common.train import TrainingInterrupted
+from conftest import Interrupt
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -46,16 +54,61 @@ class Outcome:
     eval_metrics: dict | None = None
 
 
-def _train_task_a(folder: Path, data_dir: Path, stop_after_steps: int | None = None,
-                  **overrides) -> Outcome:
+@dataclasses.dataclass
+class Plan:
+    """Where a recipe run is interrupted: the `at`-th loss computation, `evaluate` call or
+    loader batch (the replay of a resumed run counts too). `sleep` slows every step and
+    `started` is touched at the second one, for a SIGTERM from outside."""
+
+    loss: Interrupt | None = None
+    evaluate: Interrupt | None = None
+    batch: Interrupt | None = None
+    sleep: float = 0.0
+    started: Path | None = None
+    losses: int = 0
+
+
+def _interruptible_fit(plan: Plan):
+    """`train.fit` with the recipe's callables wrapped to follow `plan`: monkeypatched into the
+    recipe module, so the recipe runs exactly as in a notebook until the interruption."""
+
+    def batches(loader):
+        for batch in loader:
+            plan.batch.tick()
+            yield batch
+
+    def fit(model, *, make_loader, compute_loss, evaluate, **kwargs):
+        def loss(trained, batch):
+            plan.losses += 1
+            if plan.loss:
+                plan.loss.tick()
+            if plan.started and plan.losses == 2:
+                plan.started.touch()
+            time.sleep(plan.sleep)
+            return compute_loss(trained, batch)
+
+        def dev_metrics(trained):
+            if plan.evaluate:
+                plan.evaluate.tick()
+            return evaluate(trained)
+
+        # Only when asked: a plain generator instead of the DataLoader changes how tqdm draws
+        # the shuffling order, so it would change the run.
+        loaders = (lambda epoch: batches(make_loader(epoch))) if plan.batch else make_loader
+        return train.fit(model, make_loader=loaders, compute_loss=loss, evaluate=dev_metrics,
+                         **kwargs)
+
+    return fit
+
+
+def _train_task_a(folder: Path, data_dir: Path, **overrides) -> Outcome:
     """The notebook-01 recipe: prepare, build, train, then evaluate on dev and eval."""
     cfg = _resolve(task_a, folder, data_dir, **overrides)
     task_data = task_a.prepare_data(cfg)
     net = task_a.create_classifier(cfg)
     criterion = task_a.create_loss("focal", task_data.splits.train["label"].to_numpy(),
                                    "weighted_sampler")
-    result = task_a.train_classifier(net, task_data, cfg, criterion, "task_a_test",
-                                     stop_after_steps=stop_after_steps)
+    result = task_a.train_classifier(net, task_data, cfg, criterion, "task_a_test")
     threshold, _, eval_metrics, _ = task_a.evaluate_model(net, task_data, cfg)
     return Outcome(cfg, net, task_data, result.history, net.state_dict(), threshold,
                    eval_metrics)
@@ -72,6 +125,34 @@ def _train_task_b(folder: Path, data_dir: Path, **overrides) -> Outcome:
     return Outcome(cfg, net, task_data, result.history, net.state_dict())
 
 
+def _train_siamese(folder: Path, data_dir: Path, **overrides) -> Outcome:
+    """The notebook-03 recipe with hard negatives: from epoch 2 on, the loader embeds the
+    train images with the model of that epoch's start."""
+    cfg = _resolve(task_b, folder, data_dir, **{"epochs": 2, **overrides})
+    task_data = task_b.prepare_data(cfg)
+    net = models.create_model("siamese", backbone_name="resnet10t", pretrained=False)
+    result = task_b.train_pairs(net, task_data, cfg, "siamese_test", epochs=cfg.epochs,
+                                lr=cfg.lr, pairs_per_epoch=128, hard_negatives=True)
+    return Outcome(cfg, net, task_data, result.history, net.state_dict())
+
+
+# Each recipe's module (whose `fit` is wrapped), its run, and settings that keep it short.
+RECIPES = {"task_a": (task_a, _train_task_a, {}),
+           "arcface": (task_b, _train_task_b, {"dev_fraction": 0.5}),
+           "siamese": (task_b, _train_siamese, {})}
+
+
+def run_recipe(name: str, folder: Path, data_dir: Path, plan: Plan, **overrides) -> Outcome:
+    """Recipe `name` (a key of RECIPES) with its `fit` interrupted as `plan` says."""
+    module, recipe, settings = RECIPES[name]
+    real = module.fit
+    module.fit = _interruptible_fit(plan)
+    try:
+        return recipe(folder, data_dir, **{**settings, **overrides})
+    finally:
+        module.fit = real
+
+
 def _assert_same_weights(first: dict, second: dict) -> None:
     assert first.keys() == second.keys()
     for key, value in first.items():
@@ -79,9 +160,25 @@ def _assert_same_weights(first: dict, second: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def task_a_reference(tmp_path_factory, sample_root) -> Outcome:
-    """One uninterrupted seed-0 Task A run, shared by the determinism and resume tests."""
-    return _train_task_a(tmp_path_factory.mktemp("task_a_reference"), sample_root)
+def references(tmp_path_factory, sample_root):
+    """recipe name -> (its uninterrupted seed-0 run, loss computations per epoch), each run
+    once on first use and shared by the determinism and resume tests."""
+    cache = {}
+
+    def reference(name: str) -> tuple[Outcome, int]:
+        if name not in cache:
+            plan = Plan()
+            outcome = run_recipe(name, tmp_path_factory.mktemp(name), sample_root, plan)
+            cache[name] = outcome, plan.losses // len(outcome.history)
+        return cache[name]
+
+    return reference
+
+
+@pytest.fixture(scope="module")
+def task_a_reference(references) -> Outcome:
+    """The uninterrupted seed-0 Task A run."""
+    return references("task_a")[0]
 
 
 # --- determinism ---------------------------------------------------------------------------
@@ -101,10 +198,10 @@ def test_task_a_other_seed_changes_history(task_a_reference, tmp_path, sample_ro
     assert other.history[0]["train_loss"] != task_a_reference.history[0]["train_loss"]
 
 
-def test_task_b_arcface_same_seed_repeats(tmp_path, sample_root):
-    # Half the train identities go to dev: half the training steps, same code path.
-    first = _train_task_b(tmp_path / "first", sample_root, dev_fraction=0.5)
-    second = _train_task_b(tmp_path / "second", sample_root, dev_fraction=0.5)
+def test_task_b_arcface_same_seed_repeats(references, tmp_path, sample_root):
+    # RECIPES runs it with half the train identities in dev: half the steps, same code path.
+    first = references("arcface")[0]
+    second = _train_task_b(tmp_path, sample_root, **RECIPES["arcface"][2])
     assert first.history == second.history
     assert np.isfinite(first.history[0]["train_loss"])
     _assert_same_weights(first.state, second.state)
@@ -145,20 +242,75 @@ def test_main_process_loader_repeats_per_epoch(augmented_copies):
 
 # --- resume at the recipe level ------------------------------------------------------------
 
-def test_task_a_interrupted_then_resumed_matches_uninterrupted(task_a_reference, tmp_path,
-                                                               sample_root):
-    steps = len(task_a.epoch_indices(task_a_reference.task_data.splits.train, 0, 0)) // 32
+@pytest.fixture(params=sorted(RECIPES))
+def recipe_reference(request, references) -> tuple[str, Outcome, int]:
+    """(recipe, its uninterrupted run, loss computations per epoch)."""
+    outcome, steps = references(request.param)
     assert steps >= 4, "the sample must give several steps per epoch to interrupt mid-epoch"
-    with pytest.raises(TrainingInterrupted, match="resume=True"):
-        _train_task_a(tmp_path / "first", sample_root, stop_after_steps=steps // 2)
-    resume_state = tmp_path / "first" / "weights" / "task_a_test.resume.pt"
-    assert resume_state.exists()
-    # A re-run writes a new run folder but finds the resume state in the shared weights folder.
-    shutil.copytree(tmp_path / "first" / "weights", tmp_path / "second" / "weights")
-    resumed = _train_task_a(tmp_path / "second", sample_root, resume=True)
-    assert resumed.history == task_a_reference.history
-    _assert_same_weights(resumed.state, task_a_reference.state)
-    assert resumed.eval_metrics == task_a_reference.eval_metrics
+    return request.param, outcome, steps
+
+
+def _assert_same_run(resumed: Outcome, reference: Outcome) -> None:
+    assert resumed.history == reference.history
+    _assert_same_weights(resumed.state, reference.state)
+    assert resumed.eval_metrics == reference.eval_metrics
+
+
+def test_recipe_interrupted_in_the_replay_and_in_evaluate_resumes_to_the_same_run(
+        recipe_reference, tmp_path, sample_root):
+    name, reference, steps = recipe_reference
+    last, done = len(reference.history), max(2, steps // 2)  # the middle of the last epoch
+    with pytest.raises(TrainingInterrupted, match=f"after epoch {last}, step {done}"):
+        run_recipe(name, tmp_path, sample_root, Plan(loss=Interrupt((last - 1) * steps + done + 1)))
+    # A re-run writes a new run folder but finds the resume state in the shared weights folder;
+    # stopped again while it replays the epoch's first `done` batches, it keeps the same point.
+    shutil.copytree(tmp_path / "weights", tmp_path / "second" / "weights")
+    with pytest.raises(TrainingInterrupted, match=f"after epoch {last}, step {done}"):
+        run_recipe(name, tmp_path / "second", sample_root, Plan(batch=Interrupt(2)), resume=True)
+    # Stopped in the evaluation of that epoch, its weights are fully trained: the state must say
+    # so (not "step 0", which would train the epoch twice).
+    with pytest.raises(TrainingInterrupted, match=f"after epoch {last}, step {steps}"):
+        run_recipe(name, tmp_path / "second", sample_root, Plan(evaluate=Interrupt(1)),
+                   resume=True)
+    resumed = run_recipe(name, tmp_path / "second", sample_root, Plan(), resume=True)
+    _assert_same_run(resumed, reference)
+
+
+# Signals are handled by `fit`, common to the recipes; the Siamese recipe with hard negatives
+# has the most state to get right (its loader embeds with the epoch's starting weights).
+@pytest.mark.parametrize("recipe_reference", ["siamese"], indirect=True)
+def test_recipe_stopped_by_sigterm_resumes_to_the_same_run(recipe_reference, tmp_path,
+                                                           sample_root):
+    name, reference, _ = recipe_reference
+    started = tmp_path / "started"  # touched at step 2; slow steps leave seconds to signal
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from pathlib import Path; import test_experiment as t; "
+              f"t.run_recipe({name!r}, Path({str(tmp_path)!r}), Path({str(sample_root)!r}), "
+              f"t.Plan(sleep=1.0, started=Path({str(started)!r})))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 300
+    while not started.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started.exists(), "the child never started training"
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode != 0 and "TrainingInterrupted" in stderr, stderr[-2000:]
+    _assert_same_run(run_recipe(name, tmp_path, sample_root, Plan(), resume=True), reference)
+
+
+def test_unsafe_run_name_is_refused_when_the_config_resolves(tmp_path, sample_root):
+    with pytest.raises(ValueError, match=r"run_name '\.\./elsewhere' is not allowed"):
+        _resolve(task_a, tmp_path, sample_root, run_name="../elsewhere")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_a_parameter_change_names_it(tmp_path, sample_root):
+    with pytest.raises(TrainingInterrupted):
+        run_recipe("task_a", tmp_path, sample_root, Plan(loss=Interrupt(2)))
+    with pytest.raises(ResumeMismatchError, match=r"config\.lr: saved 0\.001, now 0\.002"):
+        run_recipe("task_a", tmp_path, sample_root, Plan(), resume=True, lr=0.002)
 
 
 # --- leakage guards and dev-only selection -------------------------------------------------

@@ -365,3 +365,24 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
                                          progress=False)
     np.testing.assert_allclose(predictions["probability"].to_numpy()[:-1], eval_probs, atol=1e-5)
     assert predictions["error"].iloc[-1] and predictions["label"].iloc[-1] == ""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other_weights"])
+def test_cli_refuses_a_damaged_or_swapped_checkpoint_with_a_message(tmp_path, capsys, damage):
+    import torch
+
+    card = {"task": "task_a", "kind": "gender", "image_size": 32, "mean": [0.5] * 3,
+            "std": [0.5] * 3, "model_kwargs": {"backbone_name": "efficientfr", "num_classes": 2}}
+    checkpoint = runs.save_model(torch.nn.Linear(2, 2), tmp_path, "tiny", card)
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    else:  # a later save's weights beside this card
+        checkpoint.write_bytes(runs.save_model(torch.nn.Linear(2, 3), tmp_path / "other",
+                                               "tiny", card).read_bytes())
+    # weights/<name>.pt, as in the README, means the latest run: this one.
+    code = predict.main(["task-a", "--weights", str(tmp_path / "tiny.pt"), "--input",
+                         str(tmp_path), "--output", str(tmp_path / "preds.csv")])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert f"error: {checkpoint} is not the checkpoint its model card" in error
+    assert not (tmp_path / "preds.csv").exists()

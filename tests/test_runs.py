@@ -2,6 +2,7 @@
 carry their provenance, and model cards rebuild exactly the network that was saved."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -124,9 +125,11 @@ def saved(tmp_path) -> tuple[torch.nn.Module, Path]:
 
 def test_model_card_round_trip(saved):
     model, checkpoint = saved
-    assert checkpoint.name == "task_b_test.pt" and checkpoint.with_suffix(".json").exists()
+    assert re.fullmatch(r"task_b_test-\d{8}-\d{6}\.pt", checkpoint.name)
+    assert checkpoint.with_suffix(".json").exists()
     loaded, card = runs.load_model(checkpoint)
-    assert card["threshold"] == 0.4 and card["weights_file"] == "task_b_test.pt"
+    assert card["threshold"] == 0.4 and card["weights_file"] == checkpoint.name
+    assert card["weights_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert card["model_kwargs"] == CARD["model_kwargs"] and card["git_commit"]
     assert not loaded.training
     for key, value in model.state_dict().items():
@@ -151,10 +154,84 @@ def test_checkpoint_without_card_is_refused_with_an_explanation(saved):
     with pytest.raises(runs.MissingModelCardError) as error:
         runs.load_model(checkpoint)
     message = str(error.value)
-    assert str(checkpoint) in message and "task_b_test.json" in message
+    assert str(checkpoint) in message and checkpoint.with_suffix(".json").name in message
     assert "image size" in message and "normalisation" in message
     assert isinstance(error.value, FileNotFoundError)
     assert runs.find_model_cards(checkpoint.parent) == []
+
+
+def test_each_run_keeps_its_checkpoint_and_the_name_means_the_latest(saved, tmp_path):
+    _, first = saved
+    second_model, _ = runs.load_model(first)
+    with torch.no_grad():
+        for parameter in second_model.parameters():
+            parameter.add_(1.0)
+    second = runs.save_model(second_model, tmp_path, "task_b_test", {**CARD, "threshold": 0.6})
+    assert second != first and first.is_file() and first.with_suffix(".json").is_file()
+    # weights/<name>.pt stands for the latest run, as in the README's commands.
+    assert runs.resolve_checkpoint(tmp_path / "task_b_test.pt") == second
+    latest, card = runs.load_model(tmp_path / "task_b_test.pt")
+    assert card["threshold"] == 0.6
+    for key, value in second_model.state_dict().items():
+        assert torch.equal(latest.state_dict()[key], value), key
+    # An earlier run stays usable by its own name, and the listing shows one card per name.
+    assert runs.load_model(first)[1]["threshold"] == 0.4
+    assert [card["weights_path"] for card in runs.find_model_cards(tmp_path)] == [str(second)]
+
+
+def test_interrupted_save_leaves_the_previous_pair_as_the_latest(saved, tmp_path, monkeypatch):
+    model, first = saved
+
+    def full_disk(data, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs, "write_json", full_disk)  # the new weights are written, not the card
+    with pytest.raises(OSError):
+        runs.save_model(model, tmp_path, "task_b_test", {**CARD, "threshold": 0.9})
+    monkeypatch.undo()
+    assert runs.load_model(tmp_path / "task_b_test.pt")[1]["threshold"] == 0.4
+    assert runs.resolve_checkpoint(tmp_path / "task_b_test.pt") == first
+
+
+def test_weights_from_another_save_are_refused(saved, tmp_path):
+    model, first = saved
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    second = runs.save_model(model, tmp_path, "task_b_test", CARD)
+    first.write_bytes(second.read_bytes())  # new weights beside the old card
+    with pytest.raises(runs.CheckpointError, match=rf"{re.escape(str(first))} is not the "
+                                                   r"checkpoint its model card .* was saved with"):
+        runs.load_model(first)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(saved):
+    _, checkpoint = saved
+    checkpoint.write_bytes(b"not a zip archive")
+    card_path = checkpoint.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["weights_sha256"] = hashlib.sha256(b"not a zip archive").hexdigest()
+    card_path.write_text(json.dumps(card))  # even a card that vouches for the bytes
+    with pytest.raises(runs.CheckpointError, match=r"is not a weights-only state dict"):
+        runs.load_model(checkpoint)
+
+
+def test_card_without_weights_hash_is_refused(saved):
+    _, checkpoint = saved
+    card_path = checkpoint.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    del card["weights_sha256"]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(runs.CheckpointError, match="records no weights_sha256.*re-run"):
+        runs.load_model(checkpoint)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "name with space"])
+def test_unsafe_run_name_is_refused_before_writing(tmp_path, name):
+    folder = tmp_path / "weights"
+    with pytest.raises(ValueError, match=rf"run_name {re.escape(repr(name))} is not allowed: "
+                                         r"use letters, digits"):
+        runs.save_model(torch.nn.Linear(2, 2), folder, name, CARD)
+    assert not any(tmp_path.rglob("*.pt")) and not any(tmp_path.rglob("*.json"))
 
 
 def test_missing_checkpoint_is_refused(tmp_path):

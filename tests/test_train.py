@@ -1,15 +1,30 @@
-"""common.train: the loop learns, selects on dev, stops early, and resumes to identical results."""
+"""common.train: the loop learns, selects on dev, stops early, and an interruption anywhere (an
+exception in the loss, in `evaluate`, in the replay, a real SIGTERM) resumes to the weights of
+the uninterrupted run, bit for bit."""
 from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from common.config import seed_everything
 from common.experiment import make_loader
-from common.train import TrainingInterrupted, atomic_save, fit
+from common.resume import ResumeMismatchError, ResumeStateError
+from common.train import TrainingInterrupted, atomic_save, fit, predict_batches
+from conftest import Interrupt
+
+STEPS_PER_EPOCH = 6  # `hard` runs: the 192 hardest train points in batches of 32
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _problem(seed: int = 0):
@@ -24,25 +39,76 @@ def _problem(seed: int = 0):
     return draw(256), draw(128)
 
 
-def _run(tmp_path, *, resume=False, stop_after_steps=None, epochs=4, workers=0, patience=None):
+def _replay_interrupted(loader, interrupt: Interrupt):
+    """The loader's batches, with `interrupt` ticking before each one (so it fires while the
+    resumed epoch is replayed when `at` is small)."""
+    for batch in loader:
+        interrupt.tick()
+        yield batch
+
+
+def _run(tmp_path, *, resume=False, epochs=4, workers=0, patience=None, hard=False,
+         on_loss=None, on_evaluate=None, on_batch=None, fingerprint=None, sleep=0.0,
+         started_marker=None):
+    """The toy problem trained by `fit`; `on_*` interrupt the loss, `evaluate` or the loader.
+
+    With `hard`, each epoch trains on the 3/4 of the points the model gets most wrong at the
+    start of that epoch (like hard negatives: the loader depends on the weights and embeds in
+    eval mode), and the loss checks it runs in train mode.
+    """
     seed_everything(0)
     (x, y), (dev_x, dev_y) = _problem()
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.02)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
     dataset = TensorDataset(x, y)
+    steps = {"done": 0}
+
+    def epoch_loader(epoch):
+        subset = dataset
+        if hard:
+            logits = predict_batches(model, make_loader(dataset, 64), progress=False)
+            losses = nn.functional.cross_entropy(logits, y, reduction="none")
+            subset = Subset(dataset, torch.argsort(losses, descending=True)[:192].tolist())
+        loader = make_loader(subset, 32, shuffle=True, seed=3, epoch=epoch,
+                             num_workers=workers)
+        return _replay_interrupted(loader, on_batch) if on_batch else loader
+
+    def compute_loss(m, batch):
+        assert m.training, "training must run in train mode"
+        if on_loss:
+            on_loss.tick()
+        if sleep:
+            time.sleep(sleep)
+        steps["done"] += 1
+        if started_marker and steps["done"] == 3:
+            Path(started_marker).touch()
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
 
     def evaluate(m):
-        accuracy = (m(dev_x).argmax(1) == dev_y).float().mean().item()
-        return {"accuracy": accuracy}
+        torch.rand(3)  # evaluation may draw random numbers: they must not leak into training
+        if on_evaluate:
+            on_evaluate.tick()
+        return {"accuracy": (m(dev_x).argmax(1) == dev_y).float().mean().item()}
 
     return model, fit(
-        model, make_loader=lambda epoch: make_loader(dataset, 32, shuffle=True, seed=3,
-                                                     epoch=epoch, num_workers=workers),
-        compute_loss=lambda m, batch: nn.functional.cross_entropy(m(batch[0]), batch[1]),
-        evaluate=evaluate, optimizer=optimizer, scheduler=scheduler, epochs=epochs,
-        monitor="accuracy", resume_path=tmp_path / "state.pt", best_path=tmp_path / "best.pt",
-        resume=resume, stop_after_steps=stop_after_steps, progress=False, patience=patience)
+        model, make_loader=epoch_loader, compute_loss=compute_loss, evaluate=evaluate,
+        optimizer=optimizer, scheduler=scheduler, epochs=epochs, monitor="accuracy",
+        resume_path=tmp_path / "state.pt", best_path=tmp_path / "best.pt", resume=resume,
+        progress=False, patience=patience, fingerprint=fingerprint)
+
+
+def _assert_same(first: tuple, second: tuple) -> None:
+    (first_model, first_result), (second_model, second_result) = first, second
+    assert first_result.history == second_result.history
+    for key, value in first_model.state_dict().items():
+        assert torch.equal(value, second_model.state_dict()[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of the `hard` toy problem."""
+    return _run(tmp_path_factory.mktemp("reference"), hard=True)
 
 
 def test_fit_learns_and_keeps_best_checkpoint(tmp_path):
@@ -61,25 +127,117 @@ def test_same_seed_gives_identical_history(tmp_path):
     assert first.history == second.history
 
 
-@pytest.mark.parametrize("stop_after", [3, 8, 13])  # mid-epoch, exactly an epoch end, later
-def test_interrupt_and_resume_matches_uninterrupted(tmp_path, stop_after):
-    reference_model, reference = _run(tmp_path / "reference")
+# mid-epoch, exactly at an epoch end (before its evaluation), in the last epoch
+@pytest.mark.parametrize("at_call", [4, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH + 5])
+def test_interrupted_loss_resumes_to_the_same_weights(tmp_path, reference, at_call):
     with pytest.raises(TrainingInterrupted, match="resume=True"):
-        _run(tmp_path / "resumed", stop_after_steps=stop_after)
-    assert (tmp_path / "resumed" / "state.pt").exists()
-    resumed_model, resumed = _run(tmp_path / "resumed", resume=True)
-    assert resumed.resumed_from_epoch is not None
-    assert resumed.history == reference.history
-    for key, value in reference_model.state_dict().items():
-        assert torch.equal(value, resumed_model.state_dict()[key]), key
+        _run(tmp_path, hard=True, on_loss=Interrupt(at_call))
+    _assert_same(_run(tmp_path, hard=True, resume=True), reference)
+
+
+def test_interrupted_evaluate_resumes_to_the_same_weights(tmp_path, reference):
+    # Epoch 2's weights are trained when its evaluation is interrupted: the state must say so,
+    # not "epoch 2, step 0", which would train epoch 2 twice.
+    with pytest.raises(TrainingInterrupted, match=f"epoch 2, step {STEPS_PER_EPOCH}"):
+        _run(tmp_path, hard=True, on_evaluate=Interrupt(2))
+    model, resumed = _run(tmp_path, hard=True, resume=True)
+    assert resumed.resumed_from_epoch == 1
+    _assert_same((model, resumed), reference)
+
+
+def test_interrupted_replay_resumes_to_the_same_weights(tmp_path, reference):
+    with pytest.raises(TrainingInterrupted, match="epoch 2, step 3"):
+        _run(tmp_path, hard=True, on_loss=Interrupt(STEPS_PER_EPOCH + 4))
+    # Interrupted again while the resumed run replays batch 2 of those 3: still step 3.
+    with pytest.raises(TrainingInterrupted, match="epoch 2, step 3"):
+        _run(tmp_path, hard=True, resume=True, on_batch=Interrupt(2))
+    _assert_same(_run(tmp_path, hard=True, resume=True), reference)
+
+
+def test_other_exception_saves_state_and_keeps_its_type(tmp_path, reference):
+    with pytest.raises(MemoryError) as error:
+        _run(tmp_path, hard=True, on_evaluate=Interrupt(3, MemoryError("dev set too big")))
+    assert any("resume=True" in note for note in error.value.__notes__)
+    _assert_same(_run(tmp_path, hard=True, resume=True), reference)
+
+
+def test_sigterm_to_a_training_process_resumes_to_the_same_weights(tmp_path, reference):
+    marker = tmp_path / "started"  # touched at step 3; slow steps leave seconds to signal
+    script = (f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from pathlib import Path; "
+              f"import test_train; test_train._run(Path({str(tmp_path)!r}), hard=True, "
+              f"sleep=0.25, started_marker={str(marker)!r})")
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), "the child never started training"
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode != 0 and "TrainingInterrupted" in stderr, stderr[-2000:]
+    _assert_same(_run(tmp_path, hard=True, resume=True), reference)
 
 
 def test_resume_with_worker_processes(tmp_path):
-    _, reference = _run(tmp_path / "reference", workers=2, epochs=2)
+    reference = _run(tmp_path / "reference", workers=2, epochs=2)
     with pytest.raises(TrainingInterrupted):
-        _run(tmp_path / "resumed", stop_after_steps=5, workers=2, epochs=2)
-    _, resumed = _run(tmp_path / "resumed", resume=True, workers=2, epochs=2)
-    assert resumed.history == reference.history
+        _run(tmp_path / "resumed", on_loss=Interrupt(6), workers=2, epochs=2)
+    _assert_same(_run(tmp_path / "resumed", resume=True, workers=2, epochs=2), reference)
+
+
+def test_resume_of_another_run_is_refused_unless_forced(tmp_path, capsys):
+    with pytest.raises(TrainingInterrupted):
+        _run(tmp_path, on_loss=Interrupt(3), fingerprint={"config": {"lr": 0.02}, "data": "a"})
+    with pytest.raises(ResumeMismatchError, match=r"config\.lr: saved 0\.02, now 0\.05.*force"):
+        _run(tmp_path, resume=True, fingerprint={"config": {"lr": 0.05}, "data": "a"})
+    model, result = _run(tmp_path, resume="force",
+                         fingerprint={"config": {"lr": 0.05}, "data": "a"})
+    assert result.resumed_from_epoch == 0 and len(result.history) == 4
+    assert "config.lr: saved 0.02, now 0.05" in capsys.readouterr().out
+
+
+class _RunsCode:
+    """Unpickling this touches a file: what a malicious resume state could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_state_is_loaded_without_running_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"model": _RunsCode(marker)}, tmp_path / "state.pt")
+    with pytest.raises(ResumeStateError, match=r"state\.pt is not a resume state.*resume=False"):
+        _run(tmp_path, resume=True)
+    assert not marker.exists()
+
+
+def test_no_improving_epoch_keeps_the_last_weights_not_a_stale_best(tmp_path, capsys):
+    seed_everything(0)
+    model = nn.Linear(2, 2)
+    stale = {key: torch.zeros_like(value) for key, value in model.state_dict().items()}
+    atomic_save(stale, tmp_path / "b.pt")  # an earlier run's best weights
+    dataset = TensorDataset(torch.ones(8, 2), torch.zeros(8, dtype=torch.long))
+    result = fit(model, make_loader=lambda epoch: make_loader(dataset, 4, epoch=epoch),
+                 compute_loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+                 evaluate=lambda m: {"score": math.nan}, optimizer=torch.optim.SGD(
+                     model.parameters(), lr=0.1), epochs=2, monitor="score",
+                 resume_path=tmp_path / "s.pt", best_path=tmp_path / "b.pt", progress=False)
+    assert result.best_epoch == -1 and not (tmp_path / "b.pt").exists()
+    assert not torch.equal(model.weight, stale["weight"])
+    assert "no epoch improved dev score" in capsys.readouterr().out
+
+
+def test_predict_batches_hands_the_model_back_in_its_mode():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    loader = make_loader(TensorDataset(torch.ones(4, 2)), 2)
+    predict_batches(model.train(), loader, progress=False)
+    assert model.training
+    predict_batches(model.eval(), loader, progress=False)
+    assert not model.training
 
 
 def test_early_stopping(tmp_path):
