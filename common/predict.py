@@ -20,7 +20,6 @@ one is replaced only with ``--overwrite``. Nothing in the input folders is modif
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tempfile
@@ -273,14 +272,13 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
 
 def checkpoint_fingerprint(weights: str | os.PathLike) -> dict:
     """What a saved gallery remembers of the checkpoint that embedded it: the model card's name
-    and the SHA-256 of the weights file, so a checkpoint retrained under the same name differs.
-    """
+    and the SHA-256 of its weights (recorded in the card, verified whenever the weights load),
+    so a checkpoint retrained under the same name differs."""
     card = runs.load_model_card(weights)
-    digest = hashlib.sha256()
-    with open(weights, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return {"checkpoint": card["name"], "sha256": digest.hexdigest()}
+    if not card.get("weights_sha256"):
+        raise runs.CheckpointError(f"The model card of {card['weights_path']} records no "
+                                   "weights hash; re-save it with the current notebooks.")
+    return {"checkpoint": card["name"], "sha256": card["weights_sha256"]}
 
 
 def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
