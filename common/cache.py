@@ -46,6 +46,8 @@ __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
     "file_list_key", "FITS", "check_fit", "to_rgb_array", "write_npz", "read_npz",
+    "ImageFiles", "IMAGE_CACHES", "STREAM_ABOVE_BYTES", "check_image_cache",
+    "choose_image_cache",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
@@ -54,6 +56,10 @@ _JPEG_EOI = b"\xff\xd9"
 _TASK_DIRS = ("Task_A", "Task_B")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 FITS = ("crop", "stretch")
+IMAGE_CACHES = ("auto", "memmap", "stream")  # the notebooks' `image_cache` values
+# `auto` streams above this many decoded bytes (2 GiB: about 57,000 images at 112 px, which
+# decode in well under a minute here), or when the array would take over half the free disk.
+STREAM_ABOVE_BYTES = 2 * 2**30
 
 
 class ImageReadError(OSError):
@@ -304,9 +310,78 @@ def _allocate(path: Path) -> None:
         os.close(fd)
 
 
+class ImageFiles:
+    """An ``(N, S, S, 3)`` uint8 array of image files that decodes a row when it is read.
+
+    What training streams from when the decoded array would not fit (`load_image_array`): each
+    row is decoded exactly like a cached row, in whichever process reads it (DataLoader
+    workers), so the first epoch starts at once on any data size. Indexing with an integer
+    decodes that row; a slice, an index array or a boolean mask gives another `ImageFiles`;
+    ``images[:, ...]`` applies the rest of the key to every row when it is read
+    (``images[:, :, ::-1]`` mirrors them). ``np.asarray`` decodes everything.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, fit: str = "crop",
+                 row_key: tuple = ()) -> None:
+        self.paths = [str(path) for path in paths]
+        self.image_size, self.fit, self.row_key = image_size, check_fit(fit), row_key
+        self.shape = (len(self.paths), image_size, image_size, 3)
+        self.dtype, self.ndim = np.dtype(np.uint8), 4
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _row(self, index: int) -> np.ndarray:
+        return _decode_resized(self.paths[index], self.image_size, self.fit)[self.row_key]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self._row(int(key))
+        if isinstance(key, tuple) and key and key[0] == slice(None):
+            return ImageFiles(self.paths, self.image_size, self.fit, self.row_key + key[1:])
+        picked = np.arange(len(self))[key]
+        return ImageFiles([self.paths[i] for i in picked], self.image_size, self.fit,
+                          self.row_key)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = np.stack([self._row(i) for i in range(len(self))]) if len(self) else np.zeros(
+            self.shape, np.uint8)
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def check_image_cache(image_cache: str) -> str:
+    """`image_cache` itself when it is one of `IMAGE_CACHES`.
+
+    Raises:
+        ValueError: any other value, naming the choices.
+    """
+    if image_cache not in IMAGE_CACHES:
+        raise ValueError(f"image_cache={image_cache!r}; choose one of {IMAGE_CACHES}")
+    return image_cache
+
+
+def choose_image_cache(count: int, image_size: int, folder: Path, image_cache: str = "auto"
+                       ) -> str:
+    """``"memmap"`` or ``"stream"`` for `count` images at `image_size`: `auto` streams when
+    the decoded array exceeds `STREAM_ABOVE_BYTES` or half the free disk of `folder`."""
+    if check_image_cache(image_cache) != "auto":
+        return image_cache
+    needed = count * image_size * image_size * 3
+    free = shutil.disk_usage(_existing_parent(folder)).free
+    return "stream" if needed > min(STREAM_ABOVE_BYTES, free / 2) else "memmap"
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
                      cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                     workers: int | None = None, fit: str = "crop") -> np.ndarray:
+                     workers: int | None = None, fit: str = "crop",
+                     image_cache: str = "memmap") -> np.ndarray | ImageFiles:
     """Decode ``paths`` into one ``(N, S, S, 3)`` uint8 array, cached on disk as a memmap.
 
     Each image is made an ``image_size`` square as ``fit`` says (see `FITS`). The array
@@ -323,6 +398,8 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         progress: show a tqdm bar while decoding.
         workers: decoding threads (Pillow releases the GIL); ``None`` = `cpu_count()`.
         fit: ``"crop"`` (shorter side, centre square) or ``"stretch"`` (whole image, squashed).
+        image_cache: ``"memmap"`` (the cached array), ``"stream"`` (an `ImageFiles` that decodes
+            rows as they are read; nothing is written) or ``"auto"`` (`choose_image_cache`).
 
     Raises:
         ImageReadError: a file cannot be decoded (validation should have excluded it).
@@ -332,6 +409,8 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
     if not paths:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir()
+    if choose_image_cache(len(paths), image_size, folder, image_cache) == "stream":
+        return ImageFiles(paths, image_size, fit)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"version": CACHE_VERSION, "size": image_size, "fit": check_fit(fit)}
     key = file_list_key(paths, settings)

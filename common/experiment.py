@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common import config, data, discovery, near_duplicates, runs, workspace
+from common import cache, config, data, discovery, near_duplicates, runs, workspace
 
 __all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
            "make_loader", "create_optimizer", "create_scheduler", "file_sha1", "training_files",
@@ -25,8 +25,9 @@ __all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_l
 QUICK = {"epochs": 2, "image_size": 112, "batch_size": 32, "num_workers": 0}
 # Settings that say where a run reads and writes, or how it is resumed, not what it computes:
 # left out of the resume fingerprint so a moved data folder or a new run folder can resume.
-_LOCATION_SETTINGS = ("notebook", "data_dir", "run_dir", "output_dir", "weights_dir", "device",
-                      "resume")
+# Settings that change where a run reads and writes, or how fast, but no number it computes.
+_LOCATION_SETTINGS = ("notebook", "data_dir", "run_dir", "output_dir", "weights_dir", "work_root",
+                      "device", "resume", "image_cache")
 
 
 class LeakageError(RuntimeError):
@@ -63,6 +64,7 @@ class ExperimentConfig:
     num_workers: int
     patience: int | None
     allow_leakage: bool
+    image_cache: str = "auto"
     params: dict = field(default_factory=dict)
 
     @classmethod
@@ -106,6 +108,7 @@ class ExperimentConfig:
             num_workers=int(params.get("num_workers", profile.num_workers)),
             patience=params.get("patience", 3),
             allow_leakage=bool(params.get("allow_leakage", False)),
+            image_cache=cache.check_image_cache(params.get("image_cache", "auto")),
             params=dict(params),
         )
         if quick:

@@ -155,7 +155,8 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
                                                 size=cfg.image_size)
             images[name], origins[name] = chips.images, chips.counts()
         else:
-            images[name] = cache.load_image_array(frame["path"].tolist(), cfg.image_size)
+            images[name] = cache.load_image_array(frame["path"].tolist(), cfg.image_size,
+                                                  image_cache=cfg.image_cache)
         if dual_stream:
             result = faces.align_faces(frame["path"].tolist(), image_size=cfg.image_size,
                                        margin=align_margin, device=str(cfg.device))

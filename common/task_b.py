@@ -77,7 +77,7 @@ def image_fit(cfg: ExperimentConfig) -> str:
 
 def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
     images = {name: cache.load_image_array(frame["path"].tolist(), cfg.image_size,
-                                           fit=image_fit(cfg))
+                                           fit=image_fit(cfg), image_cache=cfg.image_cache)
               for name, frame in (("train", splits.train), ("dev", splits.dev),
                                   ("eval", splits.eval))}
     identities = sorted(splits.train["identity"].unique())
@@ -282,7 +282,7 @@ def embed(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
     """(N, D) L2-normalised embeddings; with `flip_tta` the mean of image and mirror, renormalised."""
     transform = transforms.create_eval_transform(image_size, mean, std)
     labels = np.zeros(len(images), dtype=np.int64)
-    views = [images, np.ascontiguousarray(images[:, :, ::-1])] if flip_tta else [images]
+    views = [images, images[:, :, ::-1]] if flip_tta else [images]  # rows are copied as read
     total = sum(predict_batches(model, make_loader(cache.ImageArrayDataset(view, labels, transform),
                                                    batch_size), device, progress=progress,
                                 desc="embed") for view in views)

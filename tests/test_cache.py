@@ -294,3 +294,44 @@ def test_npz_cache_round_trip_and_unreadable_files(tmp_path):
     assert cache.read_npz(tmp_path / "absent.npz", ("a",)) is None
     target.write_bytes(b"truncated")
     assert cache.read_npz(target, ("a",)) is None
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+def test_streamed_training_gives_the_cached_batches(sample_root, tmp_path):
+    """The same seeded train loader over the cached memmap and over files decoded as read:
+    identical first batches, augmentations included (two loader workers)."""
+    from common import experiment, transforms
+
+    paths = sorted(str(p) for p in (sample_root / "Task_B" / "train").rglob("*.jpg"))[:48]
+    labels = np.arange(len(paths)) % 5
+    cached = load_image_array(paths, 32, cache_dir=tmp_path, progress=False, fit="stretch")
+    streamed = load_image_array(paths, 32, cache_dir=tmp_path / "unused", progress=False,
+                                fit="stretch", image_cache="stream")
+    assert isinstance(streamed, cache.ImageFiles) and not (tmp_path / "unused").exists()
+    batches = []
+    for images in (cached, streamed):
+        dataset = ImageArrayDataset(images, labels, transforms.create_train_transform(
+            32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+        loader = experiment.make_loader(dataset, 16, shuffle=True, seed=3, epoch=1,
+                                        num_workers=2)
+        batches.append(next(iter(loader)))
+    torch.testing.assert_close(batches[0][0], batches[1][0], rtol=0, atol=0)
+    assert torch.equal(batches[0][1], batches[1][1])
+    # Rows, subsets and mirrored views decode to the cached pixels.
+    np.testing.assert_array_equal(np.asarray(streamed), cached)
+    mask = labels == 2
+    np.testing.assert_array_equal(np.asarray(streamed[mask]), cached[mask])
+    np.testing.assert_array_equal(streamed[:, :, ::-1][5], cached[5][:, ::-1])
+
+
+def test_auto_streams_when_the_array_would_not_fit(tmp_path, monkeypatch):
+    assert cache.choose_image_cache(1000, 112, tmp_path) == "memmap"  # 38 MB
+    assert cache.choose_image_cache(10**6, 112, tmp_path) == "stream"  # 38 GB > 2 GiB
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: usage._replace(free=50 * 2**20))  # 50 MiB free
+    assert cache.choose_image_cache(1000, 112, tmp_path) == "stream"
+    assert cache.choose_image_cache(1000, 112, tmp_path, "memmap") == "memmap"
+    with pytest.raises(ValueError, match="image_cache='disk'; choose one of"):
+        cache.choose_image_cache(10, 8, tmp_path, "disk")

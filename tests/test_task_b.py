@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import experiment, models, task_b
+from common import cache, experiment, models, task_b
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +172,21 @@ def test_model_card_rebuilds_the_same_embedding(setup, model):
     images = torch.randn(2, 3, side, side)
     with torch.no_grad():
         assert torch.allclose(rebuilt.eval()(images), embedder.eval()(images), atol=1e-5)
+
+
+def test_streamed_images_embed_like_cached_ones(setup, tmp_path):
+    """image_cache="stream": every split decodes as read, and the embeddings (mirror TTA
+    included) are those of the cached arrays."""
+    cfg, task_data = setup
+    streamed_cfg = experiment.ExperimentConfig.resolve(
+        "03_task_b_siamese", task_b.SIAMESE_BACKBONES, task_b.EPOCHS, data_dir=str(cfg.data_dir),
+        output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
+        epochs=2, image_size=48, seed=0, dev_fraction=0.3, image_cache="stream")
+    streamed = task_b.prepare_data(streamed_cfg)
+    assert all(isinstance(images, cache.ImageFiles) for images in streamed.images.values())
+    model = models.create_model("siamese", backbone_name="resnet10t", pretrained=False).eval()
+    mean, std = model.data_config["mean"], model.data_config["std"]
+    for split in ("dev", "eval"):
+        np.testing.assert_array_equal(
+            task_b.embed(model, streamed.images[split], 48, mean, std, flip_tta=True),
+            task_b.embed(model, task_data.images[split], 48, mean, std, flip_tta=True))
