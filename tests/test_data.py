@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -351,13 +350,11 @@ def test_real_readers_match_official_counts() -> None:
 
 @needs_real
 def test_real_train_split_validates_clean() -> None:
-    start = time.perf_counter()
+    # Its speed is not a test's business (a loaded CI machine is not a benchmark).
     report = data.validate_dataset(REAL_DATA, progress=False)
-    elapsed = time.perf_counter() - start
     assert report.problems.empty, report.problems.head().to_string()
     assert not report.excluded
     assert not [w for w in report.warnings if "train differs" in w]
-    assert elapsed < 30, f"validation took {elapsed:.1f} s"
 
 
 def test_task_a_identity_falls_back_to_stem_without_task_b(facecom: Path) -> None:
