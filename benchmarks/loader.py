@@ -8,7 +8,10 @@ Measures images/s on the real FACECOM Task_B train images for
     the eval transform and no transform;
 (c) the model's own forward+backward throughput at the same size and batch (random tensors), the
     loader/model ratio (goal >= 3: the loader is never the bottleneck) and whole training steps
-    (DataLoader with the train transform feeding the model), so loader overhead is visible.
+    (DataLoader with the train transform feeding the model), so loader overhead is visible;
+(d) the same for streaming (``image_cache="stream"``: `cache.ImageFiles` decodes each JPEG in
+    the loader workers as it is read): time to the first batch, one epoch with the train
+    transform, whole training steps, and the streamed loader/model ratio.
 Prints a markdown table to stdout.
 
     python benchmarks/loader.py                                   # from the project root
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.throughput import compute_throughput  # noqa: E402
-from common import data, transforms  # noqa: E402  (import after making the project importable)
+from common import cache, data, transforms  # noqa: E402  (import after making the project importable)
 from common.models import create_backbone  # noqa: E402
 from common.config import make_generator, seed_worker  # noqa: E402
 
@@ -38,6 +41,16 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f}"
+
+
+def _first_batch(images, labels, transform, batch_size: int, workers: int) -> float:
+    """Seconds from building a DataLoader to holding its first batch (workers started)."""
+    dataset = data.ImageArrayDataset(images, labels, transform)
+    start = time.perf_counter()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        worker_init_fn=seed_worker, generator=make_generator(0))
+    next(iter(loader))
+    return time.perf_counter() - start
 
 
 def _loader_pass(images, labels, transform, batch_size: int, workers: int) -> tuple[int, float]:
@@ -129,6 +142,21 @@ def main() -> None:
                                         args.batch_size, args.workers, args.steps)
         rows.append((f"(c) whole training step: DataLoader (train transform, {args.workers} "
                      f"workers) + {args.backbone}", seen, seconds))
+        streamed = cache.ImageFiles(distorted["path"].tolist(), size)
+        train_transform = pipelines[0][1]
+        rows.append((f"(d) streamed: first batch of {args.batch_size} ({args.workers} workers "
+                     "started)", args.batch_size,
+                     _first_batch(streamed, labels, train_transform, args.batch_size,
+                                  args.workers)))
+        seen, seconds = _loader_pass(streamed, labels, train_transform, args.batch_size,
+                                     args.workers)
+        rows.append((f"(d) streamed files + train transform, DataLoader batch {args.batch_size}, "
+                     f"{args.workers} workers", seen, seconds))
+        stream_rate = seen / seconds
+        seen, seconds = _training_steps(streamed, labels, train_transform, args.backbone,
+                                        args.batch_size, args.workers, args.steps)
+        rows.append((f"(d) whole training step, streamed: DataLoader ({args.workers} workers) + "
+                     f"{args.backbone}", seen, seconds))
         cache_mb = sum(os.path.getsize(p) for p in Path(cache_dir).iterdir()) / 2**20
 
     cpus = len(os.sched_getaffinity(0))
@@ -140,7 +168,8 @@ def main() -> None:
     for name, count, seconds in rows:
         print(f"| {name} | {count:,} | {seconds:.2f} | {_rate(count, seconds)} |")
     print(f"\nloader (train transform) / model training throughput: "
-          f"{loader_rate / model_rate:.1f}x (goal >= 3)")
+          f"{loader_rate / model_rate:.1f}x cached, {stream_rate / model_rate:.1f}x streamed "
+          "(goal >= 3)")
 
 
 if __name__ == "__main__":
