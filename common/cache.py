@@ -13,9 +13,10 @@ Every image the project reads goes through `load_image` (or its resized twin use
   ``L``, ``P``, ``CMYK``, ``YCbCr`` and other modes go through Pillow's own RGB conversion.
 - The EXIF orientation tag is applied, so arrays look the way image viewers show the file.
 
-`load_image_array` decodes a file list once at a fixed size and keeps the result as ``.npy`` in
-a cache folder, opened as a read-only memmap; its key is `file_list_key` (paths in order, size,
-modification time, settings), the key of every cache in the project.
+`load_image_array` turns a file list into one array at a fixed size, kept as ``.npy`` in a cache
+folder and opened as a read-only memmap; its key is `file_list_key` (paths in order, size,
+modification time, settings). The rows come from a per-image store (`common.feature_store`), so
+an image is decoded once per size whatever list it appears in; `ImageFiles` streams instead.
 Images become square in one of two ways (`FITS`): ``"crop"`` scales the shorter side to S and
 keeps the centre square; ``"stretch"`` resizes the whole image to S x S, aspect ratio not kept,
 which is how FACECOM made its 224 x 224 distorted copies of the 683 x 1024 studio portraits, so
@@ -40,7 +41,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from common import workspace
+from common import feature_store, workspace
 
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
@@ -419,22 +420,27 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         return np.load(target, mmap_mode="r")
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shape = (len(paths), image_size, image_size, 3)
+    # Each image is decoded once per size and fit, whatever list asks for it: the array is
+    # filled from the per-image store, which decodes only the images it has not seen.
+    store = feature_store.FeatureStore(f"images_{image_size}px", settings,
+                                       {"image": (shape[1:], "uint8")},
+                                       folder / "features" if cache_dir is not None else None)
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         _allocate(tmp)
 
-        def fill(index: int) -> None:
-            array[index] = _decode_resized(paths[index], image_size, fit)
+        def decode(indices: list[int]) -> dict[str, np.ndarray]:
+            with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
+                try:
+                    rows = list(pool.map(lambda i: _decode_resized(paths[i], image_size, fit),
+                                         indices))
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # do not decode the rest before raising
+                    raise
+            return {"image": np.stack(rows)}
 
-        with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
-            try:
-                for _ in tqdm(pool.map(fill, range(len(paths))), total=len(paths),
-                              disable=not progress,
-                              desc=f"decoding {len(paths)} images at {image_size}px"):
-                    pass
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # do not decode the rest before raising
-                raise
+        store.fetch(feature_store.content_keys(paths, store.path.parent), decode, progress,
+                    desc=f"decoding images at {image_size}px", out={"image": array})
         array.flush()
         del array
         os.replace(tmp, target)

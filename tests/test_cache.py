@@ -130,7 +130,8 @@ def test_load_image_array_resizes_centre_crops_and_caches(images: list[str], tmp
     for row, path in zip(array, images):
         assert np.array_equal(row, _reference_square(path, 10))
     assert (array[4, :, 1:-1] == [255, 0, 0]).all()  # interior of the crop is the red band
-    assert sorted(p.name for p in cache_dir.iterdir()) == [Path(array.filename).name]
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
+        [Path(array.filename).name, "features"])  # the array and the per-image store
 
     def fail(path: str, image_size: int, fit: str) -> np.ndarray:
         raise AssertionError(f"decoded {path} although the cache should hit")
@@ -142,8 +143,10 @@ def test_load_image_array_resizes_centre_crops_and_caches(images: list[str], tmp
         load_image_array(images, 12, cache_dir=cache_dir, progress=False)
 
 
-def test_cache_invalidated_by_changed_file_list(images: list[str], tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_file_list_decodes_only_its_new_images(images: list[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grown or reordered list is another array, filled from the per-image store: only the
+    image it has not seen is decoded."""
     cache_dir = tmp_path / "cache"
     first = load_image_array(images, 8, cache_dir=cache_dir, progress=False)
     decoded = []
@@ -156,10 +159,10 @@ def test_cache_invalidated_by_changed_file_list(images: list[str], tmp_path: Pat
     monkeypatch.setattr(cache, "_decode_resized", counting)
     extra = str(noise_jpeg(Path(images[0]).parent / "new.jpg", seed=9))
     grown = load_image_array([*images, extra], 8, cache_dir=cache_dir, progress=False)
-    assert grown.shape == (6, 8, 8, 3) and len(decoded) == 6
+    assert grown.shape == (6, 8, 8, 3) and decoded == [extra]
     assert np.array_equal(grown[:5], first)
     reordered = load_image_array(images[::-1], 8, cache_dir=cache_dir, progress=False)
-    assert np.array_equal(reordered, first[::-1]) and len(decoded) == 11
+    assert np.array_equal(reordered, first[::-1]) and decoded == [extra]
 
 
 def test_same_size_edit_in_place_and_another_root_miss_the_cache(tmp_path: Path) -> None:
@@ -182,7 +185,7 @@ def test_same_size_edit_in_place_and_another_root_miss_the_cache(tmp_path: Path)
     after = load_image_array([path], 12, cache_dir=cache_dir, progress=False)
     assert np.array_equal(after[0], _reference_square(path, 12))
     assert np.array_equal(after[0], before[0, :, ::-1])
-    assert len(list(cache_dir.iterdir())) == 3
+    assert len(list(cache_dir.glob("*.npy"))) == 3
 
 
 def test_decompression_bomb_is_an_image_read_error(tmp_path: Path) -> None:
@@ -200,7 +203,8 @@ def test_bad_image_raises_and_leaves_no_cache(images: list[str], tmp_path: Path)
     with pytest.raises(ImageReadError) as info:
         load_image_array([*images, str(bad)], 8, cache_dir=cache_dir, progress=False)
     assert info.value.path == str(bad)
-    assert list(cache_dir.iterdir()) == []  # no partial or temporary file left behind
+    # no partial or temporary array left behind (the per-image store keeps what it finished)
+    assert [p.name for p in cache_dir.iterdir()] == ["features"]
 
 
 def test_full_disk_is_reported_before_decoding(images: list[str], tmp_path: Path,
@@ -223,7 +227,7 @@ def test_full_disk_is_reported_before_decoding(images: list[str], tmp_path: Path
         load_image_array(images, 100, cache_dir=cache_dir, progress=False)
     assert info.value.errno == errno.ENOSPC and str(cache_dir) in str(info.value)
     assert requested and requested[0] >= 5 * 100 * 100 * 3  # the whole array, header aside
-    assert list(cache_dir.iterdir()) == []
+    assert [p.name for p in cache_dir.iterdir()] == ["features"]  # no array, nothing decoded
 
 
 def test_dataset_without_and_with_transform(images: list[str], tmp_path: Path) -> None:
