@@ -26,7 +26,7 @@ from PIL import Image
 __all__ = ["IMAGE_EXTENSIONS", "HIDDEN_REASON", "Walk", "is_hidden", "is_image_name",
            "is_valid_name", "printable", "walk_files", "count_extensions"]
 
-HIDDEN_REASON = "hidden file (name starts with '.'), skipped"
+HIDDEN_REASON = "hidden {kind} (name starts with '.'), skipped"  # kind: "file" or "folder"
 
 
 def _pillow_extensions() -> tuple[str, ...]:
@@ -65,7 +65,8 @@ def printable(path: str | os.PathLike) -> str:
 
 @dataclass
 class Walk:
-    """What `walk_files` found under one folder, every list sorted.
+    """What `walk_files` found under one folder, each list in walk order (depth first, names
+    sorted within each folder), so the same tree always lists the same way.
 
     Attributes:
         files: regular files to read (through links), hidden ones excluded.
@@ -108,7 +109,7 @@ def _walk(folder: str, ancestors: set[str], walk: Walk) -> None:
     for entry in ordered:
         if is_hidden(entry.name):
             kind = "folder" if entry.is_dir() else "file"
-            walk.skipped.append((entry.path, HIDDEN_REASON.replace("file", kind, 1)))
+            walk.skipped.append((entry.path, HIDDEN_REASON.format(kind=kind)))
             continue
         target = os.path.realpath(entry.path) if entry.is_symlink() else None
         if target is not None and not os.path.exists(entry.path):
