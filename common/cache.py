@@ -229,7 +229,9 @@ def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
     model was trained on, for its card, not a cache key (see `file_list_key`).
 
     Paths are taken relative to the FACECOM root (from ``Task_A``/``Task_B`` on) or to their
-    common folder, so the same data set gives the same fingerprint on Kaggle and locally.
+    common folder, so the same data set gives the same fingerprint on Kaggle and locally; for
+    the same reason no modification time enters it, so an edit that keeps a file's size is not
+    seen here (caches see it).
 
     Raises:
         FileNotFoundError: a path does not exist.

@@ -394,7 +394,8 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
     ``empty identity folder``, ``file outside the FACECOM layout``, ``broken symbolic link``,
     ``symbolic link loop``, ``identity also in another split``, ``same bytes as <path>`` and
     ``near duplicate of <path>`` (`near_duplicates`: re-encoded, resized or distorted) for
-    images shared between splits (leakage; reported, not excluded). Hidden files are
+    images shared between splits, and the same two for a clean photo repeated under another
+    identity of the same split (leakage; reported, not excluded). Hidden files are
     listed in ``skipped``, links followed in ``notes``. A missing val split is a warning.
 
     Raises:
@@ -404,6 +405,7 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
     base = _check_root(root)
     files, problems, notes, skipped, count_rows, warnings = [], [], [], [], [], []
     identities_by_split: dict[str, set[str]] = {}
+    clean_identity: dict[str, str] = {}  # Task B clean image -> identity
     for task in ("Task_A", "Task_B"):
         splits = available_splits(base, task)
         for split in SPLITS:
@@ -423,6 +425,8 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
                 warnings += _official_warnings(task, split, {r[2]: r[3] for r in rows})
             if task == "Task_B":
                 identities_by_split[split] = set(table["identity"])
+                clean = table[table["distortion"] == "clean"]
+                clean_identity.update(zip(clean["path"], clean["identity"]))
                 distorted = table[table["distortion"] != "clean"]
                 problems += [(p, f"distortion suffix not one of {', '.join(DISTORTIONS)}")
                              for p in distorted.loc[distorted["distortion"] == "unknown", "path"]]
@@ -447,6 +451,7 @@ def validate_dataset(root: str | os.PathLike, progress: bool = True, workers: in
         splits_by_hash[digest][split].append(path)
     problems += _leakage_problems(base, splits_by_hash, identities_by_split)
     problems += _near_duplicate_problems(base, splits_by_hash)
+    problems += _shared_photo_problems(base, splits_by_hash, clean_identity)
     return ValidationReport(
         root=str(base), counts=_counts_frame(count_rows), problems=_frame(problems, "reason"),
         notes=_frame(notes, "note"), warnings=warnings, excluded=excluded,
@@ -475,6 +480,33 @@ def _near_duplicate_problems(base: Path, splits_by_hash: dict[str, dict[str, lis
                 closest[second] = (bits, first, Path(first).relative_to(base).parts[1])
     return [(path, f"near duplicate of {first} ({bits} bits apart in the perceptual hash, "
                    f"{split} split)") for path, (bits, first, split) in sorted(closest.items())]
+
+
+def _shared_photo_problems(base: Path, splits_by_hash: dict[str, dict[str, list[str]]],
+                           clean_identity: dict[str, str]) -> list[tuple[str, str]]:
+    """Task B clean images of one split that repeat (same bytes or near duplicate) a clean
+    image of another identity of the same split: any identity split made later, such as the
+    training notebooks' holdout, would put the photo on both sides. One row per later image
+    (by path), naming its closest match; only clean images are hashed, which keeps this cheap
+    on a train-only copy."""
+    digest_of = {path: digest for digest, by_split in splits_by_hash.items()
+                 for paths in by_split.values() for path in paths}
+    by_split: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(p for p in clean_identity if p in digest_of):
+        by_split[Path(path).relative_to(base).parts[1]].append(path)
+    closest: dict[str, tuple[int, str]] = {}
+    for paths in by_split.values():
+        for first, second, bits in near_duplicates.find_near_duplicates(paths, paths):
+            if first < second and clean_identity[first] != clean_identity[second] and (
+                    second not in closest):
+                closest[second] = (bits, first)
+    rows = []
+    for path, (bits, first) in sorted(closest.items()):
+        match = (f"same bytes as {first}" if digest_of[first] == digest_of[path] else
+                 f"near duplicate of {first} ({bits} bits apart in the perceptual hash)")
+        rows.append((path, f"{match}, another identity ({clean_identity[first]}) of the same "
+                           "split: an identity split would put the photo on both sides"))
+    return rows
 
 
 def _leakage_problems(base: Path, splits_by_hash: dict[str, dict[str, list[str]]],

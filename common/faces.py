@@ -158,7 +158,7 @@ def _load_detection_copy(path: str, max_side: int) -> tuple[np.ndarray, tuple[in
             image = _to_rgb(image)
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
             return np.asarray(image, dtype=np.uint8).copy(), original_size
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise FaceReadError(str(path), str(error)) from error
 
 
@@ -315,7 +315,7 @@ def _align(paths: list[str], detector: MTCNN, image_size: int, margin: float,
         try:
             with Image.open(path) as image:
                 width, height = image.size
-        except (OSError, UnidentifiedImageError) as error:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise FaceReadError(path, str(error)) from error
         shrink = min(1.0, DETECT_MAX_SIDE / max(width, height))
         by_shape.setdefault((round(width * shrink), round(height * shrink)), []).append(index)

@@ -4,7 +4,7 @@ same ones as skipped.
 
 - An image is any file with an extension Pillow has a decoder for (`IMAGE_EXTENSIONS`): PGM /
   PPM, TIFF, WebP, ... as well as JPEG and PNG, because the decoder, not a list kept here,
-  decides what is readable.
+  decides what is readable (minus the few formats it only identifies).
 - Symbolic links to files and folders are followed, so a data set assembled from links reads
   like a copy; each link is listed with its target, a broken link or a link back to a folder
   being walked (a loop) is reported instead of read.
@@ -26,14 +26,20 @@ from PIL import Image
 __all__ = ["IMAGE_EXTENSIONS", "HIDDEN_REASON", "Walk", "is_hidden", "is_image_name",
            "is_valid_name", "printable", "walk_files", "count_extensions"]
 
-HIDDEN_REASON = "hidden file (name starts with '.'), skipped"
+HIDDEN_REASON = "hidden {kind} (name starts with '.'), skipped"  # kind: "file" or "folder"
+
+
+# Formats Pillow identifies but cannot decode by itself: stubs waiting for an external
+# handler (BUFR, GRIB, HDF5), MPEG (headers only) and WMF / EMF (Windows only). Their files
+# are data, not images, so they are reported as "not an image file", not as corrupt images.
+_IDENTIFIED_ONLY = ("BUFR", "GRIB", "HDF5", "MPEG", "WMF")
 
 
 def _pillow_extensions() -> tuple[str, ...]:
-    """Lower-case extensions of every format Pillow can open in this installation."""
+    """Lower-case extensions of every format Pillow can open and decode in this installation."""
     Image.init()
     return tuple(sorted(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                        if fmt in Image.OPEN))
+                        if fmt in Image.OPEN and fmt not in _IDENTIFIED_ONLY))
 
 
 IMAGE_EXTENSIONS = _pillow_extensions()
@@ -65,7 +71,8 @@ def printable(path: str | os.PathLike) -> str:
 
 @dataclass
 class Walk:
-    """What `walk_files` found under one folder, every list sorted.
+    """What `walk_files` found under one folder, each list in walk order (depth first, names
+    sorted within each folder), so the same tree always lists the same way.
 
     Attributes:
         files: regular files to read (through links), hidden ones excluded.
@@ -108,7 +115,7 @@ def _walk(folder: str, ancestors: set[str], walk: Walk) -> None:
     for entry in ordered:
         if is_hidden(entry.name):
             kind = "folder" if entry.is_dir() else "file"
-            walk.skipped.append((entry.path, HIDDEN_REASON.replace("file", kind, 1)))
+            walk.skipped.append((entry.path, HIDDEN_REASON.format(kind=kind)))
             continue
         target = os.path.realpath(entry.path) if entry.is_symlink() else None
         if target is not None and not os.path.exists(entry.path):

@@ -7,7 +7,7 @@ made (224 x 224 re-encodes of the clean photo). A perceptual hash survives those
 - `compute_phash` is the DCT hash of ``imagehash.phash`` with ``hash_size=16``: grey,
   64 x 64, 2-D DCT, the 16 x 16 lowest frequencies, one bit per coefficient above their
   median: 256 bits, packed as 32 bytes. The common 8 x 8 (64-bit) variant sees only the
-  layout, and FACECOM's studio portraits share it: two different people can be 4 bits apart.
+  layout, and FACECOM's studio portraits share it: two different people then look alike.
 - Two images are near duplicates when their hashes differ in at most `MAX_DISTANCE` bits;
   the threshold was chosen on the real data so that images of different identities never
   collide while resized, re-encoded, blurred and darkened copies stay well within it
@@ -100,9 +100,9 @@ def hamming_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def find_near_duplicates(train_paths: Sequence[str], eval_paths: Sequence[str],
-                         max_distance: int = MAX_DISTANCE, cache_dir: str | os.PathLike | None
-                         = None, progress: bool = False, block: int = 2048
-                         ) -> list[tuple[str, str, int]]:
+                         max_distance: int = MAX_DISTANCE,
+                         cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                         block: int = 2048) -> list[tuple[str, str, int]]:
     """``(train path, evaluated path, distance)`` for every pair within ``max_distance`` bits,
     closest first; unreadable files are left out (validation reports them).
 

@@ -188,6 +188,24 @@ def test_same_size_edit_in_place_and_another_root_miss_the_cache(tmp_path: Path)
     assert len(list(cache_dir.glob("*.npy"))) == 3
 
 
+def test_file_list_key_sees_content_root_order_settings_and_odd_names(tmp_path: Path) -> None:
+    """The key every cache shares (images, aligned faces, chips, descriptors, hashes)."""
+    first, second = tmp_path / "one" / "a.jpg", tmp_path / "two" / "a.jpg"
+    for path in (first, second):
+        path.parent.mkdir()
+        noise_jpeg(path)
+    odd = Path(os.fsdecode(os.fsencode(tmp_path / "one") + b"/caf\xe9.jpg"))
+    noise_jpeg(odd, seed=1)
+    key = cache.file_list_key([first, odd], {"size": 8})
+    assert key == cache.file_list_key([str(first), str(odd)], {"size": 8})  # stable
+    assert key != cache.file_list_key([second, odd], {"size": 8})  # other root
+    assert key != cache.file_list_key([odd, first], {"size": 8})  # rows follow the order
+    assert key != cache.file_list_key([first, odd], {"size": 9})
+    stat = first.stat()
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # same bytes, touched
+    assert key != cache.file_list_key([first, odd], {"size": 8})
+
+
 def test_decompression_bomb_is_an_image_read_error(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb_png())

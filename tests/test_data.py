@@ -319,6 +319,29 @@ def test_validation_reports_a_reencoded_copy_in_another_split(facecom: Path,
     assert leaked not in report.excluded
 
 
+def test_validation_reports_a_photo_repeated_under_another_identity(facecom: Path,
+                                                                    sample_root: Path) -> None:
+    """Within one split too: a byte copy and a re-encoded copy of bob's photo filed as two
+    other people would land on both sides of any identity split made later."""
+    build = Builder(facecom)
+    face = sorted((sample_root / "Task_B" / "train").glob("*/*.jpg"))[0]
+    source = build.write("Task_B/train/bob/bob_0002.jpg", face.read_bytes())
+    same = build.write("Task_B/train/yan/yan_0001.jpg", face.read_bytes())
+    photo = Image.open(face)
+    copy = io.BytesIO()
+    photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(copy, "JPEG", quality=70)
+    reencoded = build.write("Task_B/train/zed/zed_0001.jpg", copy.getvalue())
+
+    report = data.validate_dataset(facecom, progress=False)
+
+    problems = dict(zip(report.problems["path"], report.problems["reason"]))
+    tail = ", another identity (bob) of the same split: an identity split would put the photo"
+    assert problems.pop(same) == f"same bytes as {source}{tail} on both sides"
+    reason = problems.pop(reencoded)
+    assert reason.startswith(f"near duplicate of {source} (") and tail in reason
+    assert problems == {}  # no other photo of the copy repeats another identity's
+
+
 def test_validation_recognises_older_val_release(tmp_path: Path) -> None:
     build = Builder(tmp_path)
     build.identity("train", "bob", ("bob_0001",), "male", ())

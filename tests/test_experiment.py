@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image

@@ -9,6 +9,7 @@ import skimage.data
 from PIL import Image
 
 from common import faces
+from conftest import bomb_png
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "facecom"
 needs_real_data = pytest.mark.skipif(
@@ -132,6 +133,9 @@ def test_invalid_arguments_and_unreadable_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(faces.FaceReadError, match="broken.jpg"):
         faces.align_faces([tmp_path / "broken.jpg"], cache_dir=tmp_path, progress=False)
+    (tmp_path / "bomb.png").write_bytes(bomb_png())  # not an OSError inside Pillow
+    with pytest.raises(faces.FaceReadError, match="bomb.png.*decompression bomb"):
+        faces.align_faces([tmp_path / "bomb.png"], cache_dir=tmp_path, progress=False)
 
 
 def _real_clean_images(n_lfw: int, n_studio: int) -> list[Path]:

@@ -53,6 +53,7 @@ def test_preprocess_report(executed, sample_root):
     n_files = sum(p.is_file() for task in ("Task_A", "Task_B")
                   for p in (sample_root / task).rglob("*"))
     assert metrics["n_files_checked"] == n_files and metrics["n_files_skipped"] == 0
+    assert "n_near_duplicates" in metrics  # 0 here: n_problems counts them too
     assert metrics["task_b_identities"]["train"] >= 48
     assert 0.0 <= metrics["alignment"]["detection_rate"] <= 1.0
 

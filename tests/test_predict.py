@@ -200,7 +200,7 @@ def test_cli_gives_every_bad_input_a_row(checkpoints, sample_root, tmp_path, cap
     assert "decompression-bomb limit" in errors[str(folder / "bomb.png")]
     assert "zero-byte file" in errors[str(folder / "sub" / "linked_empty.jpg")]
     assert errors[str(folder / "dangling.jpg")].startswith("broken symbolic link")
-    assert errors[str(folder / ".DS_Store")] == listing.HIDDEN_REASON
+    assert errors[str(folder / ".DS_Store")] == listing.HIDDEN_REASON.format(kind="file")
     assert errors[str(folder / ".thumbnails")].startswith("hidden folder")
     predicted = [str(folder / "sub" / "linked_good.jpg"), str(folder / "grey.pgm"),
                  str(folder) + "/caf\\xe9.jpg"]
@@ -236,7 +236,7 @@ def test_task_b_cli_reports_unreadable_gallery_images(checkpoints, sample_root, 
     assert table.loc[str(broken), "error"].startswith("gallery image not used: ")
     assert table.loc[str(broken), "true_identity"] == identities[0].name
     hidden = str(gallery / identities[1].name / ".hidden.jpg")
-    assert table.loc[hidden, "error"] == listing.HIDDEN_REASON
+    assert table.loc[hidden, "error"] == listing.HIDDEN_REASON.format(kind="file")
     assert (table.drop([str(broken), hidden])["error"] == "").all()
 
 
