@@ -62,7 +62,7 @@ class Matches:
         codes: `(Q, k)` identity codes, indices into `GalleryIndex.names`.
         scores: `(Q, k)` float32 identity scores.
         gallery_rows: `(Q, k)` the identity's best-matching image (row in insertion order); -1
-            for a ``"mean"`` identity none of whose images is among the images searched.
+            where an approximate search met none of its images (``"mean"`` only).
     """
 
     codes: np.ndarray
@@ -134,17 +134,9 @@ class GalleryIndex:
                              f"identities; expected (N, {self.dim}) and N identities")
         if sources is not None and len(sources) != len(vectors):
             raise ValueError(f"GalleryIndex.add: {len(sources)} sources for {len(vectors)} images")
-        for name in dict.fromkeys(names.tolist()):
-            self._name_code.setdefault(name, len(self.names))
-            if len(self.names) < len(self._name_code):
-                self.names.append(name)
-        codes = np.array([self._name_code[name] for name in names], np.int64)
-        source_codes = np.full(len(names), -1, np.int64)
-        if sources is not None:
-            for i, source in enumerate(map(str, sources)):
-                source_codes[i] = self._source_code.setdefault(source, len(self.sources))
-                if len(self.sources) < len(self._source_code):
-                    self.sources.append(source)
+        codes = _register(names.tolist(), self.names, self._name_code)
+        source_codes = (np.full(len(names), -1, np.int64) if sources is None else
+                        _register([str(s) for s in sources], self.sources, self._source_code))
         self._item_identity = np.concatenate([self._item_identity, codes])
         self._item_source = np.concatenate([self._item_source, source_codes])
         self._name_rank = np.argsort(np.argsort(np.array(self.names)))
@@ -422,6 +414,15 @@ class GalleryIndex:
             index._sums, index._counts = items["sums"], items["counts"]
         index._name_rank = np.argsort(np.argsort(np.array(index.names)))
         return index
+
+
+def _register(values: list[str], known: list[str], code_of: dict[str, int]) -> np.ndarray:
+    """Codes of `values`, appending the new ones to `known` (codes are positions in it)."""
+    for value in values:
+        if value not in code_of:
+            code_of[value] = len(known)
+            known.append(value)
+    return np.array([code_of[value] for value in values], np.int64)
 
 
 def _top_k(row: np.ndarray, code: np.ndarray, score: np.ndarray, image: np.ndarray,
