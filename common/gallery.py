@@ -338,7 +338,7 @@ class GalleryIndex:
         exhausted = np.full(len(queries), fetch >= len(self.names))
         last = np.where(exhausted, -np.inf, scores[:, -1])
         rows = np.repeat(np.arange(len(queries)), fetch)
-        rows, codes, scores = rows, codes.ravel(), scores.ravel()
+        codes, scores = codes.ravel(), scores.ravel()
         if q_src is not None:
             fixed = self._excluded_means(queries, q_src)
             drop = np.isin(rows * len(self.names) + codes,
@@ -353,15 +353,18 @@ class GalleryIndex:
         """(query, code, score) for every identity holding a query's source, its mean taken
         without those images, summed in gallery order as `_add_sums` does."""
         out: tuple[list, list, list] = ([], [], [])
+        by_source = np.argsort(self._item_source, kind="stable")
+        bounds = np.searchsorted(self._item_source[by_source], np.stack([q_src, q_src + 1]))
+        vectors = self._vectors()
         for r in np.flatnonzero(q_src >= 0):
-            items = np.flatnonzero(self._item_source == q_src[r])
+            items = by_source[bounds[0, r]:bounds[1, r]]
             for code in np.unique(self._item_identity[items]):
                 dropped = items[self._item_identity[items] == code]
-                left = self._counts[code] - len(dropped)
-                kept = self._sums[code] - self.index.reconstruct_batch(dropped).sum(axis=0)
+                kept = self._sums[code] - vectors[dropped].sum(axis=0)
                 out[0].append(r)
                 out[1].append(code)
-                out[2].append(-np.inf if left == 0 else queries[r] @ normalise(kept[None])[0])
+                out[2].append(-np.inf if len(dropped) == self._counts[code]
+                              else queries[r] @ normalise(kept[None])[0])
         return (np.array(out[0], np.int64), np.array(out[1], np.int64),
                 np.array(out[2], np.float32))
 
