@@ -62,7 +62,7 @@ class Matches:
         codes: `(Q, k)` identity codes, indices into `GalleryIndex.names`.
         scores: `(Q, k)` float32 identity scores.
         gallery_rows: `(Q, k)` the identity's best-matching image (row in insertion order); -1
-            for a ``"mean"`` identity none of whose images is among the images searched.
+            where an approximate search met none of its images (``"mean"`` only).
     """
 
     codes: np.ndarray
@@ -134,17 +134,9 @@ class GalleryIndex:
                              f"identities; expected (N, {self.dim}) and N identities")
         if sources is not None and len(sources) != len(vectors):
             raise ValueError(f"GalleryIndex.add: {len(sources)} sources for {len(vectors)} images")
-        for name in dict.fromkeys(names.tolist()):
-            self._name_code.setdefault(name, len(self.names))
-            if len(self.names) < len(self._name_code):
-                self.names.append(name)
-        codes = np.array([self._name_code[name] for name in names], np.int64)
-        source_codes = np.full(len(names), -1, np.int64)
-        if sources is not None:
-            for i, source in enumerate(map(str, sources)):
-                source_codes[i] = self._source_code.setdefault(source, len(self.sources))
-                if len(self.sources) < len(self._source_code):
-                    self.sources.append(source)
+        codes = _register(names.tolist(), self.names, self._name_code)
+        source_codes = (np.full(len(names), -1, np.int64) if sources is None else
+                        _register([str(s) for s in sources], self.sources, self._source_code))
         self._item_identity = np.concatenate([self._item_identity, codes])
         self._item_source = np.concatenate([self._item_source, source_codes])
         self._name_rank = np.argsort(np.argsort(np.array(self.names)))
@@ -346,7 +338,7 @@ class GalleryIndex:
         exhausted = np.full(len(queries), fetch >= len(self.names))
         last = np.where(exhausted, -np.inf, scores[:, -1])
         rows = np.repeat(np.arange(len(queries)), fetch)
-        rows, codes, scores = rows, codes.ravel(), scores.ravel()
+        codes, scores = codes.ravel(), scores.ravel()
         if q_src is not None:
             fixed = self._excluded_means(queries, q_src)
             drop = np.isin(rows * len(self.names) + codes,
@@ -361,15 +353,18 @@ class GalleryIndex:
         """(query, code, score) for every identity holding a query's source, its mean taken
         without those images, summed in gallery order as `_add_sums` does."""
         out: tuple[list, list, list] = ([], [], [])
+        by_source = np.argsort(self._item_source, kind="stable")
+        bounds = np.searchsorted(self._item_source[by_source], np.stack([q_src, q_src + 1]))
+        vectors = self._vectors()
         for r in np.flatnonzero(q_src >= 0):
-            items = np.flatnonzero(self._item_source == q_src[r])
+            items = by_source[bounds[0, r]:bounds[1, r]]
             for code in np.unique(self._item_identity[items]):
                 dropped = items[self._item_identity[items] == code]
-                left = self._counts[code] - len(dropped)
-                kept = self._sums[code] - self.index.reconstruct_batch(dropped).sum(axis=0)
+                kept = self._sums[code] - vectors[dropped].sum(axis=0)
                 out[0].append(r)
                 out[1].append(code)
-                out[2].append(-np.inf if left == 0 else queries[r] @ normalise(kept[None])[0])
+                out[2].append(-np.inf if len(dropped) == self._counts[code]
+                              else queries[r] @ normalise(kept[None])[0])
         return (np.array(out[0], np.int64), np.array(out[1], np.int64),
                 np.array(out[2], np.float32))
 
@@ -422,6 +417,15 @@ class GalleryIndex:
             index._sums, index._counts = items["sums"], items["counts"]
         index._name_rank = np.argsort(np.argsort(np.array(index.names)))
         return index
+
+
+def _register(values: list[str], known: list[str], code_of: dict[str, int]) -> np.ndarray:
+    """Codes of `values`, appending the new ones to `known` (codes are positions in it)."""
+    for value in values:
+        if value not in code_of:
+            code_of[value] = len(known)
+            known.append(value)
+    return np.array([code_of[value] for value in values], np.int64)
 
 
 def _top_k(row: np.ndarray, code: np.ndarray, score: np.ndarray, image: np.ndarray,

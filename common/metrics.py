@@ -158,7 +158,7 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
                                        kind="exact")
     by_code = np.argsort(np.asarray(index.names))  # columns of `names` -> index codes
     q_code = np.searchsorted(names, q_ids)
-    queries = gallery.normalise(query_embeddings)
+    queries = np.asarray(query_embeddings)  # normalised by the index, once
     excluded = np.asarray(query_sources, str) if exclude_own_source else None
     rng = np.random.default_rng(seed)
     rows = []

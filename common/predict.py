@@ -291,29 +291,27 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
         gallery.FingerprintMismatchError: the saved index was built with another checkpoint.
     """
     index, fingerprint = Path(index), checkpoint_fingerprint(weights)
-    saved = GalleryIndex.load(index, fingerprint) if index.exists() and any(
-        index.iterdir()) else None
+    saved = (GalleryIndex.load(index, fingerprint) if index.is_dir() and any(index.iterdir())
+             else None)
     files, identities = _gallery_files(gallery)
     held = set(saved.sources) if saved else set()
     new = [i for i, path in enumerate(files) if str(path.resolve()) not in held]
-    embeddings, errors = _embed_files([files[i] for i in new], weights, device, progress) if (
-        new) else (None, np.array([], dtype=object))
-    ok = errors == ""
-    if (~ok).any():
-        print(f"warning: {int((~ok).sum())} unreadable gallery images not enrolled, e.g. "
-              f"{[str(files[new[i]]) for i in np.flatnonzero(~ok)[:3]]}")
-    if ok.any():
-        keep = [new[i] for i in np.flatnonzero(ok)]
-        ids, keys = [identities[i] for i in keep], [str(files[i].resolve()) for i in keep]
-        if saved is None:
-            saved = GalleryIndex.build(embeddings[ok], ids, keys,
-                                       metadata={"fingerprint": fingerprint})
-        else:
-            saved.add(embeddings[ok], ids, keys)
-        saved.save(index)
+    ok = np.zeros(0, np.int64)
+    if new:
+        embeddings, errors = _embed_files([files[i] for i in new], weights, device, progress)
+        ok = np.flatnonzero(errors == "")
+        if len(ok) < len(new):
+            print(f"warning: {len(new) - len(ok)} unreadable gallery images not enrolled, e.g. "
+                  f"{[str(files[new[i]]) for i in np.flatnonzero(errors != '')[:3]]}")
+        if len(ok) and saved is None:
+            saved = GalleryIndex(embeddings.shape[1], metadata={"fingerprint": fingerprint})
+        if len(ok):
+            saved.add(embeddings[ok], [identities[new[i]] for i in ok],
+                      [str(files[new[i]].resolve()) for i in ok])
+            saved.save(index)
     if saved is None:
         raise ValueError(f"No readable gallery image in {gallery}; nothing to enrol.")
-    print(f"enrolled {int(ok.sum())} new images into {index}: {len(saved)} images of "
+    print(f"enrolled {len(ok)} new images into {index}: {len(saved)} images of "
           f"{len(saved.names)} identities")
     return saved
 
