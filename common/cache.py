@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from common import feature_store, workspace
 
@@ -162,15 +161,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(_to_rgb(_open_image(path)), dtype=np.uint8)
 
 
-def check_fit(fit: str) -> str:
-    """`fit` itself when it is one of `FITS`.
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` itself when it is one of `choices`, else a `ValueError` naming them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; choose one of {choices}")
+    return value
 
-    Raises:
-        ValueError: any other value, naming the choices.
-    """
-    if fit not in FITS:
-        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
-    return fit
+
+def check_fit(fit: str) -> str:
+    """`fit` itself when it is one of `FITS` (else `ValueError`)."""
+    return _one_of("fit", fit, FITS)
 
 
 def _decode_resized(path: str, image_size: int, fit: str = "crop") -> np.ndarray:
@@ -353,14 +353,8 @@ class ImageFiles:
 
 
 def check_image_cache(image_cache: str) -> str:
-    """`image_cache` itself when it is one of `IMAGE_CACHES`.
-
-    Raises:
-        ValueError: any other value, naming the choices.
-    """
-    if image_cache not in IMAGE_CACHES:
-        raise ValueError(f"image_cache={image_cache!r}; choose one of {IMAGE_CACHES}")
-    return image_cache
+    """`image_cache` itself when it is one of `IMAGE_CACHES` (else `ValueError`)."""
+    return _one_of("image_cache", image_cache, IMAGE_CACHES)
 
 
 def choose_image_cache(count: int, image_size: int, folder: Path, image_cache: str = "auto"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common import cache, data, feature_store
+from common import data, feature_store
 from common.weights import load_pretrained
 
 __all__ = [

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -58,3 +63,21 @@ class Interrupt:
         self.calls += 1
         if self.calls == self.at:
             raise self.error
+
+
+def sigterm_when_started(script: str, started: Path, pythonpath: Path,
+                         timeout: float = 300) -> str:
+    """Run `script` in a child Python, send it SIGTERM once it touches `started` (a training
+    step), and return its stderr after checking it stopped with `TrainingInterrupted`."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + timeout
+    while not started.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started.exists(), "the child never started training"
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=timeout)
+    assert child.returncode != 0 and "TrainingInterrupted" in stderr, stderr[-2000:]
+    return stderr
+

@@ -4,11 +4,7 @@ result bit for bit, and train never meets evaluated data."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +20,7 @@ from common.experiment import (ExperimentConfig, LeakageError, check_leakage, ma
                                make_splits)
 from common.resume import ResumeMismatchError
 from common.train import TrainingInterrupted
-from conftest import Interrupt
+from conftest import Interrupt, sigterm_when_started
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -285,16 +281,7 @@ def test_recipe_stopped_by_sigterm_resumes_to_the_same_run(recipe_reference, tmp
               "from pathlib import Path; import test_experiment as t; "
               f"t.run_recipe({name!r}, Path({str(tmp_path)!r}), Path({str(sample_root)!r}), "
               f"t.Plan(sleep=1.0, started=Path({str(started)!r})))")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.monotonic() + 300
-    while not started.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert started.exists(), "the child never started training"
-    child.send_signal(signal.SIGTERM)
-    _, stderr = child.communicate(timeout=300)
-    assert child.returncode != 0 and "TrainingInterrupted" in stderr, stderr[-2000:]
+    sigterm_when_started(script, started, Path(__file__).parents[1])
     _assert_same_run(run_recipe(name, tmp_path, sample_root, Plan(), resume=True), reference)
 
 

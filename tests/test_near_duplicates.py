@@ -1,7 +1,6 @@
 """common/near_duplicates.py: the perceptual hash, its distances, the pair search and its cache."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np

@@ -4,10 +4,6 @@ the uninterrupted run, bit for bit."""
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +17,7 @@ from common.config import seed_everything
 from common.experiment import make_loader
 from common.resume import ResumeMismatchError, ResumeStateError
 from common.train import TrainingInterrupted, atomic_save, fit, predict_batches
-from conftest import Interrupt
+from conftest import Interrupt, sigterm_when_started
 
 STEPS_PER_EPOCH = 6  # `hard` runs: the 192 hardest train points in batches of 32
 TESTS_DIR = Path(__file__).resolve().parent
@@ -166,16 +162,7 @@ def test_sigterm_to_a_training_process_resumes_to_the_same_weights(tmp_path, ref
     script = (f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from pathlib import Path; "
               f"import test_train; test_train._run(Path({str(tmp_path)!r}), hard=True, "
               f"sleep=0.25, started_marker={str(marker)!r})")
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert marker.exists(), "the child never started training"
-    child.send_signal(signal.SIGTERM)
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode != 0 and "TrainingInterrupted" in stderr, stderr[-2000:]
+    sigterm_when_started(script, marker, TESTS_DIR.parent, timeout=120)
     _assert_same(_run(tmp_path, hard=True, resume=True), reference)
 
 

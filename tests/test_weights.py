@@ -24,7 +24,7 @@ CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, E
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """Empty project weights dir and caches, offline: only what a test puts there is found."""
-    monkeypatch.setattr(paths, "pretrained_dir", lambda: (tmp_path / "pretrained",))
+    monkeypatch.setattr(workspace, "pretrained_dir", lambda: (tmp_path / "pretrained",))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
