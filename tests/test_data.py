@@ -299,6 +299,14 @@ def test_validation_follows_links_and_reports_every_bad_input(facecom: Path,
     assert {p: p.read_bytes() for p in facecom.rglob("*") if p.is_file()} == files_before
 
 
+def _smaller_jpeg(path: Path) -> bytes:
+    """The photo saved again at 3/4 size and JPEG quality 70: other bytes, same picture."""
+    photo = Image.open(path)
+    copy = io.BytesIO()
+    photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(copy, "JPEG", quality=70)
+    return copy.getvalue()
+
+
 def test_validation_reports_a_reencoded_copy_in_another_split(facecom: Path,
                                                                sample_root: Path) -> None:
     """A train photo saved again smaller and at another JPEG quality under a val identity:
@@ -306,10 +314,7 @@ def test_validation_reports_a_reencoded_copy_in_another_split(facecom: Path,
     build = Builder(facecom)
     face = sorted((sample_root / "Task_B" / "train").glob("*/*.jpg"))[0]
     source = build.write("Task_B/train/bob/bob_0002.jpg", face.read_bytes())
-    photo = Image.open(face)
-    copy = io.BytesIO()
-    photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(copy, "JPEG", quality=70)
-    leaked = build.write("Task_B/val/erin/erin_0001.jpg", copy.getvalue())
+    leaked = build.write("Task_B/val/erin/erin_0001.jpg", _smaller_jpeg(face))
 
     report = data.validate_dataset(facecom, progress=False)
 
@@ -327,10 +332,7 @@ def test_validation_reports_a_photo_repeated_under_another_identity(facecom: Pat
     face = sorted((sample_root / "Task_B" / "train").glob("*/*.jpg"))[0]
     source = build.write("Task_B/train/bob/bob_0002.jpg", face.read_bytes())
     same = build.write("Task_B/train/yan/yan_0001.jpg", face.read_bytes())
-    photo = Image.open(face)
-    copy = io.BytesIO()
-    photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)).save(copy, "JPEG", quality=70)
-    reencoded = build.write("Task_B/train/zed/zed_0001.jpg", copy.getvalue())
+    reencoded = build.write("Task_B/train/zed/zed_0001.jpg", _smaller_jpeg(face))
 
     report = data.validate_dataset(facecom, progress=False)
 
