@@ -251,8 +251,11 @@ def test_robust_front_end_recognises_a_noisy_face():
 
 
 def test_robust_plus_sface_mixes_the_two_cosines_and_needs_both_faces(monkeypatch, tmp_path):
-    parts = {"robust": (np.array([[3.0, 0.0], [0.0, 2.0]]), np.array([True, True])),
-             "sface": (np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([True, False]))}
+    def padded(rows):  # 128-d descriptors whose first two components are `rows`
+        return np.pad(np.array(rows, np.float32), ((0, 0), (0, 126)))
+
+    parts = {"robust": (padded([[3.0, 0.0], [0.0, 2.0]]), np.array([True, True])),
+             "sface": (padded([[1.0, 1.0], [1.0, 1.0]]), np.array([True, False]))}
     calls = []
 
     def fake_describe(images, front_end="hog", progress=True):

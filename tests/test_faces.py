@@ -110,7 +110,7 @@ def test_shape_dtype_and_colour_modes(astronaut_path, tmp_path):
 
 def test_second_call_is_a_cache_hit(astronaut_path, tmp_path, monkeypatch):
     first = faces.align_faces([astronaut_path], image_size=64, cache_dir=tmp_path, progress=False)
-    assert len(list(tmp_path.glob("*.npz"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert len(list(tmp_path.glob("aligned_64px_*.sqlite"))) == 1  # the per-image store
 
     def no_detector(**kwargs):
         raise AssertionError("detector built on what should be a cache hit")

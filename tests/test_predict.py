@@ -122,7 +122,7 @@ def test_enrol_add_search_round_trip(checkpoints, sample_root, tmp_path, monkeyp
     model, card = runs.load_model(weights)
     other = runs.save_model(model, tmp_path / "other", "other_b", card)
     assert predict.main(["search", "--weights", str(other), "--index", str(index), "--queries",
-                         str(val), "--output", str(output)]) == 2
+                         str(val), "--output", str(tmp_path / "other.csv")]) == 2
     error = capsys.readouterr().err
     assert "'tiny_b'" in error and "'other_b'" in error
     with pytest.raises(ValueError, match="other_b"):
