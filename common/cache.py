@@ -364,15 +364,8 @@ def choose_image_cache(count: int, image_size: int, folder: Path, image_cache: s
     if check_image_cache(image_cache) != "auto":
         return image_cache
     needed = count * image_size * image_size * 3
-    free = shutil.disk_usage(_existing_parent(folder)).free
+    free = shutil.disk_usage(workspace.existing_parent(folder)).free
     return "stream" if needed > min(STREAM_ABOVE_BYTES, free / 2) else "memmap"
-
-
-def _existing_parent(path: Path) -> Path:
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,

@@ -17,9 +17,9 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["WORK_ROOT_ENV", "KAGGLE_ROOT_ENV", "project_root", "is_writable", "kaggle_root",
-           "on_kaggle", "work_root", "set_work_root", "data_dir", "cache_dir", "weights_dir", "runs_dir",
-           "pretrained_dir"]
+__all__ = ["WORK_ROOT_ENV", "KAGGLE_ROOT_ENV", "project_root", "existing_parent",
+           "is_writable", "kaggle_root", "on_kaggle", "work_root", "set_work_root", "data_dir",
+           "cache_dir", "weights_dir", "runs_dir", "pretrained_dir"]
 
 WORK_ROOT_ENV = "FACECOM_WORK_ROOT"
 KAGGLE_ROOT_ENV = "FACECOM_KAGGLE_ROOT"
@@ -30,15 +30,22 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def existing_parent(path: str | os.PathLike) -> Path:
+    """`path` itself when it exists, else its nearest existing parent (what a new folder's
+    disk and permissions are those of)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def is_writable(path: Path) -> bool:
     """True when `path` (or its nearest existing parent) may be written to.
 
     Besides `os.access`, which says yes to root whatever the mode, a folder without write bits
     or on a read-only mount counts as read-only: that is how an attached Kaggle input looks.
     """
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    path = existing_parent(path)
     try:
         read_only_mount = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
         mode = path.stat().st_mode
