@@ -6,40 +6,63 @@ Task-specific code (task_a.py, task_b.py) builds on these so the notebooks stay 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common import cache, config, data, discovery, near_duplicates, runs, workspace
+from common import (cache, config, data, discovery, near_duplicates, parameters, runs,
+                    workspace)
 
-__all__ = ["ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
+__all__ = ["TaskSettings", "ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
            "make_loader", "create_optimizer", "create_scheduler", "file_sha1", "training_files",
            "resume_fingerprint"]
 
 # Quick mode (CI, tests): the sample is rendered at 112 px, and smaller inputs lose the cues.
 QUICK = {"epochs": 2, "image_size": 112, "batch_size": 32, "num_workers": 0}
-# Settings that say where a run reads and writes, or how it is resumed, not what it computes:
+# Settings that change where a run reads and writes, or how fast, but no number it computes:
 # left out of the resume fingerprint so a moved data folder or a new run folder can resume.
-# Settings that change where a run reads and writes, or how fast, but no number it computes.
 _LOCATION_SETTINGS = ("notebook", "data_dir", "run_dir", "output_dir", "weights_dir", "work_root",
-                      "device", "resume", "image_cache")
+                      "device", "resume", "image_cache", "run_name")
+# Shared parameters that are 0 or "" to mean "the profile's value".
+_PROFILE_DEFAULTS = ("backbone", "epochs", "image_size", "batch_size")
 
 
 class LeakageError(RuntimeError):
     """Training and evaluation data share identities or images."""
 
 
+@dataclass(frozen=True)
+class TaskSettings:
+    """A notebook's own parameters (its task section), typed; the base of each task's section.
+
+    Subclasses name their notebook and list its task parameters as fields without defaults: the
+    notebook's parameters cell is the only place a default is written. `overlay` returns a named
+    recipe's values, applied over the cell's defaults but under anything the user set.
+    """
+
+    notebook: ClassVar[str] = ""
+    backbones: ClassVar[dict[str, str]] = {}  # profile name -> default backbone
+    epochs: ClassVar[dict[str, int]] = {}     # profile name -> default epochs
+
+    @classmethod
+    def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(recipe name, the values it sets) for these parameter values; ("", {}) for none."""
+        return "", {}
+
+
 @dataclass
 class ExperimentConfig:
-    """Every setting of a training notebook after defaults, profile and quick mode are applied.
+    """Every setting of a training notebook, resolved once, with where each value came from.
 
-    Built by `ExperimentConfig.resolve(...)` from the notebook's parameters; the raw parameters
-    are kept in `params` for provenance.
+    Built by `ExperimentConfig.resolve(section, **params)`. Shared run settings are fields; the
+    notebook's own parameters are the typed `task` section. `sources` names the winner of every
+    value: the notebook's default, the user's parameter, a recipe, the hardware profile or quick
+    mode; `summary()` shows them side by side.
     """
 
     notebook: str
@@ -64,68 +87,107 @@ class ExperimentConfig:
     num_workers: int
     patience: int | None
     allow_leakage: bool
-    image_cache: str = "auto"
-    params: dict = field(default_factory=dict)
+    image_cache: str
+    run_name: str
+    task: TaskSettings
+    sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def resolve(cls, notebook: str, backbone_defaults: dict[str, str],
-                epoch_defaults: dict[str, int], **params: Any) -> "ExperimentConfig":
-        """Apply the profile's defaults where a parameter is 0/"" and quick-mode caps last.
+    def resolve(cls, section: type[TaskSettings], **params: Any) -> "ExperimentConfig":
+        """Resolve a notebook's parameters, lowest to highest precedence: the notebook's
+        parameters cell, the section's recipe overlay, the parameters the user set (`params`
+        that differ from the cell); then the profile fills values left 0 or "" and quick mode
+        caps sizes last.
 
         Args:
-            notebook: the notebook stem, used to name the run folder.
-            backbone_defaults / epoch_defaults: per profile name ("cpu", "gpu").
-            params: the notebook's parameters cell, as `**locals()` of it.
+            section: the notebook's `TaskSettings` subclass (``task_a.Settings``, ...).
+            params: the notebook's parameters (`parameters.collect`); omitted ones take the
+                cell's defaults.
+
+        Raises:
+            ValueError: a name the notebook's parameters cell does not declare.
         """
-        workspace.set_work_root(params.get("work_root", ""))
-        if params.get("run_name"):  # refused before any work, not when the weights are saved
-            runs.check_run_name(params["run_name"])
-        device = config.resolve_device(params.get("device", "auto"))
+        defaults = parameters.read_defaults(section.notebook)
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ValueError(f"{section.notebook} has no parameter {unknown}; its parameters "
+                             f"cell declares {sorted(defaults)}.")
+        values = {**defaults, **params}
+        sources = {name: "parameter" if name in params and params[name] != defaults[name]
+                   else "notebook" for name in values}
+        recipe, overlay = section.overlay(values)
+        for name, value in overlay.items():
+            if sources[name] == "notebook" and values[name] != value:
+                values[name], sources[name] = value, f"recipe {recipe}"
+        _check_section(section, values)
+
+        workspace.set_work_root(values["work_root"])
+        if values["run_name"]:  # refused before any work, not when the weights are saved
+            runs.check_run_name(values["run_name"])
+        device = config.resolve_device(values["device"])
         config.configure_threads(device)
-        profile = config.resolve_profile(params.get("profile", "auto"))
-        quick = bool(params.get("quick", False))
+        profile = config.resolve_profile(values["profile"])
+        profile_values = {"backbone": section.backbones.get(profile.name, ""),
+                          "epochs": section.epochs.get(profile.name, 0),
+                          "image_size": profile.image_size, "batch_size": profile.batch_size}
+        for name in _PROFILE_DEFAULTS:
+            if not values[name]:
+                values[name], sources[name] = profile_values[name], f"profile {profile.name}"
+        sources.update(num_workers=f"profile {profile.name}", weight_decay="fixed")
         cfg = cls(
-            notebook=notebook,
-            data_dir=discovery.resolve_data_dir(params.get("data_dir", ""),
-                                                layout=params.get("data_format", "facecom")),
-            run_dir=runs.create_run_dir(params.get("output_dir", ""), notebook),
-            weights_dir=runs.resolve_weights_dir(params.get("weights_dir", "")),
-            device=device,
-            profile=profile,
-            backbone=params.get("backbone") or backbone_defaults[profile.name],
-            pretrained=params.get("pretrained", True),
-            weights=params.get("weights", ""),
-            epochs=int(params.get("epochs") or epoch_defaults[profile.name]),
-            image_size=int(params.get("image_size") or profile.image_size),
-            batch_size=int(params.get("batch_size") or profile.batch_size),
-            lr=float(params.get("lr", 1e-3)),
-            weight_decay=float(params.get("weight_decay", 1e-4)),
-            seed=int(params.get("seed", 0)),
-            quick=quick,
-            resume=_resume_mode(params.get("resume", False)),
-            dev_fraction=float(params.get("dev_fraction", 0.15)),
-            holdout_fraction=float(params.get("holdout_fraction", 0.15)),
-            num_workers=int(params.get("num_workers", profile.num_workers)),
-            patience=params.get("patience", 3),
-            allow_leakage=bool(params.get("allow_leakage", False)),
-            image_cache=cache.check_image_cache(params.get("image_cache", "auto")),
-            params=dict(params),
+            notebook=section.notebook,
+            data_dir=discovery.resolve_data_dir(values["data_dir"],
+                                                layout=values.get("data_format", "facecom")),
+            run_dir=runs.create_run_dir(values["output_dir"], section.notebook),
+            weights_dir=runs.resolve_weights_dir(values["weights_dir"]),
+            device=device, profile=profile, backbone=values["backbone"],
+            pretrained=values["pretrained"], weights=values["weights"],
+            epochs=int(values["epochs"]), image_size=int(values["image_size"]),
+            batch_size=int(values["batch_size"]), lr=float(values["lr"]), weight_decay=1e-4,
+            seed=int(values["seed"]), quick=bool(values["quick"]),
+            resume=_resume_mode(values["resume"]), dev_fraction=float(values["dev_fraction"]),
+            holdout_fraction=float(values["holdout_fraction"]),
+            num_workers=profile.num_workers, patience=values["patience"],
+            allow_leakage=bool(values["allow_leakage"]),
+            image_cache=cache.check_image_cache(values["image_cache"]),
+            run_name=values["run_name"],
+            task=section(**{f.name: values[f.name] for f in fields(section)}),
+            sources=sources,
         )
-        if quick:
-            cfg.epochs = min(cfg.epochs, QUICK["epochs"])
-            cfg.image_size = min(cfg.image_size, QUICK["image_size"])
-            cfg.batch_size = min(cfg.batch_size, QUICK["batch_size"])
-            cfg.num_workers = QUICK["num_workers"]
+        if cfg.quick:
+            for name, cap in QUICK.items():
+                if getattr(cfg, name) > cap or name == "num_workers":
+                    setattr(cfg, name, cap)
+                    sources[name] = "quick mode"
         config.seed_everything(cfg.seed)
         return cfg
 
-    def summary(self) -> dict:
-        """The resolved settings as JSON-able values (for metrics.json and model cards)."""
-        values = asdict(self)
-        values["profile"] = self.profile.name
-        values["device"] = str(self.device)
-        values.pop("params")
+    def to_dict(self) -> dict:
+        """The resolved settings as JSON-able values (metrics.json, model cards, fingerprints);
+        the task section's parameters sit beside the shared ones."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("task", "sources")}
+        values.update(profile=self.profile.name, device=str(self.device), **asdict(self.task))
         return runs.to_jsonable(values)
+
+    def summary(self) -> pd.DataFrame:
+        """Every setting with its value and the winner that set it (see `resolve`)."""
+        values = self.to_dict()
+        return pd.DataFrame({"value": [repr(value) for value in values.values()],
+                             "set by": [self.sources.get(name, "resolved") for name in values]},
+                            index=pd.Index(list(values), name="setting"))
+
+
+def _check_section(section: type[TaskSettings], values: dict[str, Any]) -> None:
+    """The section's fields must be exactly the notebook's parameters that are not shared run
+    settings, so no parameter is read from anywhere else and none is silently ignored."""
+    shared = {f.name for f in fields(ExperimentConfig)} | {"output_dir", "work_root"}
+    declared = {f.name for f in fields(section)}
+    task_names = set(values) - shared
+    if declared != task_names:
+        raise TypeError(f"{section.__name__} must declare exactly the task parameters of "
+                        f"{section.notebook}: missing {sorted(task_names - declared)}, "
+                        f"not in the notebook {sorted(declared - task_names)}.")
 
 
 def _resume_mode(value: Any) -> bool | str:
@@ -292,14 +354,13 @@ def training_files(cfg: ExperimentConfig, name: str) -> tuple[Path, Path]:
 
 
 def resume_fingerprint(cfg: ExperimentConfig, splits: Splits, **recipe: Any) -> dict:
-    """What a training run is, for `train.fit` to refuse resuming another one: the resolved and
-    raw settings (without where it reads and writes), the recipe's own arguments, and the
-    fingerprints of the train and dev file lists."""
-    settings = {key: value for key, value in cfg.summary().items()
+    """What a training run is, for `train.fit` to refuse resuming another one: the resolved
+    settings with the task section (without where it reads and writes), the recipe's own
+    arguments, and the fingerprints of the train and dev file lists."""
+    settings = {key: value for key, value in cfg.to_dict().items()
                 if key not in _LOCATION_SETTINGS}
-    params = {key: value for key, value in cfg.params.items() if key not in _LOCATION_SETTINGS}
     return runs.to_jsonable({
-        "config": settings, "parameters": params, "recipe": recipe,
+        "config": settings, "recipe": recipe,
         "data": {"train": data.compute_fingerprint(splits.train["path"].tolist()),
                  "dev": data.compute_fingerprint(splits.dev["path"].tolist())},
     })

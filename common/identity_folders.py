@@ -278,7 +278,7 @@ def read_splits(cfg: experiment.ExperimentConfig) -> experiment.Splits:
     of the train identities, with the train photos in their galleries. The evaluated split is
     the generated one, else ``val``, else ``test``. Prints `summarize` of the table.
     """
-    split_by = cfg.params.get("split_by", "identity")
+    split_by = cfg.task.split_by
     table = read_identity_folders(cfg.data_dir, split_by, cfg.holdout_fraction, cfg.seed)
     print(summarize(table).to_string())
     present = set(table["split"])

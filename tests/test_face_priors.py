@@ -116,7 +116,7 @@ def test_prepare_data_chips_stream(sample_root, tmp_path):
     from common import experiment, task_a
 
     cfg = experiment.ExperimentConfig.resolve(
-        "test_chips", task_a.BACKBONES, task_a.EPOCHS, data_dir=str(sample_root),
+        task_a.Settings, data_dir=str(sample_root),
         output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
         image_size=32, backbone="dlib_gender", pretrained=False)
     task_data = task_a.prepare_data(cfg, stream="chips")

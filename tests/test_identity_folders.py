@@ -115,7 +115,7 @@ def test_image_split_puts_every_multi_image_identity_on_both_sides(faces_root, v
 
 def test_closed_set_splits_enrol_train_photos(faces_root, views_dir, tmp_path):
     cfg = experiment.ExperimentConfig.resolve(
-        "02_task_b_arcface", task_b.BACKBONES, task_b.EPOCHS, data_dir=str(faces_root),
+        task_b.ArcFaceSettings, data_dir=str(faces_root),
         data_format="identity_folders", split_by="image", output_dir=str(tmp_path / "run"),
         weights_dir=str(tmp_path / "weights"), quick=True)
     splits = identity_folders.read_splits(cfg)

@@ -15,17 +15,17 @@ from common import experiment, listing, predict, runs, task_a, task_b
 from conftest import bomb_png, requires_descriptor
 
 
-def _config(tmp: Path, sample_root: Path, notebook: str, backbones: dict, epochs: dict):
+def _config(tmp: Path, sample_root: Path, section: type[experiment.TaskSettings], **extra):
     return experiment.ExperimentConfig.resolve(
-        notebook, backbones, epochs, data_dir=str(sample_root), output_dir=str(tmp / notebook),
-        weights_dir=str(tmp / "weights"), quick=True, epochs=1, image_size=48, seed=0)
+        section, data_dir=str(sample_root), output_dir=str(tmp / section.notebook),
+        weights_dir=str(tmp / "weights"), quick=True, epochs=1, image_size=48, seed=0, **extra)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
     """One Task A and one Task B checkpoint, each trained for one quick epoch."""
     tmp = tmp_path_factory.mktemp("predict")
-    cfg = _config(tmp, sample_root, "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS)
+    cfg = _config(tmp, sample_root, task_a.Settings, recipe="parameters")
     gender_data = task_a.prepare_data(cfg)
     net = task_a.create_classifier(cfg)
     criterion = task_a.create_loss("focal", gender_data.splits.train["label"].to_numpy(),
@@ -35,7 +35,7 @@ def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
     card = task_a.model_card(cfg, net, "single", threshold, dev, gender_data.splits, "test")
     paths = {"task_a": runs.save_model(net, cfg.weights_dir, "tiny_a", card)}
 
-    cfg = _config(tmp, sample_root, "02_task_b_arcface", task_b.BACKBONES, task_b.EPOCHS)
+    cfg = _config(tmp, sample_root, task_b.ArcFaceSettings)
     identity_data = task_b.prepare_data(cfg)
     embedder = task_b.create_embedder("embedding", cfg)
     model = task_b.EmbeddingClassifier(embedder, len(identity_data.identity_index))
@@ -351,7 +351,7 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
               for name, frame in parts.items()}
     gender_data = task_a.TaskAData(exp.Splits(parts["train"], parts["dev"], parts["eval"], "val"),
                                    images, None, 0, "descriptor")
-    cfg = _config(tmp_path, sample_root, "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS)
+    cfg = _config(tmp_path, sample_root, task_a.Settings, recipe="parameters")
     net = task_a.create_classifier(cfg, "probe")
     result = task_a.train_classifier(net, gender_data, cfg, None, "probe")
     assert len(result.history) == len(task_a.PROBE_CS)

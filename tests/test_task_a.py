@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from common import experiment, fallbacks, models, predict, runs, task_a
+from common import config, experiment, fallbacks, models, parameters, predict, runs, task_a
 from common.distortions import DISTORTIONS
 
 
@@ -55,7 +55,7 @@ def test_load_views_joins_distorted_copies(sample_root):
 def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path):
     """Raw + MTCNN-aligned streams with SE fusion, end to end through a checkpoint and the CLI."""
     cfg = experiment.ExperimentConfig.resolve(
-        "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS, data_dir=str(sample_root),
+        task_a.Settings, data_dir=str(sample_root),
         output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
         epochs=1, image_size=64, backbone="resnet10t", pretrained=False, seed=0)
     task_data = task_a.prepare_data(cfg, dual_stream=True)
@@ -77,39 +77,65 @@ def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path)
 
 def test_head_from_prior_needs_the_face_prior_backbone(sample_root, tmp_path):
     cfg = experiment.ExperimentConfig.resolve(
-        "01_task_a_gender", task_a.BACKBONES, task_a.EPOCHS, data_dir=str(sample_root),
+        task_a.Settings, data_dir=str(sample_root),
         output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
         backbone="resnet10t", pretrained=False)
     with pytest.raises(ValueError, match="dlib_gender"):
         task_a.create_classifier(cfg, "single", head_from_prior=True)
 
 
-def test_recipe_resolution(monkeypatch, capsys):
+def test_recipe_overlay_choice(monkeypatch):
+    def overlay(**values):
+        return task_a.Settings.overlay({"recipe": "auto", "backbone": "", "model": "single",
+                                        **values})
+
     monkeypatch.setattr(task_a.face_descriptor, "is_available", lambda front_end: True)
-    probe = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "single"})
-    assert probe["recipe"] == "probe" and probe["stream"] == "descriptor"
-    assert probe["model"] == "probe" and "recipe probe sets" in capsys.readouterr().out
+    assert overlay() == ("probe", {**task_a.PROBE_RECIPE, "recipe": "probe"})
     monkeypatch.setattr(task_a.face_descriptor, "is_available", lambda front_end: False)
     monkeypatch.setattr(task_a.face_priors, "is_available", lambda: True)
     with pytest.warns(fallbacks.FallbackWarning, match="using recipe=face_prior"):
-        auto = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "single",
-                                      "lr": 1e-3})
-    assert auto["recipe"] == "face_prior" and auto["backbone"] == "dlib_gender"
-    assert auto["lr"] == task_a.FACE_PRIOR_RECIPE["lr"] and "recipe face_prior sets" in (
-        capsys.readouterr().out)
-    chosen = task_a.resolve_recipe({"recipe": "auto", "backbone": "convnext_atto"})
-    assert chosen == {"recipe": "parameters", "backbone": "convnext_atto"}
-    dual = task_a.resolve_recipe({"recipe": "auto", "backbone": "", "model": "dual_se"})
-    assert dual["recipe"] == "parameters"
+        assert overlay()[0] == "face_prior"
+    assert overlay(backbone="convnext_atto") == ("parameters", {"recipe": "parameters"})
+    assert overlay(model="dual_se") == ("parameters", {"recipe": "parameters"})
     monkeypatch.setattr(task_a.face_priors, "is_available", lambda: False)
     with pytest.warns(fallbacks.FallbackWarning, match="not installed"):
-        missing = task_a.resolve_recipe({"recipe": "auto", "backbone": ""})
-    assert missing["recipe"] == "parameters"
+        assert overlay()[0] == "parameters"
     # Both fall-backs are on record for metrics.json and the model card.
     for recipe in ("face_prior", "parameters"):
         assert any(f"using recipe={recipe}" in m for m in fallbacks.recorded())
     with pytest.raises(ValueError, match="recipe"):
-        task_a.resolve_recipe({"recipe": "best"})
+        overlay(recipe="best")
+
+
+def test_every_value_has_one_winner(sample_root, tmp_path, monkeypatch):
+    """Notebook default < recipe < the user's parameter; the profile fills 0 / "" and quick mode
+    caps last; `summary` names the winner of each value."""
+    defaults = parameters.read_defaults("01_task_a_gender")
+    cfg = experiment.ExperimentConfig.resolve(
+        task_a.Settings, data_dir=str(sample_root), output_dir=str(tmp_path / "run"),
+        weights_dir=str(tmp_path / "weights"), device="cpu", profile="cpu", quick=True,
+        recipe="face_prior", lr=0.02, loss=defaults["loss"])
+    recipe = task_a.FACE_PRIOR_RECIPE
+    assert (cfg.lr, cfg.sources["lr"]) == (0.02, "parameter")  # set by the user: beats the recipe
+    # Given, but equal to the cell's default: indistinguishable from it, so the recipe wins.
+    assert (cfg.task.loss, cfg.sources["loss"]) == (recipe["loss"], "recipe face_prior")
+    assert (cfg.task.stream, cfg.sources["stream"]) == (recipe["stream"], "recipe face_prior")
+    assert (cfg.image_size, cfg.sources["image_size"]) == (recipe["image_size"],
+                                                           "recipe face_prior")
+    assert (cfg.epochs, cfg.sources["epochs"]) == (experiment.QUICK["epochs"], "quick mode")
+    assert cfg.sources["recipe"] == "parameter" and cfg.sources["seed"] == "notebook"
+    summary = cfg.summary()
+    assert summary.loc["stream", "set by"] == "recipe face_prior"
+    assert summary.loc["views_per_epoch", "value"] == repr(recipe["views_per_epoch"])
+    plain = experiment.ExperimentConfig.resolve(
+        task_a.Settings, data_dir=str(sample_root), output_dir=str(tmp_path / "run2"),
+        weights_dir=str(tmp_path / "weights"), device="cpu", profile="cpu",
+        recipe="parameters")
+    assert (plain.backbone, plain.sources["backbone"]) == (task_a.BACKBONES["cpu"], "profile cpu")
+    assert (plain.image_size, plain.sources["image_size"]) == (
+        config.PROFILES["cpu"].image_size, "profile cpu")
+    with pytest.raises(ValueError, match=r"01_task_a_gender has no parameter \['epoch'\]"):
+        experiment.ExperimentConfig.resolve(task_a.Settings, epoch=3)
 
 
 def _probe_data(n_per_split: dict[str, int], seed: int = 0) -> task_a.TaskAData:

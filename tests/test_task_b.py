@@ -15,7 +15,7 @@ from common import cache, experiment, models, task_b
 def setup(tmp_path_factory, sample_root):
     tmp = tmp_path_factory.mktemp("task_b")
     cfg = experiment.ExperimentConfig.resolve(
-        "03_task_b_siamese", task_b.SIAMESE_BACKBONES, task_b.EPOCHS, data_dir=str(sample_root),
+        task_b.SiameseSettings, data_dir=str(sample_root),
         output_dir=str(tmp / "run"), weights_dir=str(tmp / "weights"), quick=True, epochs=2,
         image_size=48, seed=0, dev_fraction=0.3)
     return cfg, task_b.prepare_data(cfg)
@@ -179,7 +179,7 @@ def test_streamed_images_embed_like_cached_ones(setup, tmp_path):
     included) are those of the cached arrays."""
     cfg, task_data = setup
     streamed_cfg = experiment.ExperimentConfig.resolve(
-        "03_task_b_siamese", task_b.SIAMESE_BACKBONES, task_b.EPOCHS, data_dir=str(cfg.data_dir),
+        task_b.SiameseSettings, data_dir=str(cfg.data_dir),
         output_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "weights"), quick=True,
         epochs=2, image_size=48, seed=0, dev_fraction=0.3, image_cache="stream")
     streamed = task_b.prepare_data(streamed_cfg)
