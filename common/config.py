@@ -1,7 +1,7 @@
 """Run-wide settings that depend on the machine: device, hardware profile, threads, seeding.
 
 Resolved here once, so notebooks only pass literals and the rest of `common` never guesses.
-Where files go is `common.paths`; where the data is, `common.discovery`.
+Where files go is `common.workspace`; where the data is, `common.discovery`.
 """
 from __future__ import annotations
 
