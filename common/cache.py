@@ -45,7 +45,7 @@ from common import feature_store, workspace
 __all__ = [
     "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
-    "file_list_key", "FITS", "check_fit", "to_rgb_array", "write_npz", "read_npz",
+    "file_list_key", "FITS", "check_fit", "to_rgb", "to_rgb_array", "write_npz", "read_npz",
     "ImageFiles", "IMAGE_CACHES", "STREAM_ABOVE_BYTES", "check_image_cache",
     "choose_image_cache",
 ]
@@ -134,8 +134,10 @@ def _bomb_reason(error: Exception) -> str:
             "image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB with the choices stated in the module docstring."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as RGB, upright: the choices stated in the module docstring (EXIF
+    orientation, white behind transparency, 16-bit scaled by 255 / 65535). Every decoder of the
+    project goes through it, so one file gives the same pixels everywhere."""
     image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
@@ -158,7 +160,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ImageReadError: zero-byte, non-image, corrupt or truncated file.
     """
-    return np.asarray(_to_rgb(_open_image(path)), dtype=np.uint8)
+    return np.asarray(to_rgb(_open_image(path)), dtype=np.uint8)
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -175,7 +177,7 @@ def check_fit(fit: str) -> str:
 
 def _decode_resized(path: str, image_size: int, fit: str = "crop") -> np.ndarray:
     """Decode ``path`` and make it an ``image_size`` square as ``fit`` says (see `FITS`)."""
-    return _square(_to_rgb(_open_image(path, draft_size=image_size)), image_size, fit)
+    return _square(to_rgb(_open_image(path, draft_size=image_size)), image_size, fit)
 
 
 def load_resized(path: str | os.PathLike, image_size: int, fit: str = "crop") -> np.ndarray:
@@ -194,7 +196,7 @@ def to_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
     """An in-memory image (array or PIL, any mode) as a full-size RGB uint8 array."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(_to_rgb(image), dtype=np.uint8)
+    return np.asarray(to_rgb(image), dtype=np.uint8)
 
 
 def _square(image: Image.Image, image_size: int, fit: str = "crop") -> np.ndarray:

@@ -1,32 +1,31 @@
 """Task B reports shared by notebooks 02, 03 and 04: gallery retrieval (plain and harder
-variant), the verification view with a dev-calibrated threshold, Siamese pair verification, and
+variant), the verification view with a dev-calibrated threshold, Siamese pair verification (with
+the model's `fusion.FaceRule` when it has one), the dev scores a fused weight is chosen by, and
 the failure cases behind the figures.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
-from tqdm.auto import tqdm
 
-from common import data, metrics
+from common import data, fusion, metrics
 
 __all__ = [
-    "GalleryReport", "PairReport", "FaceRule", "fit_face_rule", "face_blind_decisions",
-    "retrieval_table", "gallery_report", "pair_report", "make_pair_list", "retrieval_failures",
-    "worst_pairs", "load_rows", "photo_keys", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
-    "SHARE_OBJECTIVES", "weighted_concat", "choose_share",
+    "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
+    "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows",
+    "photo_keys", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS", "OBJECTIVES",
+    "dev_scores",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
 PAIR_KINDS = ("same photo", "same identity", "different identity")
-# what `choose_share` maximises on dev: gallery top-1, pair accuracy at the calibrated distance,
-# or pair accuracy of the dev-fitted `FaceRule`
-SHARE_OBJECTIVES = ("top1", "pair_accuracy", "pair_accuracy_face_rule")
+# what a dev choice maximises (`dev_scores`): gallery top-1, pair accuracy at the calibrated
+# distance, or pair accuracy of the dev-fitted `fusion.FaceRule`
+OBJECTIVES = ("top1", "pair_accuracy", "pair_accuracy_face_rule")
 # pair lists: ours (`make_pair_list`) and the public Siamese entries' (`hackathon_pair_list`)
 PAIR_PROTOCOLS = ("random", "hackathon")
 
@@ -119,49 +118,10 @@ def gallery_report(evaluated: pd.DataFrame, eval_embeddings: np.ndarray,
         dev=dev_summary, table=table, verification_scores=scores, verification_same=same)
 
 
-@dataclass(frozen=True)
-class FaceRule:
-    """A pair decision for when one distance cannot serve both kinds of positive pair.
-
-    Same when the embeddings are within `distance` (two views of one photo, which the learned
-    part and the copy detector see) **or** a face descriptor found both faces and their cosine is
-    at least `descriptor_cosine` (one person on two photos, which only a face-trained model sees).
-    """
-
-    distance: float
-    descriptor_cosine: float
-
-    def decide(self, distances: np.ndarray, descriptor_cosines: np.ndarray,
-               both_found: np.ndarray) -> np.ndarray:
-        """Boolean same/different per pair."""
-        return (np.asarray(distances) <= self.distance) | (
-            np.asarray(both_found, bool) & (np.asarray(descriptor_cosines) >= self.descriptor_cosine))
-
-
-def fit_face_rule(distances: np.ndarray, descriptor_cosines: np.ndarray, both_found: np.ndarray,
-                  same: np.ndarray, n_candidates: int = 100) -> FaceRule:
-    """The `FaceRule` with the best accuracy on (dev) pairs: both thresholds on a grid of
-    quantiles of their scores; the first best in (distance, cosine) order on ties."""
-    same = np.asarray(same).astype(bool)
-    quantiles = np.linspace(0, 1, n_candidates)
-    cosines = np.unique(np.quantile(descriptor_cosines[both_found], quantiles)) if np.any(
-        both_found) else np.array([np.inf])
-    cosines = np.append(cosines, np.inf)  # inf: the descriptor never decides
-    best = (-1.0, 0.0, np.inf)
-    for distance in np.unique(np.quantile(distances, quantiles)):
-        close = distances <= distance
-        for cosine in cosines:
-            accuracy = float(((close | (both_found & (descriptor_cosines >= cosine))) == same)
-                             .mean())
-            if accuracy > best[0]:
-                best = (accuracy, float(distance), float(cosine))
-    return FaceRule(best[1], best[2])
-
-
 @dataclass
 class PairReport:
     """Siamese pair verification at the fixed distance 0.5, at the dev-calibrated distance and,
-    with face descriptors, by the dev-fitted `FaceRule`.
+    with face descriptors, by the dev-fitted `fusion.FaceRule`.
 
     ``face_blind_accuracy`` is the accuracy of `face_blind_decisions` on the same list, a rule
     that never looks at a face: a list on which it is far above 0.5 measures how the list was
@@ -173,7 +133,7 @@ class PairReport:
     pairs: pd.DataFrame = field(repr=False)
     distances: np.ndarray = field(repr=False)
     same: np.ndarray = field(repr=False)
-    rule: FaceRule | None = None
+    rule: fusion.FaceRule | None = None
     face_rule: dict | None = None
     face_blind_accuracy: float = float("nan")
 
@@ -306,7 +266,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         n_pairs: size of the ``"random"`` lists (`make_pair_list`); the ``"hackathon"`` lists
             (`hackathon_pair_list`) have one positive and one negative per consecutive file.
         faces: optional ``{"dev": (unit descriptors, face found), "eval": (...)}`` rows aligned
-            with the two frames: then a `FaceRule` is fitted on the dev pairs and reported too.
+            with the two frames: then a `fusion.FaceRule` is fitted on the dev pairs and
+            reported too.
     """
     dev_pairs = _pair_list(dev, n_pairs, seed, protocol)
     dev_distances = _pair_distances(dev_embeddings, dev_pairs)
@@ -321,7 +282,7 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         [same_photo, same == 1], [PAIR_KINDS[0], PAIR_KINDS[1]], PAIR_KINDS[2]))
     rule = rule_metrics = None
     if faces is not None:
-        rule = fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
+        rule = fusion.fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
                              dev_pairs["same"].to_numpy())
         decided = rule.decide(distances, *_descriptor_cosines(faces["eval"], pairs))
         pairs = pairs.assign(same_by_rule=decided)
@@ -338,55 +299,35 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         face_blind_accuracy=float((face_blind_decisions(evaluated, pairs) == same).mean()))
 
 
-def weighted_concat(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
-    """``[sqrt(1 - w) a, sqrt(w) b]`` of unit rows a, b: again unit rows, whose cosine is
-    ``(1 - w) cos_a + w cos_b``. How a second similarity (the copy detector, a face
-    descriptor) joins a learned embedding without changing the cosine gallery protocol."""
-    return np.hstack([first * (1.0 - weight) ** 0.5,
-                      second.astype(first.dtype) * weight ** 0.5])
-
-
-def choose_share(frame: pd.DataFrame, first: np.ndarray, second: np.ndarray,
-                 candidates: Sequence[float], name: str, objective: str = "top1",
-                 seed: int = 0, n_pairs: int = 3000, found: np.ndarray | None = None
-                 ) -> tuple[float, pd.DataFrame]:
-    """The share of `second` in `weighted_concat` with the best dev `objective` (gallery top-1,
-    pair accuracy at the dev-calibrated distance, or pair accuracy of the `FaceRule` that
-    decides with the fused distance and `second` as the descriptor), the smallest candidate on
-    ties.
+def dev_scores(frame: pd.DataFrame, embeddings: np.ndarray, objective: str = "top1",
+               seed: int = 0, n_pairs: int = 3000,
+               faces: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """What a dev choice compares (`fusion.choose_weight`): gallery top-1, its harder variant
+    and macro-F1 of `embeddings`, plus ``dev_pair_accuracy`` (at the dev-calibrated distance) for
+    the pair objectives and ``dev_pair_accuracy_face_rule`` for the `fusion.FaceRule` one.
 
     Args:
-        frame / first / second: the dev rows and two unit embeddings of them.
-        candidates: shares to try, ascending. name: the table's column for them.
-        found: per row, whether `second` saw a face (needed by the face-rule objective).
-
-    Returns:
-        (share, table of dev top-1, harder-variant top-1, macro-F1 (and pair accuracy) per
-        candidate).
+        frame / embeddings: the dev rows and their unit embeddings.
+        objective: one of `OBJECTIVES`; the key to maximise is ``f"dev_{objective}"``.
+        faces: (unit descriptors, face found) of the rows, for ``"pair_accuracy_face_rule"``.
     """
-    if objective not in SHARE_OBJECTIVES:
-        raise ValueError(f"objective={objective!r}; choose one of {SHARE_OBJECTIVES}")
-    if objective == "pair_accuracy_face_rule" and found is None:
-        raise ValueError("the pair_accuracy_face_rule objective needs `found`")
-    rows = []
-    for weight in tqdm(candidates, desc=name, leave=False):
-        fused = weighted_concat(first, second, weight)
-        summary = metrics.summarize_retrieval(retrieval_table(frame, fused, seed=seed))
-        hard = metrics.summarize_retrieval(retrieval_table(frame, fused, exclude_own_source=True,
-                                                           seed=seed))
-        row = {name: weight, "dev_top1": summary["top1"], "dev_top1_hard": hard["top1"],
-               "dev_f1_macro": summary["f1_macro"]}
-        if objective != "top1":
-            faces = ({"dev": (second, found), "eval": (second, found)}
-                     if objective == "pair_accuracy_face_rule" else None)
-            pairs = pair_report(frame, fused, frame, fused, n_pairs, seed, faces=faces)
-            row["dev_pair_accuracy"] = pairs.calibrated["accuracy"]
-            if faces is not None:
-                row["dev_pair_accuracy_face_rule"] = pairs.face_rule["accuracy"]
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    key = "dev_top1" if objective == "top1" else f"dev_{objective}"
-    return float(table.loc[table[key].idxmax(), name]), table
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}; choose one of {OBJECTIVES}")
+    if objective == "pair_accuracy_face_rule" and faces is None:
+        raise ValueError("the pair_accuracy_face_rule objective needs `faces`")
+    summary = metrics.summarize_retrieval(retrieval_table(frame, embeddings, seed=seed))
+    hard = metrics.summarize_retrieval(retrieval_table(frame, embeddings, exclude_own_source=True,
+                                                       seed=seed))
+    row = {"dev_top1": summary["top1"], "dev_top1_hard": hard["top1"],
+           "dev_f1_macro": summary["f1_macro"]}
+    if objective != "top1":
+        rule_faces = ({"dev": faces, "eval": faces} if objective == "pair_accuracy_face_rule"
+                      else None)
+        pairs = pair_report(frame, embeddings, frame, embeddings, n_pairs, seed, faces=rule_faces)
+        row["dev_pair_accuracy"] = pairs.calibrated["accuracy"]
+        if rule_faces is not None:
+            row["dev_pair_accuracy_face_rule"] = pairs.face_rule["accuracy"]
+    return row
 
 
 def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:
@@ -398,7 +339,7 @@ def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:
 
 def worst_pairs(report: PairReport, n: int = 8) -> pd.DataFrame:
     """Misjudged pairs, furthest on the wrong side of the calibrated distance first. With a
-    `FaceRule`, the pairs the rule gets wrong: it is the decision the model card keeps."""
+    `fusion.FaceRule`, the pairs the rule gets wrong: it is the decision the model card keeps."""
     pairs = report.pairs
     threshold = report.calibrated["threshold"]
     same = pairs["same"].to_numpy() == 1

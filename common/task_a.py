@@ -28,7 +28,7 @@ from common.experiment import (ExperimentConfig, Splits, TaskSettings, create_op
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
-           "PROBE_FRONT_END", "RECIPES", "MODEL_KINDS", "Settings", "STREAMS", "fit_probe",
+           "PROBE_FRONT_END", "RECIPES", "ARCHITECTURES", "Settings", "STREAMS", "fit_probe",
            "probe_inputs", "TaskAData", "load_views", "prepare_data", "epoch_indices",
            "create_classifier", "create_loss", "StreamDataset", "predict_probs", "evaluate_views",
            "model_card", "training_subset", "train_classifier", "evaluate_model",
@@ -50,7 +50,8 @@ PROBE_FRONT_END = "robust"  # dlib alone: SFace's descriptor hardly carries gend
 RECIPES = ("auto", "probe", "face_prior", "parameters")
 EPOCHS = {"cpu": 8, "gpu": 25}
 CLASS_NAMES = ("male", "female")
-MODEL_KINDS = {"single": "gender", "dual_se": "dual_se", "probe": "descriptor_probe"}
+# the notebook's `model` choices and the `models.MODEL_KINDS` architecture each one builds
+ARCHITECTURES = {"single": "gender", "dual_se": "dual_se", "probe": "descriptor_probe"}
 # prepare_data's views: whole images, dlib face chips, or face descriptors (the probe's input)
 STREAMS = ("raw", "chips", "descriptor")
 
@@ -252,11 +253,11 @@ def create_classifier(cfg: ExperimentConfig, model: str = "single",
     `head_from_prior` (backbone `dlib_gender` only) starts the classifier from the face prior's
     own head, so epoch 0 already is the off-the-shelf gender model.
     """
-    if model not in MODEL_KINDS:
-        raise ValueError(f"Unknown model={model!r}; choose one of {sorted(MODEL_KINDS)}.")
+    if model not in ARCHITECTURES:
+        raise ValueError(f"Unknown model={model!r}; choose one of {sorted(ARCHITECTURES)}.")
     if model == "probe":
-        return models.create_model(MODEL_KINDS[model])
-    net = models.create_model(MODEL_KINDS[model], backbone_name=cfg.backbone, num_classes=2,
+        return models.create_model(ARCHITECTURES[model])
+    net = models.create_model(ARCHITECTURES[model], backbone_name=cfg.backbone, num_classes=2,
                               pretrained=cfg.pretrained, weights=cfg.weights or None)
     if head_from_prior:
         if cfg.backbone != "dlib_gender" or model != "single":
@@ -318,7 +319,7 @@ def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: fl
     """
     probe = kind == "probe"
     return {
-        "task": "task_a", "kind": MODEL_KINDS[kind],
+        "task": "task_a", "kind": ARCHITECTURES[kind],
         "model_kwargs": ({"in_features": model.classifier.in_features, "num_classes": 2} if probe
                          else {"backbone_name": cfg.backbone, "num_classes": 2}),
         "backbone": cfg.backbone, "image_size": cfg.image_size,

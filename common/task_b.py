@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import (cache, data, evaluation, face_descriptor, fallbacks, identity_folders, losses,
-                    metrics, models, runs, transforms)
+from common import (cache, data, evaluation, face_descriptor, fallbacks, fusion, identity_folders,
+                    losses, metrics, models, runs, transforms)
 from common.experiment import (ExperimentConfig, Splits, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, make_splits, resume_fingerprint,
                                training_files)
@@ -33,7 +34,7 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFa
            "SiameseSettings", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
-           "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
+           "choose_layout_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "DescriptorFusion", "fuse_descriptor", "card_descriptors",
            "embed_for_card"]
 
@@ -41,7 +42,6 @@ BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 2000  # quick runs on the sample: 350 pairs/epoch left pair AUC at 0.63
-LAYOUT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # candidates `choose_layout_weight` tries on dev
 # Model kinds that bring their own backbone; `embedding` takes the `backbone` parameter.
 FIXED_BACKBONES = {"facenet": "inception_resnet_v1", "efficientfr": "efficientfr"}
 
@@ -444,9 +444,9 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
 
 def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: ExperimentConfig,
                          setting: str | float = "auto",
-                         candidates: tuple[float, ...] = LAYOUT_WEIGHTS) -> pd.DataFrame:
+                         candidates: tuple[float, ...] = fusion.LAYOUT_WEIGHTS) -> pd.DataFrame:
     """Set `embedder.layout_weight` (see `models.EmbeddingNet`): a number as given, or with
-    ``"auto"`` the candidate with the best dev top-1 (the smallest on ties).
+    ``"auto"`` the candidate with the best dev top-1 (`fusion.choose_weight`).
 
     Returns:
         Dev top-1, top-1 of the harder variant and macro-F1 per candidate weight (empty for a
@@ -461,8 +461,9 @@ def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experim
     both = embed(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
                  cfg.batch_size * 2) * 2 ** 0.5
     learned, layout = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
-    embedder.layout_weight, table = evaluation.choose_share(
-        dev, learned, layout, candidates, "layout_weight", "top1", cfg.seed)
+    embedder.layout_weight, table = fusion.choose_weight(
+        learned, layout, candidates, partial(evaluation.dev_scores, dev, seed=cfg.seed),
+        "dev_top1", "layout_weight")
     return table
 
 
@@ -486,10 +487,11 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     embeddings.
 
     The learned networks match distorted copies of one photo; face-trained descriptors recognise a
-    person across photos. ``setting="auto"`` picks the share with the best dev `objective` (0 when
-    no face model is installed, with a warning; dlib alone when only SFace is missing, see
-    `face_descriptor.installed_front_end`); a number is used as given; 0 skips the descriptors
-    unless `keep_faces` asks for them (the pair `FaceRule` of `evaluation.pair_report` needs them).
+    person across photos. ``setting="auto"`` picks the share with the best dev `objective`
+    (`evaluation.OBJECTIVES`; 0 when no face model is installed, with a warning; dlib alone when
+    only SFace is missing, see `face_descriptor.installed_front_end`); a number is used as given;
+    0 skips the descriptors unless `keep_faces` asks for them (the pair `fusion.FaceRule` of
+    `evaluation.pair_report` needs them).
 
     Args:
         learned: split name ("dev", "eval", ...) -> unit embeddings of ``task_data.images[split]``.
@@ -506,17 +508,36 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
         return face_descriptor.optional_descriptors(paths, front_end, progress)
 
     loaded = {"dev": load("dev")}
-    raw, found = loaded["dev"] if loaded["dev"] is not None else (None, None)
-    weight, table = face_descriptor.choose_weight(task_data.splits.dev, learned["dev"], raw,
-                                                  setting, objective, seed, found=found)
+    weight, table = _descriptor_weight(task_data.splits.dev, learned["dev"], loaded["dev"],
+                                       setting, objective, seed)
     if not (weight or keep_faces) or loaded["dev"] is None:  # the other splits are not needed
         return DescriptorFusion(weight, front_end, dict(learned), table)
     loaded.update({split: load(split) for split in learned if split != "dev"})
-    embeddings = {split: face_descriptor.fuse(vectors, loaded[split][0], weight)
+    embeddings = {split: fusion.fuse(vectors, face_descriptor.normalise(loaded[split][0]), weight)
                   for split, vectors in learned.items()}
     faces = {split: (face_descriptor.normalise(vectors), found)
              for split, (vectors, found) in loaded.items()} if keep_faces else None
     return DescriptorFusion(weight, front_end, embeddings, table, faces)
+
+
+def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
+                       descriptors: tuple[np.ndarray, np.ndarray] | None, setting: str | float,
+                       objective: str, seed: int) -> tuple[float, pd.DataFrame]:
+    """The descriptor's share: a number as given, else the best dev `objective` over
+    `fusion.DESCRIPTOR_WEIGHTS` (0 when no face model gave `descriptors`), with its table."""
+    if setting != "auto":
+        weight = float(setting)
+        if weight > 0 and descriptors is None:
+            raise PriorUnavailableError(f"descriptor_weight={weight} needs dlib: "
+                                        f"{face_descriptor.INSTALL}")
+        return weight, pd.DataFrame()
+    if descriptors is None:
+        return 0.0, pd.DataFrame()
+    unit = face_descriptor.normalise(descriptors[0])
+    score = partial(evaluation.dev_scores, dev, objective=objective, seed=seed,
+                    faces=(unit, descriptors[1]))
+    return fusion.choose_weight(learned, unit, fusion.DESCRIPTOR_WEIGHTS, score,
+                                f"dev_{objective}", "descriptor_weight")
 
 
 def card_descriptors(card: dict, originals: Sequence[str | os.PathLike | np.ndarray],
@@ -550,7 +571,7 @@ def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
     if not weight:
         return learned
     raw, _ = descriptors or card_descriptors(card, originals, progress)
-    return face_descriptor.fuse(learned, raw, weight)
+    return fusion.fuse(learned, face_descriptor.normalise(raw), weight)
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
@@ -597,7 +618,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
                pair_threshold: float | None = None,
                descriptor: DescriptorFusion | None = None,
-               pair_rule: evaluation.FaceRule | None = None) -> dict:
+               pair_rule: fusion.FaceRule | None = None) -> dict:
     """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it,
     including the face-descriptor share its thresholds were calibrated with)."""
     kwargs = {"standardize_input": embedder.standardize_input,

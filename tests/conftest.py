@@ -11,6 +11,8 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +83,22 @@ def sigterm_when_started(script: str, started: Path, pythonpath: Path,
     assert child.returncode != 0 and "TrainingInterrupted" in stderr, stderr[-2000:]
     return stderr
 
+
+def unit_rows(rows) -> np.ndarray:
+    """Rows of `rows` scaled to unit length, float32: embeddings for hand-made test cases."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def gallery_frame() -> pd.DataFrame:
+    """A tiny Task B table: three identities, two clean photos each, every photo with a noisy
+    and a sunny copy (18 rows)."""
+    rows = []
+    for identity in ("a", "b", "c"):
+        for photo in ("1", "2"):
+            source = f"{identity}/{photo}.jpg"
+            rows.append({"path": source, "identity": identity, "distortion": "clean",
+                         "source": ""})
+            rows += [{"path": f"{identity}/{photo}_{d}.jpg", "identity": identity,
+                      "distortion": d, "source": source} for d in ("noisy", "sunny")]
+    return pd.DataFrame(rows)

@@ -63,6 +63,24 @@ def test_mode_conversions(tmp_path: Path) -> None:
     assert sixteen[0, :, 0].tolist() == [0, 128, 255] and (sixteen[..., 0] == sixteen[..., 2]).all()
 
 
+def test_sixteen_bit_grey_scales_to_eight_bits_for_every_decoder(tmp_path: Path) -> None:
+    """A hand-made 16-bit PNG: full scale is white whatever else the image holds, half scale
+    mid-grey; MTCNN's detection copy (`common.faces`) decodes it the same way."""
+    from common import faces
+
+    deep = np.array([[32768, 65535], [32768, 32768]], dtype=np.uint16)
+    path = save(Image.fromarray(deep), tmp_path / "g16.png")
+    with Image.open(path) as image:
+        assert image.mode == "I;16"
+        pixels = np.asarray(cache.to_rgb(image))
+    assert pixels[..., 0].tolist() == [[128, 255], [128, 128]]  # 32768 * 255 / 65535 = 127.5
+    assert (pixels == pixels[..., :1]).all()  # grey: three equal channels
+    np.testing.assert_array_equal(load_image(path), pixels)
+    copy, size = faces._load_detection_copy(str(path), max_side=640)
+    np.testing.assert_array_equal(copy, pixels)
+    assert size == (2, 2)
+
+
 def test_exif_orientation_applied(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display

@@ -46,14 +46,6 @@ def test_pair_report_accuracy_by_kind():
     assert "pair_accuracy_different_identity" in flat
 
 
-def test_face_rule_decides_by_distance_or_agreeing_faces():
-    rule = evaluation.FaceRule(distance=0.3, descriptor_cosine=0.9)
-    same = rule.decide(np.array([0.1, 0.8, 0.8, 0.8]), np.array([0.0, 0.95, 0.95, 0.5]),
-                       np.array([False, True, False, True]))
-    # close embeddings | agreeing faces | agreeing but a face missing | disagreeing faces
-    assert same.tolist() == [True, True, False, False]
-
-
 def _people_embeddings(frame: pd.DataFrame) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Embeddings that only see photos (copies sit on their photo, every photo 1 apart) and unit
     descriptors that see people; bob's foggy copies hide his face from the descriptor."""
@@ -98,16 +90,6 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
                                 & report.pairs["same"].astype(bool)).sum()) > 0
     assert (by_rule["kind"] == "same identity").all()
     assert not (faces[1][by_rule["i"]] & faces[1][by_rule["j"]]).any()
-
-
-def test_fit_face_rule_never_trusts_a_useless_descriptor():
-    distances = np.array([0.1, 0.2, 0.9, 1.0])
-    same = np.array([1, 1, 0, 0])
-    rule = evaluation.fit_face_rule(distances, np.array([0.99, 0.1, 0.99, 0.1]),
-                                    np.ones(4, bool), same)
-    assert rule.decide(distances, np.array([0.99, 0.1, 0.99, 0.1]), np.ones(4, bool)).tolist() \
-        == [True, True, False, False]
-    assert rule.descriptor_cosine > 0.99  # a cosine of 0.99 also marks a different pair
 
 
 def test_hackathon_pair_list_pairs_consecutive_files_and_same_position_negatives():

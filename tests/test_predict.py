@@ -283,7 +283,7 @@ def test_embed_and_compare(checkpoints, sample_root):
 def test_fused_card_adds_the_face_descriptor(checkpoints, sample_root, tmp_path, monkeypatch):
     """A card with descriptor_weight embeds as its notebook evaluated: learned + descriptor,
     for files and in-memory images alike (descriptor faked: the image's mean colour)."""
-    from common import face_descriptor
+    from common import face_descriptor, fusion
 
     def fake_describe(images, front_end="hog", progress=True):
         means = [np.asarray(Image.open(item) if not isinstance(item, np.ndarray) else item,
@@ -301,7 +301,7 @@ def test_fused_card_adds_the_face_descriptor(checkpoints, sample_root, tmp_path,
     plain = predict.embed([first], checkpoints["task_b"])
     fused = predict.embed([first, np.asarray(Image.open(first))], fused_weights)
     assert fused.shape == (2, plain.shape[1] + 128)
-    expected = face_descriptor.fuse(plain, fake_describe([first])[0], 0.5)
+    expected = fusion.fuse(plain, face_descriptor.normalise(fake_describe([first])[0]), 0.5)
     np.testing.assert_allclose(fused[0], expected[0], atol=1e-5)
     np.testing.assert_allclose(fused[1, -128:], fused[0, -128:], atol=1e-5)
 

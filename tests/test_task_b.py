@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import cache, experiment, models, task_b
+from common import cache, experiment, fusion, models, task_b
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_choose_layout_weight_picks_the_best_dev_top1(setup):
     cfg, task_data = setup
     embedder = models.EmbeddingNet("resnet10t", 32, pretrained=False).eval()
     table = task_b.choose_layout_weight(embedder, task_data, cfg, "auto")
-    assert table["layout_weight"].tolist() == list(task_b.LAYOUT_WEIGHTS)
+    assert table["layout_weight"].tolist() == list(fusion.LAYOUT_WEIGHTS)
     best = table.loc[table["dev_top1"].idxmax(), "layout_weight"]
     assert embedder.layout_weight == best
     # An untrained embedding is near chance; the copy detector alone matches the sample's

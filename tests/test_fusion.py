@@ -1,0 +1,92 @@
+"""common.fusion: the weighted concatenation, the dev choice of a channel's weight (scored by
+`evaluation.dev_scores`) and the pair rule."""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import evaluation, fusion
+from conftest import gallery_frame, unit_rows
+
+
+def test_fuse_mixes_the_two_cosines_by_the_weight():
+    learned = unit_rows([[1, 0], [0.6, 0.8]])           # cosine 0.6
+    extra = unit_rows([[1, 0, 0], [0, 0, 1]])            # cosine 0
+    for weight in (0.25, 0.7):
+        fused = fusion.fuse(learned, extra, weight)
+        assert fused.shape == (2, 5)
+        np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-6)
+        assert fused[0] @ fused[1] == pytest.approx((1 - weight) * 0.6 + weight * 0.0, abs=1e-6)
+        # tensors (the copy detector inside a network) are fused the same way
+        as_tensor = fusion.fuse(torch.from_numpy(learned), torch.from_numpy(extra), weight)
+        np.testing.assert_array_equal(as_tensor.numpy(), fused)
+    assert fusion.fuse(learned, extra, 0.0) is learned
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        fusion.fuse(learned, extra, 1.5)
+
+
+def _choose(frame: pd.DataFrame, first, second, objective: str = "top1", found=None):
+    score = partial(evaluation.dev_scores, frame, objective=objective, n_pairs=60,
+                    faces=None if found is None else (second, found))
+    return fusion.choose_weight(first, second, fusion.DESCRIPTOR_WEIGHTS, score,
+                                f"dev_{objective}", "descriptor_weight")
+
+
+def test_choose_weight_picks_the_channel_only_when_it_helps_on_dev():
+    frame = gallery_frame()
+    rng = np.random.default_rng(0)
+    identity_code = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    knows_identity = unit_rows(np.eye(3)[identity_code] + 0.05 * rng.normal(size=(len(frame), 3)))
+    noise = unit_rows(rng.normal(size=(len(frame), 8)))
+    # Learned = noise: the channel is all that matches; the largest share wins (ties: smallest).
+    weight, table = _choose(frame, noise, knows_identity)
+    assert weight == table.loc[table["dev_top1"].idxmax(), "descriptor_weight"] > 0
+    assert table["dev_top1"].max() == 1.0 and table["dev_top1"].iloc[0] < 1.0
+    # Learned already perfect: every share ties at top-1 1.0, so the smallest (0) is kept.
+    weight, table = _choose(frame, knows_identity, noise)
+    assert weight == 0.0 and list(table["descriptor_weight"]) == list(fusion.DESCRIPTOR_WEIGHTS)
+    weight, table = _choose(frame, noise, knows_identity, "pair_accuracy")
+    assert weight > 0 and "dev_pair_accuracy" in table
+    with pytest.raises(ValueError, match="objective"):
+        _choose(frame, noise, knows_identity, "auc")
+
+
+def test_choose_weight_for_the_face_rule_keeps_the_descriptor_out_of_the_distance():
+    frame = gallery_frame()
+    rng = np.random.default_rng(0)
+    photos = frame["path"].str.split("_").str[0].str.replace(".jpg", "", regex=False)
+    photo_code = pd.factorize(photos)[0]
+    sees_photos = unit_rows(np.eye(photo_code.max() + 1)[photo_code])  # copies on their photo
+    identity_code = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    knows_identity = unit_rows(np.eye(3)[identity_code] + 0.05 * rng.normal(size=(len(frame), 3)))
+    # One distance needs the descriptor in it to tell two photos of a person from two people...
+    weight, table = _choose(frame, sees_photos, knows_identity, "pair_accuracy")
+    assert weight > 0 and table["dev_pair_accuracy"].iloc[0] < 1.0
+    # ...but the face rule asks the descriptor separately, so the distance can stay learned.
+    weight, table = _choose(frame, sees_photos, knows_identity, "pair_accuracy_face_rule",
+                            found=np.ones(len(frame), bool))
+    assert weight == 0.0 and table["dev_pair_accuracy_face_rule"].iloc[0] == 1.0
+    with pytest.raises(ValueError, match="needs `faces`"):
+        _choose(frame, sees_photos, knows_identity, "pair_accuracy_face_rule")
+
+
+def test_face_rule_decides_by_distance_or_agreeing_faces():
+    rule = fusion.FaceRule(distance=0.3, descriptor_cosine=0.9)
+    same = rule.decide(np.array([0.1, 0.8, 0.8, 0.8]), np.array([0.0, 0.95, 0.95, 0.5]),
+                       np.array([False, True, False, True]))
+    # close embeddings | agreeing faces | agreeing but a face missing | disagreeing faces
+    assert same.tolist() == [True, True, False, False]
+
+
+def test_fit_face_rule_never_trusts_a_useless_descriptor():
+    distances = np.array([0.1, 0.2, 0.9, 1.0])
+    same = np.array([1, 1, 0, 0])
+    rule = fusion.fit_face_rule(distances, np.array([0.99, 0.1, 0.99, 0.1]),
+                                np.ones(4, bool), same)
+    assert rule.decide(distances, np.array([0.99, 0.1, 0.99, 0.1]), np.ones(4, bool)).tolist() \
+        == [True, True, False, False]
+    assert rule.descriptor_cosine > 0.99  # a cosine of 0.99 also marks a different pair
