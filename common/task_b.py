@@ -21,9 +21,10 @@ from torch.utils.data import Dataset
 
 from common import (cache, data, evaluation, face_descriptor, fallbacks, identity_folders, losses,
                     metrics, models, runs, transforms)
-from common.experiment import (ExperimentConfig, Splits, create_optimizer, create_scheduler,
-                               make_loader, make_splits, resume_fingerprint, training_files)
+from common.experiment import (ExperimentConfig, create_optimizer, create_scheduler, make_loader,
+                               resume_fingerprint, training_files)
 from common.face_priors import PriorUnavailableError
+from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
 
@@ -300,6 +301,7 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
     dev_pairs = evaluation.make_pair_list(dev, min(2000, 4 * len(dev)), seed=cfg.seed)
     first, second = dev_pairs["i"].to_numpy(), dev_pairs["j"].to_numpy()
 
+    @task_data.splits.guard  # the first dev evaluation waits for the leakage checks
     def evaluate(trained: nn.Module) -> dict:
         embeddings = embed(trained, task_data.images["dev"], cfg.image_size, mean, std,
                            cfg.device, cfg.batch_size * 2)
