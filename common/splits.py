@@ -38,9 +38,9 @@ __all__ = ["CONTENT_CHECK_WAIT", "LeakageError", "SplitSettings", "ContentCheck"
            "split_identities", "split_images", "make_splits", "make_image_splits",
            "check_leakage"]
 
-# Seconds the content checks may delay training before they continue beside it: enough for a
-# FACECOM-sized split (hashes cached by notebook 00's validation, or a cold start), small
-# against the minute the first epoch must start within on any data size.
+# Seconds the content checks may delay training (once their process has started) before they
+# continue beside it: enough for a FACECOM-sized split (hashes cached by notebook 00's
+# validation, or a cold start), small against the minute the first epoch must start within.
 CONTENT_CHECK_WAIT = 30.0
 _FIX = "Fix the data, or pass allow_leakage=True to override."
 
@@ -114,13 +114,17 @@ def _content_problems(pairs: list[_Pair], near: bool, folder: Path) -> list[str]
 
 
 def _run_check(connection, pairs: list[_Pair], near: bool, folder: Path) -> None:
-    """Entry point of the spawned process: send ``("ok", messages)`` or ``("error", text)``."""
+    """Entry point of the spawned process: send ``("ok", messages)`` or ``("error", text)``,
+    then end at once: the interpreter's own shutdown (torch and the rest imported) would hold
+    a CPU longer than the check did on small data."""
     try:
+        connection.send(("started", None))
         connection.send(("ok", _content_problems(pairs, near, folder)))
     except BaseException:  # reported in the parent, which decides; never lost
         connection.send(("error", traceback.format_exc()))
     finally:
         connection.close()
+    os._exit(0)
 
 
 class ContentCheck:
@@ -143,6 +147,10 @@ class ContentCheck:
                                         daemon=True)
         self._process.start()
         child.close()
+        # Starting Python and importing the readers is a fixed cost, not the check's; on a busy
+        # machine it can take most of the wait, so the wait starts once the check does.
+        with contextlib.suppress(EOFError):  # the process died: `result` says so
+            self._connection.recv()
 
     def yield_cpu(self) -> None:
         """Lower the check's priority: training, which it now runs beside, comes first."""
