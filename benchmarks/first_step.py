@@ -238,7 +238,8 @@ def report(rows: list[dict], views: float, args) -> None:
     written = ", ".join(f"{row['written']:.0f} s" for row in rows)
     checks = ", ".join(f"{row['check']:.0f} s" for row in rows)
     print(f"\nContent check still running after the first step: {checks} (nan: not awaited, "
-          f"--await-check). Writing the data: {written}. Real distorted views (first run on a data set only): {views * 1e3:.1f} ms per clean "
+          f"--await-check). Writing the data: {written}. Real distorted views (first run on a "
+          f"data set only): {views * 1e3:.1f} ms per clean "
           f"image, {views * VGGFACE2_IMAGES / 3600:.1f} h at {VGGFACE2_IMAGES / 1e6:.1f} M.")
 
 

@@ -32,7 +32,8 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "TaskBData", "prepare_dat
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "LAYOUT_WEIGHTS", "image_fit", "train_pairs", "model_card",
-           "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor", "card_descriptors",
+           "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
+           "card_descriptors",
            "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
