@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import cache, data, near_duplicates  # noqa: E402 (after sys.path)
+from common import cache, data, near_duplicates, splits  # noqa: E402 (after sys.path)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "facecom"
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                         for d, i, j in closest],
                        columns=["distance", "first", "second"]).to_markdown(index=False), "\n")
 
-    train, held = data.split_identities(table, 0.15, seed=1, stratify=None)
+    train, held = splits.split_identities(table, 0.15, seed=1, stratify=None)
     with tempfile.TemporaryDirectory() as folder:
         for label in ("cold", "cached"):
             start = time.perf_counter()

@@ -9,8 +9,9 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
 2. settings: ``config`` (device, profile, seeding), ``parameters`` (the notebooks' parameters);
 3. data: ``listing`` (which files the readers read), ``feature_store`` (per-image caches),
    ``cache`` (decoding, decoded-image cache, streaming), ``near_duplicates`` (perceptual
-   hashes), ``distortions``, ``data`` (FACECOM readers, validation), ``sample`` (the synthetic
-   sample), ``discovery`` (finding the data), ``transforms``;
+   hashes), ``distortions``, ``data`` (FACECOM readers, validation), ``splits`` (identity-
+   disjoint splits, leakage guards), ``sample`` (the synthetic sample), ``discovery`` (finding
+   the data), ``transforms``;
 4. measures: ``gallery`` (FAISS gallery search and saved indexes), ``metrics`` (arrays in,
    numbers out), ``fusion`` (a learned similarity plus a weighted extra channel, the weight's
    dev choice, the pair rule), ``evaluation`` (Task B reports, dev scores);
@@ -20,7 +21,7 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
 6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
    interruptions), ``train`` (the loop);
 7. runs: ``runs`` (run folders, metrics.json, model cards), ``experiment`` (resolved config,
-   splits, loaders), ``identity_folders`` (your own faces);
+   loaders), ``identity_folders`` (your own faces);
 8. tasks and reports: ``task_a``, ``task_b``, ``baselines``, ``plots``, ``figures`` (each
    notebook's figure group), ``leaderboard`` (notebook 04);
 9. entry points: ``runner`` (``run_all.sh``), ``predict`` (``python -m common.predict``).

@@ -1,5 +1,5 @@
-"""FACECOM tables: readers for Task A and Task B, the gender join, identity-disjoint splits, and
-the validation report that decides which files are usable.
+"""FACECOM tables: readers for Task A and Task B, the gender join and the validation report
+that decides which files are usable (splits are `common.splits`).
 
 The raw folders are never modified: every function here builds a pandas view of them, with
 absolute ``str`` paths. Expected layout (the hackathon release)::
@@ -14,7 +14,6 @@ here so notebooks only import `common.data`.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections import defaultdict
@@ -22,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -36,7 +34,7 @@ from common.listing import walk_files
 __all__ = [
     "GENDERS", "SPLITS", "DISTORTIONS", "IMAGE_EXTENSIONS", "OFFICIAL_COUNTS",
     "DatasetLayoutError", "ImageReadError", "ValidationReport", "available_splits",
-    "read_task_a", "read_task_b", "join_gender", "split_identities", "validate_dataset",
+    "read_task_a", "read_task_b", "join_gender", "validate_dataset",
     "load_image", "load_image_array", "compute_fingerprint", "ImageArrayDataset",
 ]
 
@@ -182,37 +180,6 @@ def join_gender(task_b: pd.DataFrame, task_a: pd.DataFrame) -> pd.DataFrame:
     out["gender"] = out["identity"].map(by_identity).astype(object)
     out.loc[out["gender"].isna(), "gender"] = None
     return out
-
-
-def split_identities(df: pd.DataFrame, dev_fraction: float = 0.2, seed: int = 0,
-                     stratify: str | None = "gender") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split rows into (train, dev) so that no identity appears on both sides.
-
-    Identities are shuffled with ``seed`` within each ``stratify`` group (when the column
-    exists) and ``round(n * dev_fraction)`` of each group go to dev, so the gender ratio is
-    kept. The result depends only on the set of identities, not on row order.
-
-    Raises:
-        ValueError: ``dev_fraction`` not in (0, 1) or no ``identity`` column.
-    """
-    if not 0.0 < dev_fraction < 1.0:
-        raise ValueError(f"dev_fraction={dev_fraction} must lie strictly between 0 and 1.")
-    if "identity" not in df.columns:
-        raise ValueError("split_identities needs an 'identity' column (read_task_a/read_task_b "
-                         f"tables have one); got columns {list(df.columns)}.")
-    if stratify is not None and stratify in df.columns:
-        groups = df.groupby("identity")[stratify].agg(
-            lambda s: str(s.mode().iloc[0]) if s.notna().any() else "<missing>")
-    else:
-        groups = pd.Series("<all>", index=sorted(df["identity"].unique()))
-    rng = np.random.default_rng(seed)
-    dev_ids: set[str] = set()
-    for _, members in sorted(groups.groupby(groups), key=lambda kv: kv[0]):
-        ids = np.array(sorted(members.index))
-        n_dev = math.floor(len(ids) * dev_fraction + 0.5)
-        dev_ids.update(rng.permutation(ids)[:n_dev].tolist())
-    in_dev = df["identity"].isin(dev_ids)
-    return df[~in_dev].reset_index(drop=True), df[in_dev].reset_index(drop=True)
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

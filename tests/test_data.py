@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -109,35 +108,6 @@ def test_join_gender_inherits_by_identity(facecom: Path) -> None:
     assert genders["bob"] == {"male"} and genders["001_frontal"] == {"male"}
     assert genders["nobody"] == {None}
     assert len(joined) == len(data.read_task_b(facecom, "train"))
-
-
-def identity_table(n_male: int, n_female: int, rows_each: int = 2) -> pd.DataFrame:
-    records = [(f"{g[0]}{i:03d}", g, f"/x/{g[0]}{i:03d}_{r}.jpg")
-               for g, n in (("male", n_male), ("female", n_female))
-               for i in range(n) for r in range(rows_each)]
-    return pd.DataFrame(records, columns=["identity", "gender", "path"])
-
-
-def test_split_identities_disjoint_stratified_seeded() -> None:
-    table = identity_table(40, 10)
-    train, dev = data.split_identities(table, dev_fraction=0.2, seed=3)
-    assert not set(train["identity"]) & set(dev["identity"])
-    assert len(train) + len(dev) == len(table)
-    dev_ids = dev.groupby("identity")["gender"].first()
-    assert (dev_ids == "male").sum() == 8 and (dev_ids == "female").sum() == 2
-    assert (dev.groupby("identity").size() == 2).all()  # all rows of an identity together
-    again = data.split_identities(table.sample(frac=1.0, random_state=1), 0.2, seed=3)[1]
-    assert set(again["identity"]) == set(dev["identity"])  # row order does not matter
-    other = data.split_identities(table, 0.2, seed=4)[1]
-    assert set(other["identity"]) != set(dev["identity"])
-
-
-def test_split_identities_without_stratify_column() -> None:
-    table = identity_table(30, 0).drop(columns="gender")
-    train, dev = data.split_identities(table, dev_fraction=0.3, seed=0, stratify="gender")
-    assert dev["identity"].nunique() == 9 and train["identity"].nunique() == 21
-    with pytest.raises(ValueError, match="dev_fraction"):
-        data.split_identities(table, dev_fraction=1.0)
 
 
 def test_layout_errors_name_path_layout_and_fix(tmp_path: Path, facecom: Path) -> None:

@@ -11,12 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from common import cache, metrics, models, parameters, task_a, task_b, train, transforms
-from common.data import read_task_b
-from common.experiment import (ExperimentConfig, LeakageError, TaskSettings, check_leakage,
-                               make_loader, make_splits)
+from common.experiment import ExperimentConfig, TaskSettings, make_loader
 from common.resume import ResumeMismatchError
 from common.train import TrainingInterrupted
 from conftest import Interrupt, sigterm_when_started
@@ -298,100 +295,7 @@ def test_resume_after_a_parameter_change_names_it(tmp_path, sample_root):
         run_recipe("task_a", tmp_path, sample_root, Plan(), resume=True, lr=0.002)
 
 
-# --- leakage guards and dev-only selection -------------------------------------------------
-
-def _copy_identity(source_split: Path, identity: str, target_split: Path) -> None:
-    """Copy one identity folder (clean + distorted images) between Task_B split folders."""
-    shutil.copytree(source_split / identity, target_split / identity)
-
-
-@pytest.fixture
-def small_copy(tmp_path, sample_root) -> Path:
-    """A FACECOM-layout copy with four train identities and two val identities."""
-    root = tmp_path / "facecom"
-    for split, identities in (("train", ("person_000", "person_001", "person_002", "person_003")),
-                              ("val", ("person_004", "person_005"))):
-        for identity in identities:
-            _copy_identity(sample_root / "Task_B" / "train", identity, root / "Task_B" / split)
-    return root
-
-
-def _splits_of(root: Path, tmp_path: Path, **overrides):
-    cfg = _resolve(task_b.ArcFaceSettings, tmp_path / "cfg", root, dev_fraction=0.25, **overrides)
-    return make_splits(read_task_b(root, "train"), read_task_b(root, "val"), cfg, stratify=None)
-
-
-def test_clean_copy_splits_without_complaint(small_copy, tmp_path):
-    splits = _splits_of(small_copy, tmp_path)
-    assert splits.eval_name == "val"
-    assert set(splits.eval["identity"]) == {"person_004", "person_005"}
-
-
-def test_shared_identity_is_refused(small_copy, tmp_path):
-    _copy_identity(small_copy / "Task_B" / "train", "person_001", small_copy / "Task_B" / "val")
-    with pytest.raises(LeakageError, match=r"identities in both train/dev and val.*person_001"):
-        _splits_of(small_copy, tmp_path)
-
-
-@pytest.mark.parametrize("part", ["train", "dev"])  # dev selects, so it must not leak either
-def test_same_image_under_another_name_is_refused(small_copy, tmp_path, part):
-    identity = sorted(getattr(_splits_of(small_copy, tmp_path / "clean"), part)["identity"])[0]
-    clean = small_copy / "Task_B" / "train" / identity / f"{identity}_0001.jpg"
-    renamed = small_copy / "Task_B" / "val" / "person_005" / "person_005_0999.jpg"
-    shutil.copyfile(clean, renamed)
-    with pytest.raises(LeakageError, match="identical images") as error:
-        _splits_of(small_copy, tmp_path)
-    assert str(clean) in str(error.value) and str(renamed) in str(error.value)
-    assert "allow_leakage=True" in str(error.value)
-
-
-def test_allow_leakage_only_warns(small_copy, tmp_path, capsys):
-    _copy_identity(small_copy / "Task_B" / "train", "person_001", small_copy / "Task_B" / "val")
-    splits = _splits_of(small_copy, tmp_path, allow_leakage=True)
-    assert "person_001" in set(splits.eval["identity"])
-    warning = "WARNING (allow_leakage=True): Leakage between train/dev and val"
-    assert warning in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("edit", ["reencoded", "distorted"])
-def test_near_duplicate_under_another_identity_is_refused(small_copy, tmp_path, edit):
-    """A train photo re-encoded smaller, or one of its distorted copies, filed under a val
-    identity has other bytes (the SHA-1 guard passes it) but the same perceptual hash."""
-    identity = sorted(_splits_of(small_copy, tmp_path / "clean").train["identity"])[0]
-    folder = small_copy / "Task_B" / "train" / identity
-    leaked = small_copy / "Task_B" / "val" / "person_005" / "person_005_0999.jpg"
-    if edit == "reencoded":
-        source = folder / f"{identity}_0001.jpg"
-        image = Image.open(source)
-        image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(leaked, quality=70)
-    else:
-        source = folder / "distortion" / f"{identity}_0001_blurred.jpg"
-        shutil.copyfile(source, leaked)
-        with open(leaked, "ab") as handle:  # other bytes, same pixels
-            handle.write(b"\0")
-    with pytest.raises(LeakageError, match="near-duplicate image pairs") as error:
-        _splits_of(small_copy, tmp_path)
-    assert "identical images" not in str(error.value) and str(leaked) in str(error.value)
-
-
-def test_other_identities_distorted_copies_are_not_near_duplicates(small_copy, tmp_path):
-    """Every image of the copy, clean and distorted, is hashed: different people pass."""
-    splits = _splits_of(small_copy, tmp_path)
-    assert (splits.train["distortion"] != "clean").any()
-    check_leakage(splits.train, splits.eval, "val")
-
-
-def test_splits_are_identity_disjoint_and_cover_train(tmp_path, sample_root):
-    cfg = _resolve(task_b.ArcFaceSettings, tmp_path, sample_root)
-    train = read_task_b(sample_root, "train")
-    splits = make_splits(train, None, cfg, stratify=None)
-    assert splits.eval_name == "holdout"
-    parts = [set(frame["identity"]) for frame in (splits.train, splits.dev, splits.eval)]
-    assert all(parts)
-    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    assert parts[0] | parts[1] | parts[2] == set(train["identity"])
-    assert len(splits.train) + len(splits.dev) + len(splits.eval) == len(train)
-
+# --- dev-only selection ---------------------------------------------------------------------
 
 def _dev_clean(outcome: Outcome) -> tuple[np.ndarray, np.ndarray]:
     """Labels and P(female) of the dev split's clean rows."""

@@ -341,7 +341,7 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
 def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     """A descriptor-probe checkpoint through the CLI path: the same P(female) as notebook 01's
     evaluation computes from the cached descriptors, and a broken file only gets an error."""
-    from common import data, experiment as exp
+    from common import data, splits
 
     table = data.read_task_a(sample_root, "train").assign(distortion="clean")
     table = table.groupby("gender", group_keys=False).apply(lambda g: g.head(10))
@@ -349,8 +349,9 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     parts = {name: frame.reset_index(drop=True) for name, frame in parts.items()}
     images = {name: task_a.probe_inputs(frame["path"].tolist(), progress=False)
               for name, frame in parts.items()}
-    gender_data = task_a.TaskAData(exp.Splits(parts["train"], parts["dev"], parts["eval"], "val"),
-                                   images, None, 0, "descriptor")
+    gender_data = task_a.TaskAData(
+        splits.Splits(parts["train"], parts["dev"], parts["eval"], "val"), images, None, 0,
+        "descriptor")
     cfg = _config(tmp_path, sample_root, task_a.Settings, recipe="parameters")
     net = task_a.create_classifier(cfg, "probe")
     result = task_a.train_classifier(net, gender_data, cfg, None, "probe")

@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from common import config, experiment, fallbacks, models, parameters, predict, runs, task_a
+from common import splits as splits_module
 from common.distortions import DISTORTIONS
 
 
@@ -149,7 +150,7 @@ def _probe_data(n_per_split: dict[str, int], seed: int = 0) -> task_a.TaskAData:
             direction))
         images[name] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
         frames[name] = pd.DataFrame({"label": labels, "distortion": "clean"})
-    splits = experiment.Splits(frames["train"], frames["dev"], frames["eval"], "holdout")
+    splits = splits_module.Splits(frames["train"], frames["dev"], frames["eval"], "holdout")
     return task_a.TaskAData(splits, images, None, 0, "descriptor")
 
 

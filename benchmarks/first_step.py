@@ -1,0 +1,247 @@
+"""Seconds from `ExperimentConfig.resolve` to the first optimiser step of notebook 02 on identity
+folders streamed from disk (``data_format="identity_folders"``, ``image_cache="stream"``), split
+by phase, at several data sizes; the per-image slope of each phase, extrapolated to VGGFace2
+(3.3 M images in 9,131 identity folders).
+
+Synthetic identity folders of tiny random JPEGs are written under ``--root`` (never into the
+project). The run follows notebook 02's cells (`task_b.prepare_data`, `create_embedder`,
+`photo_teacher`, `train_arcface`), timing each step of the path by wrapping the function that does
+it, and stops at the end of the first optimiser step. Each size gets its own work root, so every
+cache starts cold, except the distorted views identity folders get (seven per clean image,
+written once per data set): those are written beforehand as plain copies, so the timed run is
+the run after the first; what writing the real views costs per image is measured separately on
+``--views-sample`` images. After the first step, the time until the background leakage check
+finishes is reported too. Prints a markdown table.
+
+    python benchmarks/first_step.py --root /tmp/first_step --sizes 20000 60000 150000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import (cache, experiment, identity_folders, listing, splits,  # noqa: E402
+                    task_b)
+from common.distortions import DISTORTIONS  # noqa: E402
+
+VGGFACE2_IMAGES, VGGFACE2_IDENTITIES = 3_300_000, 9_131
+# Notebook 02's parameters cell, with a small CPU run and data in identity folders.
+PARAMS = {"data_format": "identity_folders", "image_cache": "stream", "split_by": "identity",
+          "pretrained": False, "image_size": 64, "batch_size": 32, "epochs": 1, "seed": 0,
+          "device": "cpu", "num_workers": 2, "fit": "stretch"}
+RECIPE = {"model": "embedding", "embedding_dim": 512, "standardize_input": True,
+          "head": "spatial", "arcface_s": 30.0, "arcface_m": 0.5, "source_weight": 1.0,
+          "teacher": "", "teacher_weight": 1.0, "distortion_p": 0.5, "schedule": "cosine"}
+# (phase, module, function name): the function that does each step of the path.
+PHASES = [("views (cached: stat of every clean file)", identity_folders, "_ensure_views"),
+          ("hidden-file walk", listing, "walk_files"),
+          ("read identity folders (listing, table)", identity_folders, "read_identity_folders"),
+          ("splits + identity check + start content check", splits, "make_splits"),
+          ("stream decision (ImageFiles)", cache, "load_image_array"),
+          ("model", task_b, "create_embedder"),
+          ("teacher (teacher='' here; see notes)", task_b, "photo_teacher"),
+          ("resume fingerprint (stat of train + dev)", task_b, "resume_fingerprint"),
+          ("source/view pairs", task_b, "source_view_pairs")]
+
+
+class FirstStep(Exception):
+    """Raised right after the first optimiser step: the end of what is timed."""
+
+
+def write_identity_folders(root: Path, images: int, per_identity: int, seed: int = 0) -> float:
+    """Random-noise JPEGs (distinct, so no check finds a duplicate); returns seconds taken."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    for index in range(images):
+        folder = root / f"id{index // per_identity:05d}"
+        if index % per_identity == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+        (folder / f"{index:07d}.jpg").write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes())
+    return time.perf_counter() - start
+
+
+def copy_views(source: Path, clean_rel: str, target: Path, seed: int) -> None:
+    """Stand-in for `identity_folders._write_views_of`: the clean file under each view name."""
+    (target / clean_rel).parent.mkdir(parents=True, exist_ok=True)
+    for name in DISTORTIONS:
+        shutil.copyfile(source, target / f"{clean_rel}_{name}.jpg")
+
+
+def scandir_seconds(root: Path) -> tuple[float, int]:
+    """One bare os.scandir pass over the identity folders: the floor of any listing."""
+    start, count = time.perf_counter(), 0
+    with os.scandir(root) as identities:
+        for identity in identities:
+            with os.scandir(identity.path) as files:
+                count += sum(1 for _ in files)
+    return time.perf_counter() - start, count
+
+
+def time_first_step(root: Path, work: Path, await_check: bool
+                    ) -> tuple[dict[str, float], float, float]:
+    """(seconds per phase, total to the first step, seconds the content check ran on after it,
+    NaN unless `await_check`)."""
+    spent: dict[str, float] = defaultdict(float)
+    stack: list[float] = []
+    originals = []
+
+    def timed(label, function):
+        def wrapper(*args, **kwargs):
+            stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                total = time.perf_counter() - start
+                inner = stack.pop()
+                spent[label] += total - inner  # exclusive of the timed calls inside it
+                if stack:
+                    stack[-1] += total
+        return wrapper
+
+    for label, module, name in PHASES:
+        originals.append((module, name, getattr(module, name)))
+        setattr(module, name, timed(label, getattr(module, name)))
+    step = torch.optim.AdamW.step
+
+    def first_step(self, *args, **kwargs):
+        step(self, *args, **kwargs)
+        raise FirstStep
+
+    torch.optim.AdamW.step = first_step
+    params = {**PARAMS, "data_dir": str(root), "work_root": str(work),
+              "output_dir": str(work / "run"), "weights_dir": str(work / "weights")}
+    start = time.perf_counter()
+    task_data = None
+    try:
+        cfg = timed("resolve", experiment.ExperimentConfig.resolve)(
+            "02_task_b_arcface", task_b.BACKBONES, task_b.EPOCHS, **params)
+        cfg.backbone = task_b.backbone_for(RECIPE["model"], cfg.backbone)
+        task_data = task_b.prepare_data(cfg)
+        embedder = task_b.create_embedder(RECIPE["model"], cfg, RECIPE["embedding_dim"],
+                                          RECIPE["standardize_input"], RECIPE["head"])
+        teacher = task_b.photo_teacher(task_data.splits.train, RECIPE["teacher"])
+        net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index),
+                                         embedder.embedding_dim, s=RECIPE["arcface_s"],
+                                         m=RECIPE["arcface_m"],
+                                         source_weight=RECIPE["source_weight"],
+                                         teacher_weight=0.0 if teacher is None else 1.0)
+        task_b.train_arcface(net, task_data, cfg, "first_step", RECIPE["distortion_p"],
+                             RECIPE["schedule"], teacher)
+    except FirstStep:
+        pass
+    finally:
+        total = time.perf_counter() - start
+        torch.optim.AdamW.step = step
+        for module, name, function in originals:
+            setattr(module, name, function)
+    spent["rest (table to loader, first batch, forward/backward)"] = total - sum(spent.values())
+    if not await_check:
+        return dict(spent), total, float("nan")
+    after = time.perf_counter()
+    task_data.splits.verify()
+    return dict(spent), total, time.perf_counter() - after
+
+
+def views_seconds_per_image(root: Path, work: Path, images: int) -> float:
+    """Seconds per clean image of writing the seven real distorted views (first run only)."""
+    write_identity_folders(root, images, 50, seed=1)
+    start = time.perf_counter()
+    identity_folders.read_identity_folders(root, cache_dir=work / "views", progress=False)
+    return (time.perf_counter() - start) / images
+
+
+def run_size(size: int, args) -> dict:
+    """One size, in its own process (so its background check ends with it)."""
+    root, work = args.root / f"data_{size}", args.root / f"work_{size}"
+    shutil.rmtree(work, ignore_errors=True)
+    written = (write_identity_folders(root, size, args.per_identity) if not root.is_dir()
+               else float("nan"))
+    real_writer = identity_folders._write_views_of
+    identity_folders._write_views_of = copy_views
+    try:
+        identity_folders.read_identity_folders(root, cache_dir=work / "data" / "cache"
+                                               / "identity_views", progress=False)
+    finally:
+        identity_folders._write_views_of = real_writer
+    scan, files = scandir_seconds(root)
+    spent, total, check = time_first_step(root, work, await_check=args.await_check)
+    return {"size": size, "files": files, "written": written, "scan": scan, "spent": spent,
+            "total": total, "check": check}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/facecom_first_step"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 60_000, 150_000])
+    parser.add_argument("--per-identity", type=int, default=50,
+                        help="images per identity folder (VGGFace2 has about 360)")
+    parser.add_argument("--views-sample", type=int, default=500)
+    parser.add_argument("--await-check", action="store_true",
+                        help="also time the background content check to its end")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, JSON out
+    args = parser.parse_args()
+    if args.root.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        parser.error("--root must lie outside the project")
+    if args.one:
+        print(json.dumps(run_size(args.one, args)))
+        return
+    rows = []
+    for size in args.sizes:
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", str(size)],
+                              check=True, stdout=subprocess.PIPE, text=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{size} images: {rows[-1]['total']:.1f} s to the first step", file=sys.stderr,
+              flush=True)
+    views = views_seconds_per_image(args.root / "views_sample", args.root / "views_work",
+                                    args.views_sample)
+    report(rows, views, args)
+
+
+def _slope(sizes: list[int], values: list[float]) -> tuple[float, float]:
+    slope, intercept = np.polyfit(sizes, values, 1) if len(sizes) > 1 else (0.0, values[0])
+    return float(slope), float(intercept)
+
+
+def report(rows: list[dict], views: float, args) -> None:
+    sizes = [row["size"] for row in rows]
+    print(f"`python benchmarks/first_step.py --root {args.root} --sizes "
+          f"{' '.join(map(str, args.sizes))} --per-identity {args.per_identity}`; "
+          f"{cache.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end.\n")
+    header = " | ".join(f"{s:,} images" for s in sizes)
+    print(f"| phase (seconds) | {header} | per 1 M images | at {VGGFACE2_IMAGES / 1e6:.1f} M |")
+    print("|---" * (len(sizes) + 3) + "|")
+
+    def line(name: str, values: list[float]) -> None:
+        slope, intercept = _slope(sizes, values)
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        print(f"| {name} | {cells} | {slope * 1e6:.1f} | "
+              f"{max(0.0, intercept + slope * VGGFACE2_IMAGES):.0f} |")
+
+    for phase in rows[0]["spent"]:
+        line(phase, [row["spent"][phase] for row in rows])
+    line("**total, resolve to first optimiser step**", [row["total"] for row in rows])
+    line("bare os.scandir of the identity folders", [row["scan"] for row in rows])
+    written = ", ".join(f"{row['written']:.0f} s" for row in rows)
+    checks = ", ".join(f"{row['check']:.0f} s" for row in rows)
+    print(f"\nContent check still running after the first step: {checks} (nan: not awaited, "
+          f"--await-check). Writing the data: {written}. Real distorted views (first run on a "
+          f"data set only): {views * 1e3:.1f} ms per clean "
+          f"image, {views * VGGFACE2_IMAGES / 3600:.1f} h at {VGGFACE2_IMAGES / 1e6:.1f} M.")
+
+
+if __name__ == "__main__":
+    main()
