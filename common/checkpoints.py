@@ -171,20 +171,21 @@ class ModelCard:
         return runs.write_json(self.to_dict(), Path(path))
 
 
-def card_from_training(cfg: ExperimentConfig, model: nn.Module, splits: Splits, fingerprint: str,
-                       *, task: str, kind: str, model_kwargs: dict[str, Any],
+def card_from_training(cfg: ExperimentConfig, network: nn.Module, splits: Splits,
+                       fingerprint: str, *, task: str, kind: str, model_kwargs: dict[str, Any],
                        dev_metrics: dict[str, Any], **task_fields: Any) -> ModelCard:
-    """The card of a model a notebook just trained: the fields every task shares, taken from
-    the run's settings, the model and the splits, plus the task's own (``task_fields``).
+    """The card of a network a notebook just trained: the fields every task shares, taken from
+    the run's settings, the network and the splits, plus the task's own (``task_fields``, which
+    may include ``model``, the Task B recipe).
 
     One builder, so both tasks record weights provenance, normalisation and the identities
     trained on the same way (notebook 04's leakage warning relies on them).
     """
-    source = model.weights_source
+    source = network.weights_source
     return ModelCard(
         task=task, kind=kind, model_kwargs=model_kwargs, backbone=cfg.backbone,
-        image_size=cfg.image_size, mean=list(model.data_config["mean"]),
-        std=list(model.data_config["std"]), data_fingerprint=fingerprint,
+        image_size=cfg.image_size, mean=list(network.data_config["mean"]),
+        std=list(network.data_config["std"]), data_fingerprint=fingerprint,
         dev_metrics={key: value for key, value in dev_metrics.items()
                      if isinstance(value, (int, float))},
         weights_source=str(source), pretrained=bool(getattr(source, "pretrained", False)),
