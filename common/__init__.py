@@ -20,8 +20,10 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    chips), ``face_descriptor`` (dlib and SFace descriptors);
 6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
    interruptions), ``train`` (the loop);
-7. runs: ``runs`` (run folders, metrics.json, model cards), ``experiment`` (resolved config,
-   loaders), ``identity_folders`` (your own faces);
+7. runs: ``runs`` (run folders, metrics.json, provenance), ``experiment`` (resolved config,
+   loaders), ``checkpoints`` (the typed model card; saving, finding and loading checkpoints),
+   ``model_inputs`` (from a card and images to the model's inputs), ``identity_folders`` (your
+   own faces);
 8. tasks and reports: ``task_a``, ``task_b``, ``baselines``, ``plots``, ``figures`` (each
    notebook's figure group), ``leaderboard`` (notebook 04);
 9. entry points: ``runner`` (``run_all.sh``), ``predict`` (``python -m common.predict``).

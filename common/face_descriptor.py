@@ -248,7 +248,7 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
 def describe_images(images: Sequence[str | os.PathLike | np.ndarray], front_end: str,
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`cached_descriptors` for a list of files, `describe` when any item is an in-memory image:
-    what model cards and new inputs need (`task_b.card_descriptors`, `task_a.probe_inputs`)."""
+    what model cards and new inputs need (`model_inputs.card_descriptors` and `probe_inputs`)."""
     if all(isinstance(item, (str, os.PathLike)) for item in images):
         return cached_descriptors([str(path) for path in images], front_end, progress=progress)
     return describe(images, front_end, progress)

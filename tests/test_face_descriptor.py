@@ -4,6 +4,7 @@ is installed."""
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from common import face_descriptor, face_priors, faces, fusion, task_b
+from common import face_descriptor, face_priors, faces, fusion, model_inputs, task_b
+from common.checkpoints import ModelCard
+from common.model_inputs import ModelInputs
 from conftest import gallery_frame, requires_descriptor, requires_sface, unit_rows
 
 
@@ -53,13 +56,15 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     np.testing.assert_allclose(unit, face_descriptor.normalise(raw), atol=1e-6)
     assert found.all()
 
-    card = {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "descriptor_weight": 0.4,
-            "descriptor_front_end": "robust"}
+    card = ModelCard(task="task_b", kind="embedding", model_kwargs={}, image_size=8,
+                     mean=[0.5] * 3, std=[0.5] * 3, descriptor_weight=0.4,
+                     descriptor_front_end="robust")
     monkeypatch.setattr(task_b, "embed", lambda *args, **kwargs: learned["eval"])
-    fused = task_b.embed_for_card(None, card, np.zeros((len(frame), 8, 8, 3), np.uint8),
-                                  frame["path"].tolist())
-    np.testing.assert_allclose(fused, chosen.embeddings["eval"])
-    plain = task_b.embed_for_card(None, {**card, "descriptor_weight": 0.0}, None, [])
+    inputs = ModelInputs(np.zeros((len(frame), 8, 8, 3), np.uint8), [""] * len(frame),
+                         faces=model_inputs.card_descriptors(card, frame["path"].tolist()))
+    np.testing.assert_allclose(task_b.embed_for_card(None, card, inputs),
+                               chosen.embeddings["eval"])
+    plain = task_b.embed_for_card(None, replace(card, descriptor_weight=0.0), ModelInputs(None, []))
     assert plain is learned["eval"]
 
 

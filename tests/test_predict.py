@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from common import experiment, listing, predict, runs, task_a, task_b
+from common import experiment, listing, model_inputs, predict, task_a, task_b
+from common.checkpoints import ModelCard, load_model, save_model
 from conftest import bomb_png, requires_descriptor
 
 
@@ -33,7 +35,7 @@ def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
     task_a.train_classifier(net, gender_data, cfg, criterion, "tiny_a")
     threshold, dev, _, _ = task_a.evaluate_model(net, gender_data, cfg)
     card = task_a.model_card(cfg, net, "single", threshold, dev, gender_data.splits, "test")
-    paths = {"task_a": runs.save_model(net, cfg.weights_dir, "tiny_a", card)}
+    paths = {"task_a": save_model(net, cfg.weights_dir, "tiny_a", card)}
 
     cfg = _config(tmp, sample_root, task_b.ArcFaceSettings)
     identity_data = task_b.prepare_data(cfg)
@@ -49,7 +51,7 @@ def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
     report = evaluation.gallery_report(splits.eval, embeddings["eval"], splits.dev,
                                        embeddings["dev"])
     card = task_b.model_card(cfg, embedder, "embedding", report, splits, "test")
-    paths["task_b"] = runs.save_model(embedder, cfg.weights_dir, "tiny_b", card)
+    paths["task_b"] = save_model(embedder, cfg.weights_dir, "tiny_b", card)
     return paths
 
 
@@ -119,8 +121,8 @@ def test_enrol_add_search_round_trip(checkpoints, sample_root, tmp_path, monkeyp
     np.testing.assert_allclose(searched["similarity"], direct["similarity"], atol=1e-5)
     assert "top-1" in capsys.readouterr().out
 
-    model, card = runs.load_model(weights)
-    other = runs.save_model(model, tmp_path / "other", "other_b", card)
+    model, card = load_model(weights)
+    other = save_model(model, tmp_path / "other", "other_b", card)
     assert predict.main(["search", "--weights", str(other), "--index", str(index), "--queries",
                          str(val), "--output", str(tmp_path / "other.csv")]) == 2
     error = capsys.readouterr().err
@@ -293,9 +295,9 @@ def test_fused_card_adds_the_face_descriptor(checkpoints, sample_root, tmp_path,
     monkeypatch.setattr(face_descriptor, "describe", fake_describe)
     monkeypatch.setattr(face_descriptor, "cached_descriptors",
                         lambda paths, front_end="hog", progress=True: fake_describe(paths))
-    model, card = runs.load_model(checkpoints["task_b"])
-    fused_weights = runs.save_model(model, tmp_path, "fused", {
-        **card, "descriptor_weight": 0.5, "descriptor_front_end": "robust"})
+    model, card = load_model(checkpoints["task_b"])
+    fused_weights = save_model(model, tmp_path, "fused", replace(
+        card, descriptor_weight=0.5, descriptor_front_end="robust"))
     first = sorted(next(p for p in sorted((sample_root / "Task_B" / "val").iterdir())
                         if p.is_dir()).glob("*.jpg"))[0]
     plain = predict.embed([first], checkpoints["task_b"])
@@ -322,11 +324,11 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     monkeypatch.setattr(face_descriptor, "describe", fake_describe)
     monkeypatch.setattr(face_descriptor, "cached_descriptors",
                         lambda paths, front_end="hog", progress=True: fake_describe(paths))
-    model, card = runs.load_model(checkpoints["task_b"])
+    model, card = load_model(checkpoints["task_b"])
     # distance -1: the embeddings alone never say "same", so only the descriptors decide.
-    ruled = runs.save_model(model, tmp_path, "ruled", {
-        **card, "pair_rule": {"distance": -1.0, "descriptor_cosine": 0.9},
-        "descriptor_weight": 0.5, "descriptor_front_end": "robust"})
+    ruled = save_model(model, tmp_path, "ruled", replace(
+        card, pair_rule={"distance": -1.0, "descriptor_cosine": 0.9},
+        descriptor_weight=0.5, descriptor_front_end="robust"))
     val = sample_root / "Task_B" / "val"
     first, other = (sorted(p.glob("*.jpg"))[0] for p in sorted(val.iterdir())[:2])
     result = predict.compare(first, other, ruled)
@@ -347,7 +349,8 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     table = table.groupby("gender", group_keys=False).apply(lambda g: g.head(10))
     parts = {"train": table.iloc[::2], "dev": table.iloc[1::4], "eval": table.iloc[3::4]}
     parts = {name: frame.reset_index(drop=True) for name, frame in parts.items()}
-    images = {name: task_a.probe_inputs(frame["path"].tolist(), progress=False)
+    images = {name: model_inputs.probe_inputs(frame["path"].tolist(), task_a.PROBE_FRONT_END,
+                                              progress=False)
               for name, frame in parts.items()}
     gender_data = task_a.TaskAData(
         splits.Splits(parts["train"], parts["dev"], parts["eval"], "val"), images, None, 0,
@@ -359,7 +362,7 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     threshold, dev, _, eval_probs = task_a.evaluate_model(net, gender_data, cfg)
     card = task_a.model_card(cfg, net, "probe", threshold, dev, gender_data.splits, "test",
                              stream="descriptor")
-    weights = runs.save_model(net, cfg.weights_dir, "probe", card)
+    weights = save_model(net, cfg.weights_dir, "probe", card)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     predictions = predict.predict_gender(parts["eval"]["path"].tolist() + [str(broken)], weights,
@@ -372,13 +375,13 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
 def test_cli_refuses_a_damaged_or_swapped_checkpoint_with_a_message(tmp_path, capsys, damage):
     import torch
 
-    card = {"task": "task_a", "kind": "gender", "image_size": 32, "mean": [0.5] * 3,
-            "std": [0.5] * 3, "model_kwargs": {"backbone_name": "efficientfr", "num_classes": 2}}
-    checkpoint = runs.save_model(torch.nn.Linear(2, 2), tmp_path, "tiny", card)
+    card = ModelCard(task="task_a", kind="gender", image_size=32, mean=[0.5] * 3,
+                     std=[0.5] * 3, model_kwargs={"backbone_name": "efficientfr", "num_classes": 2})
+    checkpoint = save_model(torch.nn.Linear(2, 2), tmp_path, "tiny", card)
     if damage == "truncated":
         checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     else:  # a later save's weights beside this card
-        checkpoint.write_bytes(runs.save_model(torch.nn.Linear(2, 3), tmp_path / "other",
+        checkpoint.write_bytes(save_model(torch.nn.Linear(2, 3), tmp_path / "other",
                                                "tiny", card).read_bytes())
     # weights/<name>.pt, as in the README, means the latest run: this one.
     code = predict.main(["task-a", "--weights", str(tmp_path / "tiny.pt"), "--input",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from common import config, experiment, fallbacks, models, parameters, predict, runs, task_a
+from common import checkpoints, config, experiment, fallbacks, models, parameters, predict, task_a
 from common import splits as splits_module
 from common.distortions import DISTORTIONS
 
@@ -68,8 +68,8 @@ def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path)
     threshold, dev, evaluated, _ = task_a.evaluate_model(net, task_data, cfg)
     assert 0.0 <= evaluated["accuracy"] <= 1.0
     card = task_a.model_card(cfg, net, "dual_se", threshold, dev, task_data.splits, "test")
-    assert card["aligned"] is True and card["kind"] == "dual_se"
-    weights = runs.save_model(net, cfg.weights_dir, "dual", card)
+    assert card.aligned is True and card.kind == "dual_se"
+    weights = checkpoints.save_model(net, cfg.weights_dir, "dual", card)
     folder = sample_root / "Task_A" / "val" / "female"
     table = predict.predict_gender(sorted(folder.glob("*.jpg"))[:4], weights, progress=False)
     assert (table["error"] == "").all() and table["probability"].between(0, 1).all()

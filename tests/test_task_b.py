@@ -105,7 +105,8 @@ def test_arcface_with_source_and_teacher_terms_trains(setup):
 
 
 def test_siamese_encoder_starts_from_a_task_b_checkpoint(setup, tmp_path):
-    from common import runs
+    from common import checkpoints
+    from common.checkpoints import ModelCard
 
     cfg, _ = setup
     cfg = dataclasses.replace(cfg, weights_dir=tmp_path, backbone="resnet10t", pretrained=False)
@@ -115,11 +116,11 @@ def test_siamese_encoder_starts_from_a_task_b_checkpoint(setup, tmp_path):
     trained = models.EmbeddingNet("resnet10t", 32, pretrained=False, standardize_input=True)
     trained.backbone.data_config = {**trained.backbone.data_config, "std": (0.5, 0.5, 0.5)}
     trained.standardize.spread.fill_(0.5)
-    card = {"task": "task_b", "kind": "embedding", "model": "embedding", "backbone": "resnet10t",
-            "model_kwargs": {"backbone_name": "resnet10t", "embedding_dim": 32,
-                             "standardize_input": True},
-            "image_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3, "dev_metrics": {"top1": 0.5}}
-    runs.save_model(trained, tmp_path, "task_b_embedding_resnet10t", card)
+    card = ModelCard(task="task_b", kind="embedding", model="embedding", backbone="resnet10t",
+                     model_kwargs={"backbone_name": "resnet10t", "embedding_dim": 32,
+                                   "standardize_input": True},
+                     image_size=48, mean=[0.5] * 3, std=[0.5] * 3, dev_metrics={"top1": 0.5})
+    checkpoints.save_model(trained, tmp_path, "task_b_embedding_resnet10t", card)
     model, note = task_b.create_siamese(cfg, "auto", standardize_input=False)
     assert "initialised from" in note and model.standardize_input
     for key, value in trained.backbone.state_dict().items():
@@ -163,10 +164,10 @@ def test_model_card_rebuilds_the_same_embedding(setup, model):
     report = SimpleNamespace(verification={"threshold": 0.5}, dev={"top1": 1.0, "f1_macro": 1.0})
     card = task_b.model_card(cfg, embedder, model, report, task_data.splits, "test")
     splits = task_data.splits
-    assert card["train_identities"] == sorted(set(splits.train["identity"])
-                                              | set(splits.dev["identity"]))
-    assert not set(card["train_identities"]) & set(splits.eval["identity"])
-    rebuilt = models.create_model(card["kind"], **{**card["model_kwargs"], "pretrained": False})
+    assert card.train_identities == sorted(set(splits.train["identity"])
+                                           | set(splits.dev["identity"]))
+    assert not set(card.train_identities) & set(splits.eval["identity"])
+    rebuilt = models.create_model(card.kind, **{**card.model_kwargs, "pretrained": False})
     rebuilt.load_state_dict(embedder.state_dict())
     side = 160 if model == "facenet" else 64  # InceptionResnetV1 needs its own input size
     images = torch.randn(2, 3, side, side)

@@ -1,0 +1,191 @@
+"""From a model card and images to what the saved model takes: one way for notebook 04 and
+`common.predict`.
+
+A card says which view of an image its model was trained on (`ModelCard.stream`, ``aligned``,
+``descriptor_weight``); `prepare_inputs` turns paths, PIL images or arrays into that view, with
+one error string per item instead of an exception, so one bad file never stops a whole folder.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from common import cache, face_descriptor, face_priors, faces
+from common.checkpoints import ModelCard
+
+__all__ = ["ImageLike", "ModelInputs", "prepare_inputs", "load_inputs", "probe_inputs",
+           "card_descriptors"]
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+@dataclass
+class ModelInputs:
+    """What a card's model takes for N inputs, rows in input order.
+
+    Attributes:
+        images: (N, S, S, 3) uint8 images at the card's size and fit, or dlib face chips
+            (stream "chips"), or (N, D) unit face descriptors (stream "descriptor"); black or
+            a placeholder's row where an item failed.
+        errors: one per item, "" when fine, else what went wrong.
+        aligned: (N, S, S, 3) MTCNN-aligned faces for a dual-stream card, else None.
+        faces: raw face descriptors and face-found flags of the full-size inputs, when the card
+            fuses them (``descriptor_weight``) or they were asked for, else None.
+    """
+
+    images: np.ndarray
+    errors: list[str]
+    aligned: np.ndarray | None = None
+    faces: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _is_path(item: ImageLike) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = True,
+                fit: str = "crop") -> tuple[np.ndarray, list[str]]:
+    """Decode paths / PIL images / arrays like the training cache (``fit`` as the model card
+    says, see `cache.FITS`); errors per item, never raised.
+
+    Returns the (N, S, S, 3) array (black where an item failed) and one error string per item
+    ("" when fine).
+    """
+    array = np.zeros((len(images), image_size, image_size, 3), dtype=np.uint8)
+    errors = [""] * len(images)
+    for index, item in enumerate(tqdm(images, desc="reading", disable=not progress, leave=False)):
+        try:
+            if _is_path(item):
+                array[index] = cache.load_resized(item, image_size, fit)
+            else:
+                array[index] = cache.resize_square(item, image_size, fit)
+        except (cache.ImageReadError, OSError, ValueError, TypeError) as error:
+            errors[index] = f"{type(error).__name__}: {error}"
+    return array, errors
+
+
+def probe_inputs(images: Sequence[ImageLike], front_end: str,
+                 progress: bool = True) -> np.ndarray:
+    """The descriptor probe's input rows: unit face descriptors of files (cached) or RGB arrays,
+    the same for training (`task_a.prepare_data`), notebook 04 and `common.predict`."""
+    return face_descriptor.normalise(face_descriptor.describe_images(images, front_end,
+                                                                     progress)[0])
+
+
+def card_descriptors(card: ModelCard, originals: Sequence[ImageLike],
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Raw face descriptors and face-found flags of full-size `originals` with the card's
+    front end: cached for a list of files, computed for in-memory images.
+
+    Raises:
+        PriorUnavailableError: a face model of that front end is not installed.
+    """
+    return face_descriptor.describe_images(originals, card.descriptor_front_end or "robust",
+                                           progress)
+
+
+def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,
+            progress: bool) -> tuple[np.ndarray, list[str]]:
+    """`load_inputs` at the card's size and fit; a list of data-set files of a whole-image card
+    comes from the decoded-image cache when `image_cache` names a mode (the rows training read),
+    item by item only when a file cannot be decoded, so that item alone fails."""
+    if image_cache and card.stream == "raw" and all(_is_path(item) for item in images):
+        try:
+            return cache.load_image_array(list(images), card.image_size, fit=card.fit,
+                                          progress=progress, image_cache=image_cache), \
+                [""] * len(images)
+        except cache.ImageReadError:
+            pass
+    return load_inputs(images, card.image_size, progress, card.fit)
+
+
+def _originals(images: Sequence[ImageLike], decoded: np.ndarray, errors: list[str]) -> list:
+    """What a face descriptor reads: each file or full-size image as given, the placeholder of
+    `load_inputs` where an item failed (its row is reported as an error)."""
+    return [decoded[i] if errors[i] else item if _is_path(item) else cache.to_rgb_array(item)
+            for i, item in enumerate(images)]
+
+
+def _face_chips(images: Sequence[ImageLike], errors: list[str], size: int,
+                sources: Sequence[str | os.PathLike] | None, progress: bool) -> np.ndarray:
+    """dlib face chips (`common.face_priors`): each image's own face, else its clean source's
+    face when `sources` names it (as in training), else the whole image.
+
+    New files have no known source, so `common.predict` gets the whole-image fallback; notebook
+    04 passes the data set's sources so its chips are the ones the model was trained and
+    selected on. Files go through the chip cache; in-memory images are computed.
+    """
+    chips = np.zeros((len(images), size, size, 3), dtype=np.uint8)
+    good = [i for i, err in enumerate(errors) if not err]
+    if not good:
+        return chips
+    if all(_is_path(images[i]) for i in good):
+        chips[good] = face_priors.load_face_chips(
+            [images[i] for i in good], None if sources is None else [sources[i] for i in good],
+            size=size, progress=progress).images
+    elif sources is not None:
+        raise ValueError("sources name the clean image of each file; pass file paths with them")
+    else:
+        chips[good] = face_priors.extract_face_chips(
+            [cache.load_image(images[i]) if _is_path(images[i]) else
+             cache.to_rgb_array(images[i]) for i in good], size)[0]
+    return chips
+
+
+def _aligned(images: Sequence[ImageLike], card: ModelCard, errors: list[str],
+             device: str, progress: bool) -> np.ndarray:
+    """MTCNN-aligned faces of the readable files (black where an item failed)."""
+    good = [i for i, err in enumerate(errors) if not err]
+    if any(not _is_path(images[i]) for i in good):
+        raise TypeError(f"{card.name} was trained on MTCNN-aligned faces: pass file paths.")
+    aligned = np.zeros((len(images), card.image_size, card.image_size, 3), dtype=np.uint8)
+    if good:
+        aligned[good] = faces.align_faces([str(images[i]) for i in good],
+                                          image_size=card.image_size, device=str(device),
+                                          progress=progress).images
+    return aligned
+
+
+def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
+                   sources: Sequence[str | os.PathLike] | None = None, *,
+                   with_faces: bool = False, image_cache: str = "", device: str = "cpu",
+                   progress: bool = False) -> ModelInputs:
+    """Turn paths, PIL images or RGB arrays into the inputs the card's model was trained on.
+
+    Args:
+        card: the checkpoint's model card.
+        images: the items to prepare; an unreadable one gets an error string, never an
+            exception.
+        sources: per item, the clean image it was derived from, when known (data-set rows);
+            only face chips use it, so a distorted copy without a face of its own gets its
+            source's face as in training. None (new files): that copy gets the whole image.
+        with_faces: also compute the card's face descriptors when it does not fuse them (the
+            pair rule of `common.predict.compare` needs them).
+        image_cache: for files of a whole-image card, read through the decoded-image cache in
+            this mode (`cache.IMAGE_CACHES`); "" decodes item by item and writes nothing.
+        device: where MTCNN runs for an ``aligned`` card.
+
+    Raises:
+        TypeError: an ``aligned`` card was given in-memory images (MTCNN reads files).
+        PriorUnavailableError: the card needs a face model that is not installed.
+    """
+    decoded, errors = _decode(images, card, image_cache, progress)
+    originals = (_originals(images, decoded, errors)
+                 if card.stream == "descriptor" or card.descriptor_weight or with_faces else None)
+    if card.stream == "chips":
+        model_images = _face_chips(images, errors, card.image_size, sources, progress)
+    elif card.stream == "descriptor":  # failed rows: the placeholder's, unused
+        model_images = probe_inputs(originals, card.descriptor_front_end, progress)
+    else:
+        model_images = decoded
+    return ModelInputs(
+        model_images, errors,
+        _aligned(images, card, errors, device, progress) if card.aligned else None,
+        card_descriptors(card, originals, progress)
+        if card.descriptor_weight or with_faces else None)
