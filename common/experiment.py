@@ -34,14 +34,23 @@ _PROFILE_DEFAULTS = ("backbone", "epochs", "image_size", "batch_size")
 class TaskSettings:
     """A notebook's own parameters (its task section), typed; the base of each task's section.
 
-    Subclasses name their notebook and list its task parameters as fields without defaults: the
-    notebook's parameters cell is the only place a default is written. `overlay` returns a named
-    recipe's values, applied over the cell's defaults but under anything the user set.
+    Subclasses name their notebook and its per-profile default backbones and epochs as class
+    arguments (``class Settings(TaskSettings, notebook=..., backbones=..., epochs=...)``) and list
+    its task parameters as fields without defaults: the notebook's parameters cell is the only
+    place a default is written. `overlay` returns a named recipe's values, applied over the
+    cell's defaults but under anything the user set.
     """
 
     notebook: ClassVar[str] = ""
     backbones: ClassVar[dict[str, str]] = {}  # profile name -> default backbone
     epochs: ClassVar[dict[str, int]] = {}     # profile name -> default epochs
+
+    def __init_subclass__(cls, notebook: str = "", backbones: dict[str, str] | None = None,
+                          epochs: dict[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.notebook = notebook or cls.notebook
+        cls.backbones = backbones or cls.backbones
+        cls.epochs = epochs or cls.epochs
 
     @classmethod
     def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:

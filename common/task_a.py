@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,12 +57,9 @@ STREAMS = ("raw", "chips", "descriptor")
 
 
 @dataclass(frozen=True)
-class Settings(TaskSettings):
+class Settings(TaskSettings, notebook="01_task_a_gender", backbones=BACKBONES,
+               epochs=EPOCHS):
     """Notebook 01's own parameters (defaults in its parameters cell)."""
-
-    notebook: ClassVar[str] = "01_task_a_gender"
-    backbones: ClassVar[dict[str, str]] = BACKBONES
-    epochs: ClassVar[dict[str, int]] = EPOCHS
 
     recipe: str
     model: str

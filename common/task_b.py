@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFa
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
-MIN_PAIRS_PER_EPOCH = 2000  # quick runs on the sample: 350 pairs/epoch left pair AUC at 0.63
+MIN_PAIRS_PER_EPOCH = 600  # floor for small data sets such as the embedded sample
 # Above this many clean train photos the dlib teacher is left out: it describes every photo
 # before the first step (once; cached per image), which at that scale would hold training back
 # far longer than the minute the first epoch should start within (results/first_step.md).
@@ -66,12 +66,9 @@ class _TaskBSettings(TaskSettings):
 
 
 @dataclass(frozen=True)
-class ArcFaceSettings(_TaskBSettings):
+class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BACKBONES,
+                      epochs=EPOCHS):
     """Notebook 02's own parameters (defaults in its parameters cell)."""
-
-    notebook: ClassVar[str] = "02_task_b_arcface"
-    backbones: ClassVar[dict[str, str]] = BACKBONES
-    epochs: ClassVar[dict[str, int]] = EPOCHS
 
     model: str
     embedding_dim: int
@@ -100,12 +97,9 @@ class ArcFaceSettings(_TaskBSettings):
 
 
 @dataclass(frozen=True)
-class SiameseSettings(_TaskBSettings):
+class SiameseSettings(_TaskBSettings, notebook="03_task_b_siamese",
+                      backbones=SIAMESE_BACKBONES, epochs=EPOCHS):
     """Notebook 03's own parameters (defaults in its parameters cell)."""
-
-    notebook: ClassVar[str] = "03_task_b_siamese"
-    backbones: ClassVar[dict[str, str]] = SIAMESE_BACKBONES
-    epochs: ClassVar[dict[str, int]] = EPOCHS
 
     init_from: str
     margin: float

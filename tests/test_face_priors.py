@@ -100,13 +100,13 @@ def test_sources_must_match_paths(astronaut_files, tmp_path):
         face_priors.load_face_chips([face, copy], [face], cache_dir=tmp_path, progress=False)
 
 
-def test_predict_cli_cuts_own_chips_and_skips_unreadable(astronaut_files):
-    from common import predict
+def test_predict_cuts_own_chips_and_skips_unreadable(astronaut_files):
+    """New inputs (no known source), files and arrays mixed: each gets its own face."""
+    from common import model_inputs
 
     face, copy, _ = astronaut_files
-    card = {"image_size": 32, "name": "chips"}
-    chips = predict._chips([face, np.asarray(Image.open(face)), copy], card,
-                           ["", "", "OSError: unreadable"])
+    chips = model_inputs._face_chips([face, np.asarray(Image.open(face)), copy],
+                                     ["", "", "OSError: unreadable"], 32, None, progress=False)
     reference, _ = face_priors.extract_face_chips([np.asarray(Image.open(face))])
     np.testing.assert_array_equal(chips[0], reference[0])
     np.testing.assert_array_equal(chips[1], reference[0])
