@@ -38,12 +38,11 @@ from common.distortions import DISTORTIONS  # noqa: E402
 
 VGGFACE2_IMAGES, VGGFACE2_IDENTITIES = 3_300_000, 9_131
 # Notebook 02's parameters cell, with a small CPU run and data in identity folders.
+# Notebook 02's parameters for the run (the rest are its cell's defaults); the CPU profile's
+# two loader workers decode the streamed images.
 PARAMS = {"data_format": "identity_folders", "image_cache": "stream", "split_by": "identity",
           "pretrained": False, "image_size": 64, "batch_size": 32, "epochs": 1, "seed": 0,
-          "device": "cpu", "num_workers": 2, "fit": "stretch"}
-RECIPE = {"model": "embedding", "embedding_dim": 512, "standardize_input": True,
-          "head": "spatial", "arcface_s": 30.0, "arcface_m": 0.5, "source_weight": 1.0,
-          "teacher": "", "teacher_weight": 1.0, "distortion_p": 0.5, "schedule": "cosine"}
+          "device": "cpu", "profile": "cpu", "fit": "stretch", "teacher": ""}
 # (phase, module, function name): the function that does each step of the path.
 PHASES = [("views (cached: stat of every clean file)", identity_folders, "_ensure_views"),
           ("hidden-file walk", listing, "walk_files"),
@@ -127,20 +126,20 @@ def time_first_step(root: Path, work: Path, await_check: bool
     start = time.perf_counter()
     task_data = None
     try:
-        cfg = timed("resolve", experiment.ExperimentConfig.resolve)(
-            "02_task_b_arcface", task_b.BACKBONES, task_b.EPOCHS, **params)
-        cfg.backbone = task_b.backbone_for(RECIPE["model"], cfg.backbone)
+        cfg = timed("resolve", experiment.ExperimentConfig.resolve)(task_b.ArcFaceSettings,
+                                                                    **params)
+        recipe = cfg.task
         task_data = task_b.prepare_data(cfg)
-        embedder = task_b.create_embedder(RECIPE["model"], cfg, RECIPE["embedding_dim"],
-                                          RECIPE["standardize_input"], RECIPE["head"])
-        teacher = task_b.photo_teacher(task_data.splits.train, RECIPE["teacher"])
+        embedder = task_b.create_embedder(recipe.model, cfg, recipe.embedding_dim,
+                                          recipe.standardize_input, recipe.head)
+        teacher = task_b.photo_teacher(task_data.splits.train, recipe.teacher)
         net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index),
-                                         embedder.embedding_dim, s=RECIPE["arcface_s"],
-                                         m=RECIPE["arcface_m"],
-                                         source_weight=RECIPE["source_weight"],
-                                         teacher_weight=0.0 if teacher is None else 1.0)
-        task_b.train_arcface(net, task_data, cfg, "first_step", RECIPE["distortion_p"],
-                             RECIPE["schedule"], teacher)
+                                         embedder.embedding_dim, s=recipe.arcface_s,
+                                         m=recipe.arcface_m,
+                                         source_weight=recipe.source_weight,
+                                         teacher_weight=0.0 if teacher is None else recipe.teacher_weight)
+        task_b.train_arcface(net, task_data, cfg, "first_step", recipe.distortion_p,
+                             recipe.schedule, teacher)
     except FirstStep:
         pass
     finally:

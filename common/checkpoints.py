@@ -77,7 +77,7 @@ class ModelCard:
         similarity_threshold: Task B same/different cosine threshold, calibrated on dev.
         descriptor_weight: share of the face descriptor joined to the learned embedding (0:
             none); thresholds were calibrated with it, so inference must add it too.
-        pair_rule: the dev-fitted pair rule's fields (`evaluation.FaceRule`), or None.
+        pair_rule: the dev-fitted pair rule's fields (`fusion.FaceRule`), or None.
         pair_distance_threshold: the Siamese notebook's calibrated pair distance, or None.
         data_fingerprint: fingerprint of the files trained on (`cache.compute_fingerprint`).
         dev_metrics: numeric dev metrics at selection time.
