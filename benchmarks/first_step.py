@@ -137,7 +137,8 @@ def time_first_step(root: Path, work: Path, await_check: bool
                                          embedder.embedding_dim, s=recipe.arcface_s,
                                          m=recipe.arcface_m,
                                          source_weight=recipe.source_weight,
-                                         teacher_weight=0.0 if teacher is None else recipe.teacher_weight)
+                                         teacher_weight=(0.0 if teacher is None
+                                                         else recipe.teacher_weight))
         task_b.train_arcface(net, task_data, cfg, "first_step", recipe.distortion_p,
                              recipe.schedule, teacher)
     except FirstStep:
