@@ -337,17 +337,23 @@ def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> 
     """
     _, code = np.unique(evaluation.photo_keys(frame), return_inverse=True)
     clean = (frame["distortion"] == "clean").to_numpy()
+    # Rows grouped by photo code, each group in frame order: slices of one stable sort, so the
+    # loop below does only the seeded draws (photo by photo, as the pairs have always been drawn).
+    order = np.argsort(code, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0])
+    ends = np.r_[starts[1:], len(order)]
     rng = np.random.default_rng(seed)
-    first, second, sources = [], [], []
-    for source, rows in pd.Series(np.arange(len(frame))).groupby(code):
-        rows = rows.to_numpy()
-        anchor = rows[clean[rows]][0] if clean[rows].any() else rows[0]
+    anchors = np.empty(len(starts), dtype=np.int64)
+    second = np.empty((len(starts), pairs_per_source), dtype=np.int64)
+    for photo, (start, end) in enumerate(zip(starts, ends)):
+        rows = order[start:end]
+        is_clean = clean[rows]
+        anchor = rows[is_clean.argmax()] if is_clean.any() else rows[0]  # the first clean row
         others = rows[rows != anchor]
-        first += [anchor] * pairs_per_source
-        second += list(rng.choice(others, pairs_per_source) if len(others)
-                       else [anchor] * pairs_per_source)
-        sources += [source] * pairs_per_source
-    return pd.DataFrame({"i": first, "j": second, "source": sources})
+        anchors[photo] = anchor
+        second[photo] = rng.choice(others, pairs_per_source) if len(others) else anchor
+    return pd.DataFrame({"i": np.repeat(anchors, pairs_per_source), "j": second.ravel(),
+                         "source": np.repeat(np.arange(len(starts)), pairs_per_source)})
 
 
 def embed(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
