@@ -219,26 +219,29 @@ def _stable_relpath(path: str, common: str) -> str:
     return Path(os.path.relpath(path, common)).as_posix()
 
 
-def _entries(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """``relative path<TAB>size`` per path, in the given order."""
+def _entries(paths: Sequence[str | os.PathLike], sizes: bool) -> list[str]:
+    """``relative path<TAB>size`` (or the relative path alone) per path, in the given order."""
     absolute = [os.path.abspath(os.fspath(p)) for p in paths]
     common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    if not sizes:
+        return [_stable_relpath(p, common) for p in absolute]
     return [f"{_stable_relpath(p, common)}\t{os.stat(p).st_size}" for p in absolute]
 
 
-def compute_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
+def compute_fingerprint(paths: Sequence[str | os.PathLike], sizes: bool = True) -> str:
     """SHA-1 over the sorted (relative path, size in bytes) pairs of ``paths``: which data a
     model was trained on, for its card, not a cache key (see `file_list_key`).
 
     Paths are taken relative to the FACECOM root (from ``Task_A``/``Task_B`` on) or to their
     common folder, so the same data set gives the same fingerprint on Kaggle and locally; for
     the same reason no modification time enters it, so an edit that keeps a file's size is not
-    seen here (caches see it).
+    seen here (caches see it). ``sizes=False`` hashes the relative paths alone: no file is
+    touched, so it costs nothing on the way to a run's first step (a `stat` per file does).
 
     Raises:
-        FileNotFoundError: a path does not exist.
+        FileNotFoundError: a path does not exist (with ``sizes``).
     """
-    entries = sorted(_entries(paths)) if len(paths) else []
+    entries = sorted(_entries(paths, sizes)) if len(paths) else []
     return hashlib.sha1("\n".join(entries).encode("utf-8", "surrogateescape")).hexdigest()
 
 

@@ -268,11 +268,13 @@ def training_files(cfg: ExperimentConfig, name: str) -> tuple[Path, Path]:
 def resume_fingerprint(cfg: ExperimentConfig, splits: Splits, **recipe: Any) -> dict:
     """What a training run is, for `train.fit` to refuse resuming another one: the resolved
     settings with the task section (without where it reads and writes), the recipe's own
-    arguments, and the fingerprints of the train and dev file lists."""
+    arguments, and the fingerprints of the train and dev file lists (their relative paths:
+    computed before the first step, so no file is touched; the model card's fingerprint, taken
+    after training, also covers the sizes)."""
     settings = {key: value for key, value in cfg.to_dict().items()
                 if key not in _LOCATION_SETTINGS}
     return runs.to_jsonable({
         "config": settings, "recipe": recipe,
-        "data": {"train": data.compute_fingerprint(splits.train["path"].tolist()),
-                 "dev": data.compute_fingerprint(splits.dev["path"].tolist())},
+        "data": {split: data.compute_fingerprint(frame["path"].tolist(), sizes=False)
+                 for split, frame in (("train", splits.train), ("dev", splits.dev))},
     })

@@ -121,6 +121,15 @@ def test_fingerprint_stable_across_roots_and_order(tmp_path: Path) -> None:
     with open(paths_a[0], "ab") as handle:
         handle.write(b"\0")
     assert cache.compute_fingerprint(paths_a) != cache.compute_fingerprint(paths_b)
+    # Paths alone (the resume check before the first step): sizes do not enter, names do, and
+    # no file is read, so a missing one is no error.
+    assert (cache.compute_fingerprint(paths_a, sizes=False)
+            == cache.compute_fingerprint(paths_b[::-1], sizes=False))
+    assert (cache.compute_fingerprint(paths_a, sizes=False)
+            != cache.compute_fingerprint(paths_a[:2], sizes=False))
+    moved = [path.replace("0.jpg", "9.jpg") for path in paths_a]
+    assert (cache.compute_fingerprint(moved, sizes=False)
+            != cache.compute_fingerprint(paths_a, sizes=False))
 
 
 @pytest.fixture
