@@ -1,4 +1,5 @@
-"""One training loop for every notebook: epochs, dev selection, early stopping, checkpoint, resume.
+"""One training loop for every notebook: epochs, dev selection, early stopping, checkpoint, resume,
+on one device or one process per device through Hugging Face accelerate.
 
 The loop knows nothing about tasks. A notebook hands it three callables:
 - ``make_loader(epoch)`` returns that epoch's DataLoader (seeded by epoch, so a resumed run sees
@@ -13,6 +14,14 @@ the run stops on an exception, Ctrl-C or SIGTERM. It always describes the last c
 (after a whole optimiser step or a whole epoch end), wherever the run stopped: in `evaluate`,
 in the loader, in the replay. A resumed run replays the interrupted epoch's loader up to the
 saved step without computing, so on CPU it ends with exactly the weights of an uninterrupted run.
+
+Several processes (`accelerate.notebook_launcher`, ``accelerate launch``) each run `fit` on
+their shard of every training loader; the model and the caller's loss are wrapped in one module
+whose ``forward`` is the loss, so DDP synchronises every gradient however the model computes it
+(``model.loss(...)``, ``embed_learned``). `predict_batches` splits its rows between the
+processes and gathers the outputs, so `evaluate` sees the whole dev split, each row once, on every
+process, and they all take the same selection and early-stopping decisions. Only the main process
+writes the resume state and the best weights.
 """
 from __future__ import annotations
 
@@ -25,15 +34,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import gather_object
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from common.resume import (RESUME_MODES, Interruptions, ResumeStateError, check_fingerprint,
                            load_resume_state, rng_state, set_rng_state)
 
 __all__ = ["FitResult", "TrainingInterrupted", "fit", "move_to", "predict_batches",
-           "atomic_save"]
+           "atomic_save", "mixed_precision", "create_accelerator", "is_main_process"]
 
 Batch = Any
 
@@ -78,6 +89,50 @@ def move_to(batch: Batch, device: torch.device) -> Batch:
     return batch
 
 
+def mixed_precision(device: torch.device | str, amp: bool) -> str:
+    """accelerate's mixed-precision mode: "bf16" on a GPU that has it (no loss scaling needed),
+    "fp16" on one that has not (T4), "no" on CPU or without `amp`."""
+    if not amp or torch.device(device).type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def create_accelerator(device: torch.device | str = "cpu", amp: bool = False,
+                       gradient_accumulation_steps: int = 1) -> Accelerator:
+    """The `Accelerator` `fit` uses when none is passed: this process's device (one per process
+    when launched with several), `mixed_precision`, and DDP told to look for unused parameters,
+    since a loss may skip part of a model (a backbone's pooling head behind a spatial head)."""
+    return Accelerator(cpu=torch.device(device).type == "cpu",
+                       mixed_precision=mixed_precision(device, amp),
+                       gradient_accumulation_steps=gradient_accumulation_steps,
+                       kwargs_handlers=[DistributedDataParallelKwargs(
+                           find_unused_parameters=True)])
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (always, without a process group)."""
+    return not _distributed() or PartialState().is_main_process
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class _TrainingStep(nn.Module):
+    """The model and the caller's loss as one module whose ``forward`` is the loss: DDP only
+    synchronises gradients of computations that run inside the wrapped module's ``forward``."""
+
+    def __init__(self, model: nn.Module, compute_loss: Callable[[nn.Module, Batch], torch.Tensor]
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self.compute_loss = compute_loss
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The scalar loss of one batch (already on the device)."""
+        return self.compute_loss(self.model, batch)
+
+
 def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
@@ -119,19 +174,29 @@ def fit(
     resume: bool | str = False,
     fingerprint: dict | None = None,
     progress: bool = True,
+    gradient_accumulation_steps: int = 1,
+    accelerator: Accelerator | None = None,
 ) -> FitResult:
     """Train `model`, keep the best dev checkpoint, stop early, and survive interruption.
 
     Args:
-        make_loader: epoch -> DataLoader for that epoch (seed it with the epoch for resumability).
-        compute_loss: (model, batch already on device) -> scalar loss.
-        evaluate: model -> dev metrics dict; must contain `monitor`. Runs under `torch.no_grad`.
+        make_loader: epoch -> DataLoader for that epoch (seed it with the epoch for resumability);
+            each process of a launched run iterates its own shard of it.
+        compute_loss: (model, batch already on device) -> scalar loss; it receives `model`
+            itself, never the DDP wrapper, and runs inside the wrapper's ``forward``.
+        evaluate: model -> dev metrics dict; must contain `monitor`. Runs under `torch.no_grad`
+            on every process (use `predict_batches`, which covers each dev row once in all).
         scheduler_interval: "epoch" (ReduceLROnPlateau gets the monitored value) or "step".
         patience: epochs without improvement before stopping; None disables early stopping.
+        device, amp: the device and mixed precision of the accelerator made here
+            (`create_accelerator`) when `accelerator` is None.
         resume: True continues from `resume_path` when it exists (else starts fresh) and only
             when it was written with the same `fingerprint`; "force" continues even when not.
         fingerprint: nested dict of plain values saying what the run is (settings, data
             hashes); stored in the resume state and compared on resume.
+        gradient_accumulation_steps: batches per optimiser step (a larger effective batch).
+        accelerator: one the caller made (its own precision, DDP options); its
+            ``gradient_accumulation_steps`` then wins.
 
     Returns:
         FitResult; the best weights are in `best_path` (state dict only, deployable) and the
@@ -141,20 +206,22 @@ def fit(
     Raises:
         TrainingInterrupted: after saving the resume state on Ctrl-C / SIGTERM.
         ResumeMismatchError: `resume=True` and the state was written by another run.
+        ResumeStateError: a state saved mid-epoch by another number of processes (its step
+            counts another shard).
         Any exception of the callables, after saving the resume state.
     """
     if resume not in RESUME_MODES:
         raise ValueError(f"resume={resume!r}; choose False, True or 'force'.")
-    device = torch.device(device)
-    use_amp = amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    accelerator = accelerator or create_accelerator(device, amp, gradient_accumulation_steps)
+    device = accelerator.device
+    main = accelerator.is_main_process
     result = FitResult()
     global_step, epochs_without_improvement = 0, 0
     resume_path, best_path = Path(resume_path), Path(best_path)
     best_metric = -math.inf if mode == "max" else math.inf
     running = {"loss": 0.0, "batches": 0}  # this epoch's loss so far, kept across a resume
-    # The last consistent point: optimiser steps done in `epoch`, the RNG states right then, and
-    # (mid-epoch) the weights and RNG states the epoch started with, for `make_loader`.
+    # The last consistent point: batches done in `epoch` at the last optimiser step, the RNG
+    # states right then, and (mid-epoch) the weights and RNG states the epoch started with.
     point = {"epoch": 0, "step_in_epoch": 0, "rng": rng_state(), "epoch_start": None}
 
     state = load_resume_state(resume_path) if resume else None
@@ -165,11 +232,17 @@ def fit(
             raise ResumeStateError(f"{resume_path} records a best epoch {state['best_epoch']} "
                                    f"but its weights {best_path} are gone; run with "
                                    "resume=False.")
+        saved_processes = state.get("num_processes", 1)
+        if state["step_in_epoch"] and saved_processes != accelerator.num_processes:
+            raise ResumeStateError(
+                f"{resume_path} stopped mid-epoch with {saved_processes} process(es); resume "
+                f"it with as many (now {accelerator.num_processes}), or run with resume=False.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if accelerator.scaler is not None and state["scaler"]:
+            accelerator.scaler.load_state_dict(state["scaler"])
         point.update(epoch=state["epoch"], step_in_epoch=state["step_in_epoch"],
                      rng=state["rng"], epoch_start=state["epoch_start"])
         global_step = state["global_step"]
@@ -184,21 +257,28 @@ def fit(
     else:
         if resume:
             print(f"resume={resume!r} but no resume state at {resume_path}: starting afresh")
-        best_path.unlink(missing_ok=True)  # an earlier run's best weights are not this run's
+        if main:
+            best_path.unlink(missing_ok=True)  # an earlier run's best weights are not this run's
 
     def save_resume() -> None:
+        if not main:
+            return
         atomic_save(_plain({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(), "global_step": global_step,
-            "best_metric": best_metric, "best_epoch": result.best_epoch,
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else {},
+            "global_step": global_step, "best_metric": best_metric,
+            "best_epoch": result.best_epoch,
             "epochs_without_improvement": epochs_without_improvement,
             "history": result.history, "running": dict(running),
-            "fingerprint": fingerprint, **point,
+            "num_processes": accelerator.num_processes, "fingerprint": fingerprint, **point,
         }), resume_path)
 
     started = time.perf_counter()
-    model.to(device)
+    step_scheduler = scheduler if scheduler_interval == "step" else None
+    # An epoch scheduler stays outside: accelerate steps a prepared one once per process.
+    training, optimizer, step_scheduler = accelerator.prepare(
+        _TrainingStep(model, compute_loss), optimizer, step_scheduler)
     interruptions = Interruptions()
     pending_rng = point["rng"]  # restored once the replay is over, before the next real step
     with interruptions.installed():
@@ -214,14 +294,14 @@ def fit(
                         set_rng_state(pending_rng)
                         pending_rng = None
                     running.update(loss=0.0, batches=0)
-                loader = make_loader(epoch)
+                loader = _shard(make_loader(epoch), accelerator)
                 if skip_steps:
                     model.load_state_dict(mid_epoch)
                 else:
                     point["epoch_start"] = {"model": _cpu_copy(model), "rng": point["rng"]}
-                model.train()
-                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                           leave=False)
+                training.train()
+                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}",
+                           disable=not (progress and main), leave=False)
                 for step, batch in enumerate(bar):
                     if step < skip_steps:  # replay the loader up to where the run stopped
                         continue
@@ -229,26 +309,27 @@ def fit(
                         set_rng_state(pending_rng)
                         pending_rng = None
                     batch = move_to(batch, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, enabled=use_amp):
-                        loss = compute_loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"Non-finite loss {loss.item()} at epoch {epoch + 1}, step {step}; "
-                            "lower the learning rate or disable AMP.")
-                    scaler.scale(loss).backward()
-                    if grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    with interruptions.deferred():
-                        scaler.step(optimizer)
-                        scaler.update()
-                        if scheduler is not None and scheduler_interval == "step":
-                            scheduler.step()
-                        global_step += 1
-                        running["loss"] += loss.item()
-                        running["batches"] += 1
-                        point.update(epoch=epoch, step_in_epoch=step + 1, rng=rng_state())
+                    with accelerator.accumulate(training):
+                        loss = training(batch)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(
+                                f"Non-finite loss {loss.item()} at epoch {epoch + 1}, step "
+                                f"{step}; lower the learning rate or disable AMP.")
+                        accelerator.backward(loss)
+                        if grad_clip is not None and accelerator.sync_gradients:
+                            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+                        mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+                        with interruptions.deferred():
+                            optimizer.step()
+                            if step_scheduler is not None:
+                                step_scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                            running["loss"] += mean_loss
+                            running["batches"] += 1
+                            if accelerator.sync_gradients:
+                                global_step += 1
+                                point.update(epoch=epoch, step_in_epoch=step + 1,
+                                             rng=rng_state())
                     bar.set_postfix(loss=f"{running['loss'] / running['batches']:.4f}")
                 if pending_rng is not None:  # the whole epoch was replayed
                     set_rng_state(pending_rng)
@@ -275,18 +356,20 @@ def fit(
                     if _improved(value, best_metric, mode):
                         best_metric, result.best_epoch = value, epoch + 1
                         epochs_without_improvement = 0
-                        atomic_save(model.state_dict(), best_path)
+                        if main:
+                            atomic_save(model.state_dict(), best_path)
                     else:
                         epochs_without_improvement += 1
                     point.update(epoch=epoch + 1, step_in_epoch=0, rng=rng_state(),
                                  epoch_start=None)
                     save_resume()
-                print(f"epoch {epoch + 1}/{epochs}  loss {result.history[-1]['train_loss']:.4f}"
-                      f"  dev {monitor} {value:.4f}  best {best_metric:.4f} "
-                      f"(epoch {result.best_epoch})")
+                if main:
+                    print(f"epoch {epoch + 1}/{epochs}  loss "
+                          f"{result.history[-1]['train_loss']:.4f}  dev {monitor} {value:.4f}  "
+                          f"best {best_metric:.4f} (epoch {result.best_epoch})")
                 if patience is not None and epochs_without_improvement >= patience:
                     result.stopped_early = True
-                    print(f"Early stopping: no dev {monitor} improvement for {patience} epochs")
+                    accelerator.print(f"Early stopping: no dev {monitor} improvement for {patience} epochs")
                     break
         except BaseException as error:
             interruptions.ignore()
@@ -306,6 +389,7 @@ def fit(
 
     result.best_metric = best_metric
     result.wall_time_s = time.perf_counter() - started
+    accelerator.wait_for_everyone()  # the main process has written the best weights
     if result.best_epoch > 0:
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     else:
@@ -313,6 +397,18 @@ def fit(
               f"{[row.get(f'dev_{monitor}') for row in result.history]}); the model keeps its "
               "last weights.")
     return result
+
+
+def _shard(loader: Any, accelerator: Accelerator) -> Any:
+    """This process's share of an epoch's batches: a DataLoader prepared by `accelerator` (its
+    end tells gradient accumulation to step); another iterable only runs in one process."""
+    if isinstance(loader, DataLoader):
+        return accelerator.prepare_data_loader(loader)
+    if accelerator.num_processes > 1:
+        raise TypeError(f"make_loader returned a {type(loader).__name__}; with "
+                        f"{accelerator.num_processes} processes it must return a DataLoader, "
+                        "which each process reads its shard of.")
+    return loader
 
 
 def predict_batches(model: nn.Module | Callable, loader: DataLoader,
@@ -323,8 +419,18 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     The first element of each batch is the model input (a tensor or a tuple for two-stream
     models). The model runs in eval mode and is handed back in the mode it came in, so a
     training loop that embeds with it (hard negatives) keeps training with dropout and
-    batch-norm updates.
+    batch-norm updates. In a process group (a launched run) each process predicts a contiguous
+    share of the rows and every process gets all outputs, in the loader's order, each row once;
+    every process must then call it, like any collective.
     """
+    if _distributed():
+        state = PartialState()
+        with state.split_between_processes(list(range(len(loader.dataset)))) as rows:
+            loader = DataLoader(Subset(loader.dataset, rows), batch_size=loader.batch_size,
+                                num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                                worker_init_fn=loader.worker_init_fn,
+                                pin_memory=loader.pin_memory)
+        progress = progress and state.is_main_process
     outputs = []
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
@@ -338,4 +444,6 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     finally:
         if was_training:
             model.train()
+    if _distributed():
+        outputs = gather_object(outputs)  # every process's list, in process order
     return torch.cat(outputs) if outputs else torch.empty(0)
