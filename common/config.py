@@ -31,20 +31,18 @@ class Profile:
     image_size: int
     batch_size: int
     num_workers: int
-    channels_last: bool
     amp: bool
 
 
 PROFILES = {
-    "cpu": Profile("cpu", image_size=112, batch_size=64, num_workers=2, channels_last=False,
-                   amp=False),
-    "gpu": Profile("gpu", image_size=224, batch_size=64, num_workers=4, channels_last=True,
-                   amp=True),
+    "cpu": Profile("cpu", image_size=112, batch_size=64, num_workers=2, amp=False),
+    "gpu": Profile("gpu", image_size=224, batch_size=64, num_workers=4, amp=True),
 }
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; optionally ask torch for deterministic kernels.
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels or, with
+    ``deterministic=False``, for the fastest ones (cuDNN autotuning).
 
     Two CPU runs with the same seed then give identical metrics (tests/test_train.py).
     """
@@ -56,8 +54,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def seedable_transforms(obj: object, depth: int = 4) -> list:
@@ -106,18 +103,23 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_profile(profile: str = "auto") -> Profile:
-    """`auto` is `gpu` when CUDA is present, else `cpu`."""
+def resolve_profile(profile: str = "auto", device: torch.device | None = None) -> Profile:
+    """`auto` is `gpu` when the run's `device` is CUDA (without one: when CUDA is present), else
+    `cpu`: ``device="cpu"`` on a GPU machine must not get the GPU recipe's sizes."""
     if profile == "auto":
-        profile = "gpu" if torch.cuda.is_available() else "cpu"
+        on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
+        profile = "gpu" if on_gpu else "cpu"
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {sorted(PROFILES)} or 'auto'.")
     return PROFILES[profile]
 
 
 def configure_threads(device: torch.device) -> int:
-    """On CPU use every core for intra-op work (torch's default can be 1 inside containers)."""
+    """On CPU use every core for intra-op work (torch's default can be 1 inside containers),
+    shared out between the processes of a launched run (``LOCAL_WORLD_SIZE``, set by
+    accelerate's launchers), which would otherwise each start one thread per core."""
     if device.type == "cpu":
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, threads or 1))
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (threads or 1) // processes))
     return torch.get_num_threads()

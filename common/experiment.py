@@ -74,6 +74,8 @@ class ExperimentConfig:
     weights_dir: Path
     device: torch.device
     profile: config.Profile
+    deterministic: bool
+    gradient_accumulation: int
     backbone: str
     pretrained: bool | str
     weights: str
@@ -129,7 +131,7 @@ class ExperimentConfig:
             runs.check_run_name(values["run_name"])
         device = config.resolve_device(values["device"])
         config.configure_threads(device)
-        profile = config.resolve_profile(values["profile"])
+        profile = config.resolve_profile(values["profile"], device)
         profile_values = {"backbone": section.backbones.get(profile.name, ""),
                           "epochs": section.epochs.get(profile.name, 0),
                           "image_size": profile.image_size, "batch_size": profile.batch_size}
@@ -143,7 +145,10 @@ class ExperimentConfig:
                                                 layout=values.get("data_format", "facecom")),
             run_dir=runs.create_run_dir(values["output_dir"], section.notebook),
             weights_dir=runs.resolve_weights_dir(values["weights_dir"]),
-            device=device, profile=profile, backbone=values["backbone"],
+            device=device, profile=profile,
+            deterministic=_deterministic(values["deterministic"], device, sources),
+            gradient_accumulation=_gradient_accumulation(values["gradient_accumulation"]),
+            backbone=values["backbone"],
             pretrained=values["pretrained"], weights=values["weights"],
             epochs=int(values["epochs"]), image_size=int(values["image_size"]),
             batch_size=int(values["batch_size"]), lr=float(values["lr"]), weight_decay=1e-4,
@@ -162,7 +167,7 @@ class ExperimentConfig:
                 if getattr(cfg, name) > cap or name == "num_workers":
                     setattr(cfg, name, cap)
                     sources[name] = "quick mode"
-        config.seed_everything(cfg.seed)
+        config.seed_everything(cfg.seed, cfg.deterministic)
         return cfg
 
     def to_dict(self) -> dict:
@@ -191,6 +196,23 @@ def _check_section(section: type[TaskSettings], values: dict[str, Any]) -> None:
         raise TypeError(f"{section.__name__} must declare exactly the task parameters of "
                         f"{section.notebook}: missing {sorted(task_names - declared)}, "
                         f"not in the notebook {sorted(declared - task_names)}.")
+
+
+def _deterministic(value: Any, device: torch.device, sources: dict[str, str]) -> bool:
+    """``"auto"``: deterministic kernels on CPU (same seed, same numbers), cuDNN autotuning on
+    GPU, where deterministic kernels cost speed and bit-exact runs are not promised anyway."""
+    if value == "auto":
+        sources["deterministic"] = f"device {device.type}"
+        return device.type == "cpu"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"deterministic={value!r}; choose 'auto', True or False.")
+
+
+def _gradient_accumulation(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"gradient_accumulation={value!r}; use a whole number of batches >= 1.")
+    return value
 
 
 def _resume_mode(value: Any) -> bool | str:

@@ -383,6 +383,7 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
                optimizer=optimizer, scheduler=scheduler, scheduler_interval=interval,
                epochs=cfg.epochs, monitor="f1_macro", mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
+               gradient_accumulation_steps=cfg.gradient_accumulation,
                resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 

@@ -402,6 +402,7 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
                optimizer=optimizer, scheduler=scheduler, scheduler_interval=interval,
                epochs=epochs, monitor=monitor, mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
+               gradient_accumulation_steps=cfg.gradient_accumulation,
                resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from common import cache, metrics, models, parameters, task_a, task_b, train, transforms
+from common import (cache, config, metrics, models, parameters, task_a, task_b, train,
+                    transforms)
 from common.experiment import ExperimentConfig, TaskSettings, make_loader
 from common.resume import ResumeMismatchError
 from common.train import TrainingInterrupted
@@ -348,3 +349,20 @@ def test_a_model_kind_with_its_own_backbone_wins_over_the_profile(tmp_path, samp
     with pytest.raises(ValueError, match="brings its own backbone 'efficientfr'; leave backbone"):
         _resolve(task_b.ArcFaceSettings, tmp_path, sample_root, model="efficientfr",
                  backbone="resnet10t")
+
+
+def test_profile_and_determinism_follow_the_device(tmp_path, sample_root):
+    # `-p device cpu` on a GPU machine gets the CPU profile.
+    assert config.resolve_profile("auto", torch.device("cuda")).name == "gpu"
+    assert config.resolve_profile("auto", torch.device("cpu")).name == "cpu"
+    cfg = _resolve(task_a.Settings, tmp_path / "auto", sample_root)
+    assert cfg.to_dict()["deterministic"] is True and cfg.sources["deterministic"] == "device cpu"
+    assert torch.are_deterministic_algorithms_enabled()
+    try:
+        fast = _resolve(task_a.Settings, tmp_path / "fast", sample_root, deterministic=False)
+        assert fast.to_dict()["deterministic"] is False
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        config.seed_everything(0)
+    with pytest.raises(ValueError, match="gradient_accumulation=0"):
+        _resolve(task_a.Settings, tmp_path / "zero", sample_root, gradient_accumulation=0)
