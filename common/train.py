@@ -391,7 +391,7 @@ def fit(
     result.wall_time_s = time.perf_counter() - started
     accelerator.wait_for_everyone()  # the main process has written the best weights
     if result.best_epoch > 0:
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
     else:
         print(f"WARNING: no epoch improved dev {monitor} (values "
               f"{[row.get(f'dev_{monitor}') for row in result.history]}); the model keeps its "
@@ -419,7 +419,8 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     The first element of each batch is the model input (a tensor or a tuple for two-stream
     models). The model runs in eval mode and is handed back in the mode it came in, so a
     training loop that embeds with it (hard negatives) keeps training with dropout and
-    batch-norm updates. In a process group (a launched run) each process predicts a contiguous
+    batch-norm updates. On CUDA it runs under autocast (bf16 where supported, else fp16) and
+    returns float32. In a process group (a launched run) each process predicts a contiguous
     share of the rows and every process gets all outputs, in the loader's order, each row once;
     every process must then call it, like any collective.
     """
@@ -435,8 +436,10 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
+    precision = mixed_precision(device, amp=True)
+    half = torch.bfloat16 if precision == "bf16" else torch.float16
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cuda", dtype=half, enabled=precision != "no"):
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
                 inputs = move_to(batch[0], device)
                 out = model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
