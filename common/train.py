@@ -369,7 +369,8 @@ def fit(
                           f"best {best_metric:.4f} (epoch {result.best_epoch})")
                 if patience is not None and epochs_without_improvement >= patience:
                     result.stopped_early = True
-                    accelerator.print(f"Early stopping: no dev {monitor} improvement for {patience} epochs")
+                    accelerator.print(f"Early stopping: no dev {monitor} improvement for "
+                                      f"{patience} epochs")
                     break
         except BaseException as error:
             interruptions.ignore()
