@@ -1,12 +1,18 @@
-"""Benchmark train and inference images/s of every backbone the notebooks use, on this machine.
+"""Benchmark train and inference images/s of every backbone the notebooks use, on this machine,
+with one process and with several (one per GPU, or CPU processes sharing the cores).
 
-Train is one full optimisation step (forward, cross-entropy on a linear head, backward, AdamW);
-inference is a forward pass under ``torch.inference_mode``. Weights are random
+Train is one full optimisation step through accelerate, as `common.train.fit` takes it (forward,
+cross-entropy on a linear head, backward with DDP's gradient all-reduce when there are several
+processes, AdamW; mixed precision on GPU); inference is a forward pass under
+``torch.inference_mode`` (autocast on GPU). Every process works on its own batch, so the images/s
+of a run are the sum over its processes. Several processes start through
+`accelerate.notebook_launcher`, the notebooks' launcher. Weights are random
 (``pretrained=False``): speed does not depend on them. Prints a markdown table and writes
-``benchmarks/results/throughput.md``; these numbers set the CPU profile's image size and batch.
+``benchmarks/results/throughput.md``; on CPU these numbers set the profile's image size and batch.
 
     python benchmarks/throughput.py                               # all backbones at 112 px
-    python benchmarks/throughput.py --sizes 112 224 --batch 32 --backbones efficientfr convnext_atto
+    python benchmarks/throughput.py --processes 1 2 --backbones efficientfr convnext_atto
+    python benchmarks/throughput.py --sizes 112 224 --batch 32 --backbones efficientfr
 
 Throughput is the median over timed batches, so a burst of load from other processes on a shared
 machine skews it less than a mean would; it still only ever makes numbers lower.
@@ -14,17 +20,24 @@ machine skews it less than a mean would; it still only ever makes numbers lower.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import notebook_launcher
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.models import create_backbone  # noqa: E402  (needs the sys.path line above)
+from common.config import configure_threads  # noqa: E402  (needs the sys.path line above)
+from common.models import create_backbone  # noqa: E402
+from common.train import create_accelerator  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput.md"
 BACKBONES = ("efficientnet_lite0", "convnext_atto", "efficientnet_b3", "efficientnet_b4",
@@ -44,56 +57,103 @@ def _median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
 
 def compute_throughput(name: str, size: int, batch: int, iters: int,
                        warmup: int) -> dict[str, float]:
-    """Train and inference images/s of backbone ``name`` at ``size`` px with batch ``batch``."""
-    torch.manual_seed(0)
+    """Train and inference images/s of backbone ``name`` at ``size`` px with batch ``batch`` per
+    process, summed over the processes of this run (one when not launched)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    configure_threads(device)
+    accelerator = create_accelerator(device, amp=True)
+    torch.manual_seed(accelerator.process_index)
     model, num_features = create_backbone(name, pretrained=False)
-    head = torch.nn.Linear(num_features, 2)
-    images = torch.randn(batch, 3, size, size)
-    labels = torch.randint(0, 2, (batch,))
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-4)
+    network = torch.nn.Sequential(model, torch.nn.Linear(num_features, 2))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    training, optimizer = accelerator.prepare(network, optimizer)
+    images = torch.randn(batch, 3, size, size, device=accelerator.device)
+    labels = torch.randint(0, 2, (batch,), device=accelerator.device)
 
     def train_step() -> None:
-        loss = torch.nn.functional.cross_entropy(head(model(images)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.nn.functional.cross_entropy(training(images), labels)
+        accelerator.backward(loss)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def infer_step() -> None:
-        with torch.inference_mode():
-            head(model(images))
+        with torch.inference_mode(), accelerator.autocast():
+            network(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    model.train()
-    train_s = _median_seconds(train_step, iters, warmup)
-    model.eval()
-    infer_s = _median_seconds(infer_step, iters, warmup)
+    training.train()
+    train_s = max(gather_object([_median_seconds(train_step, iters, warmup)]))
+    network.eval()
+    infer_s = gather_object([_median_seconds(infer_step, iters, warmup)])
     params = sum(p.numel() for p in model.parameters())
-    return {"params_m": params / 1e6, "features": num_features,
-            "train_images_per_s": batch / train_s, "infer_images_per_s": batch / infer_s}
+    return {"params_m": params / 1e6, "features": num_features, "device": device.type,
+            "processes": accelerator.num_processes,
+            "train_images_per_s": batch * accelerator.num_processes / train_s,
+            "infer_images_per_s": sum(batch / seconds for seconds in infer_s)}
+
+
+def _launched(args: tuple, output: str) -> None:
+    """One process of a launched measurement; the main one writes the result to `output`."""
+    result = compute_throughput(*args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(output).write_text(json.dumps(result))
+
+
+def _measure(processes: int, args: tuple) -> dict[str, float]:
+    """`compute_throughput(*args)` here, or on `processes` launched processes."""
+    if processes == 1:
+        return compute_throughput(*args)
+    with socket.socket() as sock:  # a free port: other jobs may be launching too
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    with tempfile.TemporaryDirectory() as folder:
+        output = str(Path(folder) / "result.json")
+        notebook_launcher(_launched, args=(args, output), num_processes=processes,
+                          use_port=port)
+        return json.loads(Path(output).read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[112], help="image sizes, px")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="images per process and step")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--processes", type=int, nargs="+",
+                        default=[1, max(1, torch.cuda.device_count())],
+                        help="process counts to compare (default: 1 and one per GPU)")
     parser.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
 
     malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                           if k.startswith("MALLOC_") or k == "OMP_WAIT_POLICY") or "none"
-    lines = [f"# Backbone throughput on CPU ({torch.get_num_threads()} threads, "
-             f"{os.cpu_count()} cores)", "",
-             f"Batch {args.batch}, median of {args.iters} batches after {args.warmup} warm-up; "
-             f"torch {torch.__version__}; malloc/OpenMP env: {malloc_env}. The machine was "
-             "shared with other processes, so treat the numbers as lower bounds.", "",
-             "| backbone | params (M) | features | size | train img/s | infer img/s |",
-             "|---|---|---|---|---|---|"]
-    configs = [(name, size) for size in args.sizes for name in args.backbones]
-    for name, size in tqdm(configs, desc="throughput"):
-        result = compute_throughput(name, size, args.batch, args.iters, args.warmup)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    command = " ".join(["python benchmarks/throughput.py", *(argv or sys.argv[1:])])
+    lines = [f"# Backbone throughput on {device} ({os.cpu_count()} cores)", "",
+             f"`{command}`", "",
+             f"Batch {args.batch} per process, median of {args.iters} batches after "
+             f"{args.warmup} warm-up; torch {torch.__version__}; malloc/OpenMP env: {malloc_env}. "
+             "Images/s are summed over the processes; CPU processes share the cores (threads "
+             "per process = cores / processes). The machine was shared with other processes, "
+             "so treat the numbers as lower bounds.", "",
+             "| backbone | params (M) | features | size | processes | train img/s | "
+             "infer img/s |", "|---|---|---|---|---|---|---|"]
+    # A launch needs a parent that has not made an Accelerator yet: one process runs last.
+    counts = sorted(set(args.processes), reverse=True)
+    configs = [(processes, name, size) for processes in counts for size in args.sizes
+               for name in args.backbones]
+    rows = {}
+    for processes, name, size in tqdm(configs, desc="throughput"):
+        rows[name, size, processes] = _measure(
+            processes, (name, size, args.batch, args.iters, args.warmup))
+    for name, size, processes in sorted(rows, key=lambda key: (key[1], args.backbones.index(
+            key[0]), key[2])):
+        result = rows[name, size, processes]
         lines.append(f"| {name} | {result['params_m']:.1f} | {result['features']} | {size} | "
-                     f"{result['train_images_per_s']:.1f} | "
+                     f"{processes} | {result['train_images_per_s']:.1f} | "
                      f"{result['infer_images_per_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
