@@ -44,13 +44,13 @@ def _train(folder: str, data_dir: str, run: str, interrupt_at: int, resume: bool
     cfg = ExperimentConfig.resolve(
         task_a.Settings, data_dir=data_dir, output_dir=str(folder / run),
         weights_dir=str(folder / "weights"), quick=True, epochs=EPOCHS, image_size=32, seed=0,
-        pretrained=False, device="cpu", recipe="parameters", backbone="resnet10t",
-        views_per_epoch=0, image_cache="stream", resume=resume)
+        batch_size=16, pretrained=False, device="cpu", recipe="parameters",
+        backbone="resnet10t", views_per_epoch=0, image_cache="stream", resume=resume)
     task_data = task_a.prepare_data(cfg)
     net = task_a.create_classifier(cfg)
     criterion = task_a.create_loss("focal", task_data.splits.train["label"].to_numpy(),
                                    "weighted_sampler")
-    counts = {"losses": 0, "evaluated_rows": 0, "batches_per_epoch": 0}
+    counts = {"losses": 0, "evaluated_rows": 0, "batches_per_epoch": 0, "drop_last": False}
     interrupt = Interrupt(interrupt_at)
 
     def count_evaluated(module, inputs):
@@ -58,7 +58,8 @@ def _train(folder: str, data_dir: str, run: str, interrupt_at: int, resume: bool
             counts["evaluated_rows"] += len(inputs[0])
 
     def counting_fit(model, *, make_loader, compute_loss, **kwargs):
-        counts["batches_per_epoch"] = len(make_loader(0))
+        loader = make_loader(0)
+        counts.update(batches_per_epoch=len(loader), drop_last=loader.drop_last)
 
         def loss(trained, batch):
             counts["losses"] += 1
@@ -111,6 +112,13 @@ def _launch(folder: Path, data_dir: Path, run: str, interrupt_at: int = 0,
                           text=True, timeout=1800)
 
 
+def _per_process(rank: dict) -> int:
+    """Batches of an epoch each process trains on: accelerate deals the loader's batches out in
+    turn and, like the loader, drops an incomplete last round with ``drop_last``."""
+    share = rank["batches_per_epoch"] / PROCESSES
+    return math.floor(share) if rank["drop_last"] else math.ceil(share)
+
+
 def _ranks(folder: Path, run: str) -> list[dict]:
     return [json.loads((folder / f"{run}-rank{rank}.json").read_text())
             for rank in range(PROCESSES)]
@@ -127,8 +135,8 @@ def reference(tmp_path_factory, sample_root) -> Path:
 
 def test_both_processes_train_half_of_the_batches(reference):
     ranks = _ranks(reference, "run")
-    per_process = math.ceil(ranks[0]["batches_per_epoch"] / PROCESSES)
-    assert ranks[0]["batches_per_epoch"] >= PROCESSES
+    per_process = _per_process(ranks[0])
+    assert per_process >= 2
     assert [rank["losses"] for rank in ranks] == [EPOCHS * per_process] * PROCESSES
     # Gradients were synchronised: both processes end with the same weights and history.
     assert ranks[0]["state"] == ranks[1]["state"]
@@ -147,7 +155,7 @@ def test_every_evaluated_image_is_predicted_once(reference, sample_root):
     net, card = runs.load_model(checkpoint)
     cfg = ExperimentConfig.resolve(
         task_a.Settings, data_dir=str(sample_root), output_dir=str(reference / "check"),
-        weights_dir=str(reference / "weights"), quick=True, image_size=32, seed=0,
+        weights_dir=str(reference / "weights"), quick=True, image_size=32, seed=0, batch_size=16,
         pretrained=False, device="cpu", recipe="parameters", backbone="resnet10t",
         views_per_epoch=0, image_cache="stream")
     task_data = task_a.prepare_data(cfg)
@@ -167,8 +175,7 @@ def test_only_the_main_process_writes(reference):
 
 def test_interrupted_two_process_run_resumes_to_the_same_weights(reference, tmp_path,
                                                                  sample_root):
-    batches = _ranks(reference, "run")[0]["batches_per_epoch"]
-    at = math.ceil(batches / PROCESSES) + 1  # the second step of epoch 2 on each process
+    at = _per_process(_ranks(reference, "run")[0]) + 2  # the second step of epoch 2
     stopped = _launch(tmp_path, sample_root, "run1", interrupt_at=at)
     assert stopped.returncode != 0 and "TrainingInterrupted" in stopped.stderr, \
         stopped.stderr[-3000:]
