@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.data_loader import BatchSamplerShard
 from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -97,14 +99,12 @@ def mixed_precision(device: torch.device | str, amp: bool) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def create_accelerator(device: torch.device | str = "cpu", amp: bool = False,
-                       gradient_accumulation_steps: int = 1) -> Accelerator:
-    """The `Accelerator` `fit` uses when none is passed: this process's device (one per process
-    when launched with several), `mixed_precision`, and DDP told to look for unused parameters,
-    since a loss may skip part of a model (a backbone's pooling head behind a spatial head)."""
+def create_accelerator(device: torch.device | str = "cpu", amp: bool = False) -> Accelerator:
+    """The `Accelerator` `fit` trains with: this process's device (one per process when launched
+    with several), `mixed_precision`, and DDP told to look for unused parameters, since a loss
+    may skip part of a model (a backbone's pooling head behind a spatial head)."""
     return Accelerator(cpu=torch.device(device).type == "cpu",
                        mixed_precision=mixed_precision(device, amp),
-                       gradient_accumulation_steps=gradient_accumulation_steps,
                        kwargs_handlers=[DistributedDataParallelKwargs(
                            find_unused_parameters=True)])
 
@@ -175,7 +175,6 @@ def fit(
     fingerprint: dict | None = None,
     progress: bool = True,
     gradient_accumulation_steps: int = 1,
-    accelerator: Accelerator | None = None,
 ) -> FitResult:
     """Train `model`, keep the best dev checkpoint, stop early, and survive interruption.
 
@@ -188,15 +187,13 @@ def fit(
             on every process (use `predict_batches`, which covers each dev row once in all).
         scheduler_interval: "epoch" (ReduceLROnPlateau gets the monitored value) or "step".
         patience: epochs without improvement before stopping; None disables early stopping.
-        device, amp: the device and mixed precision of the accelerator made here
-            (`create_accelerator`) when `accelerator` is None.
+        device, amp: the device and mixed precision of the run (`create_accelerator`).
         resume: True continues from `resume_path` when it exists (else starts fresh) and only
             when it was written with the same `fingerprint`; "force" continues even when not.
         fingerprint: nested dict of plain values saying what the run is (settings, data
             hashes); stored in the resume state and compared on resume.
-        gradient_accumulation_steps: batches per optimiser step (a larger effective batch).
-        accelerator: one the caller made (its own precision, DDP options); its
-            ``gradient_accumulation_steps`` then wins.
+        gradient_accumulation_steps: batches per optimiser step (a larger effective batch);
+            an epoch's last group may be shorter and still steps.
 
     Returns:
         FitResult; the best weights are in `best_path` (state dict only, deployable) and the
@@ -212,7 +209,10 @@ def fit(
     """
     if resume not in RESUME_MODES:
         raise ValueError(f"resume={resume!r}; choose False, True or 'force'.")
-    accelerator = accelerator or create_accelerator(device, amp, gradient_accumulation_steps)
+    if gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps={gradient_accumulation_steps}; use a "
+                         "whole number of batches >= 1.")
+    accelerator = create_accelerator(device, amp)
     device = accelerator.device
     main = accelerator.is_main_process
     result = FitResult()
@@ -302,6 +302,8 @@ def fit(
                 training.train()
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}",
                            disable=not (progress and main), leave=False)
+                group, group_loss = 0, 0.0  # batches whose gradients wait for the step
+                optimizer.zero_grad(set_to_none=True)
                 for step, batch in enumerate(bar):
                     if step < skip_steps:  # replay the loader up to where the run stopped
                         continue
@@ -309,28 +311,32 @@ def fit(
                         set_rng_state(pending_rng)
                         pending_rng = None
                     batch = move_to(batch, device)
-                    with accelerator.accumulate(training):
+                    # The last batch of a group steps (and, with DDP, synchronises gradients).
+                    group += 1
+                    sync = (group == gradient_accumulation_steps
+                            or gradient_accumulation_steps > 1 and step + 1 == len(loader))
+                    with nullcontext() if sync else accelerator.no_sync(training):
                         loss = training(batch)
                         if not torch.isfinite(loss):
                             raise FloatingPointError(
                                 f"Non-finite loss {loss.item()} at epoch {epoch + 1}, step "
                                 f"{step}; lower the learning rate or disable AMP.")
-                        accelerator.backward(loss)
-                        if grad_clip is not None and accelerator.sync_gradients:
+                        accelerator.backward(loss / gradient_accumulation_steps)
+                    group_loss += accelerator.reduce(loss.detach(), "mean").item()
+                    if sync:
+                        if grad_clip is not None:
                             accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-                        mean_loss = accelerator.reduce(loss.detach(), "mean").item()
                         with interruptions.deferred():
                             optimizer.step()
-                            if step_scheduler is not None:
-                                step_scheduler.step()
+                            for _ in range(group if step_scheduler is not None else 0):
+                                step_scheduler.step()  # counts batches, as it was built to
                             optimizer.zero_grad(set_to_none=True)
-                            running["loss"] += mean_loss
-                            running["batches"] += 1
-                            if accelerator.sync_gradients:
-                                global_step += 1
-                                point.update(epoch=epoch, step_in_epoch=step + 1,
-                                             rng=rng_state())
-                    bar.set_postfix(loss=f"{running['loss'] / running['batches']:.4f}")
+                            running["loss"] += group_loss
+                            running["batches"] += group
+                            group, group_loss = 0, 0.0
+                            global_step += 1
+                            point.update(epoch=epoch, step_in_epoch=step + 1, rng=rng_state())
+                        bar.set_postfix(loss=f"{running['loss'] / running['batches']:.4f}")
                 if pending_rng is not None:  # the whole epoch was replayed
                     set_rng_state(pending_rng)
                     pending_rng = None
@@ -401,15 +407,21 @@ def fit(
 
 
 def _shard(loader: Any, accelerator: Accelerator) -> Any:
-    """This process's share of an epoch's batches: a DataLoader prepared by `accelerator` (its
-    end tells gradient accumulation to step); another iterable only runs in one process."""
-    if isinstance(loader, DataLoader):
-        return accelerator.prepare_data_loader(loader)
-    if accelerator.num_processes > 1:
-        raise TypeError(f"make_loader returned a {type(loader).__name__}; with "
-                        f"{accelerator.num_processes} processes it must return a DataLoader, "
-                        "which each process reads its shard of.")
-    return loader
+    """This process's share of an epoch's batches, dealt by accelerate's `BatchSamplerShard`
+    (every process draws the same epoch-seeded batches and keeps its own). One process keeps
+    the caller's loader itself: accelerate's prepared loader reads a batch ahead, which would
+    draw a batch's augmentation before the previous batch's dropout and change the numbers."""
+    if accelerator.num_processes == 1:
+        return loader
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None:
+        raise TypeError(f"make_loader returned a {type(loader).__name__} without a batch "
+                        f"sampler; with {accelerator.num_processes} processes it must return a "
+                        "batched DataLoader, which each process reads its shard of.")
+    shard = BatchSamplerShard(loader.batch_sampler, num_processes=accelerator.num_processes,
+                              process_index=accelerator.process_index)
+    return DataLoader(loader.dataset, batch_sampler=shard, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      worker_init_fn=loader.worker_init_fn, generator=loader.generator)
 
 
 def predict_batches(model: nn.Module | Callable, loader: DataLoader,

@@ -18,7 +18,7 @@ import pytest
 import torch
 from accelerate import notebook_launcher
 
-from common import runs, task_a, train
+from common import checkpoints, runs, task_a, train
 from common.experiment import ExperimentConfig
 from conftest import Interrupt
 
@@ -80,7 +80,7 @@ def _train(folder: str, data_dir: str, run: str, interrupt_at: int, resume: bool
         if train.is_main_process():
             card = task_a.model_card(cfg, net, "single", threshold, dev_metrics,
                                      task_data.splits, "test")
-            runs.save_model(net, cfg.weights_dir, NAME, card)
+            checkpoints.save_model(net, cfg.weights_dir, NAME, card)
             runs.write_metrics(cfg.run_dir, {**eval_metrics, "dev": dev_metrics},
                                data_dir=cfg.data_dir)
             np.save(cfg.run_dir / "eval_probs.npy", eval_probs)
@@ -151,15 +151,15 @@ def test_every_evaluated_image_is_predicted_once(reference, sample_root):
     assert sum(rank["evaluated_rows"] for rank in ranks) == expected
     assert all(rank["evaluated_rows"] < expected for rank in ranks)
     # The gathered probabilities are those of one process predicting the whole split in order.
-    checkpoint = runs.resolve_checkpoint(reference / "weights" / f"{NAME}.pt")
-    net, card = runs.load_model(checkpoint)
+    checkpoint = checkpoints.resolve_checkpoint(reference / "weights" / f"{NAME}.pt")
+    net, card = checkpoints.load_model(checkpoint)
     cfg = ExperimentConfig.resolve(
         task_a.Settings, data_dir=str(sample_root), output_dir=str(reference / "check"),
         weights_dir=str(reference / "weights"), quick=True, image_size=32, seed=0, batch_size=16,
         pretrained=False, device="cpu", recipe="parameters", backbone="resnet10t",
         views_per_epoch=0, image_cache="stream")
     task_data = task_a.prepare_data(cfg)
-    probs = task_a.predict_probs(net, task_data.images["eval"], card["image_size"])
+    probs = task_a.predict_probs(net, task_data.images["eval"], card.image_size)
     assert len(probs) == first["eval"]
     np.testing.assert_allclose(np.load(reference / "run" / "eval_probs.npy"), probs, atol=1e-6)
 
