@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.config import configure_threads  # noqa: E402  (needs the sys.path line above)
 from common.models import create_backbone  # noqa: E402
-from common.train import create_accelerator  # noqa: E402
+from common.train import create_accelerator, free_port  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput.md"
 BACKBONES = ("efficientnet_lite0", "convnext_atto", "efficientnet_b3", "efficientnet_b4",
@@ -106,13 +105,10 @@ def _measure(processes: int, args: tuple) -> dict[str, float]:
     """`compute_throughput(*args)` here, or on `processes` launched processes."""
     if processes == 1:
         return compute_throughput(*args)
-    with socket.socket() as sock:  # a free port: other jobs may be launching too
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     with tempfile.TemporaryDirectory() as folder:
         output = str(Path(folder) / "result.json")
         notebook_launcher(_launched, args=(args, output), num_processes=processes,
-                          use_port=port)
+                          use_port=str(free_port()))
         return json.loads(Path(output).read_text())
 
 

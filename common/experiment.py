@@ -76,6 +76,7 @@ class ExperimentConfig:
     profile: config.Profile
     deterministic: bool
     gradient_accumulation: int
+    num_processes: int
     backbone: str
     pretrained: bool | str
     weights: str
@@ -148,6 +149,7 @@ class ExperimentConfig:
             device=device, profile=profile,
             deterministic=_deterministic(values["deterministic"], device, sources),
             gradient_accumulation=_gradient_accumulation(values["gradient_accumulation"]),
+            num_processes=_num_processes(values["num_processes"], device, sources),
             backbone=values["backbone"],
             pretrained=values["pretrained"], weights=values["weights"],
             epochs=int(values["epochs"]), image_size=int(values["image_size"]),
@@ -207,6 +209,17 @@ def _deterministic(value: Any, device: torch.device, sources: dict[str, str]) ->
     if isinstance(value, bool):
         return value
     raise ValueError(f"deterministic={value!r}; choose 'auto', True or False.")
+
+
+def _num_processes(value: Any, device: torch.device, sources: dict[str, str]) -> int:
+    """Training processes (`train.fit`): 0 is one per visible GPU on CUDA, one on CPU."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_processes={value!r}; use 0 (one per visible GPU) or a whole "
+                         "number of processes.")
+    if value == 0:
+        sources["num_processes"] = f"device {device.type}"
+        return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+    return value
 
 
 def _gradient_accumulation(value: Any) -> int:

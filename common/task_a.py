@@ -384,6 +384,7 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
                epochs=cfg.epochs, monitor="f1_macro", mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
                gradient_accumulation_steps=cfg.gradient_accumulation,
+               num_processes=cfg.num_processes,
                resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 

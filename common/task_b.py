@@ -30,7 +30,7 @@ from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
 
-__all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
+__all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
@@ -39,7 +39,6 @@ __all__ = ["BACKBONES", "SIAMESE_BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFa
            "embed_for_card"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
-SIAMESE_BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "convnext_atto"}
 EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 600  # floor for small data sets such as the embedded sample
 # Above this many clean train photos the dlib teacher is left out: it describes every photo
@@ -97,8 +96,8 @@ class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BA
 
 
 @dataclass(frozen=True)
-class SiameseSettings(_TaskBSettings, notebook="03_task_b_siamese",
-                      backbones=SIAMESE_BACKBONES, epochs=EPOCHS):
+class SiameseSettings(_TaskBSettings, notebook="03_task_b_siamese", backbones=BACKBONES,
+                      epochs=EPOCHS):
     """Notebook 03's own parameters (defaults in its parameters cell)."""
 
     init_from: str
@@ -403,6 +402,7 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
                epochs=epochs, monitor=monitor, mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
                gradient_accumulation_steps=cfg.gradient_accumulation,
+               num_processes=cfg.num_processes,
                resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate import (Accelerator, DistributedDataParallelKwargs, PartialState,
+                        notebook_launcher)
 from accelerate.data_loader import BatchSamplerShard
 from accelerate.utils import gather_object
 from torch import nn
@@ -46,7 +48,8 @@ from common.resume import (RESUME_MODES, Interruptions, ResumeStateError, check_
                            load_resume_state, rng_state, set_rng_state)
 
 __all__ = ["FitResult", "TrainingInterrupted", "fit", "move_to", "predict_batches",
-           "atomic_save", "mixed_precision", "create_accelerator", "is_main_process"]
+           "atomic_save", "mixed_precision", "create_accelerator", "is_main_process",
+           "free_port"]
 
 Batch = Any
 
@@ -175,6 +178,7 @@ def fit(
     fingerprint: dict | None = None,
     progress: bool = True,
     gradient_accumulation_steps: int = 1,
+    num_processes: int = 1,
 ) -> FitResult:
     """Train `model`, keep the best dev checkpoint, stop early, and survive interruption.
 
@@ -194,6 +198,10 @@ def fit(
             hashes); stored in the resume state and compared on resume.
         gradient_accumulation_steps: batches per optimiser step (a larger effective batch);
             an epoch's last group may be shorter and still steps.
+        num_processes: above 1, `fit` launches itself on that many processes with
+            `accelerate.notebook_launcher` (forked: the callables and data are inherited, not
+            pickled) and hands back the main process's result and best weights; inside an
+            already launched run it trains this process's share.
 
     Returns:
         FitResult; the best weights are in `best_path` (state dict only, deployable) and the
@@ -209,6 +217,9 @@ def fit(
     """
     if resume not in RESUME_MODES:
         raise ValueError(f"resume={resume!r}; choose False, True or 'force'.")
+    if num_processes > 1 and not _launched():
+        arguments = {name: value for name, value in locals().items() if name != "model"}
+        return _fit_on_processes(model, arguments)
     if gradient_accumulation_steps < 1:
         raise ValueError(f"gradient_accumulation_steps={gradient_accumulation_steps}; use a "
                          "whole number of batches >= 1.")
@@ -406,6 +417,47 @@ def fit(
     return result
 
 
+def _launched() -> bool:
+    """Whether this process is one of a launched run (the launcher sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _fit_on_processes(model: nn.Module, arguments: dict) -> FitResult:
+    """`fit(model, **arguments)` on ``arguments["num_processes"]`` forked processes; the main
+    one sends back its result and best weights through a file beside the resume state. Falls
+    back to one process, saying so, where forking is impossible (CUDA already in use here)."""
+    processes = arguments["num_processes"]
+    arguments["num_processes"] = 1
+    if torch.cuda.is_initialized():
+        print(f"num_processes={processes}: CUDA is already initialised in this process, so it "
+              "cannot fork one process per GPU; training on one process instead. Launch before "
+              "anything moves to the GPU (restart the kernel) to use them all.")
+        return fit(model, **arguments)
+    handover = Path(arguments["resume_path"]).with_suffix(".launched.pt")
+    handover.unlink(missing_ok=True)
+    notebook_launcher(_fit_and_hand_over, args=(model, arguments, str(handover)),
+                      num_processes=processes, use_port=str(free_port()))
+    outcome = torch.load(handover, map_location="cpu", weights_only=False)
+    handover.unlink()
+    # The weights stay on the CPU: touching CUDA here would stop a later launch (a second
+    # training stage) from forking; `predict_batches` moves the model where it predicts.
+    model.load_state_dict(outcome["state"])
+    return outcome["result"]
+
+
+def _fit_and_hand_over(model: nn.Module, arguments: dict, handover: str) -> None:
+    result = fit(model, **arguments)
+    if is_main_process():
+        atomic_save({"result": result, "state": _cpu_copy(model)}, Path(handover))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on, for the launched processes' rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _shard(loader: Any, accelerator: Accelerator) -> Any:
     """This process's share of an epoch's batches, dealt by accelerate's `BatchSamplerShard`
     (every process draws the same epoch-seeded batches and keeps its own). One process keeps
@@ -430,7 +482,7 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     """Run `model` over a loader of (inputs, ...) batches and concatenate the outputs on CPU.
 
     The first element of each batch is the model input (a tensor or a tuple for two-stream
-    models). The model runs in eval mode and is handed back in the mode it came in, so a
+    models). The model moves to `device` and runs in eval mode and is handed back in the mode it came in, so a
     training loop that embeds with it (hard negatives) keeps training with dropout and
     batch-norm updates. On CUDA it runs under autocast (bf16 where supported, else fp16) and
     returns float32. In a process group (a launched run) each process predicts a contiguous
@@ -448,7 +500,7 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     outputs = []
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
-        model.eval()
+        model.to(device).eval()
     precision = mixed_precision(device, amp=True)
     half = torch.bfloat16 if precision == "bf16" else torch.float16
     try:

@@ -351,7 +351,7 @@ def test_a_model_kind_with_its_own_backbone_wins_over_the_profile(tmp_path, samp
                  backbone="resnet10t")
 
 
-def test_profile_and_determinism_follow_the_device(tmp_path, sample_root):
+def test_profile_determinism_and_processes_follow_the_device(tmp_path, sample_root):
     # `-p device cpu` on a GPU machine gets the CPU profile.
     assert config.resolve_profile("auto", torch.device("cuda")).name == "gpu"
     assert config.resolve_profile("auto", torch.device("cpu")).name == "cpu"
@@ -366,3 +366,19 @@ def test_profile_and_determinism_follow_the_device(tmp_path, sample_root):
         config.seed_everything(0)
     with pytest.raises(ValueError, match="gradient_accumulation=0"):
         _resolve(task_a.Settings, tmp_path / "zero", sample_root, gradient_accumulation=0)
+    # num_processes 0: one process per visible GPU, one on CPU.
+    assert cfg.num_processes == 1 and cfg.sources["num_processes"] == "device cpu"
+    two = _resolve(task_b.SiameseSettings, tmp_path / "two", sample_root, num_processes=2)
+    assert two.num_processes == 2 and two.sources["num_processes"] == "parameter"
+    with pytest.raises(ValueError, match="num_processes=-1"):
+        _resolve(task_a.Settings, tmp_path / "negative", sample_root, num_processes=-1)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_siamese_encoder_can_start_from_the_arcface_one_on_either_profile(profile, tmp_path,
+                                                                           sample_root):
+    # init_from=auto only loads notebook 02's checkpoint when the backbones match.
+    arcface = _resolve(task_b.ArcFaceSettings, tmp_path / "02", sample_root, profile=profile)
+    siamese = _resolve(task_b.SiameseSettings, tmp_path / "03", sample_root, profile=profile)
+    assert siamese.backbone == arcface.backbone
+    assert siamese.sources["backbone"] == arcface.sources["backbone"] == f"profile {profile}"

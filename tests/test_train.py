@@ -4,6 +4,7 @@ the uninterrupted run, bit for bit."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -245,27 +246,35 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
 
-def _linear_fit(tmp_path, batch_size: int, accumulation: int) -> nn.Module:
+def linear_fit(folder: Path, batch_size: int, accumulation: int = 1,
+               processes: int = 1) -> nn.Module:
     """One epoch of a linear model (no dropout, no batch norm: a batch's mean gradient is the
-    mean of its halves') on 64 points."""
+    mean of its halves') on 64 points; each loss computation appends its process id to
+    ``folder/losses.txt``."""
     seed_everything(0)
     (x, y), _ = _problem()
     model = nn.Linear(8, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     dataset = TensorDataset(x[:64], y[:64])
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def loss(m, batch):
+        with open(folder / "losses.txt", "a") as record:
+            record.write(f"{os.getpid()}\n")
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
     fit(model, make_loader=lambda epoch: make_loader(dataset, batch_size, epoch=epoch),
-        compute_loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
-        evaluate=lambda m: {"score": 0.0}, optimizer=optimizer, epochs=1, monitor="score",
-        resume_path=tmp_path / "s.pt", best_path=tmp_path / "b.pt", progress=False,
-        gradient_accumulation_steps=accumulation)
+        compute_loss=loss, evaluate=lambda m: {"score": 0.0}, optimizer=optimizer, epochs=1,
+        monitor="score", resume_path=folder / "s.pt", best_path=folder / "b.pt",
+        progress=False, gradient_accumulation_steps=accumulation, num_processes=processes)
     return model
 
 
 def test_gradient_accumulation_steps_once_per_group_of_batches(tmp_path):
-    whole = _linear_fit(tmp_path / "whole", batch_size=32, accumulation=1)
-    halves = _linear_fit(tmp_path / "halves", batch_size=16, accumulation=2)
+    whole = linear_fit(tmp_path / "whole", batch_size=32, accumulation=1)
+    halves = linear_fit(tmp_path / "halves", batch_size=16, accumulation=2)
     # Two optimiser steps in both runs: two half-batches accumulate into one batch's gradient.
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(halves.state_dict()[key], value, rtol=0, atol=1e-6)
-    single = _linear_fit(tmp_path / "single", batch_size=16, accumulation=1)
+    single = linear_fit(tmp_path / "single", batch_size=16, accumulation=1)
     assert not torch.allclose(single.weight, halves.weight)  # four steps are another run

@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from accelerate import notebook_launcher
 from common import checkpoints, runs, task_a, train
 from common.experiment import ExperimentConfig
 from conftest import Interrupt
+from test_train import linear_fit
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROCESSES = 2
@@ -90,26 +90,33 @@ def _train(folder: str, data_dir: str, run: str, interrupt_at: int, resume: bool
         (folder / f"{run}-rank{rank}.json").write_text(json.dumps(counts))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(*args) -> None:
     """`_train(*args)` on two processes, as a notebook launches its training."""
-    notebook_launcher(_train, args=args, num_processes=PROCESSES, use_port=str(_free_port()))
+    notebook_launcher(_train, args=args, num_processes=PROCESSES, use_port=str(train.free_port()))
+
+
+def linear_on_processes(folder: str) -> None:
+    """test_train's linear run with ``fit(num_processes=2)``, as a notebook asks for it; saves
+    the weights the caller got back."""
+    model = linear_fit(Path(folder), batch_size=16, processes=PROCESSES)
+    torch.save({"state": model.state_dict(), "pid": os.getpid()}, Path(folder) / "returned.pt")
+
+
+def _in_fresh_python(call: str) -> subprocess.CompletedProcess:
+    """``test_train_processes.<call>`` in a fresh Python, as in a notebook kernel that has not
+    made an Accelerator (the launcher refuses one that has)."""
+    script = (f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); import test_train_processes; "
+              f"test_train_processes.{call}")
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=1800)
 
 
 def _launch(folder: Path, data_dir: Path, run: str, interrupt_at: int = 0,
             resume: bool = False) -> subprocess.CompletedProcess:
-    """`launch` from a fresh Python (as a notebook kernel that has not made an Accelerator)."""
-    script = (f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); import test_train_processes; "
-              f"test_train_processes.launch({str(folder)!r}, {str(data_dir)!r}, {run!r}, "
-              f"{interrupt_at}, {resume})")
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=1800)
+    """`launch` (the whole notebook recipe on two processes) from a fresh Python."""
+    return _in_fresh_python(f"launch({str(folder)!r}, {str(data_dir)!r}, {run!r}, "
+                            f"{interrupt_at}, {resume})")
 
 
 def _per_process(rank: dict) -> int:
@@ -194,3 +201,19 @@ def test_interrupted_two_process_run_resumes_to_the_same_weights(reference, tmp_
     again, first = _ranks(tmp_path, "run2"), _ranks(reference, "run")
     assert again[0]["history"] == first[0]["history"]
     assert again[0]["state"] == again[1]["state"] == first[0]["state"]
+
+
+def test_fit_launches_itself_on_two_processes_and_hands_back_the_weights(tmp_path):
+    launched = _in_fresh_python(f"linear_on_processes({str(tmp_path / 'two')!r})")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    pids = (tmp_path / "two" / "losses.txt").read_text().split()
+    # 64 points in batches of 16: each of two processes computed two of the four batches.
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2]
+    returned = torch.load(tmp_path / "two" / "returned.pt", weights_only=True)
+    assert str(returned["pid"]) not in pids  # the caller only launched them
+    # DDP averages the two processes' gradients: one step on 32 points, twice, as one process
+    # with batches of 32 takes them.
+    whole = linear_fit(tmp_path / "whole", batch_size=32)
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(returned["state"][key], value, rtol=0, atol=1e-6)
+    assert not (tmp_path / "two" / "s.launched.pt").exists()
