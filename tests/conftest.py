@@ -43,6 +43,11 @@ def bomb_png(side: int = 40_000) -> bytes:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the notebooks with papermill (slow)")
+    if not hasattr(config, "workerinput"):  # run by pytest-xdist's controller, or without it
+        # Generated once, before any worker starts: workers only read it.
+        from common.sample import ensure_sample
+
+        ensure_sample()
 
 
 @pytest.fixture(scope="session")
