@@ -212,11 +212,13 @@ def _square(image: Image.Image, image_size: int, fit: str = "crop") -> np.ndarra
 def _stable_relpath(path: str, common: str) -> str:
     """The part from ``Task_A``/``Task_B`` on when present (same on every machine), else
     relative to the list's common folder."""
-    parts = Path(path).parts
+    parts = path.split(os.sep)  # string operations: this runs once per file of a data set
     for index in range(len(parts) - 1, -1, -1):
         if parts[index] in _TASK_DIRS:
             return "/".join(parts[index:])
-    return Path(os.path.relpath(path, common)).as_posix()
+    prefix = common.rstrip(os.sep) + os.sep
+    relative = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, common)
+    return relative.replace(os.sep, "/")
 
 
 def _entries(paths: Sequence[str | os.PathLike], sizes: bool) -> list[str]:
