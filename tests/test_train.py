@@ -278,3 +278,13 @@ def test_gradient_accumulation_steps_once_per_group_of_batches(tmp_path):
         torch.testing.assert_close(halves.state_dict()[key], value, rtol=0, atol=1e-6)
     single = linear_fit(tmp_path / "single", batch_size=16, accumulation=1)
     assert not torch.allclose(single.weight, halves.weight)  # four steps are another run
+
+
+def test_several_processes_fall_back_to_one_when_cuda_is_in_use(tmp_path, monkeypatch, capsys):
+    # A forked process cannot use CUDA that its parent initialised: fit says so and trains here.
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    model = linear_fit(tmp_path, batch_size=16, processes=2)
+    assert set((tmp_path / "losses.txt").read_text().split()) == {str(os.getpid())}
+    assert "training on one process instead" in capsys.readouterr().out
+    single = linear_fit(tmp_path / "single", batch_size=16)
+    torch.testing.assert_close(model.weight, single.weight, rtol=0, atol=0)
