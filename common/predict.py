@@ -56,13 +56,13 @@ def _model(weights: str | os.PathLike, device: torch.device, task: str
 
 
 def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, batch_size: int = 128) -> pd.DataFrame:
     """Task A: one row per input with label, P(female) at the card's threshold, and error."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_a")
     inputs = prepare_inputs(card, paths, device=str(device_), progress=progress)
     probs = task_a.predict_probs(model, inputs.images, card.image_size, device_, inputs.aligned,
-                                 progress=progress)
+                                 batch_size=batch_size, progress=progress)
     ok = np.array([not err for err in inputs.errors])
     labels = np.where(probs >= card.threshold, "female", "male")
     return pd.DataFrame({"path": [str(p) for p in paths], "label": np.where(ok, labels, ""),
@@ -71,17 +71,17 @@ def predict_gender(paths: Sequence[ImageLike], weights: str | os.PathLike, devic
 
 
 def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
-          progress: bool = False) -> np.ndarray:
+          progress: bool = False, batch_size: int = 128) -> np.ndarray:
     """(N, D) L2-normalised embeddings of paths, PIL images or RGB arrays (Task B checkpoint).
 
     Raises:
         ValueError: an image could not be read (the message names it).
     """
-    return _embed(images, weights, device, progress)[0]
+    return _embed(images, weights, device, progress, batch_size=batch_size)[0]
 
 
 def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
-           progress: bool = False, with_faces: bool = False
+           progress: bool = False, with_faces: bool = False, batch_size: int = 128
            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """`embed`, plus the card's face descriptors and face-found flags when the card fuses them
     or `with_faces` asks: computed once for both uses (`model_inputs.prepare_inputs`)."""
@@ -92,7 +92,8 @@ def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str 
               f"{err}" for i, err in enumerate(inputs.errors) if err]
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
-    return task_b.embed_for_card(model, card, inputs, device_, progress), inputs.faces
+    return (task_b.embed_for_card(model, card, inputs, device_, progress, batch_size),
+            inputs.faces)
 
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
@@ -158,13 +159,13 @@ def _gallery_files(gallery: Path) -> tuple[list[Path], list[str]]:
 
 
 def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
-                 progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of `files` as the card says (a placeholder's where a file is unreadable)
     and one error string per file ("" when fine)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
     inputs = prepare_inputs(card, files, progress=progress)
-    return (task_b.embed_for_card(model, card, inputs, device_),
+    return (task_b.embed_for_card(model, card, inputs, device_, batch_size=batch_size),
             np.array(inputs.errors, dtype=object))
 
 
@@ -187,7 +188,8 @@ def _match_table(index: GalleryIndex, query_files: list[Path], queries: Path,
 
 
 def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
-                  device: str = "auto", progress: bool = True) -> pd.DataFrame:
+                  device: str = "auto", progress: bool = True,
+                  batch_size: int = 128) -> pd.DataFrame:
     """Task B: match every query image to the most similar gallery identity.
 
     The gallery is `<gallery>/<identity>/*` (distortion sub-folders ignored); queries are any
@@ -196,13 +198,13 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     """
     gallery_files, gallery_ids = _gallery_files(gallery)
     query_files = _folder_images(queries)
-    g_emb, g_errors = _embed_files(gallery_files, weights, device, progress)
+    g_emb, g_errors = _embed_files(gallery_files, weights, device, progress, batch_size)
     g_ok = g_errors == ""
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {list(g_errors[:3])}")
     index = GalleryIndex.build(g_emb[g_ok], np.array(gallery_ids)[g_ok])
     table = _match_table(index, query_files, queries,
-                         *_embed_files(query_files, weights, device, progress))
+                         *_embed_files(query_files, weights, device, progress, batch_size))
     table.attrs["gallery_errors"] = [(str(p), i, e) for p, i, e in
                                      zip(gallery_files, gallery_ids, g_errors) if e]
     return table
@@ -220,7 +222,7 @@ def checkpoint_fingerprint(weights: str | os.PathLike) -> dict:
 
 
 def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
-          progress: bool = True) -> GalleryIndex:
+          progress: bool = True, batch_size: int = 128) -> GalleryIndex:
     """Save the embeddings of `<gallery>/<identity>/*` as a gallery index in the folder `index`,
     or, when one is there, append only the files it does not hold yet (new identities or new
     photos of known ones): nothing is embedded twice. Files are known by their resolved path.
@@ -236,7 +238,8 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
     new = [i for i, path in enumerate(files) if str(path.resolve()) not in held]
     ok = np.zeros(0, np.int64)
     if new:
-        embeddings, errors = _embed_files([files[i] for i in new], weights, device, progress)
+        embeddings, errors = _embed_files([files[i] for i in new], weights, device, progress,
+                                         batch_size)
         ok = np.flatnonzero(errors == "")
         if len(ok) < len(new):
             print(f"warning: {len(new) - len(ok)} unreadable gallery images not enrolled, e.g. "
@@ -255,7 +258,7 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
 
 
 def search(queries: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
-           progress: bool = True) -> pd.DataFrame:
+           progress: bool = True, batch_size: int = 128) -> pd.DataFrame:
     """`match_gallery` against a gallery saved by `enrol` (same columns); only the queries
     are embedded.
 
@@ -266,7 +269,7 @@ def search(queries: Path, index: Path, weights: str | os.PathLike, device: str =
     saved = GalleryIndex.load(index, checkpoint_fingerprint(weights))
     query_files = _folder_images(queries)
     return _match_table(saved, query_files, queries,
-                        *_embed_files(query_files, weights, device, progress))
+                        *_embed_files(query_files, weights, device, progress, batch_size))
 
 
 def _check_output(output: str, overwrite: bool) -> None:
@@ -315,7 +318,7 @@ def _task_a(args: argparse.Namespace) -> None:
     _check_output(args.output, args.overwrite)
     folder = Path(args.input)
     files = _folder_images(folder)
-    table = predict_gender(files, args.weights, args.device)
+    table = predict_gender(files, args.weights, args.device, batch_size=args.batch_size)
     skipped = [{"path": path, "error": reason} for path, reason in _skipped_files(folder)]
     _write(_with_problem_rows(table, skipped), args.output)
     truth = [p.parent.name for p in files]
@@ -339,7 +342,8 @@ def _task_b(args: argparse.Namespace) -> None:
         raise SystemExit("task-b needs --gallery and --queries, or --input (a FACECOM-layout "
                          "split folder: <identity>/<clean> + <identity>/distortion/*)")
     _check_output(args.output, args.overwrite)
-    table = match_gallery(gallery, queries, args.weights, args.device)
+    table = match_gallery(gallery, queries, args.weights, args.device,
+                          batch_size=args.batch_size)
     gallery_errors = table.attrs.get("gallery_errors", [])
     if args.input:  # one FACECOM folder: the queries are the distorted images
         table = table[table["query"].str.contains(f"{os.sep}distortion{os.sep}")]
@@ -352,12 +356,14 @@ def _task_b(args: argparse.Namespace) -> None:
 
 
 def _enrol(args: argparse.Namespace) -> None:
-    enrol(Path(args.gallery), Path(args.index), args.weights, args.device)
+    enrol(Path(args.gallery), Path(args.index), args.weights, args.device,
+          batch_size=args.batch_size)
 
 
 def _search(args: argparse.Namespace) -> None:
     _check_output(args.output, args.overwrite)
-    table = search(Path(args.queries), Path(args.index), args.weights, args.device)
+    table = search(Path(args.queries), Path(args.index), args.weights, args.device,
+                   batch_size=args.batch_size)
     skipped = [{"query": path, "error": reason} for path, reason in
                _skipped_files(Path(args.queries))]
     _write_matches(_with_problem_rows(table, skipped), args.output)
@@ -405,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     for command in (a, b, e, s, c):
         command.add_argument("--weights", required=True, help="checkpoint .pt with its .json card")
         command.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    for command in (a, b, e, s):
+        command.add_argument("--batch-size", type=int, default=128,
+                             help="images per forward pass (default 128; lower it when a GPU "
+                                  "runs out of memory, raise it on a large one)")
     args = parser.parse_args(argv)
     try:
         {"task-a": _task_a, "task-b": _task_b, "enrol": _enrol, "search": _search,

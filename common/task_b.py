@@ -554,7 +554,8 @@ def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
 
 
 def embed_for_card(model: nn.Module, card: ModelCard, inputs: ModelInputs,
-                   device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+                   device: torch.device | str = "cpu", progress: bool = False,
+                   batch_size: int = 128) -> np.ndarray:
     """A checkpoint's embeddings as its notebook evaluated them: learned, plus the face
     descriptor (``inputs.faces``) when the card fuses it.
 
@@ -563,7 +564,7 @@ def embed_for_card(model: nn.Module, card: ModelCard, inputs: ModelInputs,
             fused card needs.
     """
     learned = embed(model, inputs.images, card.image_size, card.mean, card.std, device,
-                    progress=progress)
+                    batch_size=batch_size, progress=progress)
     if not card.descriptor_weight:
         return learned
     return fusion.fuse(learned, face_descriptor.normalise(inputs.faces[0]),

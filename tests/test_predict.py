@@ -113,9 +113,9 @@ def test_enrol_add_search_round_trip(checkpoints, sample_root, tmp_path, monkeyp
 
     output = tmp_path / "matches.csv"
     assert predict.main(["search", "--weights", weights, "--index", str(index), "--queries",
-                         str(val), "--output", str(output)]) == 0
+                         str(val), "--output", str(output), "--batch-size", "7"]) == 0
     searched = pd.read_csv(output, keep_default_na=False)
-    direct = predict.match_gallery(gallery, val, weights, progress=False)
+    direct = predict.match_gallery(gallery, val, weights, progress=False)  # batches of 128
     assert searched["query"].tolist() == direct["query"].tolist()
     assert searched["predicted_identity"].tolist() == direct["predicted_identity"].tolist()
     np.testing.assert_allclose(searched["similarity"], direct["similarity"], atol=1e-5)
