@@ -211,21 +211,25 @@ def _deterministic(value: Any, device: torch.device, sources: dict[str, str]) ->
     raise ValueError(f"deterministic={value!r}; choose 'auto', True or False.")
 
 
+def _whole_number(name: str, value: Any, minimum: int, meaning: str) -> int:
+    """`value` itself when it is an int (not a bool) of at least `minimum`, else a ValueError
+    naming the parameter and what it takes."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r}; use {meaning}.")
+    return value
+
+
 def _num_processes(value: Any, device: torch.device, sources: dict[str, str]) -> int:
     """Training processes (`train.fit`): 0 is one per visible GPU on CUDA, one on CPU."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"num_processes={value!r}; use 0 (one per visible GPU) or a whole "
-                         "number of processes.")
-    if value == 0:
+    if _whole_number("num_processes", value, 0,
+                     "0 (one per visible GPU) or a whole number of processes") == 0:
         sources["num_processes"] = f"device {device.type}"
         return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
     return value
 
 
 def _gradient_accumulation(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"gradient_accumulation={value!r}; use a whole number of batches >= 1.")
-    return value
+    return _whole_number("gradient_accumulation", value, 1, "a whole number of batches >= 1")
 
 
 def _resume_mode(value: Any) -> bool | str:
