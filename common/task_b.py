@@ -33,7 +33,7 @@ from common.weights import WeightsSource
 __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
-           "source_view_pairs", "photo_teacher", "create_siamese", "embed", "train_arcface",
+           "source_view_pairs", "photo_teacher", "create_siamese", "embed_array", "train_arcface",
            "choose_layout_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
            "embed_for_card"]
@@ -355,10 +355,12 @@ def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> 
                          "source": np.repeat(np.arange(len(starts)), pairs_per_source)})
 
 
-def embed(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
-          device: torch.device | str = "cpu", batch_size: int = 128, flip_tta: bool = False,
-          progress: bool = False) -> np.ndarray:
-    """(N, D) L2-normalised embeddings; with `flip_tta` the mean of image and mirror, renormalised."""
+def embed_array(model: nn.Module, images: np.ndarray, image_size: int, mean, std,
+                device: torch.device | str = "cpu", batch_size: int = 128, flip_tta: bool = False,
+                progress: bool = False) -> np.ndarray:
+    """(N, D) L2-normalised embeddings of decoded (N, H, W, 3) uint8 images, for training and
+    evaluation code that holds arrays; `common.predict.embed` takes files and a checkpoint. With
+    `flip_tta` the mean of image and mirror, renormalised."""
     transform = transforms.create_eval_transform(image_size, mean, std)
     labels = np.zeros(len(images), dtype=np.int64)
     views = [images, images[:, :, ::-1]] if flip_tta else [images]  # rows are copied as read
@@ -381,8 +383,8 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
 
     @task_data.splits.guard  # the first dev evaluation waits for the leakage checks
     def evaluate(trained: nn.Module) -> dict:
-        embeddings = embed(trained, task_data.images["dev"], cfg.image_size, mean, std,
-                           cfg.device, cfg.batch_size * 2)
+        embeddings = embed_array(trained, task_data.images["dev"], cfg.image_size, mean, std,
+                                 cfg.device, cfg.batch_size * 2)
         retrieval = metrics.summarize_retrieval(evaluation.retrieval_table(dev, embeddings))
         similarity = (embeddings[first] * embeddings[second]).sum(axis=1)
         verification = metrics.compute_verification_metrics(similarity, dev_pairs["same"])
@@ -471,8 +473,8 @@ def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experim
     dev = task_data.splits.dev
     mean, std = embedder.data_config["mean"], embedder.data_config["std"]
     embedder.layout_weight = 0.5  # both parts, equally scaled, in one pass
-    both = embed(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
-                 cfg.batch_size * 2) * 2 ** 0.5
+    both = embed_array(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
+                       cfg.batch_size * 2) * 2 ** 0.5
     learned, layout = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
     embedder.layout_weight, table = fusion.choose_weight(
         learned, layout, candidates, partial(evaluation.dev_scores, dev, seed=cfg.seed),
@@ -563,8 +565,8 @@ def embed_for_card(model: nn.Module, card: ModelCard, inputs: ModelInputs,
         inputs: `model_inputs.prepare_inputs` of the card, which computes the descriptors a
             fused card needs.
     """
-    learned = embed(model, inputs.images, card.image_size, card.mean, card.std, device,
-                    batch_size=batch_size, progress=progress)
+    learned = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
+                          batch_size=batch_size, progress=progress)
     if not card.descriptor_weight:
         return learned
     return fusion.fuse(learned, face_descriptor.normalise(inputs.faces[0]),
@@ -592,8 +594,8 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
     def make_epoch_loader(epoch: int):
         hard_from = None
         if hard_negatives and epoch > 0:
-            hard_from = embed(model, task_data.images["train"], cfg.image_size, mean, std,
-                              cfg.device, cfg.batch_size * 2)
+            hard_from = embed_array(model, task_data.images["train"], cfg.image_size, mean, std,
+                                    cfg.device, cfg.batch_size * 2)
         pairs = evaluation.make_pair_list(train, n_pairs, seed=cfg.seed * 7919 + epoch,
                                           hard_negatives_from=hard_from)
         return make_loader(PairDataset(task_data.images["train"], pairs, transform),

@@ -46,8 +46,8 @@ def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
 
     mean, std = embedder.data_config["mean"], embedder.data_config["std"]
     splits = identity_data.splits
-    embeddings = {name: task_b.embed(embedder, identity_data.images[name], cfg.image_size, mean,
-                                     std) for name in ("dev", "eval")}
+    embeddings = {name: task_b.embed_array(embedder, identity_data.images[name], cfg.image_size,
+                                           mean, std) for name in ("dev", "eval")}
     report = evaluation.gallery_report(splits.eval, embeddings["eval"], splits.dev,
                                        embeddings["dev"])
     card = task_b.model_card(cfg, embedder, "embedding", report, splits, "test")

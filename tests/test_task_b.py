@@ -27,8 +27,8 @@ def test_siamese_pairs_with_hard_negatives_train_and_embed(setup):
     result = task_b.train_pairs(model, task_data, cfg, "siamese_hard", epochs=2, lr=1e-3,
                                 pairs_per_epoch=64, hard_negatives=True, monitor="pair_accuracy")
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["train_loss"])
-    embeddings = task_b.embed(model, task_data.images["eval"], cfg.image_size,
-                              model.data_config["mean"], model.data_config["std"])
+    embeddings = task_b.embed_array(model, task_data.images["eval"], cfg.image_size,
+                                    model.data_config["mean"], model.data_config["std"])
     assert embeddings.shape == (len(task_data.splits.eval), 128)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
@@ -189,5 +189,5 @@ def test_streamed_images_embed_like_cached_ones(setup, tmp_path):
     mean, std = model.data_config["mean"], model.data_config["std"]
     for split in ("dev", "eval"):
         np.testing.assert_array_equal(
-            task_b.embed(model, streamed.images[split], 48, mean, std, flip_tta=True),
-            task_b.embed(model, task_data.images[split], 48, mean, std, flip_tta=True))
+            task_b.embed_array(model, streamed.images[split], 48, mean, std, flip_tta=True),
+            task_b.embed_array(model, task_data.images[split], 48, mean, std, flip_tta=True))
