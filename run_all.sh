@@ -11,4 +11,4 @@ source "$ROOT/scripts/setup.sh"
 # non-interactive backend costs the executed notebooks nothing and never needs a display.
 export MPLBACKEND=agg
 cd "$ROOT"
-exec python -m common.runner "$@"
+exec python -m common.run_all "$@"

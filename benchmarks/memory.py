@@ -1,6 +1,6 @@
 """Peak memory of a real training notebook run: how much RAM the default CPU recipe needs.
 
-Runs `python -m common.runner --data-dir <data> --full --only <notebook> -p epochs <n>` in a
+Runs `python -m common.run_all --data-dir <data> --full --only <notebook> -p epochs <n>` in a
 subprocess (papermill kernel, DataLoader workers and all) into a temporary run and weights
 folder, and reports
 - the kernel's view: `getrusage(RUSAGE_CHILDREN).ru_maxrss`, the peak resident set of the
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{data_dir} holds neither Task_A/ nor Task_B/; pass the FACECOM root.")
     with tempfile.TemporaryDirectory(prefix="facecom-memory-") as scratch:
         scratch = Path(scratch)
-        command = [sys.executable, "-m", "common.runner", "--data-dir", str(data_dir),
+        command = [sys.executable, "-m", "common.run_all", "--data-dir", str(data_dir),
                    *([] if args.quick else ["--full"]), "--only", args.notebook,
                    "-p", "epochs", str(args.epochs), "--output", str(scratch / "run"),
                    "--weights-dir", str(scratch / "weights")]

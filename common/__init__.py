@@ -26,6 +26,6 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    own faces);
 8. tasks and reports: ``task_a``, ``task_b``, ``baselines``, ``plots``, ``figures`` (each
    notebook's figure group), ``leaderboard`` (notebook 04);
-9. entry points: ``runner`` (``run_all.sh``), ``predict`` (``python -m common.predict``).
+9. entry points: ``run_all`` (``run_all.sh``), ``predict`` (``python -m common.predict``).
 """
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from PIL import Image
 from common import (data, discovery, evaluation, experiment, identity_folders, predict,
                     task_b)
 from common.distortions import DISTORTIONS
-from common.runner import run_notebooks
+from common.run_all import run_notebooks
 from conftest import bomb_png
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.runner import NOTEBOOKS, run_notebooks, write_summary
+from common.run_all import NOTEBOOKS, run_notebooks, write_summary
 
 pytestmark = pytest.mark.notebooks
 

@@ -14,7 +14,7 @@ import papermill as pm
 import pytest
 
 from common import discovery, workspace
-from common.runner import KERNEL
+from common.run_all import KERNEL
 
 pytestmark = pytest.mark.notebooks
 

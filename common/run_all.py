@@ -1,4 +1,5 @@
-"""Execute the numbered notebooks headlessly with papermill: `python -m common.runner` (run_all.sh).
+"""Execute the numbered notebooks headlessly with papermill: `python -m common.run_all`, which
+is what run_all.sh runs.
 
 Each notebook writes into `runs/<timestamp>/<notebook stem>/` (figures, metrics.json); the
 executed notebook and its HTML export sit beside those folders, and `summary.md` collects every

@@ -1,4 +1,4 @@
-"""common.runner (run_all.sh): bad input stops before any work with exit 2 and a message saying
+"""common.run_all (run_all.sh): bad input stops before any work with exit 2 and a message saying
 what to fix; a failing notebook exits 1 naming notebook and cell and keeps what was written."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common import runner
-from common.runner import NotebookFailed, main
+from common import run_all
+from common.run_all import NotebookFailed, main
 
 FAILURE = ("Notebook 01_task_a_gender failed in cell [8]: ValueError: boom\n"
            "The partially executed notebook is kept at /somewhere")
@@ -34,7 +34,7 @@ def notebooks(monkeypatch) -> dict:
                 raise NotebookFailed(FAILURE)
         return [run_root / f"{name}.ipynb" for name in only]
 
-    monkeypatch.setattr(runner, "run_notebooks", fake_run)
+    monkeypatch.setattr(run_all, "run_notebooks", fake_run)
     return calls
 
 
@@ -81,7 +81,7 @@ def test_identity_folders_run_only_the_task_b_notebooks(tmp_path, capsys, notebo
     code, _, _ = _run(capsys, "--data-dir", str(faces), "-p", "data_format", "identity_folders",
                       "--output", str(tmp_path / "run"))
     assert code == 0
-    assert notebooks["only"] == runner.IDENTITY_FOLDER_NOTEBOOKS
+    assert notebooks["only"] == run_all.IDENTITY_FOLDER_NOTEBOOKS
     assert notebooks["parameters"]["data_format"] == "identity_folders"
 
 
