@@ -40,6 +40,8 @@ _TASK_FIELDS = {
                "pair_distance_threshold"),
 }
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
+# Network arguments renamed since cards were first written: older cards rebuild unchanged.
+_RENAMED_MODEL_KWARGS = {"layout_weight": "copy_weight"}
 
 
 class MissingModelCardError(FileNotFoundError):
@@ -141,6 +143,10 @@ class ModelCard:
         if missing:
             raise CheckpointError(f"Model card {values.get('name', '')!r} lacks {missing}; "
                                   "re-run the notebook that trained it.")
+        values = dict(values)
+        kwargs = values.get("model_kwargs") or {}
+        values["model_kwargs"] = {_RENAMED_MODEL_KWARGS.get(key, key): value
+                                  for key, value in kwargs.items()}
         return cls(**{key: value for key, value in values.items() if key in known},
                    extra={key: value for key, value in values.items() if key not in known})
 

@@ -1,6 +1,6 @@
 """A learned similarity plus a weighted extra channel, and the pair rule built on both.
 
-Two channels join Task B's learned embedding: the copy detector (`models.layout_descriptor`,
+Two channels join Task B's learned embedding: the copy detector (`models.copy_descriptor`,
 computed inside the network) and a face descriptor (`common.face_descriptor`, computed beside it).
 Both join it one way, `fuse`: ``[sqrt(1 - w) a, sqrt(w) b]`` of unit rows is again a unit row
 whose cosine is ``(1 - w) cos_a + w cos_b``, so the gallery protocol and the cosine thresholds
@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["LAYOUT_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
+__all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule"]
 
-LAYOUT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # copy-detector weights tried on dev
+COPY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
 
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)

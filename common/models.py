@@ -24,7 +24,7 @@ from common.weights import WeightsSource, load_pretrained
 __all__ = [
     "create_backbone", "create_model", "freeze_backbone", "backbone_blocks", "MODEL_KINDS",
     "GenderClassifier", "DualStreamSE", "SqueezeExcitation", "InputStandardization",
-    "SpatialEmbeddingHead", "layout_descriptor", "LAYOUT_SIZE", "EmbeddingNet", "FaceNet",
+    "SpatialEmbeddingHead", "copy_descriptor", "COPY_DESCRIPTOR_SIZE", "EmbeddingNet", "FaceNet",
     "SiameseNet", "DescriptorProbe",
 ]
 
@@ -255,17 +255,17 @@ class SpatialEmbeddingHead(nn.Module):
         return self.norm(self.linear(self.pool(self.reduce(feature_map)).flatten(1)))
 
 
-LAYOUT_SIZE = 32
+COPY_DESCRIPTOR_SIZE = 32
 
 
-def layout_descriptor(images: Tensor, mean, std, size: int = LAYOUT_SIZE) -> Tensor:
+def copy_descriptor(images: Tensor, mean, std, size: int = COPY_DESCRIPTOR_SIZE) -> Tensor:
     """Grey-level gradients of a `size` x `size` thumbnail, centred and L2-normalised.
 
     A copy detector, not a face model: normalised cross-correlation of image gradients ignores
     the brightness and contrast that glare, fog and low light change, and keeps the layout they
-    leave. On the real holdout it matched 95 % of sunny queries to their identity where the
-    trained ArcFace embedding matched 65 %. Any distortion of a gallery photo keeps its layout;
-    a different photo of the same person does not, so this only helps the official protocol.
+    leave, which is what still matches under glare (`docs/results.md`). Any distortion of a
+    gallery photo keeps its layout; a different photo of the same person does not, so this only
+    helps the official protocol.
 
     Args:
         images: (B, 3, H, W) images normalised with `mean` / `std`.
@@ -291,17 +291,17 @@ def _standardization(backbone: nn.Module, enabled: bool) -> nn.Module:
 
 class _Embedder(_BackboneModel):
     """What the Task B embedders share: optional `InputStandardization` before the backbone,
-    and the `layout_descriptor` joined to the learned unit embedding by `fusion.fuse` when
-    ``layout_weight > 0`` (cosine ``(1 - w) cos_e + w cos_l``). Training losses use
+    and the `copy_descriptor` joined to the learned unit embedding by `fusion.fuse` when
+    ``copy_weight > 0`` (cosine ``(1 - w) cos_e + w cos_l``). Training losses use
     `embed_learned`."""
 
-    layout_weight: float = 0.0
+    copy_weight: float = 0.0
 
-    def _init_input(self, standardize_input: bool, layout_weight: float) -> None:
-        """Set up standardisation and layout fusion; call once `self.backbone` exists."""
-        if not 0.0 <= layout_weight < 1.0:
-            raise ValueError(f"layout_weight={layout_weight}; use a value in [0, 1)")
-        self.layout_weight = layout_weight
+    def _init_input(self, standardize_input: bool, copy_weight: float) -> None:
+        """Set up standardisation and copy-detector fusion; call once `self.backbone` exists."""
+        if not 0.0 <= copy_weight < 1.0:
+            raise ValueError(f"copy_weight={copy_weight}; use a value in [0, 1)")
+        self.copy_weight = copy_weight
         self.standardize_input = standardize_input
         self.standardize = _standardization(self.backbone, standardize_input)
 
@@ -310,12 +310,12 @@ class _Embedder(_BackboneModel):
         raise NotImplementedError
 
     def forward(self, images: Tensor) -> Tensor:
-        """The learned embedding, with the weighted layout descriptor appended when enabled."""
+        """The learned embedding, with the weighted copy descriptor appended when enabled."""
         learned = self.embed_learned(images)
-        if not self.layout_weight:
+        if not self.copy_weight:
             return learned
-        layout = layout_descriptor(images, self.data_config["mean"], self.data_config["std"])
-        return fusion.fuse(learned, layout, self.layout_weight)
+        copies = copy_descriptor(images, self.data_config["mean"], self.data_config["std"])
+        return fusion.fuse(learned, copies, self.copy_weight)
 
 
 class EmbeddingNet(_Embedder):
@@ -327,17 +327,17 @@ class EmbeddingNet(_Embedder):
     ``standardize_input=True`` puts `InputStandardization` in front of the backbone;
     ``head="spatial"`` replaces pooling + linear with `SpatialEmbeddingHead`.
 
-    ``layout_weight=w > 0`` appends `layout_descriptor` to the output (see `_Embedder`);
+    ``copy_weight=w > 0`` appends `copy_descriptor` to the output (see `_Embedder`);
     `w` is chosen on dev after training.
     """
 
     def __init__(self, backbone_name: str, embedding_dim: int = 512,
                  pretrained: bool | str = True, weights: WeightsPath = None,
                  project: bool = True, standardize_input: bool = False,
-                 head: str = "pooled", layout_weight: float = 0.0) -> None:
+                 head: str = "pooled", copy_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
-        self._init_input(standardize_input, layout_weight)
+        self._init_input(standardize_input, copy_weight)
         if not project and embedding_dim != num_features:
             raise ValueError(f"project=False keeps the backbone's {num_features}-d features; "
                              f"embedding_dim={embedding_dim} needs project=True")
@@ -375,10 +375,10 @@ class FaceNet(EmbeddingNet):
 
     def __init__(self, embedding_dim: int = 512, pretrained: bool | str = True,
                  weights: WeightsPath = None, standardize_input: bool = False,
-                 layout_weight: float = 0.0) -> None:
+                 copy_weight: float = 0.0) -> None:
         super().__init__("inception_resnet_v1", embedding_dim, pretrained, weights,
                          project=embedding_dim != 512, standardize_input=standardize_input,
-                         layout_weight=layout_weight)
+                         copy_weight=copy_weight)
 
     def forward_pair(self, images_a: Tensor, images_b: Tensor) -> tuple[Tensor, Tensor]:
         """Two (B, 3, 160, 160) batches -> two (B, D) embeddings, for contrastive fine-tuning."""
@@ -390,16 +390,16 @@ class SiameseNet(_Embedder):
 
     Both images of a pair go through the same weights, so distances between embeddings are
     comparable; trained with `common.losses.ContrastiveLoss`. ``standardize_input=True`` puts
-    `InputStandardization` in front of the encoder; ``layout_weight`` as in `EmbeddingNet`.
+    `InputStandardization` in front of the encoder; ``copy_weight`` as in `EmbeddingNet`.
     """
 
     def __init__(self, backbone_name: str, pretrained: bool | str = True,
                  weights: WeightsPath = None, hidden_dim: int = 512,
                  embedding_dim: int = 128, standardize_input: bool = False,
-                 layout_weight: float = 0.0) -> None:
+                 copy_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
-        self._init_input(standardize_input, layout_weight)
+        self._init_input(standardize_input, copy_weight)
         self.embedding_dim = embedding_dim
         self.head = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(hidden_dim, embedding_dim))

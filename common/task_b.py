@@ -34,7 +34,7 @@ __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed_array", "train_arcface",
-           "choose_layout_weight", "image_fit", "train_pairs", "model_card",
+           "choose_copy_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
            "embed_for_card"]
 
@@ -58,7 +58,7 @@ class _TaskBSettings(TaskSettings):
     fit: str
     distortion_p: float
     standardize_input: bool
-    layout_weight: float | str
+    copy_weight: float | str
     descriptor_weight: float | str
     aggregate: str
     flip_tta: bool
@@ -457,10 +457,10 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
                           std, "top1", cfg.epochs, schedule, cfg.lr, recipe)
 
 
-def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: ExperimentConfig,
+def choose_copy_weight(embedder: nn.Module, task_data: TaskBData, cfg: ExperimentConfig,
                          setting: str | float = "auto",
-                         candidates: tuple[float, ...] = fusion.LAYOUT_WEIGHTS) -> pd.DataFrame:
-    """Set `embedder.layout_weight` (see `models.EmbeddingNet`): a number as given, or with
+                         candidates: tuple[float, ...] = fusion.COPY_WEIGHTS) -> pd.DataFrame:
+    """Set `embedder.copy_weight` (see `models.EmbeddingNet`): a number as given, or with
     ``"auto"`` the candidate with the best dev top-1 (`fusion.choose_weight`).
 
     Returns:
@@ -468,17 +468,17 @@ def choose_layout_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experim
         fixed number), for the notebook.
     """
     if setting != "auto":
-        embedder.layout_weight = float(setting)
+        embedder.copy_weight = float(setting)
         return pd.DataFrame()
     dev = task_data.splits.dev
     mean, std = embedder.data_config["mean"], embedder.data_config["std"]
-    embedder.layout_weight = 0.5  # both parts, equally scaled, in one pass
+    embedder.copy_weight = 0.5  # both parts, equally scaled, in one pass
     both = embed_array(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
                        cfg.batch_size * 2) * 2 ** 0.5
-    learned, layout = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
-    embedder.layout_weight, table = fusion.choose_weight(
-        learned, layout, candidates, partial(evaluation.dev_scores, dev, seed=cfg.seed),
-        "dev_top1", "layout_weight")
+    learned, copies = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
+    embedder.copy_weight, table = fusion.choose_weight(
+        learned, copies, candidates, partial(evaluation.dev_scores, dev, seed=cfg.seed),
+        "dev_top1", "copy_weight")
     return table
 
 
@@ -622,7 +622,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
     (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
     were calibrated with, which inference must reproduce."""
     kwargs = {"standardize_input": embedder.standardize_input,
-              "layout_weight": embedder.layout_weight}
+              "copy_weight": embedder.copy_weight}
     if model == "facenet":
         kind = "facenet"
         kwargs.update(embedding_dim=embedder.embedding_dim)

@@ -84,10 +84,14 @@ def test_card_round_trips_through_json(tmp_path):
                                   "old_task_b_embedding-20261129-171009"])
 def test_cards_written_before_the_class_load_and_write_the_same_keys(name):
     """Cards written by task_a / task_b.model_card and runs.save_model before `ModelCard`
-    existed (tests/data/old_cards): they load, and are written back key for key."""
+    existed (tests/data/old_cards): they load, and are written back key for key, network
+    arguments renamed since (``layout_weight``, now ``copy_weight``) under their new name."""
     path = OLD_CARDS / f"{name}.json"
     card = ModelCard.from_json(path)
-    assert card.extra == {} and card.to_dict() == json.loads(path.read_text())
+    written = json.loads(path.read_text())
+    if "layout_weight" in written["model_kwargs"]:
+        written["model_kwargs"]["copy_weight"] = written["model_kwargs"].pop("layout_weight")
+    assert card.extra == {} and card.to_dict() == written
     assert card.fit == ("crop" if card.task == "task_a" else "stretch")
 
 
@@ -98,6 +102,20 @@ def test_an_old_checkpoint_still_loads(tmp_path):
     assert card.stream == "descriptor" and card.threshold == 0.42
     assert card.weights_path == str(tmp_path / "old_task_a_probe-20261129-171008.pt")
     assert model(torch.zeros(1, 128)).shape == (1, 2)
+
+
+def test_a_card_with_the_old_copy_detector_argument_rebuilds_the_fused_network(saved):
+    """Cards saved before ``layout_weight`` was renamed ``copy_weight`` keep their copy detector:
+    the network's output is the learned embedding with the 32 px copy descriptor appended."""
+    _, checkpoint = saved
+    card_path = checkpoint.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["model_kwargs"]["layout_weight"] = 0.3
+    card_path.write_text(json.dumps(card))
+    model, loaded = checkpoints.load_model(checkpoint)
+    assert loaded.model_kwargs["copy_weight"] == 0.3 and model.copy_weight == 0.3
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 16 + 2 * 32 * 31)
 
 
 def test_checkpoint_without_card_is_refused_with_an_explanation(saved):

@@ -208,15 +208,15 @@ def test_explicit_weights_shared_between_models(tmp_path):
     assert torch.equal(first.backbone.fc.weight, second.backbone.fc.weight)
 
 
-def test_layout_descriptor_ignores_brightness_and_contrast():
+def test_copy_descriptor_ignores_brightness_and_contrast():
     torch.manual_seed(0)
     raw = torch.rand(1, 3, 64, 64)
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     normalise = lambda x: (x - 0.5) / 0.5  # noqa: E731
     glare = 0.4 * raw + 0.55  # brighter and flatter, as "sunny"
-    a = models.layout_descriptor(normalise(raw), mean, std)
-    b = models.layout_descriptor(normalise(glare), mean, std)
-    other = models.layout_descriptor(normalise(torch.rand(1, 3, 64, 64)), mean, std)
+    a = models.copy_descriptor(normalise(raw), mean, std)
+    b = models.copy_descriptor(normalise(glare), mean, std)
+    other = models.copy_descriptor(normalise(torch.rand(1, 3, 64, 64)), mean, std)
     assert a.shape == (1, 2 * 32 * 31)
     assert a.norm().item() == pytest.approx(1.0, abs=1e-5)
     assert (a * b).sum().item() == pytest.approx(1.0, abs=1e-4)
@@ -228,21 +228,21 @@ def test_embedding_with_layout_is_a_weighted_unit_concatenation():
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         learned = model(images)
-        model.layout_weight = 0.3
+        model.copy_weight = 0.3
         fused = model(images)
-    layout = models.layout_descriptor(images, model.data_config["mean"], model.data_config["std"])
-    assert fused.shape == (3, 16 + layout.shape[1])
+    copies = models.copy_descriptor(images, model.data_config["mean"], model.data_config["std"])
+    assert fused.shape == (3, 16 + copies.shape[1])
     assert _unit_norms(fused) == pytest.approx([1.0] * 3, abs=1e-5)
     cos = fused @ fused.T
-    expected = 0.7 * (learned @ learned.T) + 0.3 * (layout @ layout.T)
+    expected = 0.7 * (learned @ learned.T) + 0.3 * (copies @ copies.T)
     assert torch.allclose(cos, expected, atol=1e-5)
-    with pytest.raises(ValueError, match="layout_weight"):
-        models.EmbeddingNet("resnet10t", pretrained=False, layout_weight=1.0)
+    with pytest.raises(ValueError, match="copy_weight"):
+        models.EmbeddingNet("resnet10t", pretrained=False, copy_weight=1.0)
 
 
-def test_siamese_fuses_the_layout_descriptor_too():
+def test_siamese_fuses_the_copy_descriptor_too():
     model = models.SiameseNet("resnet10t", pretrained=False, embedding_dim=8,
-                              layout_weight=0.5).eval()
+                              copy_weight=0.5).eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         fused, learned = model(images), model.embed_learned(images)

@@ -132,18 +132,18 @@ def test_siamese_encoder_starts_from_a_task_b_checkpoint(setup, tmp_path):
                               str(tmp_path / "task_b_embedding_resnet10t.pt"))
 
 
-def test_choose_layout_weight_picks_the_best_dev_top1(setup):
+def test_choose_copy_weight_picks_the_best_dev_top1(setup):
     cfg, task_data = setup
     embedder = models.EmbeddingNet("resnet10t", 32, pretrained=False).eval()
-    table = task_b.choose_layout_weight(embedder, task_data, cfg, "auto")
-    assert table["layout_weight"].tolist() == list(fusion.LAYOUT_WEIGHTS)
-    best = table.loc[table["dev_top1"].idxmax(), "layout_weight"]
-    assert embedder.layout_weight == best
+    table = task_b.choose_copy_weight(embedder, task_data, cfg, "auto")
+    assert table["copy_weight"].tolist() == list(fusion.COPY_WEIGHTS)
+    best = table.loc[table["dev_top1"].idxmax(), "copy_weight"]
+    assert embedder.copy_weight == best
     # An untrained embedding is near chance; the copy detector alone matches the sample's
-    # synthetic distortions far better, so some layout weight wins by a clear margin.
+    # synthetic distortions far better, so some copy weight wins by a clear margin.
     assert best > 0 and table["dev_top1"].max() >= table["dev_top1"].iloc[0] + 0.1
-    assert task_b.choose_layout_weight(embedder, task_data, cfg, 0.25).empty
-    assert embedder.layout_weight == 0.25
+    assert task_b.choose_copy_weight(embedder, task_data, cfg, 0.25).empty
+    assert embedder.copy_weight == 0.25
 
 
 @pytest.mark.parametrize("model", ["facenet", "siamese", "embedding"])
@@ -160,7 +160,7 @@ def test_model_card_rebuilds_the_same_embedding(setup, model):
     else:
         embedder = task_b.create_embedder("embedding", cfg, 32, standardize_input=True,
                                           head="spatial")
-    embedder.layout_weight = 0.3  # as choose_layout_weight sets it after training
+    embedder.copy_weight = 0.3  # as choose_copy_weight sets it after training
     report = SimpleNamespace(verification={"threshold": 0.5}, dev={"top1": 1.0, "f1_macro": 1.0})
     card = task_b.model_card(cfg, embedder, model, report, task_data.splits, "test")
     splits = task_data.splits
