@@ -36,11 +36,12 @@ LATEST_SUFFIX = ".latest.json"
 # is written with exactly the keys it always had.
 _TASK_FIELDS = {
     "task_a": ("stream", "threshold", "class_names", "positive_class"),
-    "task_b": ("model", "fit", "similarity_threshold", "descriptor_weight", "pair_rule",
+    "task_b": ("model", "fit", "similarity_threshold", "descriptor_weight", "face_rule",
                "pair_distance_threshold"),
 }
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
-# Network arguments renamed since cards were first written: older cards rebuild unchanged.
+# Keys and network arguments renamed since cards were first written: older cards load unchanged.
+_RENAMED_KEYS = {"pair_rule": "face_rule"}
 _RENAMED_MODEL_KWARGS = {"layout_weight": "copy_weight"}
 
 
@@ -79,7 +80,7 @@ class ModelCard:
         similarity_threshold: Task B same/different cosine threshold, calibrated on dev.
         descriptor_weight: share of the face descriptor joined to the learned embedding (0:
             none); thresholds were calibrated with it, so inference must add it too.
-        pair_rule: the dev-fitted pair rule's fields (`fusion.FaceRule`), or None.
+        face_rule: the dev-fitted face rule's fields (`fusion.FaceRule`), or None.
         pair_distance_threshold: the Siamese notebook's calibrated pair distance, or None.
         data_fingerprint: fingerprint of the files trained on (`cache.compute_fingerprint`).
         dev_metrics: numeric dev metrics at selection time.
@@ -110,7 +111,7 @@ class ModelCard:
     model: str | None = None
     similarity_threshold: float | None = None
     descriptor_weight: float = 0.0
-    pair_rule: dict[str, float] | None = None
+    face_rule: dict[str, float] | None = None
     pair_distance_threshold: float | None = None
     data_fingerprint: str | None = None
     dev_metrics: dict[str, float] = field(default_factory=dict)
@@ -143,7 +144,7 @@ class ModelCard:
         if missing:
             raise CheckpointError(f"Model card {values.get('name', '')!r} lacks {missing}; "
                                   "re-run the notebook that trained it.")
-        values = dict(values)
+        values = {_RENAMED_KEYS.get(key, key): value for key, value in values.items()}
         kwargs = values.get("model_kwargs") or {}
         values["model_kwargs"] = {_RENAMED_MODEL_KWARGS.get(key, key): value
                                   for key, value in kwargs.items()}

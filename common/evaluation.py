@@ -175,8 +175,8 @@ class PairReport:
                 out[f"pair_accuracy_face_rule_{key}"] = row["accuracy_face_rule"]
         out["pair_accuracy_face_blind"] = self.face_blind_accuracy
         if self.rule is not None:
-            out.update(pair_rule_distance=self.rule.distance,
-                       pair_rule_descriptor_cosine=self.rule.descriptor_cosine)
+            out.update(face_rule_distance=self.rule.distance,
+                       face_rule_descriptor_cosine=self.rule.descriptor_cosine)
         return out
 
     def summary(self) -> pd.DataFrame:

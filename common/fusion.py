@@ -1,15 +1,15 @@
-"""A learned similarity plus a weighted extra channel, and the pair rule built on both.
+"""A learned similarity plus a weighted extra channel, and the face rule built on both.
 
 Two channels join Task B's learned embedding: the copy detector (`models.copy_descriptor`,
 computed inside the network) and a face descriptor (`common.face_descriptor`, computed beside it).
 Both join it one way, `fuse`: ``[sqrt(1 - w) a, sqrt(w) b]`` of unit rows is again a unit row
 whose cosine is ``(1 - w) cos_a + w cos_b``, so the gallery protocol and the cosine thresholds
 need no change. `choose_weight` picks ``w`` on dev by a score the caller passes
-(`evaluation.dev_scores`), which keeps this module below the reports that use its pair rule.
+(`evaluation.dev_scores`), which keeps this module below the reports that use its face rule.
 
 `FaceRule` uses a face descriptor for pairs instead: same when the embeddings are close *or* the
 descriptors agree. It belongs to the model: fitted on dev pairs (`fit_face_rule`), saved in the
-model card as ``pair_rule`` and applied by `common.predict`.
+model card as ``face_rule`` and applied by `common.predict`.
 """
 from __future__ import annotations
 

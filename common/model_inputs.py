@@ -166,7 +166,7 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
             only face chips use it, so a distorted copy without a face of its own gets its
             source's face as in training. None (new files): that copy gets the whole image.
         with_faces: also compute the card's face descriptors when it does not fuse them (the
-            pair rule of `common.predict.compare` needs them).
+            face rule of `common.predict.compare` needs them).
         image_cache: for files of a whole-image card, read through the decoded-image cache in
             this mode (`cache.IMAGE_CACHES`); "" decodes item by item and writes nothing.
         device: where MTCNN runs for an ``aligned`` card.

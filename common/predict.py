@@ -102,20 +102,20 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     or by its dev-fitted `fusion.FaceRule` when it has one (the Siamese notebook's)."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
     (first, second), faces = _embed([image_a, image_b], weights, device,
-                                    with_faces=bool(card.pair_rule))
+                                    with_faces=bool(card.face_rule))
     similarity = float(np.clip(first @ second, -1.0, 1.0))
     threshold = card.similarity_threshold
     result = {"similarity": similarity, "threshold": threshold,
               "same": None if threshold is None else bool(similarity >= threshold)}
-    if card.pair_rule:
+    if card.face_rule:
         raw, found = faces
         unit = face_descriptor.normalise(raw)
         cosine = float(unit[0] @ unit[1])
-        same = fusion.FaceRule(**card.pair_rule).decide(
+        same = fusion.FaceRule(**card.face_rule).decide(
             np.array([np.linalg.norm(first - second)]), np.array([cosine]),
             np.array([found.all()]))
         result.update(same=bool(same[0]), descriptor_cosine=cosine,
-                      faces_found=bool(found.all()), pair_rule=card.pair_rule)
+                      faces_found=bool(found.all()), face_rule=card.face_rule)
     return result
 
 

@@ -617,7 +617,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
                pair_threshold: float | None = None,
                descriptor: DescriptorFusion | None = None,
-               pair_rule: fusion.FaceRule | None = None) -> ModelCard:
+               face_rule: fusion.FaceRule | None = None) -> ModelCard:
     """What `checkpoints.save_model` stores beside a Task B embedder: the shared fields
     (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
     were calibrated with, which inference must reproduce."""
@@ -639,5 +639,5 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         model=model, fit=image_fit(cfg), similarity_threshold=report.verification["threshold"],
         descriptor_weight=descriptor.weight if descriptor else 0.0,
         descriptor_front_end=descriptor.front_end if descriptor else None,
-        pair_rule=dataclasses.asdict(pair_rule) if pair_rule else None,
+        face_rule=dataclasses.asdict(face_rule) if face_rule else None,
         pair_distance_threshold=pair_threshold)

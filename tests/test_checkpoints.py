@@ -66,7 +66,7 @@ def test_card_round_trips_through_json(tmp_path):
     """Every field, and a key this class does not know, survive card -> JSON -> card."""
     card = replace(CARD, backbone="efficientfr", fit="stretch", model="siamese",
                    similarity_threshold=0.3, descriptor_weight=0.25, descriptor_front_end="robust",
-                   pair_rule={"distance": 0.6, "descriptor_cosine": 0.5},
+                   face_rule={"distance": 0.6, "descriptor_cosine": 0.5},
                    pair_distance_threshold=0.7, data_fingerprint="f", dev_metrics={"top1": 0.5},
                    weights_source="file", pretrained=True, holdout_identities=["c"],
                    train_identities=["a", "b"], config={"seed": 0}, name="x", run_id="x-1",
@@ -84,11 +84,13 @@ def test_card_round_trips_through_json(tmp_path):
                                   "old_task_b_embedding-20261129-171009"])
 def test_cards_written_before_the_class_load_and_write_the_same_keys(name):
     """Cards written by task_a / task_b.model_card and runs.save_model before `ModelCard`
-    existed (tests/data/old_cards): they load, and are written back key for key, network
-    arguments renamed since (``layout_weight``, now ``copy_weight``) under their new name."""
+    existed (tests/data/old_cards): they load, and are written back key for key, keys renamed
+    since (``pair_rule``, network argument ``layout_weight``) under their new names."""
     path = OLD_CARDS / f"{name}.json"
     card = ModelCard.from_json(path)
     written = json.loads(path.read_text())
+    if "pair_rule" in written:
+        written["face_rule"] = written.pop("pair_rule")
     if "layout_weight" in written["model_kwargs"]:
         written["model_kwargs"]["copy_weight"] = written["model_kwargs"].pop("layout_weight")
     assert card.extra == {} and card.to_dict() == written
@@ -104,15 +106,18 @@ def test_an_old_checkpoint_still_loads(tmp_path):
     assert model(torch.zeros(1, 128)).shape == (1, 2)
 
 
-def test_a_card_with_the_old_copy_detector_argument_rebuilds_the_fused_network(saved):
-    """Cards saved before ``layout_weight`` was renamed ``copy_weight`` keep their copy detector:
-    the network's output is the learned embedding with the 32 px copy descriptor appended."""
+def test_a_card_with_the_old_names_keeps_its_copy_detector_and_face_rule(saved):
+    """Cards saved before ``layout_weight`` became ``copy_weight`` and ``pair_rule`` became
+    ``face_rule``: the network's output is still the learned embedding with the 32 px copy
+    descriptor appended, and the rule's thresholds are still there for `common.predict`."""
     _, checkpoint = saved
     card_path = checkpoint.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["model_kwargs"]["layout_weight"] = 0.3
+    card["pair_rule"] = {"distance": 0.6, "descriptor_cosine": 0.5}
     card_path.write_text(json.dumps(card))
     model, loaded = checkpoints.load_model(checkpoint)
+    assert loaded.face_rule == {"distance": 0.6, "descriptor_cosine": 0.5} and not loaded.extra
     assert loaded.model_kwargs["copy_weight"] == 0.3 and model.copy_weight == 0.3
     with torch.no_grad():
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 16 + 2 * 32 * 31)

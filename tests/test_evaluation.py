@@ -77,7 +77,7 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
     assert report.face_rule["accuracy"] > report.calibrated["accuracy"]
     flat = report.flat()
     assert flat["pair_accuracy_face_rule"] == report.face_rule["accuracy"]
-    assert flat["pair_rule_distance"] == report.rule.distance
+    assert flat["face_rule_distance"] == report.rule.distance
     assert "face rule (dev)" in report.summary().columns
     plain = evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40, seed=0)
     assert plain.rule is None and "pair_accuracy_face_rule" not in plain.flat()

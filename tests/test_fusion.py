@@ -1,5 +1,5 @@
 """common.fusion: the weighted concatenation, the dev choice of a channel's weight (scored by
-`evaluation.dev_scores`) and the pair rule."""
+`evaluation.dev_scores`) and the face rule."""
 from __future__ import annotations
 
 from functools import partial

@@ -327,7 +327,7 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     model, card = load_model(checkpoints["task_b"])
     # distance -1: the embeddings alone never say "same", so only the descriptors decide.
     ruled = save_model(model, tmp_path, "ruled", replace(
-        card, pair_rule={"distance": -1.0, "descriptor_cosine": 0.9},
+        card, face_rule={"distance": -1.0, "descriptor_cosine": 0.9},
         descriptor_weight=0.5, descriptor_front_end="robust"))
     val = sample_root / "Task_B" / "val"
     first, other = (sorted(p.glob("*.jpg"))[0] for p in sorted(val.iterdir())[:2])
