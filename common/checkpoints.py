@@ -67,8 +67,8 @@ class ModelCard:
         model_kwargs: keyword arguments of `models.create_model` (without ``pretrained``).
         image_size: side of the square input, in pixels.
         mean / std: the normalisation the weights were trained with (empty for a probe).
-        backbone: the backbone name the run was given (a label for tables; a probe's names
-            its descriptor).
+        backbone: the backbone name the run was given, a label for tables; a linear probe's is
+            the frozen network whose descriptor it reads (``dlib_descriptor``: dlib's ResNet).
         fit: how an image becomes square (`cache.FITS`); Task A always crops.
         aligned: whether a second input of MTCNN-aligned faces is needed (dual-stream model).
         stream: Task A input view, one of `task_a.STREAMS`: whole images, dlib face chips or
