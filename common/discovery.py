@@ -43,10 +43,11 @@ def list_subdirs(folder: Path) -> list[Path]:
                   if e.is_dir() and not listing.is_hidden(e.name))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted (hidden files and other types left out)."""
-    return sorted(Path(e.path) for e in os.scandir(folder)
-                  if e.is_file() and listing.is_image_name(e.name))
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Paths of the image files directly inside `folder`, sorted (hidden files and other types
+    left out). Strings, not `Path`: a million-image data set is listed in seconds, not minutes."""
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries if e.is_file() and listing.is_image_name(e.name))
 
 
 def split_roots(root: Path) -> dict[str, Path]:

@@ -48,7 +48,12 @@ _JPEG_QUALITY = 90
 _COLUMNS = ["path", "split", "identity", "distortion", "source"]
 
 
-def _views_key(root: Path, clean: list[Path], seed: int) -> str:
+def _relative(path: str, root: Path) -> str:
+    """`path` relative to `root` (a prefix of it, as `list_images` lists), by string slicing."""
+    return path[len(str(root)) + 1:]
+
+
+def _views_key(root: Path, clean: list[str], seed: int) -> str:
     """`cache.file_list_key` of the clean files plus the generator settings: a changed file
     or setting gives a new views folder instead of stale views."""
     return file_list_key(clean, {"version": VIEWS_VERSION, "seed": seed,
@@ -65,7 +70,7 @@ def _view_seed(seed: int, clean_rel: str, distortion: str) -> int:
     return zlib.crc32(f"{seed}:{clean_rel}:{distortion}".encode("utf-8", "surrogateescape"))
 
 
-def _write_views_of(source: Path, clean_rel: str, target: Path, seed: int) -> str | None:
+def _write_views_of(source: str, clean_rel: str, target: Path, seed: int) -> str | None:
     """Write the seven views of one clean image; return the read error instead of raising."""
     try:
         image = load_image(source)
@@ -87,7 +92,7 @@ def _write_views_of(source: Path, clean_rel: str, target: Path, seed: int) -> st
     return None
 
 
-def _ensure_views(root: Path, clean: list[Path], seed: int, cache_dir: Path, progress: bool,
+def _ensure_views(root: Path, clean: list[str], seed: int, cache_dir: Path, progress: bool,
                   workers: int | None) -> tuple[Path, dict[str, str]]:
     """The views folder of `clean` (generated when missing) and ``{relative path: read error}``
     of the clean files that could not be decoded."""
@@ -98,7 +103,7 @@ def _ensure_views(root: Path, clean: list[Path], seed: int, cache_dir: Path, pro
     tmp = cache_dir / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    rels = [p.relative_to(root).as_posix() for p in clean]
+    rels = [_relative(path, root) for path in clean]
     try:
         with ThreadPoolExecutor(max(1, min(workers or cpu_count(), cpu_count()))) as pool:
             errors = list(tqdm(pool.map(lambda pr: _write_views_of(pr[0], pr[1], tmp, seed),
@@ -187,13 +192,13 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if skipped:
         warnings.warn(f"{len(skipped)} hidden files or folders skipped, e.g. "
                       f"{listing.printable(skipped[0][0])}", stacklevel=2)
-    rows = []
+    rows, views = [], str(views)
     for split, identity, images in folders:
-        rels = {image: image.relative_to(root).as_posix() for image in images}
-        readable = [image for image in images if rels[image] not in unreadable]
-        rows += [(str(image), split, identity, "clean", str(image)) for image in readable]
-        rows += [(str(views / _view_name(rels[image], name)), split, identity, name, str(image))
-                 for image in readable for name in DISTORTIONS]
+        readable = [(image, _relative(image, root)) for image in images]
+        readable = [(image, rel) for image, rel in readable if rel not in unreadable]
+        rows += [(image, split, identity, "clean", image) for image, _ in readable]
+        rows += [(f"{views}/{_view_name(rel, name)}", split, identity, name, image)
+                 for image, rel in readable for name in DISTORTIONS]
     table = pd.DataFrame(rows, columns=_COLUMNS)
     if "" in roots and split_by == "identity":
         table["split"] = _split_by_identity(table, eval_fraction, seed)
