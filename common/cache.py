@@ -224,7 +224,7 @@ def _stable_relpath(path: str, common: str) -> str:
 def _entries(paths: Sequence[str | os.PathLike], sizes: bool) -> list[str]:
     """``relative path<TAB>size`` (or the relative path alone) per path, in the given order."""
     absolute = [os.path.abspath(os.fspath(p)) for p in paths]
-    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    common = os.path.commonpath({os.path.dirname(p) for p in absolute})  # few distinct folders
     if not sizes:
         return [_stable_relpath(p, common) for p in absolute]
     return [f"{_stable_relpath(p, common)}\t{os.stat(p).st_size}" for p in absolute]
