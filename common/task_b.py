@@ -336,21 +336,26 @@ def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> 
     """
     _, code = np.unique(evaluation.photo_keys(frame), return_inverse=True)
     clean = (frame["distortion"] == "clean").to_numpy()
-    # Rows grouped by photo code, each group in frame order: slices of one stable sort, so the
-    # loop below does only the seeded draws (photo by photo, as the pairs have always been drawn).
+    # Rows grouped by photo code, each group in frame order (one stable sort); the draws are one
+    # vectorised call that consumes the generator exactly as drawing photo by photo would.
     order = np.argsort(code, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0])
-    ends = np.r_[starts[1:], len(order)]
-    rng = np.random.default_rng(seed)
-    anchors = np.empty(len(starts), dtype=np.int64)
-    second = np.empty((len(starts), pairs_per_source), dtype=np.int64)
-    for photo, (start, end) in enumerate(zip(starts, ends)):
-        rows = order[start:end]
-        is_clean = clean[rows]
-        anchor = rows[is_clean.argmax()] if is_clean.any() else rows[0]  # the first clean row
-        others = rows[rows != anchor]
-        anchors[photo] = anchor
-        second[photo] = rng.choice(others, pairs_per_source) if len(others) else anchor
+    sizes = np.diff(np.r_[starts, len(order)])
+    # the anchor is the group's first clean row, else its first row
+    first_clean = np.minimum.reduceat(np.where(clean[order], np.arange(len(order)), len(order)),
+                                      starts)
+    anchor_at = np.where(first_clean < len(order), first_clean, starts)
+    anchors = order[anchor_at]
+    second = np.repeat(anchors[:, None], pairs_per_source, axis=1)
+    drawn = sizes > 1  # photos with other rows: `pairs_per_source` draws among them
+    if drawn.any():
+        others = sizes[drawn] - 1
+        pick = np.random.default_rng(seed).integers(
+            0, np.repeat(others, pairs_per_source).reshape(-1, pairs_per_source), dtype=np.int64)
+        # the pick-th row of the group once the anchor is taken out
+        offset = anchor_at[drawn] - starts[drawn]
+        position = starts[drawn, None] + pick + (pick >= offset[:, None])
+        second[drawn] = order[position]
     return pd.DataFrame({"i": np.repeat(anchors, pairs_per_source), "j": second.ravel(),
                          "source": np.repeat(np.arange(len(starts)), pairs_per_source)})
 

@@ -64,6 +64,47 @@ def test_source_view_pairs_pair_each_clean_photo_with_its_own_copies():
     pd.testing.assert_frame_equal(pairs, task_b.source_view_pairs(frame, 4, seed=3))
 
 
+def _pairs_drawn_photo_by_photo(frame: pd.DataFrame, pairs_per_source: int, seed: int):
+    """The pairs as first written: photos in sorted key order, anchor the first clean row (else
+    the first row), `rng.choice` among the photo's other rows."""
+    keys = frame["source"].where(frame["source"] != "", frame["path"]).to_numpy()
+    rng = np.random.default_rng(seed)
+    rows_i, rows_j, codes = [], [], []
+    for code, key in enumerate(sorted(set(keys))):
+        rows = np.flatnonzero(keys == key)
+        clean = rows[(frame["distortion"].to_numpy()[rows] == "clean")]
+        anchor = clean[0] if len(clean) else rows[0]
+        others = rows[rows != anchor]
+        second = rng.choice(others, pairs_per_source) if len(others) else [anchor] * pairs_per_source
+        rows_i += [anchor] * pairs_per_source
+        rows_j += list(second)
+        codes += [code] * pairs_per_source
+    return rows_i, rows_j, codes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_source_view_pairs_draw_as_photo_by_photo(seed):
+    """Shuffled rows, photos with 1 to 9 rows, some without a clean row or a known source:
+    the vectorised draws equal drawing photo by photo from the same generator."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for photo in range(300):
+        copies = int(rng.integers(0, 9))
+        if rng.random() < 0.1:  # an orphan distorted image: its own photo
+            rows.append((f"orphan{photo}_foggy.jpg", "foggy", ""))
+            continue
+        if rng.random() < 0.9:
+            rows.append((f"p{photo}.jpg", "clean", f"p{photo}.jpg"))
+        rows += [(f"p{photo}_{k}.jpg", "blur", f"p{photo}.jpg") for k in range(copies)]
+    frame = pd.DataFrame(rows, columns=["path", "distortion", "source"])
+    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    for per_source in (1, 3):
+        pairs = task_b.source_view_pairs(frame, per_source, seed=seed)
+        expected_i, expected_j, codes = _pairs_drawn_photo_by_photo(frame, per_source, seed)
+        assert pairs["i"].tolist() == expected_i and pairs["j"].tolist() == expected_j
+        assert pairs["source"].tolist() == codes
+
+
 def test_photo_teacher_centres_and_orders_by_photo(monkeypatch):
     raw = np.array([[3.0, 1.0], [1.0, 1.0], [2.0, 4.0]], dtype=np.float32)
     seen = []
