@@ -75,7 +75,8 @@ def _pairs_drawn_photo_by_photo(frame: pd.DataFrame, pairs_per_source: int, seed
         clean = rows[(frame["distortion"].to_numpy()[rows] == "clean")]
         anchor = clean[0] if len(clean) else rows[0]
         others = rows[rows != anchor]
-        second = rng.choice(others, pairs_per_source) if len(others) else [anchor] * pairs_per_source
+        second = (rng.choice(others, pairs_per_source) if len(others)
+                  else [anchor] * pairs_per_source)
         rows_i += [anchor] * pairs_per_source
         rows_j += list(second)
         codes += [code] * pairs_per_source
