@@ -125,7 +125,7 @@ class PairReport:
 
     ``face_blind_accuracy`` is the accuracy of `face_blind_decisions` on the same list, a rule
     that never looks at a face: a list on which it is far above 0.5 measures how the list was
-    built rather than verification (the entries' list: 1.000 on our splits).
+    built rather than verification (as the entries' list does, `docs/results.md`).
     """
 
     fixed: dict

