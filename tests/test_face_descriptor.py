@@ -59,7 +59,7 @@ def test_fuse_descriptor_and_embed_for_card_agree(monkeypatch):
     card = ModelCard(task="task_b", kind="embedding", model_kwargs={}, image_size=8,
                      mean=[0.5] * 3, std=[0.5] * 3, descriptor_weight=0.4,
                      descriptor_front_end="robust")
-    monkeypatch.setattr(task_b, "embed", lambda *args, **kwargs: learned["eval"])
+    monkeypatch.setattr(task_b, "embed_array", lambda *args, **kwargs: learned["eval"])
     inputs = ModelInputs(np.zeros((len(frame), 8, 8, 3), np.uint8), [""] * len(frame),
                          faces=model_inputs.card_descriptors(card, frame["path"].tolist()))
     np.testing.assert_allclose(task_b.embed_for_card(None, card, inputs),
