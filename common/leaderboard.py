@@ -170,8 +170,7 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
 def _baseline_row(row: dict, task: str, note: str, keys: tuple[str, ...]) -> dict:
     """A leaderboard row for an off-the-shelf model (its status instead of the rows if absent)."""
     return {"name": f"{row['model']} (off-the-shelf)", "task": task,
-            "backbone": row.get("backbone", "dlib face model"), "pretrained": True,
-            "baseline": True,
+            "backbone": row["backbone"], "pretrained": True, "baseline": True,
             "evaluated_on": note if row["status"] == "ok" else row["status"],
             **{key: row.get(key) for key in keys}}
 
