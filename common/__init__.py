@@ -7,11 +7,12 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
 1. start-up, standard library only: ``workspace`` (where the code is, where it writes),
    ``bootstrap`` (the notebooks' first cell: install what is missing), ``fallbacks``;
 2. settings: ``config`` (device, profile, seeding), ``parameters`` (the notebooks' parameters);
-3. data: ``listing`` (which files the readers read), ``feature_store`` (per-image caches),
-   ``cache`` (decoding, decoded-image cache, streaming), ``near_duplicates`` (perceptual
-   hashes), ``distortions``, ``data`` (FACECOM readers, validation), ``splits`` (identity-
-   disjoint splits, leakage guards), ``sample`` (the synthetic sample), ``discovery`` (finding
-   the data), ``transforms``;
+3. data: ``listing`` (which files the readers read), ``image_decode`` (one strict decoder),
+   ``distortions``, ``views`` (distorted views of your own photos, rendered on first read),
+   ``feature_store`` (per-image caches), ``cache`` (reading a file, decoded-image cache,
+   streaming), ``near_duplicates`` (perceptual hashes), ``data`` (FACECOM readers,
+   validation), ``splits`` (identity-disjoint splits, leakage guards), ``sample`` (the
+   synthetic sample), ``discovery`` (finding the data), ``transforms``;
 4. measures: ``gallery`` (FAISS gallery search and saved indexes), ``metrics`` (arrays in,
    numbers out), ``fusion`` (a learned similarity plus a weighted extra channel, the weight's
    dev choice, the face rule), ``evaluation`` (Task B reports, dev scores);

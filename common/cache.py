@@ -1,17 +1,9 @@
-"""Image decoding and the decoded-array cache: one strict decoder, a memmap cache, a Dataset.
+"""Decoded images: one reader for a file, a memmap cache for a list, streaming, a Dataset.
 
 Every image the project reads goes through `load_image` (or its resized twin used by
-`load_image_array`), so mode conversion and corruption handling are decided once:
-
-- Files are decoded completely with Pillow's default ``LOAD_TRUNCATED_IMAGES = False``, and
-  JPEGs must also end with the EOI marker (``FF D9``), because libjpeg silently pads a file
-  that lost only its last bytes.
-- Transparent images (``RGBA``, ``LA``, ``P`` with transparency) are composited on **white**:
-  a cut-out face then looks like a studio shot, the dominant background in FACECOM's
-  ``NNN_frontal`` identities, whereas black would merge with dark hair.
-- 16-bit greyscale (``I;16*``, ``I``) is scaled to 8 bits as ``value * 255 / 65535``;
-  ``L``, ``P``, ``CMYK``, ``YCbCr`` and other modes go through Pillow's own RGB conversion.
-- The EXIF orientation tag is applied, so arrays look the way image viewers show the file.
+`load_image_array`): files are read by `views.read_image_bytes` (which renders a distorted view
+of an identity folder on its first read) and decoded by `image_decode.decode_image`, so mode
+conversion and corruption handling are decided once (see `common.image_decode`).
 
 `load_image_array` turns a file list into one array at a fixed size, kept as ``.npy`` in a cache
 folder and opened as a read-only memmap; its key is `file_list_key` (paths in order, size,
@@ -26,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -37,44 +28,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from common import feature_store, workspace
+from common import feature_store, views, workspace
+from common.image_decode import decode_image, to_rgb
 
 __all__ = [
-    "ImageReadError", "load_image", "compute_fingerprint", "load_image_array",
+    "open_image", "load_image", "compute_fingerprint", "load_image_array",
     "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
-    "file_list_key", "FITS", "check_fit", "to_rgb", "to_rgb_array", "write_npz", "read_npz",
+    "file_list_key", "FITS", "check_fit", "to_rgb_array", "write_npz", "read_npz",
     "ImageFiles", "IMAGE_CACHES", "STREAM_ABOVE_BYTES", "check_image_cache",
     "choose_image_cache",
 ]
 
 # Bump when decoding or resizing changes, so stale caches are not reused.
 CACHE_VERSION = 1
-_JPEG_EOI = b"\xff\xd9"
 _TASK_DIRS = ("Task_A", "Task_B")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 FITS = ("crop", "stretch")
 IMAGE_CACHES = ("auto", "memmap", "stream")  # the notebooks' `image_cache` values
 # `auto` streams above this many decoded bytes (2 GiB: about 57,000 images at 112 px, which
 # decode in well under a minute here), or when the array would take over half the free disk.
 STREAM_ABOVE_BYTES = 2 * 2**30
-
-
-class ImageReadError(OSError):
-    """An image file cannot be decoded; ``path`` and ``reason`` say which and why.
-
-    Run `common.data.validate_dataset` on the data root and drop ``report.excluded`` paths
-    (``report.filter(df)``) before decoding, or replace the file.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(
-            f"Cannot read image {self.path}: {reason}. Run common.data.validate_dataset() on the "
-            "data root and drop report.excluded (report.filter(df)), or replace the file.")
 
 
 def cpu_count() -> int:
@@ -84,74 +59,14 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def _open_image(path: str | os.PathLike, data: bytes | None = None,
-                draft_size: int | None = None) -> Image.Image:
-    """Open and fully decode one image, raising `ImageReadError` for anything unusable.
+def open_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+    """One file read and strictly decoded (`image_decode.decode_image`; `draft_size` lets
+    libjpeg decode at a reduced scale that keeps both sides >= it).
 
-    Args:
-        path: the file, named in errors.
-        data: its bytes when the caller already read them (validation hashes them too).
-        draft_size: let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay
-            >= this; makes 1024-3072 px JPEGs several times cheaper to decode.
+    Raises:
+        ImageReadError: unreadable, zero-byte, non-image, corrupt or truncated file.
     """
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ImageReadError(path, f"cannot open file ({exc.strerror or exc})") from exc
-    if not data:
-        raise ImageReadError(path, "zero-byte file")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise ImageReadError(path, "not an image (format not recognised)") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, _bomb_reason(exc)) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        reason = "truncated" if "truncated" in str(exc).lower() else f"corrupt header ({exc})"
-        raise ImageReadError(path, reason) from exc
-    if draft_size is not None and image.format == "JPEG":
-        image.draft(None, (draft_size, draft_size))
-    try:
-        image.load()
-    except Image.DecompressionBombError as exc:  # some formats learn their size only here
-        raise ImageReadError(path, _bomb_reason(exc)) from exc
-    except OSError as exc:
-        reason = "truncated" if "truncated" in str(exc).lower() else f"corrupt data ({exc})"
-        raise ImageReadError(path, reason) from exc
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise ImageReadError(path, f"corrupt data ({exc})") from exc
-    # libjpeg pads a file missing only its end marker without complaint.
-    if image.format == "JPEG" and _JPEG_EOI not in data[-1024:]:
-        raise ImageReadError(path, "truncated (JPEG end marker missing)")
-    return image
-
-
-def _bomb_reason(error: Exception) -> str:
-    """Pillow refuses images above twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb
-    could fill the memory); its error is not an `OSError`, so it is turned into a reason."""
-    return (f"too many pixels for Pillow's decompression-bomb limit ({error}); downscale the "
-            "image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image as RGB, upright: the choices stated in the module docstring (EXIF
-    orientation, white behind transparency, 16-bit scaled by 255 / 65535). Every decoder of the
-    project goes through it, so one file gives the same pixels everywhere."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        scaled = np.clip(np.round(values * 255.0 / 65535.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return decode_image(path, views.read_image_bytes(path), draft_size)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -160,7 +75,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ImageReadError: zero-byte, non-image, corrupt or truncated file.
     """
-    return np.asarray(to_rgb(_open_image(path)), dtype=np.uint8)
+    return np.asarray(to_rgb(open_image(path)), dtype=np.uint8)
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -177,7 +92,7 @@ def check_fit(fit: str) -> str:
 
 def _decode_resized(path: str, image_size: int, fit: str = "crop") -> np.ndarray:
     """Decode ``path`` and make it an ``image_size`` square as ``fit`` says (see `FITS`)."""
-    return _square(to_rgb(_open_image(path, draft_size=image_size)), image_size, fit)
+    return _square(to_rgb(open_image(path, draft_size=image_size)), image_size, fit)
 
 
 def load_resized(path: str | os.PathLike, image_size: int, fit: str = "crop") -> np.ndarray:
@@ -409,6 +324,7 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
     if choose_image_cache(len(paths), image_size, folder, image_cache) == "stream":
         return ImageFiles(paths, image_size, fit)
     folder.mkdir(parents=True, exist_ok=True)
+    views.ensure(paths, workers, progress)  # the key reads every file's size and time
     settings = {"version": CACHE_VERSION, "size": image_size, "fit": check_fit(fit)}
     key = file_list_key(paths, settings)
     target = folder / f"images_{key}_{image_size}px.npy"

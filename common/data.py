@@ -24,10 +24,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import near_duplicates
-from common.cache import (ImageArrayDataset, ImageReadError, _open_image, compute_fingerprint,
-                          cpu_count, load_image, load_image_array)
+from common import near_duplicates, views
+from common.cache import (ImageArrayDataset, compute_fingerprint, cpu_count, load_image,
+                          load_image_array)
 from common.distortions import DISTORTIONS
+from common.image_decode import ImageReadError, decode_image
 from common.listing import IMAGE_EXTENSIONS, is_hidden, is_image_name, is_valid_name, printable
 from common.listing import walk_files
 
@@ -266,8 +267,8 @@ def _check_file(path: str) -> tuple[str, str | None, str | None, str | None]:
         return path, None, (f"not an image file (extension {extension} is not one Pillow "
                             "reads, see data.IMAGE_EXTENSIONS)"), None
     try:
-        data = Path(path).read_bytes()
-        image = _open_image(path, data=data)
+        data = views.read_image_bytes(path)
+        image = decode_image(path, data)
     except ImageReadError as exc:
         return path, None, exc.reason, None
     mode = None if image.mode == "RGB" else image.mode

@@ -24,6 +24,7 @@ change the pixels: an image is aligned once, whatever list or notebook asks for 
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -36,9 +37,10 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image, UnidentifiedImageError
 
-from common import cache
+from common import views
 from common.config import resolve_device
 from common.feature_store import FeatureStore, content_keys
+from common.image_decode import to_rgb
 
 __all__ = [
     "DETECT_MAX_SIDE",
@@ -139,15 +141,15 @@ def _load_detection_copy(path: str, max_side: int) -> tuple[np.ndarray, tuple[in
 
     Local loader rather than `common.data.load_image`: that one decodes at full size, while draft
     mode here lets libjpeg decode a 3072 px JPEG at 1/2-1/8 scale directly. Modes and the EXIF
-    orientation are handled by `cache.to_rgb`, so the copy is upright like every decoded image;
+    orientation are handled by `image_decode.to_rgb`, so the copy is upright like every decoded image;
     the original size is reported upright too.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(views.read_image_bytes(path))) as image:
             upright_swaps_axes = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
             original_size = image.size[::-1] if upright_swaps_axes else image.size
             image.draft("RGB", (max_side, max_side))  # JPEG only; picks a scale >= the request
-            image = cache.to_rgb(image)
+            image = to_rgb(image)
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
             return np.asarray(image, dtype=np.uint8).copy(), original_size
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
@@ -305,7 +307,7 @@ def _align(paths: list[str], detector: MTCNN, image_size: int, margin: float,
     by_shape: dict[tuple[int, int], list[int]] = {}
     for index, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(views.read_image_bytes(path))) as image:
                 width, height = image.size
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise FaceReadError(path, str(error)) from error

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from common import workspace
+from common import views, workspace
 
 __all__ = ["Field", "FeatureStore", "content_keys", "store_folder"]
 
@@ -57,11 +57,13 @@ def _file_sha256(path: str) -> str:
 
 
 def content_keys(paths: Sequence[str | os.PathLike], folder: Path | None = None) -> list[str]:
-    """The SHA-256 of each file's bytes, remembered per (absolute path, size, mtime).
+    """The SHA-256 of each file's bytes, remembered per (absolute path, size, mtime); distorted
+    views among `paths` are rendered first (`views.ensure`).
 
     Raises:
         FileNotFoundError: a path does not exist.
     """
+    views.ensure(paths)
     stamps = []
     for path in paths:
         absolute = os.path.abspath(os.fspath(path))

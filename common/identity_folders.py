@@ -9,10 +9,10 @@ an identity, such as FACECOM's ``distortion/``, are ignored)::
 The result has the columns of `common.data.read_task_b` (path, split, identity, distortion,
 source), so `task_b`, `splits.make_splits` and `evaluation.retrieval_table` work unchanged.
 Such data sets have no distorted copies, but the evaluation queries distorted images of the
-gallery identities, so every clean image gets the seven FACECOM distortions of
-`common.distortions`, seeded per file, written once under
-``data/cache/identity_views/<key>/`` (never into the user's folder) and listed as rows with
-``distortion=<name>`` and ``source=<clean path>``.
+gallery identities, so every clean image gets the seven FACECOM distortions, listed as rows with
+``distortion=<name>`` and ``source=<clean path>``; they are files of a views folder in the work
+root's cache (never in the user's folder), rendered from the photo when first read
+(`common.views`), so listing them reads no image.
 
 Identities with a single image cannot give a gallery photo plus a different query photo, so a
 generated split keeps them for training only (`summarize` counts them); in a split the user made
@@ -20,108 +20,21 @@ they stay where they are and, as in FACECOM, are queried only by their own disto
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import warnings
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
+import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from common import data, experiment, listing, splits, workspace
-from common.cache import ImageReadError, cpu_count, file_list_key, load_image
+from common import data, experiment, listing, splits, views, workspace
 from common.discovery import list_images, list_subdirs, split_roots
-from common.distortions import DISTORTIONS, apply_distortion
+from common.distortions import DISTORTIONS
 
-__all__ = ["SPLIT_BY", "VIEWS_VERSION", "MAX_VIEW_SIDE",
-           "read_identity_folders", "summarize", "read_splits"]
+__all__ = ["SPLIT_BY", "read_identity_folders", "summarize", "read_splits"]
 
 SPLIT_BY = ("identity", "image")
-VIEWS_VERSION = 1  # bump when view generation changes, so old views are not reused
-MAX_VIEW_SIDE = 512  # views of larger photos are downscaled first (training decodes <= 224 px)
-_STAMP = "views.json"
-_JPEG_QUALITY = 90
 _COLUMNS = ["path", "split", "identity", "distortion", "source"]
-
-
-def _relative(path: str, root: Path) -> str:
-    """`path` relative to `root` (a prefix of it, as `list_images` lists), by string slicing."""
-    return path[len(str(root)) + 1:]
-
-
-def _views_key(root: Path, clean: list[str], seed: int) -> str:
-    """`cache.file_list_key` of the clean files plus the generator settings: a changed file
-    or setting gives a new views folder instead of stale views."""
-    return file_list_key(clean, {"version": VIEWS_VERSION, "seed": seed,
-                                 "max_side": MAX_VIEW_SIDE, "distortions": list(DISTORTIONS),
-                                 "root": str(root)})[:16]
-
-
-def _view_name(clean_rel: str, distortion: str) -> str:
-    """``<identity>/<file name>_<distortion>.jpg`` (the full name keeps a.jpg / a.png apart)."""
-    return f"{clean_rel}_{distortion}.jpg"
-
-
-def _view_seed(seed: int, clean_rel: str, distortion: str) -> int:
-    return zlib.crc32(f"{seed}:{clean_rel}:{distortion}".encode("utf-8", "surrogateescape"))
-
-
-def _write_views_of(source: str, clean_rel: str, target: Path, seed: int) -> str | None:
-    """Write the seven views of one clean image; return the read error instead of raising."""
-    try:
-        image = load_image(source)
-    except ImageReadError as error:
-        return error.reason
-    scale = MAX_VIEW_SIDE / max(image.shape[:2])
-    if scale < 1.0:
-        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)),
-                                   max(1, round(image.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
-    (target / clean_rel).parent.mkdir(parents=True, exist_ok=True)
-    for name in DISTORTIONS:
-        view = apply_distortion(image, name, seed=_view_seed(seed, clean_rel, name))
-        ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(view, cv2.COLOR_RGB2BGR),
-                                  [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-        if not ok:
-            raise RuntimeError(f"OpenCV could not JPEG-encode a view of {source}; check cv2")
-        (target / _view_name(clean_rel, name)).write_bytes(buffer.tobytes())
-    return None
-
-
-def _ensure_views(root: Path, clean: list[str], seed: int, cache_dir: Path, progress: bool,
-                  workers: int | None) -> tuple[Path, dict[str, str]]:
-    """The views folder of `clean` (generated when missing) and ``{relative path: read error}``
-    of the clean files that could not be decoded."""
-    folder = cache_dir / _views_key(root, clean, seed)
-    stamp = folder / _STAMP
-    if stamp.exists():
-        return folder, json.loads(stamp.read_text())["unreadable"]
-    tmp = cache_dir / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rels = [_relative(path, root) for path in clean]
-    try:
-        with ThreadPoolExecutor(max(1, min(workers or cpu_count(), cpu_count()))) as pool:
-            errors = list(tqdm(pool.map(lambda pr: _write_views_of(pr[0], pr[1], tmp, seed),
-                                        zip(clean, rels)),
-                               total=len(clean), desc="distorted views", disable=not progress))
-        unreadable = {rel: error for rel, error in zip(rels, errors) if error is not None}
-        (tmp / _STAMP).write_text(json.dumps({
-            "version": VIEWS_VERSION, "root": str(root), "seed": seed,
-            "distortions": list(DISTORTIONS), "clean_images": len(clean),
-            "unreadable": unreadable}, indent=1) + "\n")
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same views first: use those
-            if not stamp.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder, unreadable
 
 
 def _split_by_identity(table: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
@@ -140,9 +53,10 @@ def _split_by_identity(table: pd.DataFrame, fraction: float, seed: int) -> pd.Se
 
 def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
                           eval_fraction: float = 0.15, seed: int = 0,
-                          cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                          workers: int | None = None) -> pd.DataFrame:
+                          cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Task B table of an identity-folder data set, distorted views included.
+
+    Reads the folder listing only, no image, so it stays quick on millions of photos.
 
     Args:
         root: ``<identity>/*`` folders, or ``train/``, ``val/``, ``test/`` holding them.
@@ -152,14 +66,14 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
             Ignored when the root is already split.
         eval_fraction: share of identities or images held out for evaluation.
         seed: fixes the split and the distortions.
-        cache_dir: where views are written; None = data/cache/identity_views.
-        progress, workers: progress bar and threads for writing the views.
+        cache_dir: where the views folder goes; None = data/cache/identity_views.
 
     Returns:
         DataFrame ``path, split, identity, distortion, source`` (clean rows first per identity);
         `split` is "train" / "holdout" / "val" when generated, else the sub-root's name.
-        Unreadable images are left out with a warning and listed in ``attrs["unreadable"]``,
-        hidden files and folders (never read) in ``attrs["skipped"]``.
+        Hidden files and folders (never read) are listed in ``attrs["skipped"]``. An
+        unreadable photo stays listed: reading it or one of its views raises
+        `image_decode.ImageReadError` naming the photo.
 
     Raises:
         DatasetLayoutError: no identity folder with images, or an ambiguous root.
@@ -179,35 +93,50 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     roots = split_roots(root)
     folders = [(split or "train", identity.name, list_images(identity))
                for split, folder in roots.items() for identity in list_subdirs(folder)]
-    clean = [image for *_, images in folders for image in images]
-    if not clean:
+    if not any(images for *_, images in folders):
         raise data.DatasetLayoutError(
             f"{root}: no images in <identity>/ folders. Expected <root>/<identity>/*.jpg or "
             "<root>/train/<identity>/*.jpg (+ val/, test/).")
-    views, unreadable = _ensure_views(root, clean, seed, cache_dir, progress, workers)
-    if unreadable:
-        warnings.warn(f"{len(unreadable)} unreadable images left out, e.g. "
-                      f"{next(iter(unreadable.items()))}", stacklevel=2)
     skipped = listing.walk_files(root).skipped
     if skipped:
         warnings.warn(f"{len(skipped)} hidden files or folders skipped, e.g. "
                       f"{listing.printable(skipped[0][0])}", stacklevel=2)
-    rows, views = [], str(views)
-    for split, identity, images in folders:
-        readable = [(image, _relative(image, root)) for image in images]
-        readable = [(image, rel) for image, rel in readable if rel not in unreadable]
-        rows += [(image, split, identity, "clean", image) for image, _ in readable]
-        rows += [(f"{views}/{_view_name(rel, name)}", split, identity, name, image)
-                 for image, rel in readable for name in DISTORTIONS]
-    table = pd.DataFrame(rows, columns=_COLUMNS)
+    table = _table(folders, root, views.views_folder(cache_dir, root, seed))
     if "" in roots and split_by == "identity":
         table["split"] = _split_by_identity(table, eval_fraction, seed)
     elif "" in roots:
         kept, held = splits.split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
-    table.attrs["unreadable"] = [str(root / rel) for rel in unreadable]
     table.attrs["skipped"] = [path for path, _ in skipped]
     return table
+
+
+def _table(folders: list[tuple[str, str, list[str]]], root: Path, views_folder: Path
+           ) -> pd.DataFrame:
+    """The rows of `folders` ((split, identity, photos) each): per identity its clean photos,
+    then the views of each photo in `DISTORTIONS` order. Built column by column, since at
+    millions of photos a Python tuple per row costs more than the rest of the start."""
+    counts = np.array([len(images) for *_, images in folders])
+    clean = np.array([image for *_, images in folders for image in images], dtype=object)
+    prefix, folder = len(str(root)) + 1, str(views_folder)
+    view_paths = np.array([f"{folder}/{views.view_name(path[prefix:], name)}"
+                           for path in clean for name in DISTORTIONS], dtype=object)
+    per_view = len(DISTORTIONS)
+    split = np.repeat(np.array([split for split, *_ in folders], dtype=object), counts)
+    identity = np.repeat(np.array([identity for _, identity, _ in folders], dtype=object),
+                         counts)
+    folder_of = np.repeat(np.arange(len(folders)), counts)
+    order = np.argsort(np.concatenate([2 * folder_of, 2 * np.repeat(folder_of, per_view) + 1]),
+                       kind="stable")
+    columns = {
+        "path": np.concatenate([clean, view_paths]),
+        "split": np.concatenate([split, np.repeat(split, per_view)]),
+        "identity": np.concatenate([identity, np.repeat(identity, per_view)]),
+        "distortion": np.concatenate([np.full(len(clean), "clean", dtype=object),
+                                      np.tile(np.array(DISTORTIONS, dtype=object), len(clean))]),
+        "source": np.concatenate([clean, np.repeat(clean, per_view)]),
+    }
+    return pd.DataFrame({name: columns[name][order] for name in _COLUMNS})
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -223,9 +152,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
                      "clean": int(clean.sum()),
                      "distorted": int((frame["distortion"] != "clean").sum()),
                      "single_image_identities": int((clean == 1).sum())})
-    summary = pd.DataFrame(rows).set_index("split")
-    summary.attrs["unreadable"] = len(table.attrs.get("unreadable", []))
-    return summary
+    return pd.DataFrame(rows).set_index("split")
 
 
 def read_splits(cfg: experiment.ExperimentConfig) -> splits.Splits:

@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from common import cache, face_descriptor, face_priors, faces
+from common.image_decode import ImageReadError
 from common.checkpoints import ModelCard
 
 __all__ = ["ImageLike", "ModelInputs", "prepare_inputs", "load_inputs", "probe_inputs",
@@ -65,7 +66,7 @@ def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = T
                 array[index] = cache.load_resized(item, image_size, fit)
             else:
                 array[index] = cache.resize_square(item, image_size, fit)
-        except (cache.ImageReadError, OSError, ValueError, TypeError) as error:
+        except (ImageReadError, OSError, ValueError, TypeError) as error:
             errors[index] = f"{type(error).__name__}: {error}"
     return array, errors
 
@@ -100,7 +101,7 @@ def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,
             return cache.load_image_array(list(images), card.image_size, fit=card.fit,
                                           progress=progress, image_cache=image_cache), \
                 [""] * len(images)
-        except cache.ImageReadError:
+        except ImageReadError:
             pass
     return load_inputs(images, card.image_size, progress, card.fit)
 

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from common import cache, feature_store
+from common.image_decode import ImageReadError, to_rgb
 
 __all__ = ["HASH_SIZE", "HASH_BYTES", "MAX_DISTANCE", "compute_phash", "load_phashes",
            "hamming_distances", "find_near_duplicates"]
@@ -52,8 +53,8 @@ def compute_phash(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def _file_phash(path: str) -> np.ndarray | None:
     try:
-        image = cache.to_rgb(cache._open_image(path, draft_size=_DCT_SIDE))
-    except cache.ImageReadError:
+        image = to_rgb(cache.open_image(path, draft_size=_DCT_SIDE))
+    except ImageReadError:
         return None
     return compute_phash(image)
 

@@ -16,7 +16,8 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
 from common import cache
-from common.cache import ImageArrayDataset, ImageReadError, load_image, load_image_array
+from common.cache import ImageArrayDataset, load_image, load_image_array
+from common.image_decode import ImageReadError, to_rgb
 from conftest import bomb_png
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "facecom"
@@ -72,7 +73,7 @@ def test_sixteen_bit_grey_scales_to_eight_bits_for_every_decoder(tmp_path: Path)
     path = save(Image.fromarray(deep), tmp_path / "g16.png")
     with Image.open(path) as image:
         assert image.mode == "I;16"
-        pixels = np.asarray(cache.to_rgb(image))
+        pixels = np.asarray(to_rgb(image))
     assert pixels[..., 0].tolist() == [[128, 255], [128, 128]]  # 32768 * 255 / 65535 = 127.5
     assert (pixels == pixels[..., :1]).all()  # grey: three equal channels
     np.testing.assert_array_equal(load_image(path), pixels)

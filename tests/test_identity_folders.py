@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from common import (data, discovery, evaluation, experiment, identity_folders, predict,
+from common import (cache, data, discovery, evaluation, experiment, identity_folders, predict,
                     task_b)
+from common.image_decode import ImageReadError
+from common.views import read_image_bytes
 from common.distortions import DISTORTIONS
 from common.run_all import run_notebooks
 from conftest import bomb_png
@@ -52,8 +54,7 @@ def views_dir(tmp_path_factory) -> Path:
 def by_identity(faces_root, views_dir) -> tuple[pd.DataFrame, dict, dict]:
     """The identity split, with listings of the input folder before and after reading."""
     before = _listing(faces_root)
-    table = identity_folders.read_identity_folders(faces_root, cache_dir=views_dir,
-                                                   progress=False)
+    table = identity_folders.read_identity_folders(faces_root, cache_dir=views_dir)
     return table, before, _listing(faces_root)
 
 
@@ -69,7 +70,8 @@ def test_table_has_read_task_b_shape_and_views(by_identity, counts, views_dir, s
     per_source = views.groupby("source")["distortion"].agg(sorted)
     assert set(per_source.index) == set(clean["path"])
     assert all(names == sorted(DISTORTIONS) for names in per_source)
-    assert all(Path(p).is_file() and views_dir in Path(p).parents for p in views["path"][::50])
+    assert all(views_dir in Path(p).parents for p in views["path"])
+    assert not list(views_dir.rglob("*.jpg"))  # listing renders nothing: views come when read
     # A view keeps its source's identity and split.
     merged = views.merge(clean, left_on="source", right_on="path", suffixes=("", "_clean"))
     assert (merged["identity"] == merged["identity_clean"]).all()
@@ -98,8 +100,7 @@ def test_identity_split_is_disjoint_and_keeps_single_images_for_training(by_iden
 
 def test_image_split_puts_every_multi_image_identity_on_both_sides(faces_root, views_dir,
                                                                    counts):
-    table = identity_folders.read_identity_folders(faces_root, "image", cache_dir=views_dir,
-                                                   progress=False)
+    table = identity_folders.read_identity_folders(faces_root, "image", cache_dir=views_dir)
     train, val = table[table["split"] == "train"], table[table["split"] == "val"]
     multi = set(counts[counts >= 2].index)
     assert set(val["identity"]) == multi and multi <= set(train["identity"])
@@ -108,8 +109,7 @@ def test_image_split_puts_every_multi_image_identity_on_both_sides(faces_root, v
     # Identities here have 2 or 3 photos: max(1, round(0.15 n)) = 1 goes to val.
     assert (val[val["distortion"] == "clean"].groupby("identity").size() == 1).all()
     # Same seed, same split; the views are reused, not rewritten.
-    again = identity_folders.read_identity_folders(faces_root, "image", cache_dir=views_dir,
-                                                   progress=False)
+    again = identity_folders.read_identity_folders(faces_root, "image", cache_dir=views_dir)
     pd.testing.assert_frame_equal(again, table)
 
 
@@ -132,14 +132,12 @@ def test_closed_set_splits_enrol_train_photos(faces_root, views_dir, tmp_path):
 def test_views_are_seeded(faces_root, by_identity, tmp_path):
     table, _, _ = by_identity
     first = table[table["distortion"] == "foggy"]["path"].iloc[0]
-    same = identity_folders.read_identity_folders(faces_root, cache_dir=tmp_path / "a",
-                                                  progress=False, workers=1)
-    other = identity_folders.read_identity_folders(faces_root, seed=1, cache_dir=tmp_path / "b",
-                                                   progress=False)
+    same = identity_folders.read_identity_folders(faces_root, cache_dir=tmp_path / "a")
+    other = identity_folders.read_identity_folders(faces_root, seed=1, cache_dir=tmp_path / "b")
     row = table.index[table["path"] == first][0]
-    assert Path(same.loc[row, "path"]).read_bytes() == Path(first).read_bytes()
+    assert read_image_bytes(same.loc[row, "path"]) == read_image_bytes(first)
     foggy = other[(other["distortion"] == "foggy") & (other["source"] == table.loc[row, "source"])]
-    assert Path(foggy["path"].iloc[0]).read_bytes() != Path(first).read_bytes()
+    assert read_image_bytes(foggy["path"].iloc[0]) != read_image_bytes(first)
 
 
 def test_pre_split_root_keeps_its_splits(sample_root, tmp_path):
@@ -147,7 +145,7 @@ def test_pre_split_root_keeps_its_splits(sample_root, tmp_path):
     read (views are generated instead)."""
     root = discovery.resolve_data_dir("", layout="identity_folders")
     assert root == sample_root / "Task_B"
-    table = identity_folders.read_identity_folders(root, cache_dir=tmp_path, progress=False)
+    table = identity_folders.read_identity_folders(root, cache_dir=tmp_path)
     assert set(table["split"]) == {"train", "val"}
     for split in ("train", "val"):
         n_clean = len(list((root / split).glob("*/*.jpg")))
@@ -155,7 +153,9 @@ def test_pre_split_root_keeps_its_splits(sample_root, tmp_path):
     assert not table["path"].str.contains("/distortion/").any()
 
 
-def test_unreadable_images_are_left_out_and_reported(tmp_path, sample_root):
+def test_unreadable_images_stay_listed_and_are_named_when_read(tmp_path, sample_root):
+    """Listing reads no image, so a broken photo is listed; reading it, or rendering one of its
+    views, raises an ImageReadError that names the photo and says why."""
     root = tmp_path / "faces"
     for identity in ("ann", "bob"):
         (root / identity).mkdir(parents=True)
@@ -166,15 +166,19 @@ def test_unreadable_images_are_left_out_and_reported(tmp_path, sample_root):
     (root / "ann" / ".DS_Store").write_bytes(b"\0")
     odd = os.fsdecode(os.fsencode(root / "ann") + b"/caf\xe9.jpg")
     shutil.copy2(root / "ann" / "0.jpg", odd)
-    with pytest.warns(UserWarning, match="2 unreadable"), \
-            pytest.warns(UserWarning, match="1 hidden files or folders skipped"):
-        table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v",
-                                                       progress=False)
-    assert sorted(table.attrs["unreadable"]) == [str(root / "bob" / n)
-                                                 for n in ("bomb.png", "broken.jpg")]
+    with pytest.warns(UserWarning, match="1 hidden files or folders skipped"):
+        table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v")
     assert table.attrs["skipped"] == [str(root / "ann" / ".DS_Store")]
     assert odd in set(table["path"])  # a name that is not UTF-8 is read like any other
-    assert len(table) == 5 * 8  # 5 readable photos, each clean + 7 views
+    assert len(table) == 7 * 8  # 7 photos, each clean + 7 views
+    for name, reason in (("broken.jpg", "zero-byte file"), ("bomb.png", "decompression-bomb")):
+        photo = str(root / "bob" / name)
+        for path in table.loc[table["source"] == photo, "path"]:
+            with pytest.raises(ImageReadError, match=reason) as info:
+                cache.load_image(path)
+            assert info.value.path == photo and "Replace or delete the file" in str(info.value)
+    readable = table[~table["source"].str.contains("broken|bomb")]
+    assert all(cache.load_image(path).ndim == 3 for path in readable["path"])
 
 
 def test_layout_errors_name_the_fix(faces_root, tmp_path):
@@ -209,11 +213,11 @@ def test_any_format_pillow_reads_is_accepted(tmp_path, sample_root):
         (image.convert("L") if ext == ".pgm" else image).save(root / identity / f"{n}{ext}")
         names[str(root / identity / f"{n}{ext}")] = identity
     assert discovery.resolve_data_dir(root, layout="identity_folders") == root
-    table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v",
-                                                   progress=False)
+    table = identity_folders.read_identity_folders(root, "image", cache_dir=tmp_path / "v")
     clean = table[table["distortion"] == "clean"]
     assert dict(zip(clean["path"], clean["identity"])) == names
-    assert len(table) == 6 * 8 and not table.attrs["unreadable"]
+    assert len(table) == 6 * 8
+    assert all(cache.load_image(path).shape[2] == 3 for path in table["path"])  # views render
 
     notes = tmp_path / "notes"
     (notes / "ann").mkdir(parents=True)
