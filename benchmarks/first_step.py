@@ -7,11 +7,11 @@ Synthetic identity folders of tiny random JPEGs are written under ``--root`` (ne
 project). The run follows notebook 02's cells (`task_b.prepare_data`, `create_embedder`,
 `photo_teacher`, `train_arcface`), timing each step of the path by wrapping the function that does
 it, and stops at the end of the first optimiser step. Each size gets its own work root, so every
-cache starts cold, except the distorted views identity folders get (seven per clean image,
-written once per data set): those are written beforehand as plain copies, so the timed run is
-the run after the first; what writing the real views costs per image is measured separately on
-``--views-sample`` images. After the first step, the time until the background leakage check
-finishes is reported too. Prints a markdown table.
+cache starts cold: the timed run is the first run on the data set. The distorted views identity
+folders get (seven per clean image) are rendered by the loader workers as they read them
+(`common.views`); what that costs per view is measured separately on ``--views-sample`` photos.
+After the first step, the time until the background leakage check finishes is reported too
+(``--await-check``). Prints a markdown table.
 
     python benchmarks/first_step.py --root /tmp/first_step --sizes 20000 60000 150000
 """
@@ -33,8 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (cache, experiment, identity_folders, listing, splits,  # noqa: E402
-                    task_b)
-from common.distortions import DISTORTIONS  # noqa: E402
+                    task_b, views)
 
 VGGFACE2_IMAGES, VGGFACE2_IDENTITIES = 3_300_000, 9_131
 # Notebook 02's parameters cell, with a small CPU run and data in identity folders.
@@ -44,14 +43,14 @@ PARAMS = {"data_format": "identity_folders", "image_cache": "stream", "split_by"
           "pretrained": False, "image_size": 64, "batch_size": 32, "epochs": 1, "seed": 0,
           "device": "cpu", "profile": "cpu", "fit": "stretch", "teacher": ""}
 # (phase, module, function name): the function that does each step of the path.
-PHASES = [("views (cached: stat of every clean file)", identity_folders, "_ensure_views"),
+PHASES = [("views folder (no image read)", views, "views_folder"),
           ("hidden-file walk", listing, "walk_files"),
           ("read identity folders (listing, table)", identity_folders, "read_identity_folders"),
           ("splits + identity check + start content check", splits, "make_splits"),
           ("stream decision (ImageFiles)", cache, "load_image_array"),
           ("model", task_b, "create_embedder"),
           ("teacher (teacher='' here; see notes)", task_b, "photo_teacher"),
-          ("resume fingerprint (stat of train + dev)", task_b, "resume_fingerprint"),
+          ("resume fingerprint (paths of train + dev)", task_b, "resume_fingerprint"),
           ("source/view pairs", task_b, "source_view_pairs")]
 
 
@@ -70,13 +69,6 @@ def write_identity_folders(root: Path, images: int, per_identity: int, seed: int
         pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
         (folder / f"{index:07d}.jpg").write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes())
     return time.perf_counter() - start
-
-
-def copy_views(source: Path, clean_rel: str, target: Path, seed: int) -> None:
-    """Stand-in for `identity_folders._write_views_of`: the clean file under each view name."""
-    (target / clean_rel).parent.mkdir(parents=True, exist_ok=True)
-    for name in DISTORTIONS:
-        shutil.copyfile(source, target / f"{clean_rel}_{name}.jpg")
 
 
 def scandir_seconds(root: Path) -> tuple[float, int]:
@@ -156,12 +148,14 @@ def time_first_step(root: Path, work: Path, await_check: bool
     return dict(spent), total, time.perf_counter() - after
 
 
-def views_seconds_per_image(root: Path, work: Path, images: int) -> float:
-    """Seconds per clean image of writing the seven real distorted views (first run only)."""
+def view_seconds(root: Path, work: Path, images: int) -> float:
+    """Seconds of rendering one distorted view when it is first read (one thread)."""
     write_identity_folders(root, images, 50, seed=1)
+    table = identity_folders.read_identity_folders(root, cache_dir=work / "views")
+    paths = table.loc[table["distortion"] != "clean", "path"].tolist()
     start = time.perf_counter()
-    identity_folders.read_identity_folders(root, cache_dir=work / "views", progress=False)
-    return (time.perf_counter() - start) / images
+    views.ensure(paths, workers=1)
+    return (time.perf_counter() - start) / len(paths)
 
 
 def run_size(size: int, args) -> dict:
@@ -170,13 +164,6 @@ def run_size(size: int, args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     written = (write_identity_folders(root, size, args.per_identity) if not root.is_dir()
                else float("nan"))
-    real_writer = identity_folders._write_views_of
-    identity_folders._write_views_of = copy_views
-    try:
-        identity_folders.read_identity_folders(root, cache_dir=work / "data" / "cache"
-                                               / "identity_views", progress=False)
-    finally:
-        identity_folders._write_views_of = real_writer
     scan, files = scandir_seconds(root)
     spent, total, check = time_first_step(root, work, await_check=args.await_check)
     return {"size": size, "files": files, "written": written, "scan": scan, "spent": spent,
@@ -206,9 +193,8 @@ def main() -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"{size} images: {rows[-1]['total']:.1f} s to the first step", file=sys.stderr,
               flush=True)
-    views = views_seconds_per_image(args.root / "views_sample", args.root / "views_work",
-                                    args.views_sample)
-    report(rows, views, args)
+    report(rows, view_seconds(args.root / "views_sample", args.root / "views_work",
+                              args.views_sample), args)
 
 
 def _slope(sizes: list[int], values: list[float]) -> tuple[float, float]:
@@ -216,7 +202,7 @@ def _slope(sizes: list[int], values: list[float]) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def report(rows: list[dict], views: float, args) -> None:
+def report(rows: list[dict], view: float, args) -> None:
     sizes = [row["size"] for row in rows]
     print(f"`python benchmarks/first_step.py --root {args.root} --sizes "
           f"{' '.join(map(str, args.sizes))} --per-identity {args.per_identity}`; "
@@ -238,9 +224,8 @@ def report(rows: list[dict], views: float, args) -> None:
     written = ", ".join(f"{row['written']:.0f} s" for row in rows)
     checks = ", ".join(f"{row['check']:.0f} s" for row in rows)
     print(f"\nContent check still running after the first step: {checks} (nan: not awaited, "
-          f"--await-check). Writing the data: {written}. Real distorted views (first run on a "
-          f"data set only): {views * 1e3:.1f} ms per clean "
-          f"image, {views * VGGFACE2_IMAGES / 3600:.1f} h at {VGGFACE2_IMAGES / 1e6:.1f} M.")
+          f"--await-check). Writing the data: {written}. A distorted view rendered when first "
+          f"read (loader workers, first epoch only): {view * 1e3:.1f} ms on one core.")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """The O(files) steps between the identity folders and the first batch, timed at one commit or
 several, with their outputs compared: listing the folders and building the Task B table
-(`identity_folders.read_identity_folders`, the distorted views taken as written), the resume
+(`identity_folders.read_identity_folders`; no view is rendered), the resume
 fingerprint (`cache.compute_fingerprint` of the paths) and the source/view pairs
 (`task_b.source_view_pairs`).
 
 The identity folders are empty ``.jpg`` files under ``--root`` (never in the project): these
-steps read names, not pixels. Writing the views is left out (`first_step.py` measures it).
-Each commit runs in its own process on a `git archive` of its ``common/``; a digest of every
-output shows whether the commits agree. Prints a markdown table.
+steps read names, not pixels. Each commit runs in its own process on a `git archive` of its
+``common/``; a digest of every output shows whether the commits agree (the views folder's name,
+which changed with 8187cb7, is replaced by ``VIEWS`` first). Prints a markdown table.
 
     python benchmarks/table_steps.py --images 100000 --commits 3dea2f6 HEAD
 """
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,26 +49,36 @@ def measure(root: Path, repeats: int) -> dict:
     """Best-of-`repeats` seconds and an output digest per step, with `common` as imported."""
     from common import cache, identity_folders, task_b
 
-    def views_as_written(_root, _clean, _seed, cache_dir, _progress, _workers):
-        return Path(cache_dir) / "views", {}
+    read = identity_folders.read_identity_folders
+    options = {"cache_dir": root / "cache"}
+    if "progress" in inspect.signature(read).parameters:  # commits that wrote views up front
+        def views_as_written(_root, _clean, _seed, cache_dir, _progress, _workers):
+            return Path(cache_dir) / "views", {}
 
-    identity_folders._ensure_views = views_as_written
+        identity_folders._ensure_views = views_as_written
+        options["progress"] = False
+    views = re.compile(re.escape(str(root / "cache")) + r"/[^/]+/")
+
+    def same_views(text: str) -> str:
+        return views.sub("VIEWS/", text)
+
     steps = {
-        STEPS[0]: lambda: identity_folders.read_identity_folders(
-            root / "faces", cache_dir=root / "cache", progress=False),
-        STEPS[1]: lambda: cache.compute_fingerprint(table["path"].tolist(), sizes=False),
+        STEPS[0]: lambda: read(root / "faces", **options),
+        STEPS[1]: lambda: cache.compute_fingerprint(paths, sizes=False),
         STEPS[2]: lambda: task_b.source_view_pairs(table, 1, seed=7919),
     }
-    result, table = {}, None
+    result, table, paths = {}, None, None
     for name, step in steps.items():
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             output = step()
             times.append(time.perf_counter() - start)
-        table = output if table is None else table
+        if table is None:
+            table = output
+            paths = [same_views(path) for path in table["path"]]
         text = output if isinstance(output, str) else output.to_csv()
-        result[name] = {"seconds": min(times), "digest": _digest(text)}
+        result[name] = {"seconds": min(times), "digest": _digest(same_views(text))}
     result["rows"] = len(table)
     return result
 

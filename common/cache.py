@@ -137,12 +137,20 @@ def _stable_relpath(path: str, common: str) -> str:
 
 
 def _entries(paths: Sequence[str | os.PathLike], sizes: bool) -> list[str]:
-    """``relative path<TAB>size`` (or the relative path alone) per path, in the given order."""
-    absolute = [os.path.abspath(os.fspath(p)) for p in paths]
-    common = os.path.commonpath({os.path.dirname(p) for p in absolute})  # few distinct folders
+    """``relative path<TAB>size`` (or the relative path alone) per path, in the given order.
+
+    Paths are split into folder and name, and the folder's part is worked out once per folder:
+    a data set has millions of files in thousands of folders."""
+    split = [os.fspath(p).rpartition(os.sep) for p in paths]
+    folders = {folder: os.path.abspath(folder or os.curdir) for folder, _, _ in split}
+    common = os.path.commonpath(set(folders.values()))
+    relative = {folder: _stable_relpath(absolute + os.sep, common)
+                for folder, absolute in folders.items()}
+    entries = [relative[folder] + name for folder, _, name in split]
     if not sizes:
-        return [_stable_relpath(p, common) for p in absolute]
-    return [f"{_stable_relpath(p, common)}\t{os.stat(p).st_size}" for p in absolute]
+        return entries
+    return [f"{entry}\t{os.stat(os.path.join(folders[folder], name)).st_size}"
+            for entry, (folder, _, name) in zip(entries, split)]
 
 
 def compute_fingerprint(paths: Sequence[str | os.PathLike], sizes: bool = True) -> str:

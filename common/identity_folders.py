@@ -173,7 +173,7 @@ def read_splits(cfg: experiment.ExperimentConfig) -> splits.Splits:
                                       "add one, or put the identities directly in the root.")
     train, evaluated = table[table["split"] == "train"], table[table["split"] == eval_name]
     if split_by == "image" and "" in split_roots(Path(cfg.data_dir)):
-        return splits.make_image_splits(train, evaluated, eval_name, cfg)
-    made = splits.make_splits(train, evaluated, cfg, stratify=None)
+        return splits.make_image_splits(train, evaluated, eval_name, cfg, photos_only=True)
+    made = splits.make_splits(train, evaluated, cfg, stratify=None, photos_only=True)
     made.eval_name = eval_name
     return made

@@ -10,9 +10,10 @@ split by identity (or, closed set, by photo) and checked for leakage.
   run in a spawned process (not a thread: DataLoader workers fork, and a thread holding a SQLite
   or Pillow lock at that moment could deadlock a worker), are waited for at most
   `CONTENT_CHECK_WAIT` seconds, which covers FACECOM-sized data, and otherwise run beside
-  training. `Splits.verify` waits for them, and `Splits.guard` puts that wait in front of the
-  dev evaluation, so no number is ever computed on data that may leak: a leak found late
-  raises `LeakageError` there (or only warns with ``allow_leakage``). As with any spawned
+  training (above `CONTENT_CHECK_AWAITED_IMAGES` images they could not finish within the wait,
+  so they are not waited for). `Splits.verify` waits for them, and `Splits.guard` puts that
+  wait in front of the dev evaluation, so no number is ever computed on data that may leak: a
+  leak found late raises `LeakageError` there (or only warns with ``allow_leakage``). As with any spawned
   process, a script (not a notebook) that makes splits must guard its entry point with
   ``if __name__ == "__main__":``, since the check re-imports the script.
 """
@@ -34,7 +35,7 @@ import pandas as pd
 
 from common import feature_store, near_duplicates
 
-__all__ = ["CONTENT_CHECK_WAIT", "LeakageError", "SplitSettings", "ContentCheck", "Splits",
+__all__ = ["CONTENT_CHECK_WAIT", "CONTENT_CHECK_AWAITED_IMAGES", "LeakageError", "SplitSettings", "ContentCheck", "Splits",
            "split_identities", "split_images", "make_splits", "make_image_splits",
            "check_leakage"]
 
@@ -42,6 +43,9 @@ __all__ = ["CONTENT_CHECK_WAIT", "LeakageError", "SplitSettings", "ContentCheck"
 # continue beside it: enough for a FACECOM-sized split (hashes cached by notebook 00's
 # validation, or a cold start), small against the minute the first epoch must start within.
 CONTENT_CHECK_WAIT = 30.0
+# Above this many images the checks start beside training at once (hashing reads every file:
+# far more than the wait can cover).
+CONTENT_CHECK_AWAITED_IMAGES = 50_000
 _FIX = "Fix the data, or pass allow_leakage=True to override."
 
 
@@ -71,14 +75,18 @@ class _Pair:
 
     @classmethod
     def of(cls, train: pd.DataFrame, evaluated: pd.DataFrame, train_name: str,
-           name: str) -> "_Pair":
-        def clean(frame: pd.DataFrame) -> list[bool]:
+           name: str, photos_only: bool = False) -> "_Pair":
+        """`photos_only`: the distorted rows are views rendered from the clean ones
+        (`common.views`), so comparing the photos covers them."""
+        def rows(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
             if "distortion" not in frame.columns:
-                return [True] * len(frame)
-            return (frame["distortion"] == "clean").tolist()
+                return frame["path"].astype(str).tolist(), [True] * len(frame)
+            clean = (frame["distortion"] == "clean").to_numpy()
+            if photos_only:
+                return frame["path"][clean].astype(str).tolist(), [True] * int(clean.sum())
+            return frame["path"].astype(str).tolist(), clean.tolist()
 
-        return cls(train["path"].astype(str).tolist(), clean(train),
-                   evaluated["path"].astype(str).tolist(), clean(evaluated), train_name, name)
+        return cls(*rows(train), *rows(evaluated), train_name, name)
 
 
 def _content_problems(pairs: list[_Pair], near: bool, folder: Path) -> list[str]:
@@ -134,9 +142,12 @@ class ContentCheck:
         pairs: the comparisons to make (train side first).
         near: also compare perceptual hashes of every image, not only identical clean files.
         allow: warn instead of raising (``allow_leakage``).
+        await_start: return once the process has started (so a wait for the result measures
+            the check, not Python's start-up), instead of at once.
     """
 
-    def __init__(self, pairs: list[_Pair], near: bool, allow: bool) -> None:
+    def __init__(self, pairs: list[_Pair], near: bool, allow: bool,
+                 await_start: bool = True) -> None:
         self.allow = allow
         self.images = sum(len(p.train) + len(p.evaluated) for p in pairs)
         self._messages: list[str] | None = None
@@ -147,10 +158,18 @@ class ContentCheck:
                                         daemon=True)
         self._process.start()
         child.close()
-        # Starting Python and importing the readers is a fixed cost, not the check's; on a busy
-        # machine it can take most of the wait, so the wait starts once the check does.
-        with contextlib.suppress(EOFError):  # the process died: `result` says so
+        self._started = False
+        if await_start:
+            # Starting Python and importing the readers is a fixed cost, not the check's; on a
+            # busy machine it can take most of the wait, so the wait starts once the check does.
+            with contextlib.suppress(EOFError):  # the process died: `result` says so
+                self._receive_start()
+
+    def _receive_start(self) -> None:
+        """Take the process's "started" message off the pipe (once)."""
+        if not self._started:
             self._connection.recv()
+            self._started = True
 
     def yield_cpu(self) -> None:
         """Lower the check's priority: training, which it now runs beside, comes first."""
@@ -159,7 +178,14 @@ class ContentCheck:
 
     def done(self, timeout: float = 0.0) -> bool:
         """Whether the result is in, waiting at most `timeout` seconds for it."""
-        return self._messages is not None or self._connection.poll(timeout)
+        if self._messages is not None:
+            return True
+        if not self._started:
+            if not self._connection.poll(timeout):
+                return False
+            with contextlib.suppress(EOFError):
+                self._receive_start()
+        return self._connection.poll(timeout)
 
     def result(self) -> list[str]:
         """The leak messages (empty when clean), waiting for the process as long as it takes.
@@ -170,6 +196,7 @@ class ContentCheck:
         """
         if self._messages is None:
             try:
+                self._receive_start()
                 status, value = self._connection.recv()
             except EOFError:
                 status, value = "error", f"the process ended with code {self._process.exitcode}"
@@ -297,11 +324,14 @@ def split_images(table: pd.DataFrame, fraction: float, seed: int = 0
 
 def _start_checks(pairs: list[_Pair], near: bool, allow: bool,
                   wait: float | None) -> list[ContentCheck]:
-    """Start the content checks; enforce them now when they finish within `wait` seconds
-    (`CONTENT_CHECK_WAIT` when None), else leave them to `Splits.verify`."""
-    check = ContentCheck(pairs, near, allow)
-    wait = CONTENT_CHECK_WAIT if wait is None else wait
-    if check.done(wait):
+    """Start the content checks; enforce them now when they finish within `wait` seconds (when
+    None: `CONTENT_CHECK_WAIT`, or 0 above `CONTENT_CHECK_AWAITED_IMAGES` images), else leave
+    them to `Splits.verify`."""
+    if wait is None:
+        images = sum(len(p.train) + len(p.evaluated) for p in pairs)
+        wait = CONTENT_CHECK_WAIT if images <= CONTENT_CHECK_AWAITED_IMAGES else 0.0
+    check = ContentCheck(pairs, near, allow, await_start=wait > 0)
+    if wait > 0 and check.done(wait):
         check.enforce()
         return []
     check.yield_cpu()
@@ -330,23 +360,26 @@ def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
 
 
 def _check_all(pairs: list[tuple[pd.DataFrame, pd.DataFrame, str, str]], allow: bool,
-               wait: float | None) -> list[ContentCheck]:
+               wait: float | None, photos_only: bool = False) -> list[ContentCheck]:
     messages = []
     for train, evaluated, train_name, name in pairs:
-        shared = sorted(set(train["identity"]) & set(evaluated["identity"]))
+        shared = sorted(set(train["identity"].unique()) & set(evaluated["identity"].unique()))
         if shared:
             messages.append(f"Leakage between {train_name} and {name}: {len(shared)} identities "
                             f"in both {train_name} and {name} (e.g. {shared[:3]})")
     _report(messages, allow)
-    return _start_checks([_Pair.of(*pair) for pair in pairs], True, allow, wait)
+    return _start_checks([_Pair.of(*pair, photos_only=photos_only) for pair in pairs], True,
+                         allow, wait)
 
 
 def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
                 cfg: SplitSettings, stratify: str | None = "gender",
-                wait: float | None = None) -> Splits:
+                wait: float | None = None, photos_only: bool = False) -> Splits:
     """Carve dev (and, without an official val, a holdout) out of train by identity, then check
     train against dev, and train + dev against the evaluated split (dev picks the checkpoint and
-    the threshold, so it must not see the evaluated split either); see `check_leakage`."""
+    the threshold, so it must not see the evaluated split either); see `check_leakage`.
+    `photos_only`: the distorted rows are rendered views (`common.views`), so the content checks
+    compare the clean photos alone."""
     stratify = stratify if stratify in train_table.columns else None
     if val_table is not None and len(val_table):
         rest, eval_table, eval_name = train_table, val_table, "val"
@@ -361,24 +394,27 @@ def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
                     eval_table.reset_index(drop=True), eval_name)
     splits.checks = _check_all([(splits.train, splits.dev, "train", "dev"),
                                 (pd.concat([splits.train, splits.dev]), splits.eval, "train/dev",
-                                 eval_name)], cfg.allow_leakage, wait)
+                                 eval_name)], cfg.allow_leakage, wait, photos_only)
     return splits
 
 
 def make_image_splits(train: pd.DataFrame, evaluated: pd.DataFrame, eval_name: str,
-                      cfg: SplitSettings, wait: float | None = None) -> Splits:
+                      cfg: SplitSettings, wait: float | None = None,
+                      photos_only: bool = False) -> Splits:
     """Closed-set splits (identity folders with ``split_by="image"``): dev holds other photos of
     the train identities (`split_images`), and the enrolled (train) clean photos join the dev
     and evaluated galleries, so the harder variant (own photo removed) scores recognising a new
     photo of a known person against them.
 
     Identities are shared by design and a person's photos may look alike, so only identical
-    images are refused (in the background, as in `check_leakage`).
+    images are refused (in the background, as in `check_leakage`; `photos_only` as in
+    `make_splits`).
     """
     fraction = min(0.5, cfg.dev_fraction / (1.0 - cfg.holdout_fraction))
     train, dev = split_images(train, fraction, cfg.seed + 1)
     enrolled = train[train["distortion"] == "clean"]
-    pairs = [_Pair.of(train, dev, "train", "dev"), _Pair.of(train, evaluated, "train", eval_name)]
+    pairs = [_Pair.of(train, dev, "train", "dev", photos_only),
+             _Pair.of(train, evaluated, "train", eval_name, photos_only)]
     return Splits(train, pd.concat([dev.assign(split="dev"), enrolled], ignore_index=True),
                   pd.concat([evaluated, enrolled], ignore_index=True), eval_name,
                   _start_checks(pairs, False, cfg.allow_leakage, wait))

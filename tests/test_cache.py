@@ -3,6 +3,7 @@ ImageArrayDataset."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import pickle
 import shutil
@@ -131,6 +132,17 @@ def test_fingerprint_stable_across_roots_and_order(tmp_path: Path) -> None:
     moved = [path.replace("0.jpg", "9.jpg") for path in paths_a]
     assert (cache.compute_fingerprint(moved, sizes=False)
             != cache.compute_fingerprint(paths_a, sizes=False))
+    # As documented: SHA-1 over the sorted relative paths, from Task_A on, or else from the
+    # common folder (here two identity folders of a VGGFace2-style root), with the sizes.
+    def sha1(lines: list[str]) -> str:
+        return hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()
+
+    sizes = [os.path.getsize(path) for path in paths_a]
+    assert cache.compute_fingerprint(paths_a[::-1]) == sha1(
+        [f"Task_A/train/male/{i}.jpg\t{size}" for i, size in enumerate(sizes)])
+    people = [str(tmp_path / "faces" / name) for name in ("ann/1.jpg", "bob/x/2.jpg", "3.jpg")]
+    assert cache.compute_fingerprint(people, sizes=False) == sha1(["ann/1.jpg", "bob/x/2.jpg",
+                                                                   "3.jpg"])
 
 
 @pytest.fixture

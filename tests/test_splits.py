@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -234,3 +235,29 @@ def test_closed_set_split_refuses_identical_photos_only(small_copy, tmp_path):
     leaked = evaluated.iloc[:1].assign(path=made.train["path"].iloc[0], distortion="clean")
     with pytest.raises(LeakageError, match="identical images"):
         splits_module.make_image_splits(table, pd.concat([evaluated, leaked]), "val", _settings())
+
+
+def test_large_splits_do_not_wait_for_the_check(small_copy, tmp_path, monkeypatch):
+    """Above CONTENT_CHECK_AWAITED_IMAGES the splits return while the check still runs (here
+    it cannot finish: its hash store is locked); the leak is still raised by `verify`."""
+    _leak_identical_image(small_copy, tmp_path)
+    monkeypatch.setattr(splits_module, "CONTENT_CHECK_WAIT", 20.0)
+    monkeypatch.setattr(splits_module, "CONTENT_CHECK_AWAITED_IMAGES", 10)
+    lock = _lock_hash_store()
+    start = time.monotonic()
+    splits = _splits_of(small_copy, tmp_path)
+    assert time.monotonic() - start < splits_module.CONTENT_CHECK_WAIT
+    assert len(splits.checks) == 1 and not splits.checks[0].done()
+    lock.commit()
+    with pytest.raises(LeakageError, match="identical images"):
+        splits.verify()
+
+
+def test_rendered_views_are_covered_by_their_photos():
+    """With photos_only the content checks receive the clean photos alone."""
+    table = pd.DataFrame({"path": ["/a/1.jpg", "/v/1.jpg_foggy.jpg", "/a/2.jpg"],
+                          "distortion": ["clean", "foggy", "clean"]})
+    pair = splits_module._Pair.of(table, table, "train", "dev", photos_only=True)
+    assert pair.train == ["/a/1.jpg", "/a/2.jpg"] and pair.train_clean == [True, True]
+    full = splits_module._Pair.of(table, table, "train", "dev")
+    assert full.evaluated == list(table["path"]) and full.evaluated_clean == [True, False, True]
