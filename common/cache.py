@@ -142,7 +142,8 @@ def _entries(paths: Sequence[str | os.PathLike], sizes: bool) -> list[str]:
     Paths are split into folder and name, and the folder's part is worked out once per folder:
     a data set has millions of files in thousands of folders."""
     split = [os.fspath(p).rpartition(os.sep) for p in paths]
-    folders = {folder: os.path.abspath(folder or os.curdir) for folder, _, _ in split}
+    folders = {folder: os.path.abspath(folder or os.curdir)
+               for folder in {folder for folder, _, _ in split}}
     common = os.path.commonpath(set(folders.values()))
     relative = {folder: _stable_relpath(absolute + os.sep, common)
                 for folder, absolute in folders.items()}
