@@ -17,7 +17,7 @@ from common import data, fusion, metrics
 __all__ = [
     "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
     "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows",
-    "photo_keys", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS", "OBJECTIVES",
+    "photo_keys", "photo_index", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS", "OBJECTIVES",
     "dev_scores",
 ]
 
@@ -33,6 +33,17 @@ PAIR_PROTOCOLS = ("random", "hackathon")
 def photo_keys(frame: pd.DataFrame) -> np.ndarray:
     """Per row, the photo it shows: its clean source, or itself when the source is unknown."""
     return frame["source"].where(frame["source"] != "", frame["path"]).to_numpy()
+
+
+def photo_index(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct photos, sorted; each row's position among them): what
+    ``np.unique(photo_keys(frame), return_inverse=True)`` gives, with the rows hashed first so
+    that only the distinct photos are sorted (a photo has eight rows in identity folders)."""
+    codes, photos = pd.factorize(photo_keys(frame))
+    order = np.argsort(photos)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return np.asarray(photos)[order], rank[codes]
 
 
 def retrieval_table(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str = "max",

@@ -166,7 +166,7 @@ def read_splits(cfg: experiment.ExperimentConfig) -> splits.Splits:
     split_by = cfg.task.split_by
     table = read_identity_folders(cfg.data_dir, split_by, cfg.holdout_fraction, cfg.seed)
     print(summarize(table).to_string())
-    present = set(table["split"])
+    present = set(table["split"].unique())
     eval_name = next((n for n in ("holdout", "val", "test") if n in present), None)
     if eval_name is None:
         raise data.DatasetLayoutError(f"{cfg.data_dir}/train has no val/ or test/ beside it: "

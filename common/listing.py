@@ -43,6 +43,7 @@ def _pillow_extensions() -> tuple[str, ...]:
 
 
 IMAGE_EXTENSIONS = _pillow_extensions()
+_IMAGE_EXTENSION_SET = frozenset(IMAGE_EXTENSIONS)  # looked up once per file listed
 
 
 def is_hidden(name: str) -> bool:
@@ -52,7 +53,7 @@ def is_hidden(name: str) -> bool:
 
 def is_image_name(name: str) -> bool:
     """A visible file name whose extension Pillow reads (case-insensitive)."""
-    return not is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return not is_hidden(name) and os.path.splitext(name)[1].lower() in _IMAGE_EXTENSION_SET
 
 
 def is_valid_name(path: str | os.PathLike) -> bool:

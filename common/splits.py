@@ -23,6 +23,8 @@ import contextlib
 import math
 import multiprocessing
 import os
+import pickle
+import tempfile
 import traceback
 import zlib
 from collections.abc import Callable
@@ -121,12 +123,16 @@ def _content_problems(pairs: list[_Pair], near: bool, folder: Path) -> list[str]
     return messages
 
 
-def _run_check(connection, pairs: list[_Pair], near: bool, folder: Path) -> None:
-    """Entry point of the spawned process: send ``("ok", messages)`` or ``("error", text)``,
-    then end at once: the interpreter's own shutdown (torch and the rest imported) would hold
-    a CPU longer than the check did on small data."""
+def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
+    """Entry point of the spawned process: read the pairs `ContentCheck` wrote to `pairs_file`
+    (and delete it), send ``("ok", messages)`` or ``("error", text)``, then end at once: the
+    interpreter's own shutdown (torch and the rest imported) would hold a CPU longer than the
+    check did on small data."""
     try:
         connection.send(("started", None))
+        with open(pairs_file, "rb") as file:
+            pairs = pickle.load(file)
+        os.unlink(pairs_file)
         connection.send(("ok", _content_problems(pairs, near, folder)))
     except BaseException:  # reported in the parent, which decides; never lost
         connection.send(("error", traceback.format_exc()))
@@ -153,8 +159,15 @@ class ContentCheck:
         self._messages: list[str] | None = None
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe(duplex=False)
+        # The paths go through a file: passed as arguments, they would be written into a pipe
+        # the new process reads only after importing torch, and that write would wait for it.
+        handle, self._pairs_file = tempfile.mkstemp(prefix="facecom-leakage-check-",
+                                                    suffix=".pickle")
+        with os.fdopen(handle, "wb") as file:
+            pickle.dump(pairs, file, protocol=pickle.HIGHEST_PROTOCOL)
         self._process = context.Process(target=_run_check, name="facecom-leakage-check",
-                                        args=(child, pairs, near, feature_store.store_folder()),
+                                        args=(child, self._pairs_file, near,
+                                              feature_store.store_folder()),
                                         daemon=True)
         self._process.start()
         child.close()
@@ -202,6 +215,7 @@ class ContentCheck:
                 status, value = "error", f"the process ended with code {self._process.exitcode}"
             self._connection.close()
             self._process.join()
+            Path(self._pairs_file).unlink(missing_ok=True)  # the process ended before reading it
             if status != "ok":
                 raise RuntimeError("The leakage check of the splits failed, so it is unknown "
                                    f"whether train and evaluation share images:\n{value}")

@@ -308,7 +308,7 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
         return None
     if teacher != "dlib":
         raise ValueError(f"teacher={teacher!r}; choose 'dlib' or '' (none)")
-    photos = np.unique(evaluation.photo_keys(frame))
+    photos, _ = evaluation.photo_index(frame)
     if len(photos) > TEACHER_MAX_PHOTOS:
         fallbacks.fall_back(f"training without a teacher: describing {len(photos)} photos with "
                             f"dlib first would delay training for hours (above "
@@ -334,7 +334,7 @@ def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> 
     Returns:
         DataFrame[i, j, source]: row positions in `frame` and an integer code of the photo.
     """
-    _, code = np.unique(evaluation.photo_keys(frame), return_inverse=True)
+    _, code = evaluation.photo_index(frame)
     clean = (frame["distortion"] == "clean").to_numpy()
     # Rows grouped by photo code, each group in frame order (one stable sort); the draws are one
     # vectorised call that consumes the generator exactly as drawing photo by photo would.
@@ -430,7 +430,7 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
     transform = transforms.create_train_transform(cfg.image_size, mean, std, distortion_p)
     train, labels = task_data.splits.train, task_data.train_labels()
     train_set = cache.ImageArrayDataset(task_data.images["train"], labels, transform)
-    n_photos = len(np.unique(evaluation.photo_keys(train)))
+    n_photos = len(pd.unique(evaluation.photo_keys(train)))
     pairs_per_source = max(1, round(len(train) / (2 * n_photos)))
     teacher_by_photo = None if teacher is None else torch.as_tensor(teacher)
 

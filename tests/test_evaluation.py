@@ -129,3 +129,17 @@ def test_pair_report_on_the_hackathon_list():
     assert report.flat()["pair_accuracy_face_blind"] == 1.0
     with pytest.raises(ValueError, match="protocol"):
         evaluation.pair_report(frame, embeddings, frame, embeddings, protocol="sorted")
+
+
+def test_photo_index_is_numpy_unique_with_its_inverse():
+    """Rows of shuffled photos (clean rows, copies with a source, copies without one)."""
+    rng = np.random.default_rng(5)
+    photos = [f"/d/id{i % 7}/p{i}.jpg" for i in rng.permutation(40)]
+    rows = [(p, p) for p in photos] + [(f"{p}_{k}.jpg", p) for p in photos for k in range(3)]
+    rows += [(f"/d/orphan{i}.jpg", "") for i in range(5)]
+    frame = pd.DataFrame([rows[i] for i in rng.permutation(len(rows))],
+                         columns=["path", "source"])
+    expected, inverse = np.unique(evaluation.photo_keys(frame), return_inverse=True)
+    got, positions = evaluation.photo_index(frame)
+    assert list(got) == list(expected) and positions.tolist() == inverse.tolist()
+    assert len(got) == 45 and sorted(got) == list(got)
