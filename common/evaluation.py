@@ -17,7 +17,8 @@ from common import data, fusion, metrics
 __all__ = [
     "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
     "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows",
-    "photo_keys", "photo_index", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS", "OBJECTIVES",
+    "photo_keys", "photo_index", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
+    "OBJECTIVES",
     "dev_scores",
 ]
 

@@ -141,8 +141,8 @@ def _load_detection_copy(path: str, max_side: int) -> tuple[np.ndarray, tuple[in
 
     Local loader rather than `common.data.load_image`: that one decodes at full size, while draft
     mode here lets libjpeg decode a 3072 px JPEG at 1/2-1/8 scale directly. Modes and the EXIF
-    orientation are handled by `image_decode.to_rgb`, so the copy is upright like every decoded image;
-    the original size is reported upright too.
+    orientation are handled by `image_decode.to_rgb`, so the copy is upright like every decoded
+    image; the original size is reported upright too.
     """
     try:
         with Image.open(io.BytesIO(views.read_image_bytes(path))) as image:

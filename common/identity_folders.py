@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from common import data, experiment, listing, splits, views, workspace
-from common.discovery import list_images, list_subdirs, split_roots
+from common.discovery import list_subdirs, scan_images, split_roots
 from common.distortions import DISTORTIONS
 
 __all__ = ["SPLIT_BY", "read_identity_folders", "summarize", "read_splits"]
@@ -71,7 +71,8 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     Returns:
         DataFrame ``path, split, identity, distortion, source`` (clean rows first per identity);
         `split` is "train" / "holdout" / "val" when generated, else the sub-root's name.
-        Hidden files and folders (never read) are listed in ``attrs["skipped"]``. An
+        Hidden files and folders of the root, its split folders and the identity folders
+        (never read) are listed in ``attrs["skipped"]``. An
         unreadable photo stays listed: reading it or one of its views raises
         `image_decode.ImageReadError` naming the photo.
 
@@ -86,29 +87,40 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if not root.is_dir():
         raise data.DatasetLayoutError(f"{root} does not exist; point data_dir at the folder that "
                                       "holds <identity>/ image folders.")
-    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else workspace.cache_dir() / "identity_views"
+    cache_dir = (Path(cache_dir).resolve() if cache_dir is not None
+                 else workspace.cache_dir() / "identity_views")
     if cache_dir == root or root in cache_dir.parents:
         raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is "
                          "never written to; choose a cache_dir outside it.")
     roots = split_roots(root)
-    folders = [(split or "train", identity.name, list_images(identity))
-               for split, folder in roots.items() for identity in list_subdirs(folder)]
+    scans = [(split or "train", identity.name, scan_images(identity))
+             for split, folder in roots.items() for identity in list_subdirs(folder)]
+    folders = [(split, identity, images) for split, identity, (images, _) in scans]
     if not any(images for *_, images in folders):
         raise data.DatasetLayoutError(
             f"{root}: no images in <identity>/ folders. Expected <root>/<identity>/*.jpg or "
             "<root>/train/<identity>/*.jpg (+ val/, test/).")
-    skipped = listing.walk_files(root).skipped
+    skipped = sorted([*_hidden(root, roots),
+                      *(path for *_, (_, hidden) in scans for path in hidden)], key=os.fsencode)
     if skipped:
         warnings.warn(f"{len(skipped)} hidden files or folders skipped, e.g. "
-                      f"{listing.printable(skipped[0][0])}", stacklevel=2)
+                      f"{listing.printable(skipped[0])}", stacklevel=2)
     table = _table(folders, root, views.views_folder(cache_dir, root, seed))
     if "" in roots and split_by == "identity":
         table["split"] = _split_by_identity(table, eval_fraction, seed)
     elif "" in roots:
         kept, held = splits.split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
-    table.attrs["skipped"] = [path for path, _ in skipped]
+    table.attrs["skipped"] = skipped
     return table
+
+
+def _hidden(root: Path, roots: dict[str, Path]) -> list[str]:
+    """Hidden entries of the root and of its split folders (the identity folders' own are
+    found as they are listed)."""
+    folders = {root, *roots.values()}
+    return [entry.path for folder in folders for entry in os.scandir(folder)
+            if listing.is_hidden(entry.name)]
 
 
 def _table(folders: list[tuple[str, str, list[str]]], root: Path, views_folder: Path
@@ -119,8 +131,9 @@ def _table(folders: list[tuple[str, str, list[str]]], root: Path, views_folder: 
     counts = np.array([len(images) for *_, images in folders])
     clean = np.array([image for *_, images in folders for image in images], dtype=object)
     prefix, folder = len(str(root)) + 1, str(views_folder)
-    view_paths = np.array([f"{folder}/{views.view_name(path[prefix:], name)}"
-                           for path in clean for name in DISTORTIONS], dtype=object)
+    suffixes = [views.view_name("", name) for name in DISTORTIONS]  # "_<distortion>.jpg"
+    view_paths = np.array([base + suffix for base in (f"{folder}/{path[prefix:]}" for path in clean)
+                           for suffix in suffixes], dtype=object)
     per_view = len(DISTORTIONS)
     split = np.repeat(np.array([split for split, *_ in folders], dtype=object), counts)
     identity = np.repeat(np.array([identity for _, identity, _ in folders], dtype=object),

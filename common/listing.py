@@ -53,7 +53,8 @@ def is_hidden(name: str) -> bool:
 
 def is_image_name(name: str) -> bool:
     """A visible file name whose extension Pillow reads (case-insensitive)."""
-    return not is_hidden(name) and os.path.splitext(name)[1].lower() in _IMAGE_EXTENSION_SET
+    dot = name.rfind(".")  # os.path.splitext's extension of a visible name, without the call
+    return dot > 0 and not is_hidden(name) and name[dot:].lower() in _IMAGE_EXTENSION_SET
 
 
 def is_valid_name(path: str | os.PathLike) -> bool:

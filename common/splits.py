@@ -13,9 +13,9 @@ split by identity (or, closed set, by photo) and checked for leakage.
   training (above `CONTENT_CHECK_AWAITED_IMAGES` images they could not finish within the wait,
   so they are not waited for). `Splits.verify` waits for them, and `Splits.guard` puts that
   wait in front of the dev evaluation, so no number is ever computed on data that may leak: a
-  leak found late raises `LeakageError` there (or only warns with ``allow_leakage``). As with any spawned
-  process, a script (not a notebook) that makes splits must guard its entry point with
-  ``if __name__ == "__main__":``, since the check re-imports the script.
+  leak found late raises `LeakageError` there (or only warns with ``allow_leakage``). As with
+  any spawned process, a script (not a notebook) that makes splits must guard its entry point
+  with ``if __name__ == "__main__":``, since the check re-imports the script.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ import pandas as pd
 
 from common import feature_store, near_duplicates
 
-__all__ = ["CONTENT_CHECK_WAIT", "CONTENT_CHECK_AWAITED_IMAGES", "LeakageError", "SplitSettings", "ContentCheck", "Splits",
-           "split_identities", "split_images", "make_splits", "make_image_splits",
-           "check_leakage"]
+__all__ = ["CONTENT_CHECK_WAIT", "CONTENT_CHECK_AWAITED_IMAGES", "LeakageError", "SplitSettings",
+           "ContentCheck", "Splits", "split_identities", "split_images", "make_splits",
+           "make_image_splits", "check_leakage"]
 
 # Seconds the content checks may delay training (once their process has started) before they
 # continue beside it: enough for a FACECOM-sized split (hashes cached by notebook 00's

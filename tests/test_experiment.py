@@ -296,6 +296,27 @@ def test_resume_after_a_parameter_change_names_it(tmp_path, sample_root):
         run_recipe("task_a", tmp_path, sample_root, Plan(), resume=True, lr=0.002)
 
 
+
+def test_resume_data_fingerprint_names_photos_and_copies(sample_root):
+    """A Task B table's data fingerprint: the same for its rows in another order or under another
+    root; another when a photo or a distorted copy is missing."""
+    from common import data
+    from common.experiment import _data_fingerprint
+
+    table = data.read_task_b(sample_root, "train")
+    moved = table.assign(**{column: table[column].str.replace(str(sample_root), "/elsewhere",
+                                                              regex=False)
+                            for column in ("path", "source")})
+    same = _data_fingerprint(table)
+    assert _data_fingerprint(table.sample(frac=1, random_state=0)) == same
+    assert _data_fingerprint(moved) == same
+    clean = table.index[table["distortion"] == "clean"]
+    without_photo = table[~table["source"].isin({table.loc[clean[0], "path"]})]
+    assert _data_fingerprint(without_photo)["photos"] != same["photos"]
+    copy = table.index[table["distortion"] == "foggy"][0]
+    assert _data_fingerprint(table.drop(copy)) != same
+    assert same["rows"]["clean"] == len(clean)
+
 # --- dev-only selection ---------------------------------------------------------------------
 
 def _dev_clean(outcome: Outcome) -> tuple[np.ndarray, np.ndarray]:
