@@ -18,8 +18,7 @@ __all__ = [
     "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
     "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows",
     "photo_keys", "photo_index", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
-    "OBJECTIVES",
-    "dev_scores",
+    "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -128,6 +127,80 @@ def gallery_report(evaluated: pd.DataFrame, eval_embeddings: np.ndarray,
         eval=metrics.summarize_retrieval(table), hard=metrics.summarize_retrieval(hard),
         verification=metrics.compute_verification_metrics(scores, same, threshold=threshold),
         dev=dev_summary, table=table, verification_scores=scores, verification_same=same)
+
+
+@dataclass
+class SwitchReport:
+    """A `fusion.CopySwitch` on one evaluated split: both protocols answered through it, each
+    channel alone, and the dev table its threshold was chosen from.
+
+    Failures split by what was missed: an official query that fails lost a copy of a gallery
+    photo ("copy missed"); a query failing once its own photo is removed lost the person
+    ("person missed")."""
+
+    switch: fusion.CopySwitch
+    eval: dict
+    hard: dict
+    channels: dict[str, dict[str, float]]
+    copy_share: dict[str, float]
+    dev: pd.DataFrame = field(repr=False)
+    tables: dict[str, pd.DataFrame] = field(repr=False)
+
+    def flat(self) -> dict:
+        """metrics.json keys: ``switch_*`` for the switch, ``<channel>_channel_*`` alone."""
+        out = {"switch_threshold": self.switch.threshold,
+               "switch_identity_threshold": self.switch.identity_threshold,
+               "switch_top1": self.eval["top1"], "switch_top1_hard": self.hard["top1"],
+               "switch_top1_by_distortion": self.eval["top1_by_distortion"],
+               "switch_top1_hard_by_distortion": self.hard["top1_by_distortion"],
+               "switch_copy_share": self.copy_share["eval"],
+               "switch_copy_share_hard": self.copy_share["hard"],
+               "switch_copy_missed": int((~self.tables["eval"]["correct"]).sum()),
+               "switch_person_missed": int((~self.tables["hard"]["correct"]).sum())}
+        for channel, numbers in self.channels.items():
+            out.update({f"{channel}_channel_{key}": value for key, value in numbers.items()})
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        """Top-1 of both protocols through the switch and through each channel alone."""
+        rows = {"copy or identity (switch)": (self.eval["top1"], self.hard["top1"]),
+                **{f"{channel} channel alone": (numbers["top1"], numbers["top1_hard"])
+                   for channel, numbers in self.channels.items()}}
+        return pd.DataFrame(rows, index=["top-1", "top-1, own photo removed"]).T
+
+
+def _channel_tables(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
+                    exclude_own_source: bool, aggregate: str, seed: int
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return tuple(retrieval_table(frame, embeddings, aggregate, exclude_own_source, seed)
+                 for embeddings in (copy, identity))
+
+
+def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
+                  evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
+                  aggregate: str = "max", seed: int = 0) -> SwitchReport:
+    """Fit a `fusion.CopySwitch` on dev (`fusion.fit_copy_switch`: the best mean of the two
+    protocols' top-1) and report it on the evaluated split.
+
+    Args:
+        dev / evaluated: the rows of each split; ``*_copy`` their copy-channel embeddings (the
+            learned embedding with its copy detector), ``*_identity`` their unit face
+            descriptors (the identity channel).
+    """
+    dev_tables = [_channel_tables(dev, dev_copy, dev_identity, exclude, aggregate, seed)
+                  for exclude in (False, True)]
+    switch, candidates = fusion.fit_copy_switch(dev_tables)
+    pairs = {name: _channel_tables(evaluated, eval_copy, eval_identity, exclude, aggregate, seed)
+             for name, exclude in (("eval", False), ("hard", True))}
+    tables = {name: switch.choose(*pair) for name, pair in pairs.items()}
+    channels = {channel: {key: metrics.summarize_retrieval(pairs[name][position])["top1"]
+                          for key, name in (("top1", "eval"), ("top1_hard", "hard"))}
+                for position, channel in enumerate(("copy", "identity"))}
+    return SwitchReport(
+        switch, metrics.summarize_retrieval(tables["eval"]),
+        metrics.summarize_retrieval(tables["hard"]), channels,
+        {name: float((table["channel"] == "copy").mean()) for name, table in tables.items()},
+        candidates, tables)
 
 
 @dataclass

@@ -9,7 +9,9 @@ need no change. `choose_weight` picks ``w`` on dev by a score the caller passes
 
 `FaceRule` uses a face descriptor for pairs instead: same when the embeddings are close *or* the
 descriptors agree. It belongs to the model: fitted on dev pairs (`fit_face_rule`), saved in the
-model card as ``face_rule`` and applied by `common.predict`.
+model card as ``face_rule`` and applied by `common.predict`. `CopySwitch` does the same for the
+gallery: each query is answered by the copy channel when the gallery holds a near-duplicate of
+it, else by the face descriptor (`fit_copy_switch`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
-           "fit_face_rule"]
+           "fit_face_rule", "CopySwitch", "fit_copy_switch"]
 
 COPY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
@@ -114,3 +116,84 @@ def fit_face_rule(distances: np.ndarray, descriptor_cosines: np.ndarray, both_fo
             if accuracy > best[0]:
                 best = (accuracy, float(distance), float(cosine))
     return FaceRule(best[1], best[2])
+
+
+@dataclass(frozen=True)
+class CopySwitch:
+    """A gallery decision for when one similarity cannot serve both kinds of match.
+
+    A distorted copy of a gallery photo is found by the copy channel (the learned embedding with
+    its copy detector); another photo of a known person only by a face descriptor; and a linear
+    mix of the two costs one kind of match for every share it gives the other. So each query is
+    answered by one channel: the copy channel's when its best identity stands out as a
+    near-duplicate would (its cosine at least `threshold` above the next identity's) or when
+    the descriptor is unsure (its best cosine below `identity_threshold`, as when glare hid the
+    face), else the descriptor's.
+    """
+
+    threshold: float
+    identity_threshold: float = -np.inf
+
+    def uses_copy(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame) -> np.ndarray:
+        """Per query of the two channels' retrieval tables, whether the copy channel answers."""
+        return ((copy_margin(copy_table) >= self.threshold)
+                | (identity_table["predicted_score"].to_numpy(float) < self.identity_threshold))
+
+    def choose(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame) -> pd.DataFrame:
+        """One retrieval table: per query the row of `copy_table` or of `identity_table` (two
+        `metrics.compute_retrieval_table` results over the same queries), with a ``channel``
+        column saying which."""
+        if not np.array_equal(copy_table["query_index"], identity_table["query_index"]):
+            raise ValueError("CopySwitch.choose needs both channels' tables over the same queries")
+        use_copy = self.uses_copy(copy_table, identity_table)
+        table = pd.DataFrame({column: np.where(use_copy, copy_table[column].to_numpy(),
+                                               identity_table[column].to_numpy())
+                              for column in identity_table.columns}, index=identity_table.index)
+        table["channel"] = np.where(use_copy, "copy", "identity")
+        table.attrs = dict(identity_table.attrs)
+        return table
+
+
+def copy_margin(table: pd.DataFrame) -> np.ndarray:
+    """How far a query's best identity stands above the next one (inf with a single one)."""
+    return (table["predicted_score"] - table["runner_up_score"]).to_numpy(float)
+
+
+def _grid(values: list[np.ndarray], n: int) -> np.ndarray:
+    """`n` quantiles of the pooled values, plus -inf and inf (a channel always / never used)."""
+    pooled = np.concatenate(values) if values else np.zeros(0)
+    inner = np.quantile(pooled, np.linspace(0, 1, n)) if len(pooled) else np.zeros(0)
+    return np.unique(np.concatenate([[-np.inf, np.inf], inner]))
+
+
+def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candidates: int = 100
+                    ) -> tuple[CopySwitch, pd.DataFrame]:
+    """The `CopySwitch` whose two thresholds give the best mean top-1 over `tables`: (copy
+    channel, identity channel) retrieval tables of dev, one pair per protocol (the official one
+    and the one with each query's own photo removed).
+
+    The mean gives each protocol the same weight, so a threshold is worth what it gains on both:
+    a point of copies found counts as much as a point of people recognised. Both thresholds are
+    tried on `n_candidates` quantiles of their channel's dev scores, with "always" and "never";
+    ties go to the higher first-protocol top-1, then to the lower thresholds.
+
+    Returns:
+        (the switch, one row per candidate pair: thresholds, top-1 per protocol, mean).
+    """
+    copy_scores = [copy_margin(copy) for copy, _ in tables]
+    identity_scores = [identity["predicted_score"].to_numpy(float) for _, identity in tables]
+    taus, sigmas = _grid(copy_scores, n_candidates), _grid(identity_scores, n_candidates)
+    tau, sigma = (grid.ravel() for grid in np.meshgrid(taus, sigmas, indexing="ij"))
+    columns = {"threshold": tau, "identity_threshold": sigma}
+    for number, ((copy, identity), c_score, i_score) in enumerate(
+            zip(tables, copy_scores, identity_scores)):
+        use_copy = ((c_score[None, :] >= tau[:, None]) | (i_score[None, :] < sigma[:, None]))
+        correct = np.where(use_copy, copy["correct"].to_numpy(bool)[None, :],
+                           identity["correct"].to_numpy(bool)[None, :])
+        columns[f"top1_{number}"] = correct.mean(axis=1) if len(c_score) else np.zeros(len(tau))
+    table = pd.DataFrame(columns)
+    table["mean_top1"] = table.filter(like="top1_").mean(axis=1)
+    best = table.sort_values(["mean_top1", "top1_0", "threshold", "identity_threshold"],
+                             ascending=[False, False, True, True]).index[0]
+    return CopySwitch(float(table.loc[best, "threshold"]),
+                      float(table.loc[best, "identity_threshold"])), table

@@ -126,7 +126,8 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
 
     Returns:
         DataFrame with columns query_index (row in the inputs), identity, distortion (only when
-        given), predicted_identity, predicted_score, true_score, rank (1-based; ties broken like
+        given), predicted_identity, predicted_score, runner_up_score (the next identity's, truth
+        unseen), true_score, rank (1-based; ties broken like
         argmax, so rank 1 <=> correct), correct, best_other_identity, best_other_score,
         random_other_identity, random_other_score (a seeded uniformly drawn wrong identity),
         predicted_gallery_index and true_gallery_index (best-matching reference, indices into
@@ -173,12 +174,16 @@ def compute_retrieval_table(gallery_embeddings: np.ndarray, gallery_identities: 
         other = scores.copy()
         other[ar, cb] = -np.inf
         best_other = other.argmax(axis=1)
+        runner_up = scores.copy()
+        runner_up[ar, pred] = -np.inf
+        runner_up = runner_up.max(axis=1) if len(names) > 1 else np.full(len(qb), -np.inf)
         rand_other = (cb + rng.integers(1, max(2, len(names)), size=len(qb))) % len(names)
         for r in np.flatnonzero(np.isfinite(true)):
             p, t = pred[r], cb[r]
             rows.append({
                 "query_index": lo + r, "identity": names[t],
                 "predicted_identity": names[p], "predicted_score": float(scores[r, p]),
+                "runner_up_score": float(runner_up[r]),
                 "true_score": float(true[r]), "rank": int(rank[r]), "correct": bool(p == t),
                 "best_other_identity": names[best_other[r]],
                 "best_other_score": float(other[r, best_other[r]]),

@@ -540,6 +540,21 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     return DescriptorFusion(weight, front_end, embeddings, table, faces)
 
 
+def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
+                     descriptor: DescriptorFusion, aggregate: str = "max", seed: int = 0
+                     ) -> evaluation.SwitchReport | None:
+    """The `fusion.CopySwitch` between the learned embedding (copies of a gallery photo) and the
+    face descriptor (other photos of a person), fitted on dev and reported on the evaluated
+    split (`evaluation.switch_report`); None when no descriptors were kept
+    (`fuse_descriptor(keep_faces=True)`, and a face model installed)."""
+    if not descriptor.faces:
+        return None
+    splits = task_data.splits
+    return evaluation.switch_report(splits.dev, learned["dev"], descriptor.faces["dev"][0],
+                                    splits.eval, learned["eval"], descriptor.faces["eval"][0],
+                                    aggregate, seed)
+
+
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
                        descriptors: tuple[np.ndarray, np.ndarray] | None, setting: str | float,
                        objective: str, seed: int) -> tuple[float, pd.DataFrame]:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from common import evaluation
+from conftest import gallery_frame
 
 
 def _frame() -> pd.DataFrame:
@@ -143,3 +144,51 @@ def test_photo_index_is_numpy_unique_with_its_inverse():
     got, positions = evaluation.photo_index(frame)
     assert list(got) == list(expected) and positions.tolist() == inverse.tolist()
     assert len(got) == 45 and sorted(got) == list(got)
+
+
+def _channels(frame: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copy channel: each photo its own direction, a copy close to its photo and equally close to
+    two photos of other people (so once the photo is removed it finds someone else). Identity
+    channel: each person their own direction with per-image noise; a sunny copy shows no face,
+    so its descriptor points nowhere near anyone."""
+    rng = np.random.default_rng(seed)
+    photos = sorted(frame.loc[frame["distortion"] == "clean", "path"])
+    people = sorted(frame["identity"].unique())
+    photo = np.eye(len(photos))
+    copy, identity = [], []
+    for _, row in frame.iterrows():
+        own = photos.index(row["source"] or row["path"])
+        vector = photo[own].copy()
+        if row["distortion"] != "clean":
+            others = [i for i, p in enumerate(photos) if not p.startswith(row["identity"] + "/")]
+            vector += 0.3 * photo[others[0]] + 0.3 * photo[others[-1]]
+        copy.append(vector + rng.normal(0, 0.01, len(photos)))
+        face = np.zeros(len(people) + 1)
+        if row["distortion"] == "sunny":
+            face[-1] = 1.0
+        else:
+            face[people.index(row["identity"])] = 1.0
+        identity.append(face + rng.normal(0, 0.05, len(face)))
+    unit = [np.asarray(v) / np.linalg.norm(v, axis=1, keepdims=True) for v in (copy, identity)]
+    return unit[0], unit[1]
+
+
+def test_switch_report_answers_copies_and_people_each_by_its_channel():
+    frame = gallery_frame()
+    dev_copy, dev_identity = _channels(frame, seed=1)
+    eval_copy, eval_identity = _channels(frame, seed=2)
+    report = evaluation.switch_report(frame, dev_copy, dev_identity, frame, eval_copy,
+                                      eval_identity)
+    assert report.eval["top1"] == 1.0  # every copy found
+    # own photo removed: the noisy copies recognised by their face; the sunny ones, which show
+    # none, by chance at best
+    assert report.hard["top1_by_distortion"]["noisy"] == 1.0
+    assert report.hard["top1_by_distortion"]["sunny"] < 1.0
+    assert report.channels["copy"]["top1"] == 1.0 and report.channels["copy"]["top1_hard"] == 0.0
+    assert report.channels["identity"]["top1_hard"] < 1.0
+    switched = (report.eval["top1"] + report.hard["top1"]) / 2
+    for numbers in report.channels.values():
+        assert switched > (numbers["top1"] + numbers["top1_hard"]) / 2
+    flat = report.flat()
+    assert flat["switch_copy_missed"] == 0 and flat["switch_person_missed"] > 0
+    assert flat["switch_top1_hard"] == report.hard["top1"] and 0 < flat["switch_copy_share"] <= 1

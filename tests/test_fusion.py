@@ -90,3 +90,44 @@ def test_fit_face_rule_never_trusts_a_useless_descriptor():
     assert rule.decide(distances, np.array([0.99, 0.1, 0.99, 0.1]), np.ones(4, bool)).tolist() \
         == [True, True, False, False]
     assert rule.descriptor_cosine > 0.99  # a cosine of 0.99 also marks a different pair
+
+
+# --- copy or identity ----------------------------------------------------------------------
+
+def _table(margins, identity_scores, correct, runner_up=0.1) -> pd.DataFrame:
+    """A retrieval table of one channel: predicted score = runner-up + margin."""
+    margins = np.asarray(margins, float)
+    return pd.DataFrame({"query_index": np.arange(len(margins)),
+                         "identity": ["x"] * len(margins),
+                         "predicted_identity": ["x" if c else "y" for c in correct],
+                         "predicted_score": (identity_scores if identity_scores is not None
+                                             else runner_up + margins),
+                         "runner_up_score": runner_up, "correct": correct})
+
+
+def test_copy_switch_fitted_on_hand_made_tables():
+    """Official: the copy channel finds every copy (one, glare-like, by a small margin, where
+    the descriptor found no face); the descriptor misses that one. Own photo removed: the copy
+    channel finds only the fourth query (by the smallest margin: no copy threshold singles it
+    out), whose face the descriptor is unsure of. The best rule answers official queries by
+    copies, the rest by the descriptor unless it is unsure: official 4/4, own photo removed
+    3/4, where either channel alone gets a mean of 5/8."""
+    official = (_table([0.5, 0.6, 0.05, 0.7], None, [True] * 4),
+                _table([0] * 4, [0.9, 0.8, 0.2, 0.85], [True, True, False, True]))
+    removed = (_table([0.02, 0.03, 0.04, 0.01], None, [False, False, False, True]),
+               _table([0] * 4, [0.9, 0.85, 0.1, 0.3], [True, True, False, False]))
+    switch, table = fusion.fit_copy_switch([official, removed])
+    assert 0.03 < switch.threshold <= 0.5 and 0.3 < switch.identity_threshold <= 0.85
+    assert switch.choose(*official)["correct"].tolist() == [True] * 4
+    chosen = switch.choose(*removed)
+    assert chosen["correct"].tolist() == [True, True, False, True]
+    assert chosen["channel"].tolist() == ["identity", "identity", "copy", "copy"]
+    assert table["mean_top1"].max() == pytest.approx(7 / 8)
+    always = table[np.isinf(table["threshold"]) & np.isinf(table["identity_threshold"])]
+    assert sorted(always["mean_top1"]) == pytest.approx([5 / 8, 5 / 8, 5 / 8, 5 / 8])
+
+
+def test_copy_switch_needs_both_tables_over_the_same_queries():
+    copy = _table([0.5, 0.6], None, [True, True])
+    with pytest.raises(ValueError, match="same queries"):
+        fusion.CopySwitch(0.3).choose(copy, copy.iloc[::-1].reset_index(drop=True))

@@ -82,6 +82,9 @@ def test_retrieval_max_hand_computed():
     assert table.loc[1, "true_gallery_index"] == 3  # A@0
     assert table.loc[0, "best_other_identity"] == "B"
     assert table.loc[0, "best_other_score"] == pytest.approx(np.cos(np.radians(30)))
+    # the next identity's score, truth unseen: q0 B cos30; q1 A cos30; q2 A cos40; q3 B cos80
+    assert table["runner_up_score"].to_numpy() == pytest.approx(
+        np.cos(np.radians([30, 30, 40, 80])))
     assert (table["random_other_identity"] != table["identity"]).all()
     m = summarize_retrieval(table, k=2)
     json.dumps(m)
