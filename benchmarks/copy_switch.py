@@ -1,0 +1,74 @@
+"""The copy-or-identity gallery decision (`fusion.CopySwitch`) for trained Task B checkpoints, on
+the evaluated split of the data they were trained on: the same splits, embeddings and face
+descriptors as notebooks 02 and 03 (seed, split fractions and image settings from the
+checkpoint's run), the switch fitted on dev, reported on the evaluated split beside each channel
+alone. Prints one markdown table per checkpoint and the thresholds.
+
+    python benchmarks/copy_switch.py --data-dir ../shared/data/facecom --work-root W \\
+        --checkpoints W/weights/task_b_embedding_efficientnet_lite0.pt \\
+                      W/weights/task_b_siamese_efficientnet_lite0.pt
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import checkpoints, experiment, task_b  # noqa: E402
+
+
+def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int) -> None:
+    """Fit and report the switch for one checkpoint; prints its tables."""
+    model, card = checkpoints.load_model(checkpoint)
+    section = task_b.SiameseSettings if card.kind == "siamese" else task_b.ArcFaceSettings
+    cfg = experiment.ExperimentConfig.resolve(
+        section, data_dir=str(data_dir), work_root=str(work_root), seed=seed,
+        output_dir=str(work_root / "runs_copy_switch"), image_size=card.image_size,
+        fit=card.fit)
+    start = time.perf_counter()
+    task_data = task_b.prepare_data(cfg)
+    learned = {split: task_b.embed_array(model, task_data.images[split], card.image_size,
+                                         card.mean, card.std, "cpu")
+               for split in ("dev", "eval")}
+    descriptor = task_b.fuse_descriptor(task_data, learned, 0.0, keep_faces=True, progress=False)
+    report = task_b.copy_or_identity(task_data, learned, descriptor, seed=seed)
+    if report is None:
+        raise SystemExit("no face descriptors: install the extras (requirements-extras.txt)")
+    flat = report.flat()
+    print(f"\n### {checkpoint.name} ({task_data.splits.eval_name}, "
+          f"{time.perf_counter() - start:.0f} s)\n")
+    print(report.summary().to_markdown(floatfmt=".4f"))
+    print(f"\nthresholds: copy margin {flat['switch_threshold']:.4f}, descriptor "
+          f"{flat['switch_identity_threshold']:.4f}; copies missed {flat['switch_copy_missed']}, "
+          f"people missed {flat['switch_person_missed']}; copy channel answers "
+          f"{flat['switch_copy_share']:.3f} of official and {flat['switch_copy_share_hard']:.3f}"
+          " of own-photo-removed queries\n")
+    chosen = report.dev[(report.dev["threshold"] == report.switch.threshold)
+                        & (report.dev["identity_threshold"] == report.switch.identity_threshold)]
+    print(f"dev at these thresholds: top-1 {chosen['top1_0'].iloc[0]:.4f}, own photo removed "
+          f"{chosen['top1_1'].iloc[0]:.4f}\n")
+    rows = {"official": flat["switch_top1_by_distortion"],
+            "own photo removed": flat["switch_top1_hard_by_distortion"]}
+    header = sorted(rows["official"])
+    print("| switch top-1 | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
+    for name, values in rows.items():
+        print(f"| {name} | " + " | ".join(f"{values[d]:.3f}" for d in header) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--work-root", type=Path, required=True,
+                        help="the work root the checkpoints were trained in (its caches)")
+    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for checkpoint in args.checkpoints:
+        measure(checkpoint, args.data_dir, args.work_root, args.seed)
+
+
+if __name__ == "__main__":
+    main()
