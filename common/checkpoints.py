@@ -37,7 +37,7 @@ LATEST_SUFFIX = ".latest.json"
 _TASK_FIELDS = {
     "task_a": ("stream", "threshold", "class_names", "positive_class"),
     "task_b": ("model", "fit", "similarity_threshold", "descriptor_weight", "face_rule",
-               "pair_distance_threshold"),
+               "copy_switch", "pair_distance_threshold"),
 }
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
 # Keys and network arguments renamed since cards were first written: older cards load unchanged.
@@ -81,6 +81,8 @@ class ModelCard:
         descriptor_weight: share of the face descriptor joined to the learned embedding (0:
             none); thresholds were calibrated with it, so inference must add it too.
         face_rule: the dev-fitted face rule's fields (`fusion.FaceRule`), or None.
+        copy_switch: the dev-fitted gallery decision's fields (`fusion.CopySwitch`), or None:
+            `common.predict` then matches by the learned embedding or the face descriptor.
         pair_distance_threshold: the Siamese notebook's calibrated pair distance, or None.
         data_fingerprint: fingerprint of the files trained on (`cache.compute_fingerprint`).
         dev_metrics: numeric dev metrics at selection time.
@@ -112,6 +114,7 @@ class ModelCard:
     similarity_threshold: float | None = None
     descriptor_weight: float = 0.0
     face_rule: dict[str, float] | None = None
+    copy_switch: dict[str, float] | None = None
     pair_distance_threshold: float | None = None
     data_fingerprint: str | None = None
     dev_metrics: dict[str, float] = field(default_factory=dict)

@@ -25,8 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
-           "fit_face_rule", "CopySwitch", "fit_copy_switch"]
+           "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
+           "NEVER_UNSURE", "ALWAYS_UNSURE"]
 
+# `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
+# < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
+# [-1, 1].
+ALWAYS_BY_MARGIN, NEVER_BY_MARGIN = 0.0, 3.0
+NEVER_UNSURE, ALWAYS_UNSURE = -2.0, 2.0
 COPY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
 
@@ -132,12 +138,18 @@ class CopySwitch:
     """
 
     threshold: float
-    identity_threshold: float = -np.inf
+    identity_threshold: float = NEVER_UNSURE
+
+    def decide(self, copy_margins: np.ndarray, identity_scores: np.ndarray) -> np.ndarray:
+        """Per query, whether the copy channel answers: from its best identity's margin over
+        the next one and the descriptor's best identity score."""
+        return ((np.asarray(copy_margins, float) >= self.threshold)
+                | (np.asarray(identity_scores, float) < self.identity_threshold))
 
     def uses_copy(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame) -> np.ndarray:
-        """Per query of the two channels' retrieval tables, whether the copy channel answers."""
-        return ((copy_margin(copy_table) >= self.threshold)
-                | (identity_table["predicted_score"].to_numpy(float) < self.identity_threshold))
+        """`decide` for the queries of the two channels' retrieval tables."""
+        return self.decide(copy_margin(copy_table),
+                           identity_table["predicted_score"].to_numpy(float))
 
     def choose(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame) -> pd.DataFrame:
         """One retrieval table: per query the row of `copy_table` or of `identity_table` (two
@@ -159,11 +171,12 @@ def copy_margin(table: pd.DataFrame) -> np.ndarray:
     return (table["predicted_score"] - table["runner_up_score"]).to_numpy(float)
 
 
-def _grid(values: list[np.ndarray], n: int) -> np.ndarray:
-    """`n` quantiles of the pooled values, plus -inf and inf (a channel always / never used)."""
+def _grid(values: list[np.ndarray], n: int, ends: tuple[float, float]) -> np.ndarray:
+    """`n` quantiles of the pooled values, plus `ends` (a channel always / never used)."""
     pooled = np.concatenate(values) if values else np.zeros(0)
+    pooled = pooled[np.isfinite(pooled)]  # a margin is infinite with a single identity
     inner = np.quantile(pooled, np.linspace(0, 1, n)) if len(pooled) else np.zeros(0)
-    return np.unique(np.concatenate([[-np.inf, np.inf], inner]))
+    return np.unique(np.concatenate([ends, inner]))
 
 
 def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candidates: int = 100
@@ -174,7 +187,8 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
 
     The mean gives each protocol the same weight, so a threshold is worth what it gains on both:
     a point of copies found counts as much as a point of people recognised. Both thresholds are
-    tried on `n_candidates` quantiles of their channel's dev scores, with "always" and "never";
+    tried on `n_candidates` quantiles of their channel's dev scores, with "always" and "never"
+    (finite bounds, so a model card's JSON holds them);
     ties go to the higher first-protocol top-1, then to the lower thresholds.
 
     Returns:
@@ -182,7 +196,8 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
     """
     copy_scores = [copy_margin(copy) for copy, _ in tables]
     identity_scores = [identity["predicted_score"].to_numpy(float) for _, identity in tables]
-    taus, sigmas = _grid(copy_scores, n_candidates), _grid(identity_scores, n_candidates)
+    taus = _grid(copy_scores, n_candidates, (ALWAYS_BY_MARGIN, NEVER_BY_MARGIN))
+    sigmas = _grid(identity_scores, n_candidates, (NEVER_UNSURE, ALWAYS_UNSURE))
     tau, sigma = (grid.ravel() for grid in np.meshgrid(taus, sigmas, indexing="ij"))
     columns = {"threshold": tau, "identity_threshold": sigma}
     for number, ((copy, identity), c_score, i_score) in enumerate(

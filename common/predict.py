@@ -159,31 +159,55 @@ def _gallery_files(gallery: Path) -> tuple[list[Path], list[str]]:
 
 
 def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
-                 progress: bool, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of `files` as the card says (a placeholder's where a file is unreadable)
-    and one error string per file ("" when fine)."""
+                 progress: bool, batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per channel, the embeddings of `files` as the card says (a placeholder's where a file is
+    unreadable), and one error string per file ("" when fine). The channel is ``"embedding"``;
+    a card with a `fusion.CopySwitch` also has ``"identity"`` (`task_b.switch_channels`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    inputs = prepare_inputs(card, files, progress=progress)
-    return (task_b.embed_for_card(model, card, inputs, device_, batch_size=batch_size),
-            np.array(inputs.errors, dtype=object))
+    inputs = prepare_inputs(card, files, with_faces=bool(card.copy_switch), progress=progress)
+    errors = np.array(inputs.errors, dtype=object)
+    if card.copy_switch:
+        return task_b.switch_channels(model, card, inputs, device_, batch_size=batch_size), errors
+    return {"embedding": task_b.embed_for_card(model, card, inputs, device_,
+                                               batch_size=batch_size)}, errors
 
 
-def _match_table(index: GalleryIndex, query_files: list[Path], queries: Path,
-                 embeddings: np.ndarray, errors: np.ndarray) -> pd.DataFrame:
-    """One row per query: the best identity of `index`, its similarity, the true identity
-    (the query's first sub-folder, when there is one) and whether they agree."""
-    found = index.search(embeddings, k=1)
-    names = np.asarray(index.names)
-    best = found.codes[:, 0]
+def _build_indexes(embeddings: dict[str, np.ndarray], identities: Sequence,
+                   sources: Sequence | None = None, metadata: dict | None = None
+                   ) -> dict[str, GalleryIndex]:
+    return {channel: GalleryIndex.build(vectors, identities, sources, metadata=metadata)
+            for channel, vectors in embeddings.items()}
+
+
+def _match_table(indexes: dict[str, GalleryIndex], query_files: list[Path], queries: Path,
+                 embeddings: dict[str, np.ndarray], errors: np.ndarray,
+                 switch: dict[str, float] | None) -> pd.DataFrame:
+    """One row per query: the best identity, its similarity, the true identity (the query's
+    first sub-folder, when there is one) and whether they agree. With a card's `switch`
+    (`fusion.CopySwitch`), each query is answered by the channel it chooses, named in a
+    ``channel`` column."""
+    found = indexes["embedding"].search(embeddings["embedding"], k=2 if switch else 1)
+    predicted = np.asarray(indexes["embedding"].names)[found.codes[:, 0]]
+    similarity = found.scores[:, 0]
+    columns = {}
+    if switch:
+        by_face = indexes["identity"].search(embeddings["identity"], k=1)
+        use_copy = fusion.CopySwitch(**switch).decide(found.scores[:, 0] - found.scores[:, 1],
+                                                      by_face.scores[:, 0])
+        predicted = np.where(use_copy, predicted,
+                             np.asarray(indexes["identity"].names)[by_face.codes[:, 0]])
+        similarity = np.where(use_copy, similarity, by_face.scores[:, 0])
+        columns["channel"] = np.where(use_copy, "copy", "identity")
     table = pd.DataFrame({
-        "query": [str(p) for p in query_files], "predicted_identity": names[best],
-        "similarity": found.scores[:, 0].round(6),
+        "query": [str(p) for p in query_files], "predicted_identity": predicted,
+        "similarity": similarity.round(6), **columns,
         "true_identity": [_identity_of(p, queries) for p in query_files], "error": errors})
-    known = table["true_identity"].isin(set(names)) & (table["error"] == "")
+    known = table["true_identity"].isin(set(indexes["embedding"].names)) & (table["error"] == "")
     table["match"] = np.where(known, (table["predicted_identity"] == table["true_identity"])
                               .astype(int), "")
-    table.loc[table["error"] != "", ["predicted_identity", "similarity"]] = ["", np.nan]
+    table.loc[table["error"] != "", ["predicted_identity", "similarity", *columns]] = [
+        "", np.nan, *([""] * len(columns))]
     return table
 
 
@@ -202,9 +226,11 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     g_ok = g_errors == ""
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {list(g_errors[:3])}")
-    index = GalleryIndex.build(g_emb[g_ok], np.array(gallery_ids)[g_ok])
-    table = _match_table(index, query_files, queries,
-                         *_embed_files(query_files, weights, device, progress, batch_size))
+    indexes = _build_indexes({channel: vectors[g_ok] for channel, vectors in g_emb.items()},
+                             np.array(gallery_ids)[g_ok])
+    table = _match_table(indexes, query_files, queries,
+                         *_embed_files(query_files, weights, device, progress, batch_size),
+                         checkpoints.load_model_card(weights).copy_switch)
     table.attrs["gallery_errors"] = [(str(p), i, e) for p, i, e in
                                      zip(gallery_files, gallery_ids, g_errors) if e]
     return table
@@ -231,10 +257,10 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
         gallery.FingerprintMismatchError: the saved index was built with another checkpoint.
     """
     index, fingerprint = Path(index), checkpoint_fingerprint(weights)
-    saved = (GalleryIndex.load(index, fingerprint) if index.is_dir() and any(index.iterdir())
-             else None)
+    saved = (_load_indexes(index, fingerprint, checkpoints.load_model_card(weights))
+             if index.is_dir() and any(index.iterdir()) else None)
     files, identities = _gallery_files(gallery)
-    held = set(saved.sources) if saved else set()
+    held = set(saved["embedding"].sources) if saved else set()
     new = [i for i, path in enumerate(files) if str(path.resolve()) not in held]
     ok = np.zeros(0, np.int64)
     if new:
@@ -244,17 +270,35 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
         if len(ok) < len(new):
             print(f"warning: {len(new) - len(ok)} unreadable gallery images not enrolled, e.g. "
                   f"{[str(files[new[i]]) for i in np.flatnonzero(errors != '')[:3]]}")
-        if len(ok) and saved is None:
-            saved = GalleryIndex(embeddings.shape[1], metadata={"fingerprint": fingerprint})
         if len(ok):
-            saved.add(embeddings[ok], [identities[new[i]] for i in ok],
-                      [str(files[new[i]].resolve()) for i in ok])
-            saved.save(index)
+            names, sources = ([identities[new[i]] for i in ok],
+                              [str(files[new[i]].resolve()) for i in ok])
+            if saved is None:
+                saved = _build_indexes({channel: vectors[ok] for channel, vectors
+                                        in embeddings.items()}, names, sources,
+                                       {"fingerprint": fingerprint})
+            else:
+                for channel, vectors in embeddings.items():
+                    saved[channel].add(vectors[ok], names, sources)
+            for channel, built in saved.items():
+                built.save(_channel_folder(index, channel))
     if saved is None:
         raise ValueError(f"No readable gallery image in {gallery}; nothing to enrol.")
-    print(f"enrolled {len(ok)} new images into {index}: {len(saved)} images of "
-          f"{len(saved.names)} identities")
-    return saved
+    print(f"enrolled {len(ok)} new images into {index}: {len(saved['embedding'])} images of "
+          f"{len(saved['embedding'].names)} identities")
+    return saved["embedding"]
+
+
+def _channel_folder(index: Path, channel: str) -> Path:
+    """Where a saved gallery keeps a channel: the card's embedding in the folder itself (as
+    galleries always were), a copy switch's face descriptors in its ``identity/``."""
+    return index if channel == "embedding" else index / channel
+
+
+def _load_indexes(index: Path, fingerprint: dict, card: ModelCard) -> dict[str, GalleryIndex]:
+    channels = ("embedding", "identity") if card.copy_switch else ("embedding",)
+    return {channel: GalleryIndex.load(_channel_folder(index, channel), fingerprint)
+            for channel in channels}
 
 
 def search(queries: Path, index: Path, weights: str | os.PathLike, device: str = "auto",
@@ -266,10 +310,12 @@ def search(queries: Path, index: Path, weights: str | os.PathLike, device: str =
         gallery.FingerprintMismatchError: `weights` is not the checkpoint the index was built
             with.
     """
-    saved = GalleryIndex.load(index, checkpoint_fingerprint(weights))
+    card = checkpoints.load_model_card(weights)
+    saved = _load_indexes(Path(index), checkpoint_fingerprint(weights), card)
     query_files = _folder_images(queries)
     return _match_table(saved, query_files, queries,
-                        *_embed_files(query_files, weights, device, progress, batch_size))
+                        *_embed_files(query_files, weights, device, progress, batch_size),
+                        card.copy_switch)
 
 
 def _check_output(output: str, overwrite: bool) -> None:

@@ -593,6 +593,17 @@ def embed_for_card(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                        float(card.descriptor_weight))
 
 
+def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
+                    device: torch.device | str = "cpu", progress: bool = False,
+                    batch_size: int = 128) -> dict[str, np.ndarray]:
+    """The two channels a card's `fusion.CopySwitch` chooses between: ``"embedding"``, the
+    learned embedding alone (copies), and ``"identity"``, the unit face descriptors of
+    ``inputs.faces`` (people); `model_inputs.prepare_inputs(with_faces=True)` computes them."""
+    return {"embedding": embed_array(model, inputs.images, card.image_size, card.mean, card.std,
+                                     device, batch_size=batch_size, progress=progress),
+            "identity": face_descriptor.normalise(inputs.faces[0])}
+
+
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
                 epochs: int, lr: float, pairs_per_epoch: int = 0, margin: float = 1.0,
                 hard_negatives: bool = False, distortion_p: float = 0.5,
@@ -637,7 +648,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                report: evaluation.GalleryReport, splits: Splits, fingerprint: str,
                pair_threshold: float | None = None,
                descriptor: DescriptorFusion | None = None,
-               face_rule: fusion.FaceRule | None = None) -> ModelCard:
+               face_rule: fusion.FaceRule | None = None,
+               copy_switch: fusion.CopySwitch | None = None) -> ModelCard:
     """What `checkpoints.save_model` stores beside a Task B embedder: the shared fields
     (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
     were calibrated with, which inference must reproduce."""
@@ -660,4 +672,5 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         descriptor_weight=descriptor.weight if descriptor else 0.0,
         descriptor_front_end=descriptor.front_end if descriptor else None,
         face_rule=dataclasses.asdict(face_rule) if face_rule else None,
+        copy_switch=dataclasses.asdict(copy_switch) if copy_switch else None,
         pair_distance_threshold=pair_threshold)

@@ -123,7 +123,9 @@ def test_copy_switch_fitted_on_hand_made_tables():
     assert chosen["correct"].tolist() == [True, True, False, True]
     assert chosen["channel"].tolist() == ["identity", "identity", "copy", "copy"]
     assert table["mean_top1"].max() == pytest.approx(7 / 8)
-    always = table[np.isinf(table["threshold"]) & np.isinf(table["identity_threshold"])]
+    always = table[table["threshold"].isin([fusion.ALWAYS_BY_MARGIN, fusion.NEVER_BY_MARGIN])
+                   & table["identity_threshold"].isin([fusion.NEVER_UNSURE,
+                                                       fusion.ALWAYS_UNSURE])]
     assert sorted(always["mean_top1"]) == pytest.approx([5 / 8, 5 / 8, 5 / 8, 5 / 8])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -390,3 +391,52 @@ def test_cli_refuses_a_damaged_or_swapped_checkpoint_with_a_message(tmp_path, ca
     assert code == 2 and "Traceback" not in error
     assert f"error: {checkpoint} is not the checkpoint its model card" in error
     assert not (tmp_path / "preds.csv").exists()
+
+
+def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, sample_root,
+                                                                  tmp_path, monkeypatch):
+    """A card with a CopySwitch (descriptor faked: a perfect one, one direction per identity
+    folder): never by the copy margin and never unsure, every query goes to the descriptor and
+    is right; always by the margin, the answers are the plain card's. A gallery enrolled with the
+    switch card keeps the descriptors beside it, and search answers like match_gallery."""
+    from common import face_descriptor, fusion
+
+    val = sample_root / "Task_B" / "val"
+    people = sorted(p.name for p in val.iterdir() if p.is_dir())
+
+    def fake_describe(images, front_end="hog", progress=True):
+        vectors = np.zeros((len(images), 128), np.float32)
+        for row, path in enumerate(images):
+            folder = Path(path).parent
+            vectors[row, people.index(folder.parent.name if folder.name == "distortion"
+                                      else folder.name)] = 1.0
+        return vectors, np.ones(len(images), bool)
+
+    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    monkeypatch.setattr(face_descriptor, "cached_descriptors",
+                        lambda paths, front_end="hog", progress=True: fake_describe(paths))
+    model, card = load_model(checkpoints["task_b"])
+
+    def switch_card(name: str, threshold: float, identity_threshold: float) -> str:
+        return str(save_model(model, tmp_path, name, replace(
+            card, descriptor_front_end="robust", copy_switch=dataclasses.asdict(
+                fusion.CopySwitch(threshold, identity_threshold)))))
+
+    by_face = predict.match_gallery(val, val, switch_card("faces", fusion.NEVER_BY_MARGIN,
+                                                          fusion.NEVER_UNSURE), progress=False)
+    assert set(by_face["channel"]) == {"identity"}
+    assert (by_face["predicted_identity"] == by_face["true_identity"]).all()
+    by_copy = predict.match_gallery(val, val, switch_card("copies", fusion.ALWAYS_BY_MARGIN,
+                                                          fusion.NEVER_UNSURE), progress=False)
+    plain = predict.match_gallery(val, val, checkpoints["task_b"], progress=False)
+    assert set(by_copy["channel"]) == {"copy"}
+    assert by_copy["predicted_identity"].tolist() == plain["predicted_identity"].tolist()
+
+    weights = switch_card("faces_index", fusion.NEVER_BY_MARGIN, fusion.NEVER_UNSURE)
+    index = tmp_path / "index"
+    predict.enrol(val, index, weights, progress=False)
+    assert (index / "identity").is_dir()
+    searched = predict.search(val, index, weights, progress=False)
+    direct = predict.match_gallery(val, val, weights, progress=False)
+    assert searched["predicted_identity"].tolist() == direct["predicted_identity"].tolist()
+    assert searched["channel"].tolist() == direct["channel"].tolist()
