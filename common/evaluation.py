@@ -18,7 +18,7 @@ __all__ = [
     "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
     "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows",
     "photo_keys", "photo_index", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
-    "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
+    "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report", "switched_report",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -190,7 +190,17 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
     dev_tables = [_channel_tables(dev, dev_copy, dev_identity, exclude, aggregate, seed)
                   for exclude in (False, True)]
     switch, candidates = fusion.fit_copy_switch(dev_tables)
-    pairs = {name: _channel_tables(evaluated, eval_copy, eval_identity, exclude, aggregate, seed)
+    report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed)
+    report.dev = candidates
+    return report
+
+
+def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
+                    switch: fusion.CopySwitch, aggregate: str = "max", seed: int = 0
+                    ) -> SwitchReport:
+    """A given `fusion.CopySwitch` (fitted, or a model card's) on one split; its ``dev`` table
+    is empty (`switch_report` fills it)."""
+    pairs = {name: _channel_tables(evaluated, copy, identity, exclude, aggregate, seed)
              for name, exclude in (("eval", False), ("hard", True))}
     tables = {name: switch.choose(*pair) for name, pair in pairs.items()}
     channels = {channel: {key: metrics.summarize_retrieval(pairs[name][position])["top1"]
@@ -200,7 +210,7 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
         switch, metrics.summarize_retrieval(tables["eval"]),
         metrics.summarize_retrieval(tables["hard"]), channels,
         {name: float((table["channel"] == "copy").mean()) for name, table in tables.items()},
-        candidates, tables)
+        pd.DataFrame(), tables)
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, plots,
-                    task_a, task_b)
+from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, fusion,
+                    plots, task_a, task_b)
 from common.checkpoints import ModelCard
 from common.model_inputs import ModelInputs, prepare_inputs
 
@@ -91,7 +91,8 @@ class Leaderboard:
     def table(self) -> pd.DataFrame:
         """The comparison table (NaN where a metric does not apply to the task)."""
         columns = ["name", "task", "backbone", "pretrained", "evaluated_on", "accuracy",
-                   "f1_macro", "recall_female", "top1", "top1_hard", "verification_roc_auc"]
+                   "f1_macro", "recall_female", "top1", "top1_hard", "switch_top1",
+                   "switch_top1_hard", "verification_roc_auc"]
         frame = pd.DataFrame(self.rows)
         return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=columns)
 
@@ -146,7 +147,8 @@ def _card_inputs(card: ModelCard, frame: pd.DataFrame, device) -> ModelInputs:
     cache training filled). An unreadable file stops this checkpoint's scoring: a score on
     fewer rows would not compare with the others."""
     inputs = prepare_inputs(card, frame["path"].tolist(), frame["source"].tolist(),
-                            image_cache="memmap", device=str(device), progress=True)
+                            with_faces=bool(card.copy_switch), image_cache="memmap",
+                            device=str(device), progress=True)
     failed = [f"{path}: {error}" for path, error in zip(frame["path"], inputs.errors) if error]
     if failed:
         raise ValueError(f"{len(failed)} images could not be read, e.g. {failed[:3]}")
@@ -164,7 +166,13 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
     embeddings = task_b.embed_for_card(model, card, inputs, device, progress=True)
     report = evaluation.gallery_report(frame, embeddings, threshold=card.similarity_threshold,
                                        seed=seed)
-    return report.flat(), {"report": report, "embeddings": embeddings}
+    result = report.flat()
+    if card.copy_switch:  # the gallery decision `common.predict` applies for this card
+        channels = task_b.switch_channels(model, card, inputs, device)
+        result.update(evaluation.switched_report(
+            frame, channels["embedding"], channels["identity"],
+            fusion.CopySwitch(**card.copy_switch), seed=seed).flat())
+    return result, {"report": report, "embeddings": embeddings}
 
 
 def _baseline_row(row: dict, task: str, note: str, keys: tuple[str, ...]) -> dict:

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from common import experiment, listing, model_inputs, predict, task_a, task_b
-from common.checkpoints import ModelCard, load_model, save_model
+from common import experiment, leaderboard, listing, model_inputs, predict, task_a, task_b
+from common.checkpoints import ModelCard, load_model, load_model_card, save_model
 from conftest import bomb_png, requires_descriptor
 
 
@@ -440,3 +440,9 @@ def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, s
     direct = predict.match_gallery(val, val, weights, progress=False)
     assert searched["predicted_identity"].tolist() == direct["predicted_identity"].tolist()
     assert searched["channel"].tolist() == direct["channel"].tolist()
+
+    # notebook 04 scores the card's switch beside its embedding
+    board = leaderboard.evaluate_checkpoints([load_model_card(weights)], sample_root, "val",
+                                             with_baselines=False)
+    row = board.rows[0]
+    assert row["switch_top1"] == 1.0 and row["switch_top1_hard"] == 1.0
