@@ -40,6 +40,9 @@ _TASK_FIELDS = {
                "copy_switch", "pair_distance_threshold"),
 }
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
+# Keys added after cards were first written: left out while unset, so an older card is written
+# back key for key.
+_WRITTEN_WHEN_SET = ("copy_switch",)
 # Keys and network arguments renamed since cards were first written: older cards load unchanged.
 _RENAMED_KEYS = {"pair_rule": "face_rule"}
 _RENAMED_MODEL_KWARGS = {"layout_weight": "copy_weight"}
@@ -173,7 +176,8 @@ class ModelCard:
         ``weights_path``; ``extra`` keys are written back as they were read."""
         other = [key for task, keys in _TASK_FIELDS.items() if task != self.task for key in keys]
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in (*_NOT_WRITTEN, *other)}
+                  if f.name not in (*_NOT_WRITTEN, *other)
+                  and not (f.name in _WRITTEN_WHEN_SET and getattr(self, f.name) is None)}
         return runs.to_jsonable({**values, **self.extra})
 
     def to_json(self, path: str | os.PathLike) -> Path:
