@@ -76,3 +76,16 @@ def test_dotted_overrides_go_to_one_notebook():
     shared, sections = parameters.split_overrides([("lr", "3e-4"),
                                                    ("01_task_a_gender.model", "dual_se")])
     assert shared == {"lr": 3e-4} and sections == {"01_task_a_gender": {"model": "dual_se"}}
+
+
+@pytest.mark.parametrize("name", parameters.NOTEBOOKS)
+def test_papermill_reads_every_parameter_of_the_cell(name):
+    """papermill's own reading of the parameters cell (`papermill --help-notebook`, and its
+    warnings in every run) drops a line with a second '=', e.g. in its comment."""
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    notebook = nbformat.read(parameters.notebook_path(name), as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    read = {parameter.name for parameter in PythonTranslator.inspect(cell)}
+    assert read == set(parameters.read_defaults(name))
