@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (cache, experiment, identity_folders, listing, splits,  # noqa: E402
+from common import (cache, config, experiment, identity_folders, listing, splits,  # noqa: E402
                     task_b, views)
 
 VGGFACE2_IMAGES, VGGFACE2_IDENTITIES = 3_300_000, 9_131
@@ -206,7 +206,7 @@ def report(rows: list[dict], view: float, args) -> None:
     sizes = [row["size"] for row in rows]
     print(f"`python benchmarks/first_step.py --root {args.root} --sizes "
           f"{' '.join(map(str, args.sizes))} --per-identity {args.per_identity}`; "
-          f"{cache.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end.\n")
+          f"{config.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end.\n")
     header = " | ".join(f"{s:,} images" for s in sizes)
     print(f"| phase (seconds) | {header} | per 1 M images | at {VGGFACE2_IMAGES / 1e6:.1f} M |")
     print("|---" * (len(sizes) + 3) + "|")

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import cache, data, near_duplicates, splits  # noqa: E402 (after sys.path)
+from common import cache, config, data, near_duplicates, splits  # noqa: E402 (after sys.path)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "facecom"
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         near_duplicates.load_phashes(paths, folder)
         warm = time.perf_counter() - start
     print(f"{len(paths)} images ({int(readable.sum())} readable), "
-          f"{table['identity'].nunique()} identities, {cache.cpu_count()} CPUs: hashing "
+          f"{table['identity'].nunique()} identities, {config.cpu_count()} CPUs: hashing "
           f"{cold:.1f} s cold, {warm:.2f} s from the cache\n")
 
     by_path = dict(zip(paths, hashes))

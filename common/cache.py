@@ -32,11 +32,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common import feature_store, views, workspace
+from common.config import cpu_count
 from common.image_decode import decode_image, to_rgb
 
 __all__ = [
     "open_image", "load_image", "compute_fingerprint", "load_image_array",
-    "ImageArrayDataset", "CACHE_VERSION", "cpu_count", "load_resized", "resize_square",
+    "ImageArrayDataset", "CACHE_VERSION", "load_resized", "resize_square",
     "file_list_key", "FITS", "check_fit", "to_rgb_array", "write_npz", "read_npz",
     "ImageFiles", "IMAGE_CACHES", "STREAM_ABOVE_BYTES", "check_image_cache",
     "choose_image_cache",
@@ -50,13 +51,6 @@ IMAGE_CACHES = ("auto", "memmap", "stream")  # the notebooks' `image_cache` valu
 # `auto` streams above this many decoded bytes (2 GiB: about 57,000 images at 112 px, which
 # decode in well under a minute here), or when the array would take over half the free disk.
 STREAM_ABOVE_BYTES = 2 * 2**30
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask in containers, else os.cpu_count())."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def open_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:

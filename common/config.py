@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "PROFILES", "Profile", "seed_everything", "seed_worker", "make_generator", "resolve_device",
-    "resolve_profile", "configure_threads", "seedable_transforms",
+    "resolve_profile", "cpu_count", "configure_threads", "seedable_transforms",
 ]
 
 
@@ -114,12 +114,18 @@ def resolve_profile(profile: str = "auto", device: torch.device | None = None) -
     return PROFILES[profile]
 
 
+def cpu_count() -> int:
+    """CPUs this process may use (the affinity mask in containers, else os.cpu_count())."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def configure_threads(device: torch.device) -> int:
     """On CPU use every core for intra-op work (torch's default can be 1 inside containers),
     shared out between the processes of a launched run (``LOCAL_WORLD_SIZE``, set by
     accelerate's launchers), which would otherwise each start one thread per core."""
     if device.type == "cpu":
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (threads or 1) // processes))
+        torch.set_num_threads(max(1, cpu_count() // processes))
     return torch.get_num_threads()

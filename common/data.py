@@ -25,8 +25,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from common import near_duplicates, views
-from common.cache import (ImageArrayDataset, compute_fingerprint, cpu_count, load_image,
-                          load_image_array)
+from common.cache import ImageArrayDataset, compute_fingerprint, load_image, load_image_array
+from common.config import cpu_count
 from common.distortions import DISTORTIONS
 from common.image_decode import ImageReadError, decode_image
 from common.listing import IMAGE_EXTENSIONS, is_hidden, is_image_name, is_valid_name, printable

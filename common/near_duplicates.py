@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from common import cache, feature_store
+from common import cache, config, feature_store
 from common.image_decode import ImageReadError, to_rgb
 
 __all__ = ["HASH_SIZE", "HASH_BYTES", "MAX_DISTANCE", "compute_phash", "load_phashes",
@@ -77,7 +77,7 @@ def load_phashes(paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLik
         {"hashes": ((HASH_BYTES,), "uint8"), "readable": ((), "bool")}, folder)
 
     def compute(indices: list[int]) -> dict[str, np.ndarray]:
-        with ThreadPoolExecutor(max_workers=workers or cache.cpu_count()) as pool:
+        with ThreadPoolExecutor(max_workers=workers or config.cpu_count()) as pool:
             found = list(pool.map(_file_phash, [paths[i] for i in indices]))
         return {"hashes": np.stack([np.zeros(HASH_BYTES, np.uint8) if h is None else h
                                     for h in found]),

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.config import cpu_count
 from common.distortions import DISTORTIONS, apply_distortion
 from common.image_decode import ImageReadError, decode_image, read_file, to_rgb
 
@@ -169,6 +170,6 @@ def ensure(paths: Sequence[str | os.PathLike], workers: int | None = None,
     views = [(os.fspath(p), view) for p in paths if (view := _view_of(os.fspath(p))) is not None]
     if not views:
         return
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=workers or cpu_count()) as pool:
         list(tqdm(pool.map(lambda item: _make_current(*item), views), total=len(views),
                   desc="distorted views", disable=not progress))
