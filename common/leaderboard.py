@@ -163,12 +163,14 @@ def _score_task_a(model, card, frame, inputs, device) -> tuple[dict, dict]:
 
 
 def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]:
-    embeddings = task_b.embed_for_card(model, card, inputs, device, progress=True)
+    channels = (task_b.switch_channels(model, card, inputs, device, progress=True)
+                if card.copy_switch else {})
+    embeddings = task_b.embed_for_card(model, card, inputs, device, progress=True,
+                                       learned=channels.get("embedding"))
     report = evaluation.gallery_report(frame, embeddings, threshold=card.similarity_threshold,
                                        seed=seed)
     result = report.flat()
     if card.copy_switch:  # the gallery decision `common.predict` applies for this card
-        channels = task_b.switch_channels(model, card, inputs, device)
         result.update(evaluation.switched_report(
             frame, channels["embedding"], channels["identity"],
             fusion.CopySwitch(**card.copy_switch), seed=seed).flat())

@@ -577,16 +577,19 @@ def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
 
 def embed_for_card(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                    device: torch.device | str = "cpu", progress: bool = False,
-                   batch_size: int = 128) -> np.ndarray:
+                   batch_size: int = 128, learned: np.ndarray | None = None) -> np.ndarray:
     """A checkpoint's embeddings as its notebook evaluated them: learned, plus the face
     descriptor (``inputs.faces``) when the card fuses it.
 
     Args:
         inputs: `model_inputs.prepare_inputs` of the card, which computes the descriptors a
             fused card needs.
+        learned: the model's own embeddings of `inputs` when already computed
+            (`switch_channels`), so they are not computed twice.
     """
-    learned = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
-                          batch_size=batch_size, progress=progress)
+    if learned is None:
+        learned = embed_array(model, inputs.images, card.image_size, card.mean, card.std,
+                              device, batch_size=batch_size, progress=progress)
     if not card.descriptor_weight:
         return learned
     return fusion.fuse(learned, face_descriptor.normalise(inputs.faces[0]),
