@@ -142,9 +142,14 @@ class SwitchReport:
     eval: dict
     hard: dict
     channels: dict[str, dict[str, float]]
-    copy_share: dict[str, float]
     dev: pd.DataFrame = field(repr=False)
     tables: dict[str, pd.DataFrame] = field(repr=False)
+
+    @property
+    def copy_share(self) -> dict[str, float]:
+        """Per protocol ("eval", "hard"), the share of queries the copy channel answered."""
+        return {name: float((table["channel"] == "copy").mean())
+                for name, table in self.tables.items()}
 
     def flat(self) -> dict:
         """metrics.json keys: ``switch_*`` for the switch, ``<channel>_channel_*`` alone."""
@@ -208,9 +213,7 @@ def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndar
                 for position, channel in enumerate(("copy", "identity"))}
     return SwitchReport(
         switch, metrics.summarize_retrieval(tables["eval"]),
-        metrics.summarize_retrieval(tables["hard"]), channels,
-        {name: float((table["channel"] == "copy").mean()) for name, table in tables.items()},
-        pd.DataFrame(), tables)
+        metrics.summarize_retrieval(tables["hard"]), channels, pd.DataFrame(), tables)
 
 
 @dataclass
