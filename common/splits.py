@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import pickle
 import tempfile
+import time
 import traceback
 import zlib
 from collections.abc import Callable
@@ -193,12 +194,13 @@ class ContentCheck:
         """Whether the result is in, waiting at most `timeout` seconds for it."""
         if self._messages is not None:
             return True
+        deadline = time.monotonic() + timeout
         if not self._started:
             if not self._connection.poll(timeout):
                 return False
             with contextlib.suppress(EOFError):
                 self._receive_start()
-        return self._connection.poll(timeout)
+        return self._connection.poll(max(0.0, deadline - time.monotonic()))
 
     def result(self) -> list[str]:
         """The leak messages (empty when clean), waiting for the process as long as it takes.
