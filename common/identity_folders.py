@@ -118,9 +118,11 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
 def _hidden(root: Path, roots: dict[str, Path]) -> list[str]:
     """Hidden entries of the root and of its split folders (the identity folders' own are
     found as they are listed)."""
-    folders = {root, *roots.values()}
-    return [entry.path for folder in folders for entry in os.scandir(folder)
-            if listing.is_hidden(entry.name)]
+    hidden = []
+    for folder in {root, *roots.values()}:
+        with os.scandir(folder) as entries:
+            hidden += [entry.path for entry in entries if listing.is_hidden(entry.name)]
+    return hidden
 
 
 def _table(folders: list[tuple[str, str, list[str]]], root: Path, views_folder: Path
