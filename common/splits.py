@@ -27,6 +27,7 @@ import pickle
 import tempfile
 import time
 import traceback
+import weakref
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,11 @@ def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
     os._exit(0)
 
 
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class ContentCheck:
     """The content checks of some splits, running in a spawned process until `result`.
 
@@ -166,6 +172,9 @@ class ContentCheck:
                                                     suffix=".pickle")
         with os.fdopen(handle, "wb") as file:
             pickle.dump(pairs, file, protocol=pickle.HIGHEST_PROTOCOL)
+        # The process deletes the file once read; a check dropped unread (its process killed at
+        # exit) must not leave it behind in the temp folder.
+        self._remove_pairs_file = weakref.finalize(self, _remove_quietly, self._pairs_file)
         self._process = context.Process(target=_run_check, name="facecom-leakage-check",
                                         args=(child, self._pairs_file, near,
                                               feature_store.store_folder()),
@@ -217,7 +226,7 @@ class ContentCheck:
                 status, value = "error", f"the process ended with code {self._process.exitcode}"
             self._connection.close()
             self._process.join()
-            Path(self._pairs_file).unlink(missing_ok=True)  # the process ended before reading it
+            self._remove_pairs_file()  # in case the process ended before reading it
             if status != "ok":
                 raise RuntimeError("The leakage check of the splits failed, so it is unknown "
                                    f"whether train and evaluation share images:\n{value}")

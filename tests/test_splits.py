@@ -2,6 +2,7 @@
 and before the first dev evaluation when the content checks outlive their wait."""
 from __future__ import annotations
 
+import gc
 import shutil
 import sqlite3
 import time
@@ -261,3 +262,18 @@ def test_rendered_views_are_covered_by_their_photos():
     assert pair.train == ["/a/1.jpg", "/a/2.jpg"] and pair.train_clean == [True, True]
     full = splits_module._Pair.of(table, table, "train", "dev")
     assert full.evaluated == list(table["path"]) and full.evaluated_clean == [True, False, True]
+
+
+def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path):
+    """The paths go to the check's process through a temp file; a check nobody awaits (a run
+    stopped after its first step) must not leave it in the temp folder."""
+    pair = splits_module._Pair([str(tmp_path / "a.jpg")], [True], [str(tmp_path / "b.jpg")],
+                               [True], "train", "dev")
+    check = splits_module.ContentCheck([pair], near=False, allow=False, await_start=False)
+    pairs_file = Path(check._pairs_file)
+    check._process.kill()  # as at exit: the process ends while still importing, file unread
+    check._process.join()
+    assert pairs_file.exists()
+    del check
+    gc.collect()
+    assert not pairs_file.exists()
