@@ -166,6 +166,25 @@ class SwitchReport:
             out.update({f"{channel}_channel_{key}": value for key, value in numbers.items()})
         return out
 
+    def misses(self) -> pd.DataFrame:
+        """Per query distortion: the queries, the copies missed (official queries answered
+        wrong), the people missed (wrong once the own photo is removed) and the share each
+        protocol's queries answered by the copy channel."""
+        official, hard = self.tables["eval"], self.tables["hard"]
+
+        def per_distortion(table: pd.DataFrame, values: np.ndarray) -> pd.Series:
+            return pd.Series(values, index=table.index).groupby(table["distortion"]).sum()
+
+        return pd.DataFrame({
+            "queries": official.groupby("distortion").size(),
+            "copy_missed": per_distortion(official, ~official["correct"].to_numpy()),
+            "person_missed": per_distortion(hard, ~hard["correct"].to_numpy()),
+            "copy_channel_share": official.groupby("distortion")["channel"].apply(
+                lambda channel: float((channel == "copy").mean())),
+            "copy_channel_share_hard": hard.groupby("distortion")["channel"].apply(
+                lambda channel: float((channel == "copy").mean())),
+        }).fillna(0).astype({"queries": int, "copy_missed": int, "person_missed": int})
+
     def summary(self) -> pd.DataFrame:
         """Top-1 of both protocols through the switch and through each channel alone."""
         rows = {"copy or identity (switch)": (self.eval["top1"], self.hard["top1"]),
@@ -428,9 +447,10 @@ def dev_scores(frame: pd.DataFrame, embeddings: np.ndarray, objective: str = "to
     return row
 
 
-def retrieval_failures(report: GalleryReport, n: int = 8) -> pd.DataFrame:
-    """The wrong retrievals with the largest margin for the wrong identity."""
-    wrong = report.table[~report.table["correct"]].copy()
+def retrieval_failures(table: pd.DataFrame, n: int = 8) -> pd.DataFrame:
+    """The wrong answers of a retrieval table (`retrieval_table`, or a switch's with its
+    ``channel``), the largest margin for the wrong identity first."""
+    wrong = table[~table["correct"]].copy()
     wrong["margin"] = wrong["predicted_score"] - wrong["true_score"]
     return wrong.sort_values("margin", ascending=False).head(n)
 

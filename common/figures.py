@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 from common import data, distortions, evaluation, plots, task_a
 
 __all__ = ["worst_errors_figure", "retrieval_failures_figure", "distortion_examples",
-           "task_a_figures", "gallery_figures", "worst_pairs_figure"]
+           "task_a_figures", "gallery_figures", "switch_figures", "worst_pairs_figure"]
 
 Figures = list[tuple[str, Figure]]
+TSNE_POINTS = 1000  # a t-SNE of more points takes minutes on a 2-core CPU and shows no more
 
 
 def worst_errors_figure(frame: pd.DataFrame, probs: np.ndarray, threshold: float, n: int,
@@ -34,18 +35,22 @@ def worst_errors_figure(frame: pd.DataFrame, probs: np.ndarray, threshold: float
         ncols=8, title=title)
 
 
-def retrieval_failures_figure(report: evaluation.GalleryReport, frame: pd.DataFrame, n: int,
+def retrieval_failures_figure(table: pd.DataFrame, frame: pd.DataFrame, n: int,
                               title: str = "Retrieval failures") -> Figure | None:
-    """Wrong retrievals (query, predicted, true identity), largest margin first; None if none."""
-    failures = evaluation.retrieval_failures(report, n=n)
+    """Wrong answers of a retrieval table over `frame` (query, predicted, true identity; the
+    answering channel too for a switch's table), largest margin first; None if none."""
+    failures = evaluation.retrieval_failures(table, n=n)
     if not len(failures):
         return None
+    channels = (failures["channel"] if "channel" in failures
+                else pd.Series("", index=failures.index))
     return plots.plot_retrieval_failures(
         evaluation.load_rows(frame, failures["query_row"]),
         evaluation.load_rows(frame, failures["predicted_row"]),
         evaluation.load_rows(frame, failures["true_row"]),
-        captions=[f"{q} -> {p} ({d})" for q, p, d in zip(
-            failures["identity"], failures["predicted_identity"], failures["distortion"])],
+        captions=[f"{q} -> {p} ({d}{', by ' + c if c else ''})" for q, p, d, c in zip(
+            failures["identity"], failures["predicted_identity"], failures["distortion"],
+            channels)],
         title=title)
 
 
@@ -71,9 +76,12 @@ def distortion_examples(table: pd.DataFrame, n_examples: int, seed: int) -> Figu
 
 
 def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
-                   threshold: float) -> Figures:
+                   threshold: float, features: np.ndarray | None = None, seed: int = 0
+                   ) -> Figures:
     """Notebook 01: confusion matrix, ROC and PR curves of the clean images, accuracy per
-    distortion and the worst errors of the evaluated split."""
+    distortion, the worst errors of the evaluated split and, given the `features` the
+    classifier reads (`task_a.classifier_features`), their t-SNE by gender and distortion
+    (at most `TSNE_POINTS` rows, drawn with `seed`)."""
     clean = (frame["distortion"] == "clean").to_numpy()
     labels = frame["label"].to_numpy()
     found = [("confusion_matrix", plots.plot_confusion_matrix(metrics["confusion_matrix"],
@@ -82,6 +90,12 @@ def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
              ("pr_curve", plots.plot_pr_curve(labels[clean], probs[clean])),
              ("accuracy_by_distortion", plots.plot_bar_by_distortion(
                  metrics["accuracy_by_distortion"], "accuracy"))]
+    if features is not None:
+        rows = np.sort(np.random.default_rng(seed).permutation(len(frame))[:TSNE_POINTS])
+        found.append(("features_tsne", plots.plot_tsne(
+            features[rows], np.asarray(task_a.CLASS_NAMES)[labels[rows]],
+            frame["distortion"].to_numpy()[rows], top_n=len(task_a.CLASS_NAMES), seed=seed,
+            title="t-SNE of what the gender classifier reads", colour_by="gender")))
     errors = worst_errors_figure(frame, probs, threshold, n=16, title="worst errors")
     return found + ([("worst_errors", errors)] if errors is not None else [])
 
@@ -103,8 +117,32 @@ def gallery_figures(report: evaluation.GalleryReport, embeddings: np.ndarray,
         ("similarity_heatmap", plots.plot_similarity_heatmap(embeddings[subset],
                                                              identities[subset])),
     ]
-    failures = retrieval_failures_figure(report, frame, n=8)
+    failures = retrieval_failures_figure(report.table, frame, n=8)
     return found + ([("retrieval_failures", failures)] if failures is not None else [])
+
+
+def switch_figures(switch: evaluation.SwitchReport, identity: np.ndarray, frame: pd.DataFrame,
+                   seed: int) -> Figures:
+    """Notebooks 02 and 03, with a `fusion.CopySwitch`: top-1 per distortion of both protocols
+    through it, a t-SNE of the identity channel alone (`identity`: the unit face descriptors of
+    `frame`'s rows, what answers people), and the failures split by what was missed: copies
+    (official queries) and people (the query's own photo removed)."""
+    found = [
+        ("switch_top1_by_distortion", plots.plot_bar_by_distortion(
+            {"official": switch.eval["top1_by_distortion"],
+             "own photo removed": switch.hard["top1_by_distortion"]}, "top-1",
+            title="Copy-or-identity switch: top-1 by distortion")),
+        ("identity_channel_tsne", plots.plot_tsne(
+            identity, frame["identity"].to_numpy(), frame["distortion"].to_numpy(), top_n=20,
+            seed=seed, title="t-SNE of the identity channel (face descriptor)")),
+    ]
+    for name, protocol, title in (
+            ("copy_missed", "eval", "Copy missed: official queries the switch answered wrong"),
+            ("person_missed", "hard", "Person missed: wrong once the query's own photo is "
+                                      "removed")):
+        failures = retrieval_failures_figure(switch.tables[protocol], frame, n=8, title=title)
+        found += [(name, failures)] if failures is not None else []
+    return found
 
 
 def worst_pairs_figure(pairs: evaluation.PairReport, frame: pd.DataFrame,

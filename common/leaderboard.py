@@ -281,7 +281,7 @@ def best_model_figures(board: Leaderboard, seed: int = 0) -> list[tuple[str, obj
         found.append((f"tsne_{name}", plots.plot_tsne(
             detail["embeddings"], frame["identity"].to_numpy(), frame["distortion"].to_numpy(),
             seed=seed, title=f"{name}: t-SNE")))
-        failures = figures.retrieval_failures_figure(detail["report"], frame, n=6,
+        failures = figures.retrieval_failures_figure(detail["report"].table, frame, n=6,
                                                      title=f"{name}: retrieval failures")
         found += [(f"retrieval_failures_{name}", failures)] if failures is not None else []
     return found

@@ -136,8 +136,9 @@ def plot_training_curves(history: Sequence[Mapping[str, float]] | pd.DataFrame,
 
 def plot_tsne(embeddings: np.ndarray, identities: Sequence,
               distortions: Sequence[str] | None = None, top_n: int = 20, seed: int = 0,
-              title: str = "t-SNE of embeddings") -> Figure:
+              title: str = "t-SNE of embeddings", colour_by: str = "identity") -> Figure:
     """2-D t-SNE of the `top_n` largest identities: colour = identity, marker = distortion.
+    `identities` may hold any labels (e.g. gender); `colour_by` names them in the legend.
 
     Only the largest identities are kept because 20 colours are about the limit of legibility;
     perplexity is capped below a third of the points so small sets still run. Up to 1,000
@@ -152,15 +153,15 @@ def plot_tsne(embeddings: np.ndarray, identities: Sequence,
     xy = TSNE(n_components=2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca",
               method="exact" if len(points) <= 1000 else "barnes_hut",
               random_state=seed).fit_transform(points)
-    df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "identity": ids[keep].to_numpy()})
+    df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], colour_by: ids[keep].to_numpy()})
     style = None
     if distortions is not None:
         df["distortion"] = np.asarray(distortions, str)[keep]
         style = "distortion"
     fig, ax = plt.subplots(figsize=(7.5, 6))
     markers = {d: _MARKERS.get(d, "o") for d in df["distortion"].unique()} if style else True
-    sns.scatterplot(data=df, x="x", y="y", hue="identity", style=style, markers=markers,
-                    palette="tab20" if df["identity"].nunique() <= 20 else "husl", s=40, ax=ax)
+    sns.scatterplot(data=df, x="x", y="y", hue=colour_by, style=style, markers=markers,
+                    palette="tab20" if df[colour_by].nunique() <= 20 else "husl", s=40, ax=ax)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, ncol=2)
     ax.set(title=title, xticks=[], yticks=[], xlabel="", ylabel="")
     return fig
@@ -265,8 +266,10 @@ def plot_bar_by_distortion(values: Mapping[str, float] | Mapping[str, Mapping[st
     grouped = all(isinstance(v, Mapping) for v in values.values())
     df = pd.DataFrame(values) if grouped else pd.DataFrame({ylabel: pd.Series(values)})
     fig, ax = plt.subplots(figsize=(1.0 * len(df) + 2.5, 3.8))
-    df.plot.bar(ax=ax, legend=grouped, rot=30, width=0.8)
+    df.plot.bar(ax=ax, legend=False, rot=30, width=0.8)
     for container in ax.containers:
         ax.bar_label(container, fmt="%.2f", fontsize=7)
+    if grouped:  # beside the axes: inside, it hides the bars it names
+        ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     ax.set(ylabel=ylabel, title=title, xlabel="")
     return fig

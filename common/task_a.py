@@ -30,7 +30,8 @@ from common.train import FitResult, fit, predict_batches
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
            "PROBE_FRONT_END", "RECIPES", "ARCHITECTURES", "Settings", "STREAMS", "fit_probe",
            "TaskAData", "load_views", "prepare_data", "epoch_indices",
-           "create_classifier", "create_loss", "StreamDataset", "predict_probs", "evaluate_views",
+           "create_classifier", "create_loss", "StreamDataset", "predict_probs",
+           "classifier_features", "evaluate_views",
            "model_card", "training_subset", "train_classifier", "evaluate_model",
            "metrics_table", "worst_errors"]
 
@@ -281,6 +282,22 @@ def predict_probs(model: nn.Module, images: np.ndarray, image_size: int,
     loader = make_loader(dataset, batch_size, num_workers=0)
     logits = predict_batches(model, loader, device, progress=progress, desc="predict")
     return torch.softmax(logits, dim=1)[:, 1].numpy()
+
+
+def classifier_features(model: nn.Module, task_data: TaskAData, cfg: ExperimentConfig,
+                        split: str = "eval") -> np.ndarray:
+    """Per row of a split, the vector the model's last layer (``model.classifier``) reads:
+    what its gender decision is made from, for a t-SNE; the same pass as `evaluate_model`'s."""
+    captured: list[torch.Tensor] = []
+    hook = model.classifier.register_forward_pre_hook(
+        lambda _module, inputs: captured.append(inputs[0].detach().float().cpu()))
+    try:
+        predict_probs(model, task_data.images[split], cfg.image_size, cfg.device,
+                      None if task_data.aligned is None else task_data.aligned[split],
+                      cfg.batch_size * 2)
+    finally:
+        hook.remove()
+    return torch.cat(captured).numpy()
 
 
 def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> dict:

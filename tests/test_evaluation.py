@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import evaluation
+from common import evaluation, fusion
 from conftest import gallery_frame
 
 
@@ -192,3 +192,17 @@ def test_switch_report_answers_copies_and_people_each_by_its_channel():
     flat = report.flat()
     assert flat["switch_copy_missed"] == 0 and flat["switch_person_missed"] > 0
     assert flat["switch_top1_hard"] == report.hard["top1"] and 0 < flat["switch_copy_share"] <= 1
+
+
+def test_switch_misses_count_copies_and_people_per_distortion():
+    """Hand-built tables: 3 foggy and 2 sunny queries per protocol."""
+    official = pd.DataFrame({"distortion": ["foggy", "foggy", "foggy", "sunny", "sunny"],
+                             "correct": [True, False, True, True, True],
+                             "channel": ["copy", "copy", "identity", "copy", "copy"]})
+    hard = official.assign(correct=[True, False, False, False, True],
+                           channel=["identity", "identity", "identity", "copy", "identity"])
+    report = evaluation.SwitchReport(fusion.CopySwitch(0.1, 0.5), {}, {}, {}, pd.DataFrame(),
+                                     {"eval": official, "hard": hard})
+    misses = report.misses()
+    assert misses.loc["foggy"].tolist() == [3, 1, 2, 2 / 3, 0.0]
+    assert misses.loc["sunny"].tolist() == [2, 0, 1, 1.0, 0.5]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from common import checkpoints, config, experiment, fallbacks, models, parameters, predict, task_a
@@ -65,8 +67,14 @@ def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path)
     criterion = task_a.create_loss("ce", task_data.splits.train["label"].to_numpy(), "none")
     result = task_a.train_classifier(net, task_data, cfg, criterion, "dual", views_per_epoch=1)
     assert len(result.history) == 1
-    threshold, dev, evaluated, _ = task_a.evaluate_model(net, task_data, cfg)
+    threshold, dev, evaluated, eval_probs = task_a.evaluate_model(net, task_data, cfg)
     assert 0.0 <= evaluated["accuracy"] <= 1.0
+    # The t-SNE's features are what the last layer reads: it turns them into the same P(female).
+    features = task_a.classifier_features(net, task_data, cfg)
+    assert features.shape == (len(task_data.splits.eval), net.classifier.in_features)
+    with torch.no_grad():
+        logits = net.classifier(torch.as_tensor(features))
+    np.testing.assert_allclose(torch.softmax(logits, 1)[:, 1].numpy(), eval_probs, atol=1e-5)
     card = task_a.model_card(cfg, net, "dual_se", threshold, dev, task_data.splits, "test")
     assert card.aligned is True and card.kind == "dual_se"
     weights = checkpoints.save_model(net, cfg.weights_dir, "dual", card)
@@ -166,6 +174,9 @@ def test_probe_head_is_the_logistic_regression_and_generalises():
     reference = LogisticRegression(C=chosen, class_weight="balanced", max_iter=5000).fit(
         data_.images["train"], data_.splits.train["label"])
     probs = task_a.predict_probs(net, data_.images["eval"], 0)
+    cfg = SimpleNamespace(image_size=0, device="cpu", batch_size=64)
+    np.testing.assert_array_equal(task_a.classifier_features(net, data_, cfg),  # the descriptors
+                                  data_.images["eval"])
     np.testing.assert_allclose(probs, reference.predict_proba(data_.images["eval"])[:, 1],
                                atol=1e-5)
     # Unseen rows: chance macro-F1 is about 0.5; the separable signal gives well above 0.85.
