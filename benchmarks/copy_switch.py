@@ -2,7 +2,9 @@
 the evaluated split of the data they were trained on: the same splits, embeddings and face
 descriptors as notebooks 02 and 03 (seed, split fractions and image settings from the
 checkpoint's run), the switch fitted on dev, reported on the evaluated split beside each channel
-alone. Prints one markdown table per checkpoint and the thresholds.
+alone. Prints one markdown table per checkpoint, the thresholds and the misses per distortion;
+with ``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
+top-1 per distortion, t-SNE of the identity channel, copies and people missed).
 
     python benchmarks/copy_switch.py --data-dir ../shared/data/facecom --work-root W \\
         --checkpoints W/weights/task_b_embedding_efficientnet_lite0.pt \\
@@ -16,11 +18,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import checkpoints, experiment, task_b  # noqa: E402
+from common import checkpoints, experiment, figures, plots, task_b  # noqa: E402
 
 
-def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int) -> None:
-    """Fit and report the switch for one checkpoint; prints its tables."""
+def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
+            figure_dir: Path | None = None) -> None:
+    """Fit and report the switch for one checkpoint; prints its tables (and saves its figures
+    under `figure_dir`)."""
     model, card = checkpoints.load_model(checkpoint)
     section = task_b.SiameseSettings if card.kind == "siamese" else task_b.ArcFaceSettings
     cfg = experiment.ExperimentConfig.resolve(
@@ -56,6 +60,11 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int) -> Non
     print("|---" * (len(header) + 1) + "|")
     for name, values in rows.items():
         print(f"| {name} | " + " | ".join(f"{values[d]:.3f}" for d in header) + " |")
+    print("\n" + report.misses().to_markdown(floatfmt=".3f"))
+    if figure_dir is not None:
+        for name, figure in figures.switch_figures(report, descriptor.faces["eval"][0],
+                                                   task_data.splits.eval, seed):
+            plots.save_and_show(figure, figure_dir / f"{checkpoint.stem}_{name}.png")
 
 
 def main() -> None:
@@ -65,9 +74,10 @@ def main() -> None:
                         help="the work root the checkpoints were trained in (its caches)")
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figures", type=Path, help="save the switch figures in this folder")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
-        measure(checkpoint, args.data_dir, args.work_root, args.seed)
+        measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures)
 
 
 if __name__ == "__main__":

@@ -160,8 +160,10 @@ def plot_tsne(embeddings: np.ndarray, identities: Sequence,
         style = "distortion"
     fig, ax = plt.subplots(figsize=(7.5, 6))
     markers = {d: _MARKERS.get(d, "o") for d in df["distortion"].unique()} if style else True
+    groups = df[colour_by].nunique()  # tab20 pairs light and dark shades of one hue
+    palette = "tab10" if groups <= 10 else "tab20" if groups <= 20 else "husl"
     sns.scatterplot(data=df, x="x", y="y", hue=colour_by, style=style, markers=markers,
-                    palette="tab20" if df[colour_by].nunique() <= 20 else "husl", s=40, ax=ax)
+                    palette=palette, s=40, ax=ax)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, ncol=2)
     ax.set(title=title, xticks=[], yticks=[], xlabel="", ylabel="")
     return fig
