@@ -45,7 +45,9 @@ PARAMS = {"data_format": "identity_folders", "image_cache": "stream", "split_by"
 # (phase, module, function name): the function that does each step of the path.
 PHASES = [("views folder (no image read)", views, "views_folder"),
           ("hidden-file walk", listing, "walk_files"),
-          ("read identity folders (listing, table)", identity_folders, "read_identity_folders"),
+          ("read identity folders (listing, photo table)", identity_folders,
+           "read_identity_photos"),
+          ("views of dev + evaluated split as rows", identity_folders, "with_views"),
           ("splits + identity check + start content check", splits, "make_splits"),
           ("stream decision (ImageFiles)", cache, "load_image_array"),
           ("model", task_b, "create_embedder"),

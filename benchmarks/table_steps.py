@@ -58,6 +58,8 @@ def measure(root: Path, repeats: int) -> dict:
         identity_folders._ensure_views = views_as_written
         options["progress"] = False
     views = re.compile(re.escape(str(root / "cache")) + r"/[^/]+/")
+    # commits since `TrainRows` pair its images; before, the table's rows
+    rows_of = task_b.TrainRows.of_table if hasattr(task_b, "TrainRows") else (lambda t: t)
 
     def same_views(text: str) -> str:
         return views.sub("VIEWS/", text)
@@ -65,7 +67,7 @@ def measure(root: Path, repeats: int) -> dict:
     steps = {
         STEPS[0]: lambda: read(root / "faces", **options),
         STEPS[1]: lambda: cache.compute_fingerprint(paths, sizes=False),
-        STEPS[2]: lambda: task_b.source_view_pairs(table, 1, seed=7919),
+        STEPS[2]: lambda: task_b.source_view_pairs(rows_of(table), 1, seed=7919),
     }
     result, table, paths = {}, None, None
     for name, step in steps.items():

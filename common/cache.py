@@ -251,7 +251,9 @@ class ImageFiles:
 
     def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, fit: str = "crop",
                  row_key: tuple = ()) -> None:
-        self.paths = [str(path) for path in paths]
+        # a `views.ViewPaths` stays lazy: at millions of photos its strings would cost gigabytes
+        self.paths = (paths if isinstance(paths, views.ViewPaths)
+                      else [str(path) for path in paths])
         self.image_size, self.fit, self.row_key = image_size, check_fit(fit), row_key
         self.shape = (len(self.paths), image_size, image_size, 3)
         self.dtype, self.ndim = np.dtype(np.uint8), 4
@@ -320,12 +322,12 @@ def load_image_array(paths: Sequence[str | os.PathLike], image_size: int,
         ImageReadError: a file cannot be decoded (validation should have excluded it).
         OSError: the cache folder's disk cannot hold the array (checked before decoding).
     """
-    paths = [str(p) for p in paths]
-    if not paths:
+    if not len(paths):
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     folder = Path(cache_dir) if cache_dir is not None else workspace.cache_dir()
     if choose_image_cache(len(paths), image_size, folder, image_cache) == "stream":
         return ImageFiles(paths, image_size, fit)
+    paths = [str(p) for p in paths]
     folder.mkdir(parents=True, exist_ok=True)
     views.ensure(paths, workers, progress)  # the key reads every file's size and time
     settings = {"version": CACHE_VERSION, "size": image_size, "fit": check_fit(fit)}

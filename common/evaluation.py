@@ -16,9 +16,10 @@ from common import data, fusion, metrics
 
 __all__ = [
     "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
-    "pair_report", "make_pair_list", "retrieval_failures", "worst_pairs", "load_rows",
-    "photo_keys", "photo_index", "hackathon_pair_list", "PAIR_KINDS", "PAIR_PROTOCOLS",
-    "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report", "switched_report",
+    "pair_report", "make_pair_list", "frame_pair_list", "retrieval_failures", "worst_pairs",
+    "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
+    "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
+    "switched_report",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -35,15 +36,21 @@ def photo_keys(frame: pd.DataFrame) -> np.ndarray:
     return frame["source"].where(frame["source"] != "", frame["path"]).to_numpy()
 
 
-def photo_index(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct photos, sorted; each row's position among them): what
-    ``np.unique(photo_keys(frame), return_inverse=True)`` gives, with the rows hashed first so
-    that only the distinct photos are sorted (a photo has eight rows in identity folders)."""
-    codes, photos = pd.factorize(photo_keys(frame))
-    order = np.argsort(photos)
+def sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values, sorted; each value's position among them): what
+    ``np.unique(values, return_inverse=True)`` gives, with the values hashed first so that only
+    the distinct ones are sorted (a photo has eight rows in identity folders)."""
+    codes, distinct = pd.factorize(values)
+    order = np.argsort(distinct)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return np.asarray(photos)[order], rank[codes]
+    return np.asarray(distinct)[order], rank[codes]
+
+
+def photo_index(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct photos, sorted; each row's position among them): `sorted_codes` of
+    `photo_keys`."""
+    return sorted_codes(photo_keys(frame))
 
 
 def retrieval_table(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str = "max",
@@ -306,14 +313,20 @@ class PairReport:
         return pd.DataFrame(columns, index=keys)
 
 
-def make_pair_list(frame: pd.DataFrame, n_pairs: int, seed: int,
+def make_pair_list(identities: np.ndarray, distortions: np.ndarray, n_pairs: int, seed: int,
                    hard_negatives_from: np.ndarray | None = None) -> pd.DataFrame:
-    """Balanced (i, j, same) pairs of `frame`'s rows, capped at the positives that exist
-    (small splits have fewer same-identity pairs than asked for)."""
-    sizes = frame.groupby("identity").size().to_numpy()
+    """Balanced (i, j, same) pairs of rows (their identity and distortion given), capped at the
+    positives that exist (small splits have fewer same-identity pairs than asked for)."""
+    sizes = pd.Series(identities).value_counts().to_numpy()
     n_pairs = min(n_pairs, 2 * int((sizes * (sizes - 1) // 2).sum()))
-    return metrics.make_pairs(frame["identity"].to_numpy(), frame["distortion"].to_numpy(),
-                              n_pairs=n_pairs, seed=seed, hard_negatives_from=hard_negatives_from)
+    return metrics.make_pairs(identities, distortions, n_pairs=n_pairs, seed=seed,
+                              hard_negatives_from=hard_negatives_from)
+
+
+def frame_pair_list(frame: pd.DataFrame, n_pairs: int, seed: int) -> pd.DataFrame:
+    """`make_pair_list` of a split's table."""
+    return make_pair_list(frame["identity"].to_numpy(), frame["distortion"].to_numpy(),
+                          n_pairs, seed)
 
 
 def hackathon_pair_list(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -355,7 +368,7 @@ def face_blind_decisions(frame: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray
 def _pair_list(frame: pd.DataFrame, n_pairs: int, seed: int, protocol: str) -> pd.DataFrame:
     if protocol not in PAIR_PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}; choose one of {PAIR_PROTOCOLS}")
-    return (make_pair_list(frame, n_pairs, seed) if protocol == "random" else
+    return (frame_pair_list(frame, n_pairs, seed) if protocol == "random" else
             hackathon_pair_list(frame, seed))
 
 

@@ -12,7 +12,9 @@ Such data sets have no distorted copies, but the evaluation queries distorted im
 gallery identities, so every clean image gets the seven FACECOM distortions, listed as rows with
 ``distortion=<name>`` and ``source=<clean path>``; they are files of a views folder in the work
 root's cache (never in the user's folder), rendered from the photo when first read
-(`common.views`), so listing them reads no image.
+(`common.views`), so listing them reads no image. Only the evaluated splits hold the views as
+rows (`read_splits`); train keeps one row per photo and training reads the views by index
+(`views.ViewPaths`), since eight rows per photo cost most of the first minute at millions.
 
 Identities with a single image cannot give a gallery photo plus a different query photo, so a
 generated split keeps them for training only (`summarize` counts them); in a split the user made
@@ -20,6 +22,7 @@ they stay where they are and, as in FACECOM, are queried only by their own disto
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -31,7 +34,8 @@ from common import data, experiment, listing, splits, views, workspace
 from common.discovery import list_subdirs, scan_images, split_roots
 from common.distortions import DISTORTIONS
 
-__all__ = ["SPLIT_BY", "read_identity_folders", "summarize", "read_splits"]
+__all__ = ["SPLIT_BY", "read_identity_folders", "read_identity_photos", "with_views",
+           "summarize", "read_splits"]
 
 SPLIT_BY = ("identity", "image")
 _COLUMNS = ["path", "split", "identity", "distortion", "source"]
@@ -54,9 +58,23 @@ def _split_by_identity(table: pd.DataFrame, fraction: float, seed: int) -> pd.Se
 def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
                           eval_fraction: float = 0.15, seed: int = 0,
                           cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Task B table of an identity-folder data set, distorted views included.
+    """Task B table of an identity-folder data set, distorted views included: `with_views` of
+    `read_identity_photos` (same arguments), with its ``attrs["skipped"]``."""
+    photos, photo_views = read_identity_photos(root, split_by, eval_fraction, seed, cache_dir)
+    table = with_views(photos, photo_views)
+    table.attrs["skipped"] = photos.attrs["skipped"]
+    return table
 
-    Reads the folder listing only, no image, so it stays quick on millions of photos.
+
+def read_identity_photos(root: str | os.PathLike, split_by: str = "identity",
+                         eval_fraction: float = 0.15, seed: int = 0,
+                         cache_dir: str | os.PathLike | None = None
+                         ) -> tuple[pd.DataFrame, views.PhotoViews]:
+    """The photos of an identity-folder data set, one row each, and where their views are.
+
+    Reads the folder listing only, no image, so it stays quick on millions of photos; the
+    views (`with_views`) are rows only where they are queried, and training draws them by
+    index (`views.ViewPaths`).
 
     Args:
         root: ``<identity>/*`` folders, or ``train/``, ``val/``, ``test/`` holding them.
@@ -69,12 +87,12 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
         cache_dir: where the views folder goes; None = data/cache/identity_views.
 
     Returns:
-        DataFrame ``path, split, identity, distortion, source`` (clean rows first per identity);
-        `split` is "train" / "holdout" / "val" when generated, else the sub-root's name.
-        Hidden files and folders of the root, its split folders and the identity folders
-        (never read) are listed in ``attrs["skipped"]``. An
-        unreadable photo stays listed: reading it or one of its views raises
-        `image_decode.ImageReadError` naming the photo.
+        (DataFrame ``path, split, identity, distortion, source`` with distortion "clean" and
+        source = path, in folder order; `split` is "train" / "holdout" / "val" when generated,
+        else the sub-root's name. Hidden files and folders of the root, its split folders and
+        the identity folders (never read) are listed in ``attrs["skipped"]``. An unreadable
+        photo stays listed: reading it or one of its views raises
+        `image_decode.ImageReadError` naming the photo), and the photos' `views.PhotoViews`.
 
     Raises:
         DatasetLayoutError: no identity folder with images, or an ambiguous root.
@@ -105,14 +123,14 @@ def read_identity_folders(root: str | os.PathLike, split_by: str = "identity",
     if skipped:
         warnings.warn(f"{len(skipped)} hidden files or folders skipped, e.g. "
                       f"{listing.printable(skipped[0])}", stacklevel=2)
-    table = _table(folders, root, views.views_folder(cache_dir, root, seed))
+    table = _photo_table(folders)
     if "" in roots and split_by == "identity":
         table["split"] = _split_by_identity(table, eval_fraction, seed)
     elif "" in roots:
         kept, held = splits.split_images(table, eval_fraction, seed)
         table = pd.concat([kept, held.assign(split="val")], ignore_index=True)
     table.attrs["skipped"] = skipped
-    return table
+    return table, views.PhotoViews(str(root), str(views.views_folder(cache_dir, root, seed)))
 
 
 def _hidden(root: Path, roots: dict[str, Path]) -> list[str]:
@@ -125,70 +143,91 @@ def _hidden(root: Path, roots: dict[str, Path]) -> list[str]:
     return hidden
 
 
-def _table(folders: list[tuple[str, str, list[str]]], root: Path, views_folder: Path
-           ) -> pd.DataFrame:
-    """The rows of `folders` ((split, identity, photos) each): per identity its clean photos,
-    then the views of each photo in `DISTORTIONS` order. Built column by column, since at
+def _photo_table(folders: list[tuple[str, str, list[str]]]) -> pd.DataFrame:
+    """One row per photo of `folders` ((split, identity, photos) each), in their order."""
+    counts = [len(images) for *_, images in folders]
+    paths = np.array([image for *_, images in folders for image in images], dtype=object)
+    return pd.DataFrame({
+        "path": paths,
+        "split": np.repeat(np.array([split for split, *_ in folders], dtype=object), counts),
+        "identity": np.repeat(np.array([identity for _, identity, _ in folders], dtype=object),
+                              counts),
+        "distortion": np.full(len(paths), "clean", dtype=object),
+        "source": paths,
+    }, columns=_COLUMNS)
+
+
+def with_views(photos: pd.DataFrame, photo_views: views.PhotoViews,
+               rows: np.ndarray | None = None) -> pd.DataFrame:
+    """`photos` (rows of `read_identity_photos`) with the views of each photo (of those
+    `rows` selects, default all) as rows: after each run of one split's identity, the run's
+    photos, then each photo's views in `DISTORTIONS` order. Built column by column, since at
     millions of photos a Python tuple per row costs more than the rest of the start."""
-    counts = np.array([len(images) for *_, images in folders])
-    clean = np.array([image for *_, images in folders for image in images], dtype=object)
-    prefix, folder = len(str(root)) + 1, str(views_folder)
+    path = photos["path"].to_numpy(object)
+    split, identity = photos["split"].to_numpy(object), photos["identity"].to_numpy(object)
+    changed = np.r_[True, (split[1:] != split[:-1]) | (identity[1:] != identity[:-1])]
+    run = np.cumsum(changed) - 1
+    viewed = np.ones(len(photos), bool) if rows is None else np.asarray(rows, bool)
+    per_photo = len(DISTORTIONS)
     suffixes = [views.view_name("", name) for name in DISTORTIONS]  # "_<distortion>.jpg"
-    view_paths = np.array([base + suffix for base in (f"{folder}/{path[prefix:]}" for path in clean)
+    view_paths = np.array([prefix + suffix for prefix in photo_views.prefixes(path[viewed])
                            for suffix in suffixes], dtype=object)
-    per_view = len(DISTORTIONS)
-    split = np.repeat(np.array([split for split, *_ in folders], dtype=object), counts)
-    identity = np.repeat(np.array([identity for _, identity, _ in folders], dtype=object),
-                         counts)
-    folder_of = np.repeat(np.arange(len(folders)), counts)
-    order = np.argsort(np.concatenate([2 * folder_of, 2 * np.repeat(folder_of, per_view) + 1]),
+    order = np.argsort(np.concatenate([2 * run, 2 * np.repeat(run[viewed], per_photo) + 1]),
                        kind="stable")
     columns = {
-        "path": np.concatenate([clean, view_paths]),
-        "split": np.concatenate([split, np.repeat(split, per_view)]),
-        "identity": np.concatenate([identity, np.repeat(identity, per_view)]),
-        "distortion": np.concatenate([np.full(len(clean), "clean", dtype=object),
-                                      np.tile(np.array(DISTORTIONS, dtype=object), len(clean))]),
-        "source": np.concatenate([clean, np.repeat(clean, per_view)]),
+        "path": np.concatenate([path, view_paths]),
+        "split": np.concatenate([split, np.repeat(split[viewed], per_photo)]),
+        "identity": np.concatenate([identity, np.repeat(identity[viewed], per_photo)]),
+        "distortion": np.concatenate([photos["distortion"].to_numpy(object),
+                                      np.tile(np.array(DISTORTIONS, dtype=object),
+                                              int(viewed.sum()))]),
+        "source": np.concatenate([photos["source"].to_numpy(object),
+                                  np.repeat(path[viewed], per_photo)]),
     }
     return pd.DataFrame({name: columns[name][order] for name in _COLUMNS})
 
 
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Identities, clean images, distorted views and single-image identities per split.
+def summarize(photos: pd.DataFrame) -> pd.DataFrame:
+    """Identities, photos, distorted views (seven per photo) and single-image identities per
+    split of `read_identity_photos`' table.
 
     In a generated identity split the train row's `single_image_identities` are the people kept
     out of evaluation (one photo cannot be both gallery and a different query).
     """
     rows = []
-    for split, frame in table.groupby("split", sort=False):
-        clean = frame[frame["distortion"] == "clean"].groupby("identity").size()
-        rows.append({"split": split, "identities": frame["identity"].nunique(),
-                     "clean": int(clean.sum()),
-                     "distorted": int((frame["distortion"] != "clean").sum()),
+    for split, frame in photos.groupby("split", sort=False):
+        clean = frame.groupby("identity").size()
+        rows.append({"split": split, "identities": len(clean), "clean": len(frame),
+                     "distorted": len(frame) * len(DISTORTIONS),
                      "single_image_identities": int((clean == 1).sum())})
     return pd.DataFrame(rows).set_index("split")
 
 
-def read_splits(cfg: experiment.ExperimentConfig) -> splits.Splits:
-    """Train / dev / evaluated splits of ``cfg.data_dir`` for `task_b.prepare_data`.
+def read_splits(cfg: experiment.ExperimentConfig) -> tuple[splits.Splits, views.PhotoViews]:
+    """Train / dev / evaluated splits of ``cfg.data_dir`` for `task_b.prepare_data`, and where
+    the photos' views are.
 
     Uses the notebook parameter ``split_by`` (default "identity"): identity-disjoint dev and
     evaluation through `splits.make_splits`; with "image" dev and evaluation are other photos
     of the train identities (`splits.make_image_splits`). The evaluated split is the generated
-    one, else ``val``, else ``test``. Prints `summarize` of the table.
+    one, else ``val``, else ``test``. Dev and the evaluated split get their photos' views as
+    rows (`with_views`: they are the queries); train keeps one row per photo, and training
+    reads each photo's views by index (`views.ViewPaths`). Prints `summarize` of the photos.
     """
     split_by = cfg.task.split_by
-    table = read_identity_folders(cfg.data_dir, split_by, cfg.holdout_fraction, cfg.seed)
-    print(summarize(table).to_string())
-    present = set(table["split"].unique())
+    photos, photo_views = read_identity_photos(cfg.data_dir, split_by, cfg.holdout_fraction,
+                                               cfg.seed)
+    print(summarize(photos).to_string())
+    present = set(photos["split"].unique())
     eval_name = next((n for n in ("holdout", "val", "test") if n in present), None)
     if eval_name is None:
         raise data.DatasetLayoutError(f"{cfg.data_dir}/train has no val/ or test/ beside it: "
                                       "add one, or put the identities directly in the root.")
-    train, evaluated = table[table["split"] == "train"], table[table["split"] == eval_name]
+    train, evaluated = photos[photos["split"] == "train"], photos[photos["split"] == eval_name]
+    expand = functools.partial(with_views, photo_views=photo_views)
     if split_by == "image" and "" in split_roots(Path(cfg.data_dir)):
-        return splits.make_image_splits(train, evaluated, eval_name, cfg, photos_only=True)
-    made = splits.make_splits(train, evaluated, cfg, stratify=None, photos_only=True)
-    made.eval_name = eval_name
-    return made
+        made = splits.make_image_splits(train, evaluated, eval_name, cfg, expand=expand)
+    else:
+        made = splits.make_splits(train, evaluated, cfg, stratify=None, expand=expand)
+        made.eval_name = eval_name
+    return made, photo_views

@@ -79,16 +79,12 @@ class _Pair:
 
     @classmethod
     def of(cls, train: pd.DataFrame, evaluated: pd.DataFrame, train_name: str,
-           name: str, photos_only: bool = False) -> "_Pair":
-        """`photos_only`: the distorted rows are views rendered from the clean ones
-        (`common.views`), so comparing the photos covers them."""
+           name: str) -> "_Pair":
         def rows(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
             if "distortion" not in frame.columns:
                 return frame["path"].astype(str).tolist(), [True] * len(frame)
-            clean = (frame["distortion"] == "clean").to_numpy()
-            if photos_only:
-                return frame["path"][clean].astype(str).tolist(), [True] * int(clean.sum())
-            return frame["path"].astype(str).tolist(), clean.tolist()
+            return (frame["path"].astype(str).tolist(),
+                    (frame["distortion"] == "clean").to_numpy().tolist())
 
         return cls(*rows(train), *rows(evaluated), train_name, name)
 
@@ -385,7 +381,7 @@ def check_leakage(train: pd.DataFrame, evaluated: pd.DataFrame, name: str,
 
 
 def _check_all(pairs: list[tuple[pd.DataFrame, pd.DataFrame, str, str]], allow: bool,
-               wait: float | None, photos_only: bool = False) -> list[ContentCheck]:
+               wait: float | None) -> list[ContentCheck]:
     messages = []
     for train, evaluated, train_name, name in pairs:
         shared = sorted(set(train["identity"].unique()) & set(evaluated["identity"].unique()))
@@ -393,18 +389,23 @@ def _check_all(pairs: list[tuple[pd.DataFrame, pd.DataFrame, str, str]], allow: 
             messages.append(f"Leakage between {train_name} and {name}: {len(shared)} identities "
                             f"in both {train_name} and {name} (e.g. {shared[:3]})")
     _report(messages, allow)
-    return _start_checks([_Pair.of(*pair, photos_only=photos_only) for pair in pairs], True,
+    return _start_checks([_Pair.of(*pair) for pair in pairs], True,
                          allow, wait)
+
+
+def _unchanged(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
 
 
 def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
                 cfg: SplitSettings, stratify: str | None = "gender",
-                wait: float | None = None, photos_only: bool = False) -> Splits:
+                wait: float | None = None,
+                expand: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Splits:
     """Carve dev (and, without an official val, a holdout) out of train by identity, then check
     train against dev, and train + dev against the evaluated split (dev picks the checkpoint and
     the threshold, so it must not see the evaluated split either); see `check_leakage`.
-    `photos_only`: the distorted rows are rendered views (`common.views`), so the content checks
-    compare the clean photos alone."""
+    `expand`: applied to dev and the evaluated split once the checks have their rows (identity
+    folders: `identity_folders.with_views` adds the views rendered from the photos)."""
     stratify = stratify if stratify in train_table.columns else None
     if val_table is not None and len(val_table):
         rest, eval_table, eval_name = train_table, val_table, "val"
@@ -415,31 +416,33 @@ def make_splits(train_table: pd.DataFrame, val_table: pd.DataFrame | None,
     fraction = cfg.dev_fraction / max(1e-9, 1.0 - (0 if eval_name == "val" else
                                                     cfg.holdout_fraction))
     train, dev = split_identities(rest, min(fraction, 0.5), seed=cfg.seed, stratify=stratify)
-    splits = Splits(train.reset_index(drop=True), dev.reset_index(drop=True),
-                    eval_table.reset_index(drop=True), eval_name)
-    splits.checks = _check_all([(splits.train, splits.dev, "train", "dev"),
-                                (pd.concat([splits.train, splits.dev]), splits.eval, "train/dev",
-                                 eval_name)], cfg.allow_leakage, wait, photos_only)
-    return splits
+    train, dev = train.reset_index(drop=True), dev.reset_index(drop=True)
+    eval_table = eval_table.reset_index(drop=True)
+    checks = _check_all([(train, dev, "train", "dev"),
+                         (pd.concat([train, dev]), eval_table, "train/dev", eval_name)],
+                        cfg.allow_leakage, wait)
+    expand = expand or _unchanged
+    return Splits(train, expand(dev), expand(eval_table), eval_name, checks)
 
 
 def make_image_splits(train: pd.DataFrame, evaluated: pd.DataFrame, eval_name: str,
                       cfg: SplitSettings, wait: float | None = None,
-                      photos_only: bool = False) -> Splits:
+                      expand: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+                      ) -> Splits:
     """Closed-set splits (identity folders with ``split_by="image"``): dev holds other photos of
     the train identities (`split_images`), and the enrolled (train) clean photos join the dev
     and evaluated galleries, so the harder variant (own photo removed) scores recognising a new
     photo of a known person against them.
 
     Identities are shared by design and a person's photos may look alike, so only identical
-    images are refused (in the background, as in `check_leakage`; `photos_only` as in
-    `make_splits`).
+    images are refused (in the background, as in `check_leakage`; `expand` as in
+    `make_splits`, before the enrolled photos join).
     """
     fraction = min(0.5, cfg.dev_fraction / (1.0 - cfg.holdout_fraction))
     train, dev = split_images(train, fraction, cfg.seed + 1)
     enrolled = train[train["distortion"] == "clean"]
-    pairs = [_Pair.of(train, dev, "train", "dev", photos_only),
-             _Pair.of(train, evaluated, "train", eval_name, photos_only)]
-    return Splits(train, pd.concat([dev.assign(split="dev"), enrolled], ignore_index=True),
-                  pd.concat([evaluated, enrolled], ignore_index=True), eval_name,
-                  _start_checks(pairs, False, cfg.allow_leakage, wait))
+    pairs = [_Pair.of(train, dev, "train", "dev"), _Pair.of(train, evaluated, "train", eval_name)]
+    checks = _start_checks(pairs, False, cfg.allow_leakage, wait)
+    expand = expand or _unchanged
+    return Splits(train, pd.concat([expand(dev.assign(split="dev")), enrolled], ignore_index=True),
+                  pd.concat([expand(evaluated), enrolled], ignore_index=True), eval_name, checks)

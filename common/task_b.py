@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common import (cache, checkpoints, data, evaluation, face_descriptor, fallbacks, fusion,
-                    identity_folders, losses, metrics, models, transforms)
+                    identity_folders, losses, metrics, models, transforms, views)
 from common.checkpoints import ModelCard, card_from_training
+from common.distortions import DISTORTIONS
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
 from common.face_priors import PriorUnavailableError
@@ -31,7 +32,7 @@ from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
 
 __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
-           "SiameseSettings", "TaskBData", "prepare_data",
+           "SiameseSettings", "TrainRows", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed_array", "train_arcface",
            "choose_copy_weight", "image_fit", "train_pairs", "model_card",
@@ -109,16 +110,55 @@ class SiameseSettings(_TaskBSettings, notebook="03_task_b_siamese", backbones=BA
 
 
 @dataclass
+class TrainRows:
+    """The train images as training reads them: per image its identity, its class (the
+    identity's rank among the split's sorted identities: the ArcFace target), its photo (rank
+    among the split's sorted photos, `evaluation.photo_index`) and its distortion.
+
+    From a table whose distorted copies are rows (FACECOM), the table's rows (`of_table`). An
+    identity-folder train table holds one row per photo, and each photo's views follow it here
+    in `views.ViewPaths` order (`of_photos`): they are images, never rows of a table.
+    """
+
+    identity: np.ndarray
+    labels: np.ndarray
+    photo: np.ndarray
+    distortion: np.ndarray
+    identities: np.ndarray  # the sorted distinct identities, `labels` indexes them
+
+    @classmethod
+    def of_table(cls, frame: pd.DataFrame) -> "TrainRows":
+        identities, labels = evaluation.sorted_codes(frame["identity"].to_numpy(object))
+        _, photo = evaluation.photo_index(frame)
+        return cls(frame["identity"].to_numpy(object), labels, photo,
+                   frame["distortion"].to_numpy(object), identities)
+
+    @classmethod
+    def of_photos(cls, photos: pd.DataFrame) -> "TrainRows":
+        per_photo = views.ViewPaths.ROWS_PER_PHOTO
+        one = cls.of_table(photos)
+        return cls(np.repeat(one.identity, per_photo), np.repeat(one.labels, per_photo),
+                   np.repeat(one.photo, per_photo),
+                   np.tile(np.array(("clean", *DISTORTIONS), dtype=object), len(photos)),
+                   one.identities)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_photos(self) -> int:
+        return int(self.photo.max()) + 1 if len(self.photo) else 0
+
+
+@dataclass
 class TaskBData:
-    """Identity-disjoint splits of the Task B table and their decoded images (rows aligned)."""
+    """Identity-disjoint splits of the Task B table and their decoded images (rows aligned; the
+    train images are `train`'s, which may hold more images than the train table has rows)."""
 
     splits: Splits
     images: dict[str, np.ndarray]
     identity_index: dict[str, int]
-
-    def train_labels(self) -> np.ndarray:
-        """Integer class of each row of the train split (ArcFace targets)."""
-        return self.splits.train["identity"].map(self.identity_index).to_numpy()
+    train: TrainRows
 
 
 def prepare_data(cfg: ExperimentConfig) -> TaskBData:
@@ -126,14 +166,14 @@ def prepare_data(cfg: ExperimentConfig) -> TaskBData:
     identity, decode (cached) every image once."""
     root = Path(cfg.data_dir)
     if cfg.task.data_format == "identity_folders":
-        return _decode(identity_folders.read_splits(cfg), cfg)
+        return _decode(*identity_folders.read_splits(cfg), cfg=cfg)
     if not (root / "Task_B" / "train").is_dir():
         raise data.DatasetLayoutError(
             f"{root}/Task_B/train not found: Task B needs <root>/Task_B/train/<identity>/*.jpg "
             "(+ <identity>/distortion/*). Point data_dir at the FACECOM root.")
     train = data.read_task_b(root, "train")
     val = data.read_task_b(root, "val") if (root / "Task_B" / "val").is_dir() else None
-    return _decode(make_splits(train, val, cfg, stratify=None), cfg)
+    return _decode(make_splits(train, val, cfg, stratify=None), cfg=cfg)
 
 
 def image_fit(cfg: ExperimentConfig) -> str:
@@ -142,13 +182,20 @@ def image_fit(cfg: ExperimentConfig) -> str:
     return cache.check_fit(cfg.task.fit)
 
 
-def _decode(splits: Splits, cfg: ExperimentConfig) -> TaskBData:
-    images = {name: cache.load_image_array(frame["path"].tolist(), cfg.image_size,
-                                           fit=image_fit(cfg), image_cache=cfg.image_cache)
-              for name, frame in (("train", splits.train), ("dev", splits.dev),
-                                  ("eval", splits.eval))}
-    identities = sorted(splits.train["identity"].unique())
-    return TaskBData(splits, images, {name: i for i, name in enumerate(identities)})
+def _decode(splits: Splits, photo_views: views.PhotoViews | None = None, *,
+            cfg: ExperimentConfig) -> TaskBData:
+    """The images of every split; with `photo_views` the train table holds photos, and each is
+    followed by its views (`TrainRows.of_photos`)."""
+    if photo_views is None:
+        train, train_paths = TrainRows.of_table(splits.train), splits.train["path"].tolist()
+    else:
+        train = TrainRows.of_photos(splits.train)
+        train_paths = photo_views.paths(splits.train["path"].tolist())
+    images = {name: cache.load_image_array(paths, cfg.image_size, fit=image_fit(cfg),
+                                           image_cache=cfg.image_cache)
+              for name, paths in (("train", train_paths), ("dev", splits.dev["path"].tolist()),
+                                  ("eval", splits.eval["path"].tolist()))}
+    return TaskBData(splits, images, {name: i for i, name in enumerate(train.identities)}, train)
 
 
 def backbone_for(model: str, backbone: str) -> str:
@@ -325,18 +372,19 @@ def photo_teacher(frame: pd.DataFrame, teacher: str = "dlib", progress: bool = T
         np.float32)
 
 
-def source_view_pairs(frame: pd.DataFrame, pairs_per_source: int, seed: int) -> pd.DataFrame:
-    """Seeded row pairs (clean photo, one of its distorted copies), `pairs_per_source` per photo.
+def source_view_pairs(rows: TrainRows, pairs_per_source: int, seed: int) -> pd.DataFrame:
+    """Seeded image pairs (clean photo, one of its distorted copies), `pairs_per_source` per
+    photo.
 
     A photo without distorted copies is paired with itself (the train transform still makes two
     different views); a distorted image without a known source is its own photo.
 
     Returns:
-        DataFrame[i, j, source]: row positions in `frame` and an integer code of the photo.
+        DataFrame[i, j, source]: positions in `rows` and the photo's code (`TrainRows.photo`).
     """
-    _, code = evaluation.photo_index(frame)
-    clean = (frame["distortion"] == "clean").to_numpy()
-    # Rows grouped by photo code, each group in frame order (one stable sort); the draws are one
+    code = rows.photo
+    clean = rows.distortion == "clean"
+    # Rows grouped by photo code, each group in row order (one stable sort); the draws are one
     # vectorised call that consumes the generator exactly as drawing photo by photo would.
     order = np.argsort(code, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0])
@@ -383,7 +431,7 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
     ``recipe`` holds the calling recipe's own arguments, for the resume fingerprint.
     """
     dev = task_data.splits.dev
-    dev_pairs = evaluation.make_pair_list(dev, min(2000, 4 * len(dev)), seed=cfg.seed)
+    dev_pairs = evaluation.frame_pair_list(dev, min(2000, 4 * len(dev)), seed=cfg.seed)
     first, second = dev_pairs["i"].to_numpy(), dev_pairs["j"].to_numpy()
 
     @task_data.splits.guard  # the first dev evaluation waits for the leakage checks
@@ -428,10 +476,9 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
         raise ValueError("model.teacher_weight > 0 needs teacher embeddings (photo_teacher)")
     mean, std = model.embedder.data_config["mean"], model.embedder.data_config["std"]
     transform = transforms.create_train_transform(cfg.image_size, mean, std, distortion_p)
-    train, labels = task_data.splits.train, task_data.train_labels()
+    train, labels = task_data.train, task_data.train.labels
     train_set = cache.ImageArrayDataset(task_data.images["train"], labels, transform)
-    n_photos = len(pd.unique(evaluation.photo_keys(train)))
-    pairs_per_source = max(1, round(len(train) / (2 * n_photos)))
+    pairs_per_source = max(1, round(len(train) / (2 * train.n_photos)))
     teacher_by_photo = None if teacher is None else torch.as_tensor(teacher)
 
     def make_epoch_loader(epoch: int):
@@ -619,7 +666,7 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
     """
     data_config = getattr(model, "data_config", None) or model.embedder.data_config
     mean, std = data_config["mean"], data_config["std"]
-    train = task_data.splits.train
+    train = task_data.train
     transform = transforms.create_train_transform(cfg.image_size, mean, std, distortion_p)
     criterion = losses.ContrastiveLoss(margin=margin)
     # As many images as an ArcFace epoch, but enough pairs for small data sets to learn from.
@@ -630,7 +677,8 @@ def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, n
         if hard_negatives and epoch > 0:
             hard_from = embed_array(model, task_data.images["train"], cfg.image_size, mean, std,
                                     cfg.device, cfg.batch_size * 2)
-        pairs = evaluation.make_pair_list(train, n_pairs, seed=cfg.seed * 7919 + epoch,
+        pairs = evaluation.make_pair_list(train.identity, train.distortion, n_pairs,
+                                          seed=cfg.seed * 7919 + epoch,
                                           hard_negatives_from=hard_from)
         return make_loader(PairDataset(task_data.images["train"], pairs, transform),
                            cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,

@@ -23,6 +23,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from common.distortions import DISTORTIONS, apply_distortion
 from common.image_decode import ImageReadError, decode_image, read_file, to_rgb
 
 __all__ = ["VIEWS_VERSION", "MAX_VIEW_SIDE", "STAMP", "views_folder", "view_name",
-           "read_image_bytes", "ensure"]
+           "PhotoViews", "ViewPaths", "read_image_bytes", "ensure"]
 
 VIEWS_VERSION = 1  # bump when rendering changes, so old views are not reused
 MAX_VIEW_SIDE = 512  # views of larger photos are downscaled first (training decodes <= 224 px)
@@ -46,6 +47,50 @@ _JPEG_QUALITY = 90
 def view_name(clean_rel: str, distortion: str) -> str:
     """``<identity>/<file name>_<distortion>.jpg`` (the full name keeps a.jpg / a.png apart)."""
     return f"{clean_rel}_{distortion}.jpg"
+
+
+@dataclass(frozen=True)
+class PhotoViews:
+    """Where the views of the photos under `root` are (`folder`, from `views_folder`), and
+    their names: the one place a view's path is made from its photo's."""
+
+    root: str
+    folder: str
+
+    def prefixes(self, photos: Sequence[str]) -> list[str]:
+        """Per photo (a path under `root`), its views' common path prefix: add
+        ``view_name("", distortion)`` for a view."""
+        start = len(self.root) + 1
+        return [f"{self.folder}/{photo[start:]}" for photo in photos]
+
+    def paths(self, photos: Sequence[str]) -> "ViewPaths":
+        """Each photo followed by its views in `DISTORTIONS` order, as one lazy sequence."""
+        return ViewPaths(photos, self.prefixes(photos))
+
+
+class ViewPaths(Sequence[str]):
+    """The paths of photos and their views without a string per view: row ``i * k`` is photo
+    ``i``, rows ``i * k + 1 ... i * k + 7`` its views in `DISTORTIONS` order (``k = 8``).
+
+    What training streams a data set's train split from (`cache.ImageFiles`): at millions of
+    photos, eight path strings per photo would cost gigabytes and most of the first minute.
+    """
+
+    ROWS_PER_PHOTO = 1 + len(DISTORTIONS)
+    _SUFFIXES = ("",) + tuple(view_name("", name) for name in DISTORTIONS)
+
+    def __init__(self, photos: Sequence[str], prefixes: Sequence[str]) -> None:
+        self.photos, self._prefixes = list(photos), list(prefixes)
+
+    def __len__(self) -> int:
+        return len(self.photos) * self.ROWS_PER_PHOTO
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        photo, row = divmod(range(len(self))[index], self.ROWS_PER_PHOTO)
+        return (self.photos[photo] if row == 0
+                else self._prefixes[photo] + self._SUFFIXES[row])
 
 
 def _view_seed(seed: int, clean_rel: str, distortion: str) -> int:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from common import (cache, data, discovery, evaluation, experiment, identity_folders, predict,
                     task_b)
+from common import splits as splits_module
 from common.image_decode import ImageReadError
 from common.views import read_image_bytes
 from common.distortions import DISTORTIONS
@@ -87,7 +88,7 @@ def test_identity_split_is_disjoint_and_keeps_single_images_for_training(by_iden
     # round(15 % of the identities that have two or more photos)
     assert holdout["identity"].nunique() == int(np.floor(len(multi) * 0.15 + 0.5))
     assert set(holdout["identity"]) <= set(multi.index)
-    summary = identity_folders.summarize(table)
+    summary = identity_folders.summarize(table[table["distortion"] == "clean"])
     assert summary.loc["train", "single_image_identities"] == (counts == 1).sum() > 0
     assert summary.loc["holdout", "single_image_identities"] == 0
     assert summary["clean"].sum() == counts.sum()
@@ -118,7 +119,7 @@ def test_closed_set_splits_enrol_train_photos(faces_root, views_dir, tmp_path):
         task_b.ArcFaceSettings, data_dir=str(faces_root),
         data_format="identity_folders", split_by="image", output_dir=str(tmp_path / "run"),
         weights_dir=str(tmp_path / "weights"), quick=True)
-    splits = identity_folders.read_splits(cfg)
+    splits, photo_views = identity_folders.read_splits(cfg)
     train_photos = set(splits.train["source"])
     for frame in (splits.dev, splits.eval):
         queries = frame[frame["distortion"] != "clean"]
@@ -252,3 +253,52 @@ def test_notebook_02_trains_on_identity_folders_and_compare_separates_people(fac
     different = [predict.compare(photos[x][0], photos[y][0], metrics["checkpoint"])["similarity"]
                  for x, y in zip(held_out, held_out[1:] + held_out[:1])]
     assert np.mean(same) - np.mean(different) >= 0.1
+
+
+def test_training_reads_every_view_of_the_train_photos_without_their_rows(
+        faces_root, tmp_path, monkeypatch):
+    """Train keeps one row per photo; training reads the photo and its seven views by index, the
+    same images (path, identity, distortion, photo) as the train rows of the full table; the
+    content checks see photos only; dev and the evaluated split hold the views as rows."""
+    checked: list[str] = []
+    start_checks = splits_module._start_checks
+
+    def recording(pairs, *args):
+        checked.extend(path for pair in pairs for path in pair.train + pair.evaluated)
+        return start_checks(pairs, *args)
+
+    monkeypatch.setattr(splits_module, "_start_checks", recording)
+    settings = dict(data_dir=str(faces_root), data_format="identity_folders", image_size=32,
+                    output_dir=str(tmp_path / "run"), work_root=str(tmp_path / "work"),
+                    quick=True, seed=0)
+    cfg = experiment.ExperimentConfig.resolve(task_b.ArcFaceSettings, image_cache="stream",
+                                              **settings)
+    task_data = task_b.prepare_data(cfg)
+    train = task_data.splits.train
+    assert (train["distortion"] == "clean").all() and train["path"].is_unique
+    assert checked and all(Path(path).is_relative_to(faces_root) for path in checked)
+    for frame in (task_data.splits.dev, task_data.splits.eval):
+        assert (frame["distortion"] != "clean").sum() == 7 * (frame["distortion"] == "clean").sum()
+
+    table = identity_folders.read_identity_folders(faces_root, cache_dir=tmp_path / "views")
+    expected = table[table["identity"].isin(set(train["identity"]))]
+    rows, images = task_data.train, task_data.images["train"]
+    assert len(rows) == len(images) == len(expected) == 8 * len(train)
+    photos = sorted(set(train["path"]))
+    views_root = str(Path(images.paths[1]).parents[1])  # <views folder>/<identity>/<view>
+    got = {(path.replace(views_root, "<views>"), identity, distortion, photos[photo])
+           for path, identity, distortion, photo in zip(
+               images.paths, rows.identity, rows.distortion, rows.photo)}
+    views_table = str(Path(expected[expected["distortion"] != "clean"]["path"].iloc[0]
+                           ).parents[1])
+    want = {(path.replace(views_table, "<views>"), identity, distortion, source)
+            for path, _, identity, distortion, source in expected.itertuples(index=False,
+                                                                            name=None)}
+    assert got == want
+    assert rows.labels.tolist() == [task_data.identity_index[name] for name in rows.identity]
+
+    # Streamed and decoded-cache training read the same pixels for every train image.
+    cached = task_b.prepare_data(experiment.ExperimentConfig.resolve(
+        task_b.ArcFaceSettings, image_cache="memmap", **settings)).images["train"]
+    for index in (0, 1, 7, len(images) - 1):
+        np.testing.assert_array_equal(images[index], cached[index])

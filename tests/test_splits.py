@@ -254,16 +254,6 @@ def test_large_splits_do_not_wait_for_the_check(small_copy, tmp_path, monkeypatc
         splits.verify()
 
 
-def test_rendered_views_are_covered_by_their_photos():
-    """With photos_only the content checks receive the clean photos alone."""
-    table = pd.DataFrame({"path": ["/a/1.jpg", "/v/1.jpg_foggy.jpg", "/a/2.jpg"],
-                          "distortion": ["clean", "foggy", "clean"]})
-    pair = splits_module._Pair.of(table, table, "train", "dev", photos_only=True)
-    assert pair.train == ["/a/1.jpg", "/a/2.jpg"] and pair.train_clean == [True, True]
-    full = splits_module._Pair.of(table, table, "train", "dev")
-    assert full.evaluated == list(table["path"]) and full.evaluated_clean == [True, False, True]
-
-
 def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path):
     """The paths go to the check's process through a temp file; a check nobody awaits (a run
     stopped after its first step) must not leave it in the temp folder."""

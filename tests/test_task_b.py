@@ -53,15 +53,15 @@ def _photo_frame():
 
 
 def test_source_view_pairs_pair_each_clean_photo_with_its_own_copies():
-    frame = _photo_frame()
-    pairs = task_b.source_view_pairs(frame, pairs_per_source=4, seed=3)
+    rows = task_b.TrainRows.of_table(_photo_frame())
+    pairs = task_b.source_view_pairs(rows, pairs_per_source=4, seed=3)
     assert len(pairs) == 12  # 3 photos: a.jpg, b.jpg and the orphan c_rainy.jpg
     by_photo = {code: group for code, group in pairs.groupby("source")}
     # Codes follow the sorted photo keys: a.jpg, b.jpg, c_rainy.jpg.
     assert set(by_photo[0]["i"]) == {0} and set(by_photo[0]["j"]) <= {1, 2}
     assert set(by_photo[1]["i"]) == set(by_photo[1]["j"]) == {3}  # no copies: itself
     assert set(by_photo[2]["i"]) == set(by_photo[2]["j"]) == {4}  # unknown source: own photo
-    pd.testing.assert_frame_equal(pairs, task_b.source_view_pairs(frame, 4, seed=3))
+    pd.testing.assert_frame_equal(pairs, task_b.source_view_pairs(rows, 4, seed=3))
 
 
 def _pairs_drawn_photo_by_photo(frame: pd.DataFrame, pairs_per_source: int, seed: int):
@@ -97,10 +97,10 @@ def test_source_view_pairs_draw_as_photo_by_photo(seed):
         if rng.random() < 0.9:
             rows.append((f"p{photo}.jpg", "clean", f"p{photo}.jpg"))
         rows += [(f"p{photo}_{k}.jpg", "blur", f"p{photo}.jpg") for k in range(copies)]
-    frame = pd.DataFrame(rows, columns=["path", "distortion", "source"])
+    frame = pd.DataFrame(rows, columns=["path", "distortion", "source"]).assign(identity="x")
     frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
     for per_source in (1, 3):
-        pairs = task_b.source_view_pairs(frame, per_source, seed=seed)
+        pairs = task_b.source_view_pairs(task_b.TrainRows.of_table(frame), per_source, seed=seed)
         expected_i, expected_j, codes = _pairs_drawn_photo_by_photo(frame, per_source, seed)
         assert pairs["i"].tolist() == expected_i and pairs["j"].tolist() == expected_j
         assert pairs["source"].tolist() == codes

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from common import cache, experiment, identity_folders, transforms, views
+from common.distortions import DISTORTIONS
 from common.image_decode import ImageReadError
 
 
@@ -92,3 +93,17 @@ def test_unreadable_or_missing_photo_is_named(faces_root, tmp_path):
     stamp = next((tmp_path / "v").glob(f"*/{views.STAMP}"))
     assert views.read_image_bytes(stamp) == stamp.read_bytes()
     assert views.read_image_bytes(photos.iloc[2]) == Path(photos.iloc[2]).read_bytes()
+
+
+def test_view_paths_index_like_the_list_they_stand_for():
+    photo_views = views.PhotoViews("/data", "/cache/v1")
+    photos = ["/data/ann/1.jpg", "/data/bo/2.png"]
+    paths = photo_views.paths(photos)
+    listed = [path for photo in photos for path in
+              [photo] + [f"/cache/v1/{photo[6:]}_{name}.jpg" for name in DISTORTIONS]]
+    assert len(paths) == len(listed) == 16
+    assert [paths[i] for i in range(16)] == listed and list(paths) == listed
+    assert paths[-1] == listed[-1] and paths[np.int64(9)] == listed[9]
+    assert paths[3:12:2] == listed[3:12:2]
+    with pytest.raises(IndexError):
+        paths[16]
