@@ -92,6 +92,8 @@ def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTE
     import papermill as pm
 
     routed = notebook_parameters.route(parameters, sections or {}, only)
+    run_root = Path(run_root)
+    run_root.mkdir(parents=True, exist_ok=True)  # papermill writes into it, and will not create it
     executed_paths = []
     for name in only:
         source = notebook_parameters.notebook_path(name)

@@ -199,3 +199,21 @@ def test_failing_notebook_exits_1_naming_notebook_and_cell(tmp_path, capsys, sam
     assert errors and errors[0]["ename"] == "ValueError"
     assert (output / "summary.md").exists()
     assert not list((tmp_path / "weights").glob("*.pt"))
+
+
+def test_run_notebooks_creates_the_run_folder(tmp_path, monkeypatch):
+    """The README's Python call names a run folder that need not exist yet; papermill writes
+    the executed notebook into it and will not create it."""
+    import papermill
+
+    def execute(source, output, **kwargs):
+        if not Path(output).parent.is_dir():
+            raise FileNotFoundError(f"output folder {Path(output).parent} doesn't exist")
+        Path(output).write_text(Path(source).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(run_all, "_export_html", lambda path: None)
+    run_root = tmp_path / "runs" / "my_faces"
+    executed = run_all.run_notebooks({"quick": True}, run_root, ("02_task_b_arcface",),
+                                     progress=False)
+    assert executed == [run_root / "02_task_b_arcface.ipynb"] and executed[0].is_file()
