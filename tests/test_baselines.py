@@ -212,7 +212,7 @@ def test_missing_descriptor_gives_not_installed_task_b_rows(monkeypatch, tmp_pat
         raise face_priors.PriorUnavailableError(f"no SFace: {face_descriptor.SFACE_INSTALL}")
 
     monkeypatch.setattr(face_descriptor, "_models", unavailable)
-    monkeypatch.setattr(face_descriptor, "_sface_models", no_sface)
+    monkeypatch.setattr(face_descriptor, "sface_models", no_sface)
     monkeypatch.setenv(workspace.WORK_ROOT_ENV, str(tmp_path))
     image = tmp_path / "a.jpg"
     image.write_bytes(b"not read")
