@@ -230,4 +230,6 @@ def read_splits(cfg: experiment.ExperimentConfig) -> tuple[splits.Splits, views.
     else:
         made = splits.make_splits(train, evaluated, cfg, stratify=None, expand=expand)
         made.eval_name = eval_name
+    print(f"train: {len(made.train)} photos, one row each; training reads each with its "
+          f"{len(DISTORTIONS)} views ({len(made.train) * (1 + len(DISTORTIONS))} images)")
     return made, photo_views
