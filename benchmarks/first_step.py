@@ -199,23 +199,25 @@ def main() -> None:
                               args.views_sample), args)
 
 
-def _slope(sizes: list[int], values: list[float]) -> tuple[float, float]:
-    slope, intercept = np.polyfit(sizes, values, 1) if len(sizes) > 1 else (0.0, values[0])
-    return float(slope), float(intercept)
-
-
 def report(rows: list[dict], view: float, args) -> None:
+    """The table; with several sizes also each phase's slope and its value at VGGFace2's size
+    (a straight line through the sizes measured)."""
     sizes = [row["size"] for row in rows]
+    fitted = len(sizes) > 1
     print(f"`python benchmarks/first_step.py --root {args.root} --sizes "
           f"{' '.join(map(str, args.sizes))} --per-identity {args.per_identity}`; "
           f"{config.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end.\n")
     header = " | ".join(f"{s:,} images" for s in sizes)
-    print(f"| phase (seconds) | {header} | per 1 M images | at {VGGFACE2_IMAGES / 1e6:.1f} M |")
-    print("|---" * (len(sizes) + 3) + "|")
+    extra = f" per 1 M images | at {VGGFACE2_IMAGES / 1e6:.1f} M |" if fitted else ""
+    print(f"| phase (seconds) | {header} |{extra}")
+    print("|---" * (len(sizes) + 1 + 2 * fitted) + "|")
 
     def line(name: str, values: list[float]) -> None:
-        slope, intercept = _slope(sizes, values)
         cells = " | ".join(f"{v:.2f}" for v in values)
+        if not fitted:
+            print(f"| {name} | {cells} |")
+            return
+        slope, intercept = np.polyfit(sizes, values, 1)
         print(f"| {name} | {cells} | {slope * 1e6:.1f} | "
               f"{max(0.0, intercept + slope * VGGFACE2_IMAGES):.0f} |")
 
