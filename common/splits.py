@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import pickle
 import tempfile
+import threading
 import time
 import traceback
 import weakref
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from common import feature_store, near_duplicates
 
@@ -126,6 +128,9 @@ def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
     (and delete it), send ``("ok", messages)`` or ``("error", text)``, then end at once: the
     interpreter's own shutdown (torch and the rest imported) would hold a CPU longer than the
     check did on small data."""
+    # tqdm's default lock is a multiprocessing semaphore, whose cleanup the os._exit below
+    # skips: Python then warns of a leaked semaphore when the parent exits.
+    tqdm.set_lock(threading.RLock())
     try:
         connection.send(("started", None))
         with open(pairs_file, "rb") as file:

@@ -3,6 +3,8 @@ and before the first dev evaluation when the content checks outlive their wait."
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import shutil
 import sqlite3
 import time
@@ -267,3 +269,22 @@ def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path):
     del check
     gc.collect()
     assert not pairs_file.exists()
+
+
+def test_a_near_duplicate_check_leaves_no_semaphore_behind(sample_root, tmp_path):
+    """The check's process ends with os._exit; a multiprocessing lock it made (tqdm's) would be
+    reported as a leaked semaphore when the program exits."""
+    paths = sorted(str(p) for p in (sample_root / "Task_B" / "val").rglob("*.jpg"))[:8]
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from common import splits\n"
+        "if __name__ == '__main__':\n"
+        f"    paths = {paths!r}\n"
+        "    pair = splits._Pair(paths[:4], [True] * 4, paths[4:], [True] * 4, 'train', 'dev')\n"
+        "    print(splits.ContentCheck([pair], near=True, allow=True).result())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "leaked semaphore" not in done.stderr
