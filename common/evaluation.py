@@ -179,17 +179,16 @@ class SwitchReport:
         protocol's queries answered by the copy channel."""
         official, hard = self.tables["eval"], self.tables["hard"]
 
-        def per_distortion(table: pd.DataFrame, values: np.ndarray) -> pd.Series:
-            return pd.Series(values, index=table.index).groupby(table["distortion"]).sum()
+        def per_distortion(table: pd.DataFrame, values: pd.Series, how: str) -> pd.Series:
+            return values.groupby(table["distortion"]).agg(how)
 
         return pd.DataFrame({
             "queries": official.groupby("distortion").size(),
-            "copy_missed": per_distortion(official, ~official["correct"].to_numpy()),
-            "person_missed": per_distortion(hard, ~hard["correct"].to_numpy()),
-            "copy_channel_share": official.groupby("distortion")["channel"].apply(
-                lambda channel: float((channel == "copy").mean())),
-            "copy_channel_share_hard": hard.groupby("distortion")["channel"].apply(
-                lambda channel: float((channel == "copy").mean())),
+            "copy_missed": per_distortion(official, ~official["correct"], "sum"),
+            "person_missed": per_distortion(hard, ~hard["correct"], "sum"),
+            "copy_channel_share": per_distortion(official, official["channel"] == "copy",
+                                                 "mean"),
+            "copy_channel_share_hard": per_distortion(hard, hard["channel"] == "copy", "mean"),
         }).fillna(0).astype({"queries": int, "copy_missed": int, "person_missed": int})
 
     def summary(self) -> pd.DataFrame:

@@ -157,32 +157,26 @@ def _photo_table(folders: list[tuple[str, str, list[str]]]) -> pd.DataFrame:
     }, columns=_COLUMNS)
 
 
-def with_views(photos: pd.DataFrame, photo_views: views.PhotoViews,
-               rows: np.ndarray | None = None) -> pd.DataFrame:
-    """`photos` (rows of `read_identity_photos`) with the views of each photo (of those
-    `rows` selects, default all) as rows: after each run of one split's identity, the run's
-    photos, then each photo's views in `DISTORTIONS` order. Built column by column, since at
-    millions of photos a Python tuple per row costs more than the rest of the start."""
+def with_views(photos: pd.DataFrame, photo_views: views.PhotoViews) -> pd.DataFrame:
+    """`photos` (rows of `read_identity_photos`) with the views of each photo as rows: after
+    each run of one split's identity, the run's photos, then each photo's views in
+    `DISTORTIONS` order. Built column by column, since at millions of photos a Python tuple per
+    row costs more than the rest of the start."""
     path = photos["path"].to_numpy(object)
     split, identity = photos["split"].to_numpy(object), photos["identity"].to_numpy(object)
     changed = np.r_[True, (split[1:] != split[:-1]) | (identity[1:] != identity[:-1])]
     run = np.cumsum(changed) - 1
-    viewed = np.ones(len(photos), bool) if rows is None else np.asarray(rows, bool)
     per_photo = len(DISTORTIONS)
-    suffixes = [views.view_name("", name) for name in DISTORTIONS]  # "_<distortion>.jpg"
-    view_paths = np.array([prefix + suffix for prefix in photo_views.prefixes(path[viewed])
-                           for suffix in suffixes], dtype=object)
-    order = np.argsort(np.concatenate([2 * run, 2 * np.repeat(run[viewed], per_photo) + 1]),
+    order = np.argsort(np.concatenate([2 * run, 2 * np.repeat(run, per_photo) + 1]),
                        kind="stable")
     columns = {
-        "path": np.concatenate([path, view_paths]),
-        "split": np.concatenate([split, np.repeat(split[viewed], per_photo)]),
-        "identity": np.concatenate([identity, np.repeat(identity[viewed], per_photo)]),
+        "path": np.concatenate([path, np.array(photo_views.view_paths(path), dtype=object)]),
+        "split": np.concatenate([split, np.repeat(split, per_photo)]),
+        "identity": np.concatenate([identity, np.repeat(identity, per_photo)]),
         "distortion": np.concatenate([photos["distortion"].to_numpy(object),
-                                      np.tile(np.array(DISTORTIONS, dtype=object),
-                                              int(viewed.sum()))]),
+                                      np.tile(np.array(DISTORTIONS, dtype=object), len(path))]),
         "source": np.concatenate([photos["source"].to_numpy(object),
-                                  np.repeat(path[viewed], per_photo)]),
+                                  np.repeat(path, per_photo)]),
     }
     return pd.DataFrame({name: columns[name][order] for name in _COLUMNS})
 

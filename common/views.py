@@ -36,7 +36,7 @@ from common.distortions import DISTORTIONS, apply_distortion
 from common.image_decode import ImageReadError, decode_image, read_file, to_rgb
 
 __all__ = ["VIEWS_VERSION", "MAX_VIEW_SIDE", "STAMP", "views_folder", "view_name",
-           "PhotoViews", "ViewPaths", "read_image_bytes", "ensure"]
+           "VIEW_SUFFIXES", "PhotoViews", "ViewPaths", "read_image_bytes", "ensure"]
 
 VIEWS_VERSION = 1  # bump when rendering changes, so old views are not reused
 MAX_VIEW_SIDE = 512  # views of larger photos are downscaled first (training decodes <= 224 px)
@@ -49,6 +49,9 @@ def view_name(clean_rel: str, distortion: str) -> str:
     return f"{clean_rel}_{distortion}.jpg"
 
 
+VIEW_SUFFIXES = tuple(view_name("", name) for name in DISTORTIONS)  # "_<distortion>.jpg"
+
+
 @dataclass(frozen=True)
 class PhotoViews:
     """Where the views of the photos under `root` are (`folder`, from `views_folder`), and
@@ -57,15 +60,19 @@ class PhotoViews:
     root: str
     folder: str
 
-    def prefixes(self, photos: Sequence[str]) -> list[str]:
-        """Per photo (a path under `root`), its views' common path prefix: add
-        ``view_name("", distortion)`` for a view."""
+    def _prefixes(self, photos: Sequence[str]) -> list[str]:
+        """Per photo (a path under `root`), its views' common path prefix (add a
+        `VIEW_SUFFIXES` entry for a view)."""
         start = len(self.root) + 1
         return [f"{self.folder}/{photo[start:]}" for photo in photos]
 
+    def view_paths(self, photos: Sequence[str]) -> list[str]:
+        """Each photo's views in `DISTORTIONS` order, photo after photo."""
+        return [prefix + suffix for prefix in self._prefixes(photos) for suffix in VIEW_SUFFIXES]
+
     def paths(self, photos: Sequence[str]) -> "ViewPaths":
         """Each photo followed by its views in `DISTORTIONS` order, as one lazy sequence."""
-        return ViewPaths(photos, self.prefixes(photos))
+        return ViewPaths(photos, self._prefixes(photos))
 
 
 class ViewPaths(Sequence[str]):
@@ -76,8 +83,9 @@ class ViewPaths(Sequence[str]):
     photos, eight path strings per photo would cost gigabytes and most of the first minute.
     """
 
-    ROWS_PER_PHOTO = 1 + len(DISTORTIONS)
-    _SUFFIXES = ("",) + tuple(view_name("", name) for name in DISTORTIONS)
+    ROW_DISTORTIONS = ("clean", *DISTORTIONS)  # what each of a photo's rows shows
+    ROWS_PER_PHOTO = len(ROW_DISTORTIONS)
+    _SUFFIXES = ("", *VIEW_SUFFIXES)
 
     def __init__(self, photos: Sequence[str], prefixes: Sequence[str]) -> None:
         self.photos, self._prefixes = list(photos), list(prefixes)
