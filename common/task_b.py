@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 from common import (cache, checkpoints, data, evaluation, face_descriptor, fallbacks, fusion,
                     identity_folders, losses, metrics, models, transforms, views)
 from common.checkpoints import ModelCard, card_from_training
-from common.distortions import DISTORTIONS
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
 from common.face_priors import PriorUnavailableError
@@ -139,7 +138,8 @@ class TrainRows:
         one = cls.of_table(photos)
         return cls(np.repeat(one.identity, per_photo), np.repeat(one.labels, per_photo),
                    np.repeat(one.photo, per_photo),
-                   np.tile(np.array(("clean", *DISTORTIONS), dtype=object), len(photos)),
+                   np.tile(np.array(views.ViewPaths.ROW_DISTORTIONS, dtype=object),
+                           len(photos)),
                    one.identities)
 
     def __len__(self) -> int:
@@ -446,13 +446,20 @@ def _fit_embedding(model: nn.Module, cfg: ExperimentConfig, name: str, make_epoc
                 "pair_roc_auc": verification["roc_auc"]}
 
     optimizer = create_optimizer(model, lr, cfg.weight_decay)
-    steps = max(1, len(make_epoch_loader(0)))
+    # epoch 0's loader counts the steps and is then the one trained on: drawing its pairs
+    # twice cost seconds at millions of photos
+    epoch_zero = [make_epoch_loader(0)]
+    steps = max(1, len(epoch_zero[0]))
+
+    def epoch_loader(epoch: int):
+        return epoch_zero.pop() if epoch == 0 and epoch_zero else make_epoch_loader(epoch)
+
     scheduler, interval = create_scheduler(schedule, optimizer, epochs, steps)
     resume_path, best_path = training_files(cfg, name)
     fingerprint = resume_fingerprint(cfg, task_data.splits, model=type(model).__name__,
                                      monitor=monitor, epochs=epochs, schedule=schedule, lr=lr,
                                      **recipe)
-    return fit(model, make_loader=make_epoch_loader, compute_loss=compute_loss, evaluate=evaluate,
+    return fit(model, make_loader=epoch_loader, compute_loss=compute_loss, evaluate=evaluate,
                optimizer=optimizer, scheduler=scheduler, scheduler_interval=interval,
                epochs=epochs, monitor=monitor, mode="max", patience=cfg.patience,
                device=cfg.device, amp=cfg.profile.amp, resume=cfg.resume,
