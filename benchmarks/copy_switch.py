@@ -36,8 +36,11 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
     learned = {split: task_b.embed_array(model, task_data.images[split], card.image_size,
                                          card.mean, card.std, "cpu")
                for split in ("dev", "eval")}
-    descriptor = task_b.fuse_descriptor(task_data, learned, 0.0, keep_faces=True, progress=False)
-    report = task_b.copy_or_identity(task_data, learned, descriptor, seed=seed)
+    # the card's fine-tuned identity channel when it has one, else the face descriptor
+    identity = task_b.identity_channel(task_data, cfg,
+                                       "sface" if card.identity_weights else "descriptor",
+                                       inherit_from=checkpoint)
+    report = task_b.copy_or_identity(task_data, learned, identity, seed=seed)
     if report is None:
         raise SystemExit("no face descriptors: install the extras (requirements-extras.txt)")
     flat = report.flat()
@@ -62,7 +65,7 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
         print(f"| {name} | " + " | ".join(f"{values[d]:.3f}" for d in header) + " |")
     print("\n" + report.misses().to_markdown(floatfmt=".3f"))
     if figure_dir is not None:
-        for name, figure in figures.switch_figures(report, descriptor.faces["eval"][0],
+        for name, figure in figures.switch_figures(report, identity.vectors["eval"],
                                                    task_data.splits.eval, seed):
             plots.save_and_show(figure, figure_dir / f"{checkpoint.stem}_{name}.png")
 

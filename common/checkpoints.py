@@ -37,12 +37,12 @@ LATEST_SUFFIX = ".latest.json"
 _TASK_FIELDS = {
     "task_a": ("stream", "threshold", "class_names", "positive_class"),
     "task_b": ("model", "fit", "similarity_threshold", "descriptor_weight", "face_rule",
-               "copy_switch", "pair_distance_threshold"),
+               "copy_switch", "identity_weights", "pair_distance_threshold"),
 }
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
 # Keys added after cards were first written: left out while unset, so an older card is written
 # back key for key.
-_WRITTEN_WHEN_SET = ("copy_switch",)
+_WRITTEN_WHEN_SET = ("copy_switch", "identity_weights")
 # Keys and network arguments renamed since cards were first written: older cards load unchanged.
 _RENAMED_KEYS = {"pair_rule": "face_rule"}
 _RENAMED_MODEL_KWARGS = {"layout_weight": "copy_weight"}
@@ -85,7 +85,10 @@ class ModelCard:
             none); thresholds were calibrated with it, so inference must add it too.
         face_rule: the dev-fitted face rule's fields (`fusion.FaceRule`), or None.
         copy_switch: the dev-fitted gallery decision's fields (`fusion.CopySwitch`), or None:
-            `common.predict` then matches by the learned embedding or the face descriptor.
+            `common.predict` then matches by the learned embedding or the identity channel.
+        identity_weights: the switch's identity channel when it is a fine-tuned network: the
+            file name of its checkpoint, in this card's folder (`identity_path`); None: the
+            face descriptor of ``descriptor_front_end``.
         pair_distance_threshold: the Siamese notebook's calibrated pair distance, or None.
         data_fingerprint: fingerprint of the files trained on (`cache.compute_fingerprint`).
         dev_metrics: numeric dev metrics at selection time.
@@ -118,6 +121,7 @@ class ModelCard:
     descriptor_weight: float = 0.0
     face_rule: dict[str, float] | None = None
     copy_switch: dict[str, float] | None = None
+    identity_weights: str | None = None
     pair_distance_threshold: float | None = None
     data_fingerprint: str | None = None
     dev_metrics: dict[str, float] = field(default_factory=dict)
@@ -179,6 +183,13 @@ class ModelCard:
                   if f.name not in (*_NOT_WRITTEN, *other)
                   and not (f.name in _WRITTEN_WHEN_SET and getattr(self, f.name) is None)}
         return runs.to_jsonable({**values, **self.extra})
+
+    @property
+    def identity_path(self) -> Path | None:
+        """The identity channel's checkpoint (`identity_weights` beside this card's), or None."""
+        if not self.identity_weights:
+            return None
+        return Path(self.weights_path or self.weights_file).parent / self.identity_weights
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write `to_dict` to `path` atomically (`runs.write_json`)."""

@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import cache, face_descriptor, face_priors, faces
+from common import cache, checkpoints, face_descriptor, face_priors, faces, sface_net
 from common.image_decode import ImageReadError
 from common.checkpoints import ModelCard
 
 __all__ = ["ImageLike", "ModelInputs", "prepare_inputs", "load_inputs", "probe_inputs",
-           "card_descriptors"]
+           "card_descriptors", "card_identity"]
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -32,18 +32,22 @@ class ModelInputs:
 
     Attributes:
         images: (N, S, S, 3) uint8 images at the card's size and fit, or dlib face chips
-            (stream "chips"), or (N, D) unit face descriptors (stream "descriptor"); black or
-            a placeholder's row where an item failed.
+            (stream "chips"), or SFace's face crops (an identity channel's card), or (N, D)
+            unit face descriptors (stream "descriptor"); black or a placeholder's row where an
+            item failed.
         errors: one per item, "" when fine, else what went wrong.
         aligned: (N, S, S, 3) MTCNN-aligned faces for a dual-stream card, else None.
         faces: raw face descriptors and face-found flags of the full-size inputs, when the card
             fuses them (``descriptor_weight``) or they were asked for, else None.
+        identity: (N, 128) unit vectors of the card's fine-tuned identity channel
+            (`ModelCard.identity_weights`) when faces were asked for, else None.
     """
 
     images: np.ndarray
     errors: list[str]
     aligned: np.ndarray | None = None
     faces: tuple[np.ndarray, np.ndarray] | None = None
+    identity: np.ndarray | None = None
 
 
 def _is_path(item: ImageLike) -> bool:
@@ -89,6 +93,19 @@ def card_descriptors(card: ModelCard, originals: Sequence[ImageLike],
     """
     return face_descriptor.describe_images(originals, card.descriptor_front_end or "robust",
                                            progress)
+
+
+def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str = "cpu",
+                  progress: bool = False) -> np.ndarray:
+    """Unit vectors of full-size `originals` from the card's fine-tuned identity channel (its
+    checkpoint `ModelCard.identity_path`, on SFace's crops: cached for files).
+
+    Raises:
+        PriorUnavailableError: onnx2torch or SFace is not installed.
+    """
+    model, _ = checkpoints.load_model(card.identity_path, device)
+    crops, _ = sface_net.face_crops(originals, progress)
+    return sface_net.describe(model, crops, device, "identity channel" if progress else "")
 
 
 def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,
@@ -167,10 +184,11 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
             only face chips use it, so a distorted copy without a face of its own gets its
             source's face as in training. None (new files): that copy gets the whole image.
         with_faces: also compute the card's face descriptors when it does not fuse them (the
-            face rule of `common.predict.compare` needs them).
+            face rule of `common.predict.compare` needs them), and its identity channel's
+            vectors when it has one (`ModelCard.identity_weights`).
         image_cache: for files of a whole-image card, read through the decoded-image cache in
             this mode (`cache.IMAGE_CACHES`); "" decodes item by item and writes nothing.
-        device: where MTCNN runs for an ``aligned`` card.
+        device: where MTCNN runs for an ``aligned`` card, and the identity channel.
 
     Raises:
         TypeError: an ``aligned`` card was given in-memory images (MTCNN reads files).
@@ -178,15 +196,20 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     """
     decoded, errors = _decode(images, card, image_cache, progress)
     originals = (_originals(images, decoded, errors)
-                 if card.stream == "descriptor" or card.descriptor_weight or with_faces else None)
+                 if card.stream == "descriptor" or card.descriptor_weight or with_faces
+                 or card.kind == sface_net.KIND else None)
     if card.stream == "chips":
         model_images = _face_chips(images, errors, card.image_size, sources, progress)
     elif card.stream == "descriptor":  # failed rows: the placeholder's, unused
         model_images = probe_inputs(originals, card.descriptor_front_end, progress)
+    elif card.kind == sface_net.KIND:  # a fine-tuned identity channel reads SFace's face crop
+        model_images = sface_net.face_crops(originals, progress)[0]
     else:
         model_images = decoded
     return ModelInputs(
         model_images, errors,
         _aligned(images, card, errors, device, progress) if card.aligned else None,
         card_descriptors(card, originals, progress)
-        if card.descriptor_weight or with_faces else None)
+        if card.descriptor_weight or with_faces else None,
+        card_identity(card, originals, device, progress)
+        if with_faces and card.identity_weights else None)

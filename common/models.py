@@ -19,6 +19,8 @@ from common import fusion
 from common.efficientfr import DEFAULT_CFG as EFFICIENTFR_CFG
 from common.efficientfr import create_efficientfr
 from common.face_priors import create_dlib_gender
+from common.sface_net import KIND as SFACE_KIND
+from common.sface_net import SFaceIdentity
 from common.weights import WeightsSource, load_pretrained
 
 __all__ = [
@@ -415,6 +417,7 @@ class SiameseNet(_Embedder):
 MODEL_KINDS = {
     "gender": GenderClassifier, "dual_se": DualStreamSE, "embedding": EmbeddingNet,
     "facenet": FaceNet, "siamese": SiameseNet, "descriptor_probe": DescriptorProbe,
+    SFACE_KIND: SFaceIdentity,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common import (cache, checkpoints, data, evaluation, face_descriptor, fallbacks, fusion,
-                    identity_folders, losses, metrics, models, transforms, views)
+                    identity_folders, identity_training, losses, metrics, models, sface_net,
+                    transforms, views)
 from common.checkpoints import ModelCard, card_from_training
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
@@ -36,7 +38,8 @@ __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "source_view_pairs", "photo_teacher", "create_siamese", "embed_array", "train_arcface",
            "choose_copy_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
-           "embed_for_card"]
+           "embed_for_card", "IDENTITY_CHANNELS", "IdentityChannel", "identity_channel",
+           "copy_or_identity", "save_identity", "switch_channels"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 EPOCHS = {"cpu": 6, "gpu": 30}
@@ -62,6 +65,7 @@ class _TaskBSettings(TaskSettings):
     descriptor_weight: float | str
     aggregate: str
     flip_tta: bool
+    identity: str
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BA
     teacher: str
     teacher_weight: float
     contrastive_epochs: int
+    identity_epochs: int
 
     @classmethod
     def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -153,12 +158,14 @@ class TrainRows:
 @dataclass
 class TaskBData:
     """Identity-disjoint splits of the Task B table and their decoded images (rows aligned; the
-    train images are `train`'s, which may hold more images than the train table has rows)."""
+    train images are `train`'s, which may hold more images than the train table has rows, and
+    `train_paths` their files)."""
 
     splits: Splits
     images: dict[str, np.ndarray]
     identity_index: dict[str, int]
     train: TrainRows
+    train_paths: Sequence[str]
 
 
 def prepare_data(cfg: ExperimentConfig) -> TaskBData:
@@ -195,7 +202,8 @@ def _decode(splits: Splits, photo_views: views.PhotoViews | None = None, *,
                                            image_cache=cfg.image_cache)
               for name, paths in (("train", train_paths), ("dev", splits.dev["path"].tolist()),
                                   ("eval", splits.eval["path"].tolist()))}
-    return TaskBData(splits, images, {name: i for i, name in enumerate(train.identities)}, train)
+    return TaskBData(splits, images, {name: i for i, name in enumerate(train.identities)}, train,
+                     train_paths)
 
 
 def backbone_for(model: str, backbone: str) -> str:
@@ -264,6 +272,31 @@ class EmbeddingClassifier(nn.Module):
         return loss
 
 
+def init_checkpoint(cfg: ExperimentConfig, init_from: str = "auto") -> Path | None:
+    """The Task B checkpoint the Siamese notebook starts from (`create_siamese`'s
+    ``init_from``), or None: the pretrained backbone.
+
+    Raises:
+        FileNotFoundError / MissingModelCardError: an explicit ``init_from`` does not exist.
+        ValueError: an explicit ``init_from`` has a different backbone.
+    """
+    checkpoint = Path(init_from) if init_from not in ("", "auto") else None
+    if init_from == "auto":
+        try:
+            checkpoint = checkpoints.resolve_checkpoint(
+                cfg.weights_dir / f"task_b_embedding_{cfg.backbone}.pt")
+        except FileNotFoundError:
+            return None
+    card = checkpoints.load_model_card(checkpoint) if checkpoint is not None else None
+    if card is not None and card.backbone != cfg.backbone:
+        if init_from != "auto":
+            raise ValueError(f"init_from={checkpoint} has backbone {card.backbone!r}, "
+                             f"the Siamese encoder is {cfg.backbone!r}; pass a matching "
+                             "checkpoint or init_from=''")
+        return None
+    return checkpoint
+
+
 def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
                    standardize_input: bool = True) -> tuple[nn.Module, str]:
     """The Siamese network, its encoder optionally started from a trained Task B embedder.
@@ -286,21 +319,8 @@ def create_siamese(cfg: ExperimentConfig, init_from: str = "auto",
         FileNotFoundError / MissingModelCardError: an explicit ``init_from`` does not exist.
         ValueError: an explicit ``init_from`` has a different backbone.
     """
-    checkpoint = Path(init_from) if init_from not in ("", "auto") else None
-    if init_from == "auto":
-        try:
-            checkpoint = checkpoints.resolve_checkpoint(
-                cfg.weights_dir / f"task_b_embedding_{cfg.backbone}.pt")
-        except FileNotFoundError:
-            checkpoint = None
-    card = checkpoints.load_model_card(checkpoint) if checkpoint is not None else None
-    if card is not None and card.backbone != cfg.backbone:
-        if init_from != "auto":
-            raise ValueError(f"init_from={checkpoint} has backbone {card.backbone!r}, "
-                             f"the Siamese encoder is {cfg.backbone!r}; pass a matching "
-                             "checkpoint or init_from=''")
-        card = None
-    if card is None:
+    checkpoint = init_checkpoint(cfg, init_from)
+    if checkpoint is None:
         model = models.create_model("siamese", backbone_name=cfg.backbone,
                                     pretrained=cfg.pretrained, weights=cfg.weights or None,
                                     standardize_input=standardize_input)
@@ -594,19 +614,105 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     return DescriptorFusion(weight, front_end, embeddings, table, faces)
 
 
+IDENTITY_CHANNELS = ("auto", "sface", "descriptor")
+
+
+@dataclass
+class IdentityChannel:
+    """What answers people in a copy switch: unit vectors per split, from SFace fine-tuned on
+    the train identities (`model`, its `fit`; `common.identity_training`) or from the face
+    descriptor (`model` None)."""
+
+    source: str
+    vectors: dict[str, np.ndarray]
+    model: nn.Module | None = None
+    fit: FitResult | None = None
+    checkpoint: Path | None = None  # where an inherited channel was read from
+
+
+def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str = "auto",
+                     front_end: str = face_descriptor.DEFAULT_FRONT_END, epochs: int = 0,
+                     inherit_from: Path | None = None) -> IdentityChannel | None:
+    """The switch's identity channel on the dev and evaluated splits.
+
+    ``"sface"``: SFace fine-tuned on the train identities: the one `inherit_from`'s card names
+    (notebook 03 takes notebook 02's), else fine-tuned here (`epochs`; 0: the recipe's, at most
+    the run's). ``"descriptor"``: the face descriptor of `front_end` (cached). ``"auto"``: the
+    first when ``onnx2torch`` and SFace are installed, else the second, saying so. None when no
+    face model is installed.
+
+    Raises:
+        ValueError: the inherited channel was trained or selected on an evaluated identity.
+    """
+    if setting not in IDENTITY_CHANNELS:
+        raise ValueError(f"identity={setting!r}: choose one of {IDENTITY_CHANNELS}")
+    splits = task_data.splits
+    frames = {"dev": splits.dev, "eval": splits.eval}
+    if setting == "auto" and not sface_net.is_available():
+        fallbacks.fall_back(f"identity channel: the face descriptor ({front_end}), not SFace "
+                            f"fine-tuned here, which needs: {sface_net.INSTALL}")
+        setting = "descriptor"
+    if setting == "descriptor":
+        front_end = face_descriptor.installed_front_end(front_end)
+        loaded = {split: face_descriptor.optional_descriptors(frame["path"].tolist(), front_end)
+                  for split, frame in frames.items()}
+        if any(value is None for value in loaded.values()):
+            return None
+        return IdentityChannel(f"face descriptor {front_end}", {
+            split: face_descriptor.normalise(vectors) for split, (vectors, _) in loaded.items()})
+    card = checkpoints.load_model_card(inherit_from) if inherit_from is not None else None
+    if card is not None and card.identity_path is not None:
+        trained = checkpoints.load_model_card(card.identity_path)
+        seen = set(trained.train_identities or ()) & set(splits.eval["identity"])
+        if seen:
+            raise ValueError(
+                f"{card.identity_path.name} was trained or selected on {len(seen)} identities "
+                f"of the {splits.eval_name} split (e.g. {sorted(seen)[:3]}): use the same seed "
+                "and split settings as the notebook that trained it, or identity='descriptor'.")
+        model, _ = checkpoints.load_model(card.identity_path, cfg.device)
+        return IdentityChannel(f"SFace fine-tuned ({card.identity_weights})", {
+            split: sface_net.describe(model, sface_net.face_crops(frame["path"].tolist(), True)[0],
+                                      cfg.device, f"identity channel, {split}")
+            for split, frame in frames.items()}, model, checkpoint=card.identity_path)
+    settings = identity_training.TuneSettings()
+    settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))
+    model, fit_result, vectors = identity_training.train_identity_channel(
+        task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed, cfg.device)
+    return IdentityChannel("SFace fine-tuned", vectors, model, fit_result)
+
+
 def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
-                     descriptor: DescriptorFusion, aggregate: str = "max", seed: int = 0
+                     identity: IdentityChannel | None, aggregate: str = "max", seed: int = 0
                      ) -> evaluation.SwitchReport | None:
     """The `fusion.CopySwitch` between the learned embedding (copies of a gallery photo) and the
-    face descriptor (other photos of a person), fitted on dev and reported on the evaluated
-    split (`evaluation.switch_report`); None when no descriptors were kept
-    (`fuse_descriptor(keep_faces=True)`, and a face model installed)."""
-    if not descriptor.faces:
+    identity channel (other photos of a person), fitted on dev and reported on the evaluated
+    split (`evaluation.switch_report`); None without an identity channel."""
+    if identity is None:
         return None
     splits = task_data.splits
-    return evaluation.switch_report(splits.dev, learned["dev"], descriptor.faces["dev"][0],
-                                    splits.eval, learned["eval"], descriptor.faces["eval"][0],
+    return evaluation.switch_report(splits.dev, learned["dev"], identity.vectors["dev"],
+                                    splits.eval, learned["eval"], identity.vectors["eval"],
                                     aggregate, seed)
+
+
+def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name: str,
+                  splits: Splits, fingerprint: str) -> str | None:
+    """The ``identity_weights`` of the card saved next (`model_card`): a fine-tuned channel's
+    checkpoint in ``cfg.weights_dir``, saved as ``<name>_identity`` when it was trained here or
+    inherited from another folder; None for the face descriptor."""
+    if identity is None or identity.model is None:
+        return None
+    if identity.checkpoint is not None:
+        if identity.checkpoint.parent.resolve() == Path(cfg.weights_dir).resolve():
+            return identity.checkpoint.name
+        card = checkpoints.load_model_card(identity.checkpoint)
+    else:
+        card = dataclasses.replace(card_from_training(
+            cfg, identity.model, splits, fingerprint, task="task_b", kind=sface_net.KIND,
+            model_kwargs={"cut": identity.model.cut},
+            dev_metrics={"top1_hard": identity.fit.best_metric}, model="identity"),
+            backbone="sface", image_size=sface_net.CROP_SIZE)
+    return checkpoints.save_model(identity.model, cfg.weights_dir, f"{name}_identity", card).name
 
 
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
@@ -654,11 +760,13 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                     device: torch.device | str = "cpu", progress: bool = False,
                     batch_size: int = 128) -> dict[str, np.ndarray]:
     """The two channels a card's `fusion.CopySwitch` chooses between: ``"embedding"``, the
-    learned embedding alone (copies), and ``"identity"``, the unit face descriptors of
-    ``inputs.faces`` (people); `model_inputs.prepare_inputs(with_faces=True)` computes them."""
+    learned embedding alone (copies), and ``"identity"`` (people): ``inputs.identity``, the
+    card's fine-tuned identity channel, else the unit face descriptors of ``inputs.faces``;
+    `model_inputs.prepare_inputs(with_faces=True)` computes them."""
     return {"embedding": embed_array(model, inputs.images, card.image_size, card.mean, card.std,
                                      device, batch_size=batch_size, progress=progress),
-            "identity": face_descriptor.normalise(inputs.faces[0])}
+            "identity": (inputs.identity if inputs.identity is not None
+                         else face_descriptor.normalise(inputs.faces[0]))}
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
@@ -707,7 +815,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                pair_threshold: float | None = None,
                descriptor: DescriptorFusion | None = None,
                face_rule: fusion.FaceRule | None = None,
-               copy_switch: fusion.CopySwitch | None = None) -> ModelCard:
+               copy_switch: fusion.CopySwitch | None = None,
+               identity_weights: str | None = None) -> ModelCard:
     """What `checkpoints.save_model` stores beside a Task B embedder: the shared fields
     (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
     were calibrated with, which inference must reproduce."""
@@ -731,4 +840,4 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         descriptor_front_end=descriptor.front_end if descriptor else None,
         face_rule=dataclasses.asdict(face_rule) if face_rule else None,
         copy_switch=dataclasses.asdict(copy_switch) if copy_switch else None,
-        pair_distance_threshold=pair_threshold)
+        identity_weights=identity_weights, pair_distance_threshold=pair_threshold)
