@@ -706,11 +706,14 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
         if identity.checkpoint.parent.resolve() == Path(cfg.weights_dir).resolve():
             return identity.checkpoint.name
         card = checkpoints.load_model_card(identity.checkpoint)
-    else:
+    else:  # its own verification threshold, calibrated on dev, so it is scored alone too
+        report = evaluation.gallery_report(splits.eval, identity.vectors["eval"], splits.dev,
+                                           identity.vectors["dev"], seed=cfg.seed)
         card = dataclasses.replace(card_from_training(
             cfg, identity.model, splits, fingerprint, task="task_b", kind=sface_net.KIND,
             model_kwargs={"cut": identity.model.cut},
-            dev_metrics={"top1_hard": identity.fit.best_metric}, model="identity"),
+            dev_metrics={"top1": report.dev["top1"], "top1_hard": identity.fit.best_metric},
+            model="identity", similarity_threshold=report.verification["threshold"]),
             backbone="sface", image_size=sface_net.CROP_SIZE)
     return checkpoints.save_model(identity.model, cfg.weights_dir, f"{name}_identity", card).name
 

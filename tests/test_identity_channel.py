@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common import (checkpoints, data, evaluation, experiment, face_descriptor, fallbacks,
-                    metrics, model_inputs, sface_net, task_b)
+                    leaderboard, metrics, model_inputs, sface_net, task_b)
 
 pytestmark = pytest.mark.skipif(not sface_net.is_available(),
                                 reason=f"SFace in torch needs: {sface_net.INSTALL}")
@@ -25,9 +25,9 @@ def trained(tmp_path_factory, sample_root):
     return cfg, task_data, task_b.identity_channel(task_data, cfg, "sface", epochs=2)
 
 
-def _top1_hard(frame, vectors) -> float:
+def _top1(frame, vectors, exclude_own_source: bool = False) -> float:
     return metrics.summarize_retrieval(evaluation.retrieval_table(
-        frame, vectors, exclude_own_source=True))["top1"]
+        frame, vectors, exclude_own_source=exclude_own_source))["top1"]
 
 
 def test_sface_in_torch_matches_opencv(sample_root):
@@ -56,11 +56,12 @@ def test_fine_tuning_recognises_unseen_identities_better_than_sface_as_shipped(t
     evaluated = task_data.splits.eval
     shipped = sface_net.describe(sface_net.SFaceIdentity(),
                                  sface_net.face_crops(evaluated["path"].tolist())[0])
-    before, after = _top1_hard(evaluated, shipped), _top1_hard(evaluated, identity.vectors["eval"])
+    before = _top1(evaluated, shipped, exclude_own_source=True)
+    after = _top1(evaluated, identity.vectors["eval"], exclude_own_source=True)
     assert after >= before + 0.03, (before, after)
 
 
-def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path):
+def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sample_root):
     cfg, task_data, identity = trained
     cfg = dataclasses.replace(cfg, weights_dir=tmp_path)
     name = "task_b_embedding_test"
@@ -86,6 +87,9 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path):
     model, own_card = checkpoints.load_model(tmp_path / weights)
     alone = task_b.embed_for_card(model, own_card, model_inputs.prepare_inputs(own_card, paths))
     assert np.allclose(alone, identity.vectors["eval"], atol=1e-4)
+    board = leaderboard.evaluate_checkpoints([own_card], sample_root, with_baselines=False)
+    assert board.rows[0]["top1"] == pytest.approx(
+        _top1(task_data.splits.eval, identity.vectors["eval"]), abs=1e-9)
     # Notebook 03 inherits it through the card: same vectors, no second checkpoint here...
     inherited = task_b.identity_channel(task_data, cfg, "auto", inherit_from=checkpoint)
     assert inherited.fit is None and inherited.checkpoint == tmp_path / weights

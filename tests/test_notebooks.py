@@ -93,7 +93,11 @@ def test_task_b_siamese_verification_beats_chance(executed):
 def test_evaluation_leaderboard(executed):
     metrics = _metrics(executed, "04_evaluation")
     trained = [row for row in metrics["models"].values() if not row.get("baseline")]
-    assert len(trained) == 3
+    # Task A's probe, notebook 02's embedding and, with the extras, its fine-tuned identity
+    # channel (a checkpoint of its own), notebook 03's Siamese network
+    arcface_metrics = _metrics(executed, "02_task_b_arcface")
+    tuned = arcface_metrics.get("identity_channel") == "SFace fine-tuned"
+    assert len(trained) == 3 + tuned
     assert metrics["final_score_accuracy"] is not None
     leaderboard = (executed / "04_evaluation" / "leaderboard.md").read_text()
     assert "task_b_siamese" in leaderboard and "0.3 × Task A" in leaderboard
@@ -103,7 +107,10 @@ def test_evaluation_leaderboard(executed):
                       and not row.get("baseline"))
     assert task_a_row["accuracy"] == pytest.approx(
         _metrics(executed, "01_task_a_gender")["accuracy"], abs=1e-9)
-    arcface = next(row for row in metrics["models"].values()
-                   if row["name"].startswith("task_b_embedding"))
-    assert arcface["top1"] == pytest.approx(
-        _metrics(executed, "02_task_b_arcface")["top1"], abs=1e-9)
+    rows = {row["name"]: row for row in metrics["models"].values()}
+    arcface = next(row for name, row in rows.items()
+                   if name.startswith("task_b_embedding") and not name.endswith("_identity"))
+    assert arcface["top1"] == pytest.approx(arcface_metrics["top1"], abs=1e-9)
+    if tuned:  # scored alone, as notebook 02 scored it
+        assert rows[arcface["name"] + "_identity"]["top1"] == pytest.approx(
+            arcface_metrics["identity_channel_top1"], abs=1e-9)
