@@ -8,8 +8,8 @@ similar gallery identity is its own. Nothing from the evaluated identities is tr
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from common.weights import WeightsSource
 __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TrainRows", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
-           "source_view_pairs", "photo_teacher", "create_siamese", "embed_array", "train_arcface",
+           "source_view_pairs", "photo_teacher", "init_checkpoint", "create_siamese", "embed_array", "train_arcface",
            "choose_copy_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
            "embed_for_card", "IDENTITY_CHANNELS", "IdentityChannel", "identity_channel",
