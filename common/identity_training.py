@@ -65,7 +65,7 @@ def fine_tune(model: SFaceIdentity, train_crops: np.ndarray, labels: np.ndarray,
     with the best `dev_score` of the vectors of `dev_features` (`sface_net.frozen_features` of
     the dev crops; epoch 0: SFace as shipped).
 
-    Returns the history (one row per epoch: loss, dev score, seconds) and the epoch kept; the
+    Returns the history (one row per epoch: train loss, dev score) and the epoch kept; the
     model holds that epoch's weights.
     """
     torch.manual_seed(seed)

@@ -147,7 +147,7 @@ def _card_inputs(card: ModelCard, frame: pd.DataFrame, device) -> ModelInputs:
     cache training filled). An unreadable file stops this checkpoint's scoring: a score on
     fewer rows would not compare with the others."""
     inputs = prepare_inputs(card, frame["path"].tolist(), frame["source"].tolist(),
-                            with_faces=bool(card.copy_switch), image_cache="memmap",
+                            with_identity=bool(card.copy_switch), image_cache="memmap",
                             device=str(device), progress=True)
     failed = [f"{path}: {error}" for path, error in zip(frame["path"], inputs.errors) if error]
     if failed:

@@ -39,8 +39,9 @@ class ModelInputs:
         aligned: (N, S, S, 3) MTCNN-aligned faces for a dual-stream card, else None.
         faces: raw face descriptors and face-found flags of the full-size inputs, when the card
             fuses them (``descriptor_weight``) or they were asked for, else None.
-        identity: (N, 128) unit vectors of the card's fine-tuned identity channel
-            (`ModelCard.identity_weights`) when faces were asked for, else None.
+        identity: unit vectors of the identity channel of the card's copy switch, when asked
+            for: its fine-tuned network's (`ModelCard.identity_weights`), else the face
+            descriptors'; else None.
     """
 
     images: np.ndarray
@@ -104,8 +105,8 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
         PriorUnavailableError: onnx2torch or SFace is not installed.
     """
     model, _ = checkpoints.load_model(card.identity_path, device)
-    crops, _ = sface_net.face_crops(originals, progress)
-    return sface_net.describe(model, crops, device, "identity channel" if progress else "")
+    return sface_net.describe_images(model, originals, device,
+                                     "identity channel" if progress else "")
 
 
 def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,
@@ -172,7 +173,8 @@ def _aligned(images: Sequence[ImageLike], card: ModelCard, errors: list[str],
 
 def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
                    sources: Sequence[str | os.PathLike] | None = None, *,
-                   with_faces: bool = False, image_cache: str = "", device: str = "cpu",
+                   with_faces: bool = False, with_identity: bool = False,
+                   image_cache: str = "", device: str = "cpu",
                    progress: bool = False) -> ModelInputs:
     """Turn paths, PIL images or RGB arrays into the inputs the card's model was trained on.
 
@@ -184,8 +186,9 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
             only face chips use it, so a distorted copy without a face of its own gets its
             source's face as in training. None (new files): that copy gets the whole image.
         with_faces: also compute the card's face descriptors when it does not fuse them (the
-            face rule of `common.predict.compare` needs them), and its identity channel's
-            vectors when it has one (`ModelCard.identity_weights`).
+            face rule of `common.predict.compare` needs them).
+        with_identity: also compute the identity channel of the card's copy switch
+            (`ModelInputs.identity`); the face descriptors only when it has no fine-tuned one.
         image_cache: for files of a whole-image card, read through the decoded-image cache in
             this mode (`cache.IMAGE_CACHES`); "" decodes item by item and writes nothing.
         device: where MTCNN runs for an ``aligned`` card, and the identity channel.
@@ -195,8 +198,10 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
         PriorUnavailableError: the card needs a face model that is not installed.
     """
     decoded, errors = _decode(images, card, image_cache, progress)
+    need_faces = bool(card.descriptor_weight or with_faces
+                      or (with_identity and not card.identity_weights))
     originals = (_originals(images, decoded, errors)
-                 if card.stream == "descriptor" or card.descriptor_weight or with_faces
+                 if card.stream == "descriptor" or need_faces or with_identity
                  or card.kind == sface_net.KIND else None)
     if card.stream == "chips":
         model_images = _face_chips(images, errors, card.image_size, sources, progress)
@@ -206,10 +211,12 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
         model_images = sface_net.face_crops(originals, progress)[0]
     else:
         model_images = decoded
+    found_faces = card_descriptors(card, originals, progress) if need_faces else None
+    identity = None
+    if with_identity:
+        identity = (card_identity(card, originals, device, progress) if card.identity_weights
+                    else face_descriptor.normalise(found_faces[0]))
     return ModelInputs(
         model_images, errors,
         _aligned(images, card, errors, device, progress) if card.aligned else None,
-        card_descriptors(card, originals, progress)
-        if card.descriptor_weight or with_faces else None,
-        card_identity(card, originals, device, progress)
-        if with_faces and card.identity_weights else None)
+        found_faces, identity)

@@ -165,7 +165,8 @@ def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
     a card with a `fusion.CopySwitch` also has ``"identity"`` (`task_b.switch_channels`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    inputs = prepare_inputs(card, files, with_faces=bool(card.copy_switch), progress=progress)
+    inputs = prepare_inputs(card, files, with_identity=bool(card.copy_switch),
+                            progress=progress)
     errors = np.array(inputs.errors, dtype=object)
     if card.copy_switch:
         return task_b.switch_channels(model, card, inputs, device_, batch_size=batch_size), errors

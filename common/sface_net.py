@@ -30,7 +30,8 @@ from common.face_priors import PriorUnavailableError
 from common.weights import WeightsSource
 
 __all__ = ["INSTALL", "KIND", "CUT", "CROP_SIZE", "EMBEDDING_DIM", "is_available", "SFaceIdentity",
-           "face_crops", "crops_to_tensor", "frozen_features", "tail_vectors", "describe"]
+           "face_crops", "crops_to_tensor", "frozen_features", "tail_vectors", "describe",
+           "describe_images"]
 
 INSTALL = f"pip install onnx onnx2torch && {face_descriptor.SFACE_INSTALL}"
 KIND = "sface_identity"  # its `models.create_model` kind, in its model card
@@ -197,3 +198,10 @@ def describe(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu",
              desc: str = "") -> np.ndarray:
     """Unit descriptors of SFace crops (`face_crops`)."""
     return tail_vectors(model, frozen_features(model, crops, device, desc=desc), device)
+
+
+def describe_images(model: SFaceIdentity, images: Sequence[str | os.PathLike | np.ndarray],
+                    device: str = "cpu", desc: str = "") -> np.ndarray:
+    """Unit descriptors of full-size images or files: `face_crops` (cached for files), then
+    `describe`; progress bars when `desc` names them."""
+    return describe(model, face_crops(images, bool(desc))[0], device, desc)

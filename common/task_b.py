@@ -35,7 +35,8 @@ from common.weights import WeightsSource
 __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TrainRows", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
-           "source_view_pairs", "photo_teacher", "init_checkpoint", "create_siamese", "embed_array", "train_arcface",
+           "source_view_pairs", "photo_teacher", "init_checkpoint", "create_siamese",
+           "embed_array", "train_arcface",
            "choose_copy_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
            "embed_for_card", "IDENTITY_CHANNELS", "IdentityChannel", "identity_channel",
@@ -671,8 +672,8 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
                 "and split settings as the notebook that trained it, or identity='descriptor'.")
         model, _ = checkpoints.load_model(card.identity_path, cfg.device)
         return IdentityChannel(f"SFace fine-tuned ({card.identity_weights})", {
-            split: sface_net.describe(model, sface_net.face_crops(frame["path"].tolist(), True)[0],
-                                      cfg.device, f"identity channel, {split}")
+            split: sface_net.describe_images(model, frame["path"].tolist(), cfg.device,
+                                             f"identity channel, {split}")
             for split, frame in frames.items()}, model, checkpoint=card.identity_path)
     settings = identity_training.TuneSettings()
     settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))
@@ -763,13 +764,11 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                     device: torch.device | str = "cpu", progress: bool = False,
                     batch_size: int = 128) -> dict[str, np.ndarray]:
     """The two channels a card's `fusion.CopySwitch` chooses between: ``"embedding"``, the
-    learned embedding alone (copies), and ``"identity"`` (people): ``inputs.identity``, the
-    card's fine-tuned identity channel, else the unit face descriptors of ``inputs.faces``;
-    `model_inputs.prepare_inputs(with_faces=True)` computes them."""
+    learned embedding alone (copies), and ``"identity"`` (people), which
+    `model_inputs.prepare_inputs(with_identity=True)` computes."""
     return {"embedding": embed_array(model, inputs.images, card.image_size, card.mean, card.std,
                                      device, batch_size=batch_size, progress=progress),
-            "identity": (inputs.identity if inputs.identity is not None
-                         else face_descriptor.normalise(inputs.faces[0]))}
+            "identity": inputs.identity}
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,

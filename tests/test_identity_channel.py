@@ -78,7 +78,7 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     card = checkpoints.load_model_card(checkpoint)
     assert card.identity_path == tmp_path / weights
     paths = task_data.splits.eval["path"].tolist()
-    inputs = model_inputs.prepare_inputs(card, paths, with_faces=True)
+    inputs = model_inputs.prepare_inputs(card, paths, with_identity=True)
     assert np.allclose(inputs.identity, identity.vectors["eval"], atol=1e-5)
     channels = task_b.switch_channels(embedder, card, inputs)
     assert channels["identity"] is inputs.identity
