@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.experimental.optimization import fuse
 from tqdm.auto import tqdm
 
 from common import data, face_descriptor, feature_store
@@ -174,12 +175,14 @@ def face_crops(images: Sequence[str | os.PathLike | np.ndarray], progress: bool 
 def frozen_features(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu",
                     batch_size: int = 64, mirror: bool = False, desc: str = "") -> Tensor:
     """The frozen part's output for every crop, fp16 on the CPU (98 KB a crop: a train set's
-    fits in memory); a progress bar when `desc` names it."""
-    model.frozen.to(device).eval()
+    fits in memory); a progress bar when `desc` names it. It runs a copy of `frozen` with each
+    batch norm folded into its convolution (torch.fx's `fuse`): the same function in less time,
+    while the model and its checkpoints keep SFace's graph."""
+    folded = fuse(model.frozen.eval()).to(device)
     out = []
     for start in tqdm(range(0, len(crops), batch_size), desc=desc, disable=not desc, leave=False):
         chunk = crops_to_tensor(crops[start:start + batch_size], mirror).to(device)
-        out.append(model.frozen(chunk).half().cpu())
+        out.append(folded(chunk).half().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
