@@ -44,12 +44,11 @@ SPLITS = ("train", "dev", "eval")
 
 
 def scores(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> dict:
-    labels, clean = frame["label"].to_numpy(), (frame["distortion"] == "clean").to_numpy()
-    right = (probs >= threshold).astype(int) == labels
-    return {"clean": right[clean].mean(), "distorted": right[~clean].mean(),
-            "female recall (clean)": right[clean & (labels == 1)].mean(),
-            **{name: right[(frame["distortion"] == name).to_numpy()].mean()
-               for name in DISTORTIONS}}
+    """The table's columns from notebook 01's `task_a.evaluate_views`."""
+    result = task_a.evaluate_views(frame, probs, threshold)
+    return {"clean": result["accuracy"], "distorted": result["accuracy_distorted"],
+            "female recall (clean)": result["recall_female"],
+            **{name: result["accuracy_by_distortion"][name] for name in DISTORTIONS}}
 
 
 def clean_threshold(frame: pd.DataFrame, probs: np.ndarray) -> float:
