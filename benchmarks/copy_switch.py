@@ -48,7 +48,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
           f"{time.perf_counter() - start:.0f} s)\n")
     print(report.summary().to_markdown(floatfmt=".4f"))
     print(f"\nthresholds: copy margin {flat['switch_threshold']:.4f}, descriptor "
-          f"{flat['switch_identity_threshold']:.4f}; copies missed {flat['switch_copy_missed']}, "
+          f"{flat['switch_identity_threshold']:.4f}; copy channel's share in the identity "
+          f"channel {flat['switch_identity_share']:.2f}; copies missed {flat['switch_copy_missed']}, "
           f"people missed {flat['switch_person_missed']}; copy channel answers "
           f"{flat['switch_copy_share']:.3f} of official and {flat['switch_copy_share_hard']:.3f}"
           " of own-photo-removed queries\n")
@@ -56,6 +57,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
                         & (report.dev["identity_threshold"] == report.switch.identity_threshold)]
     print(f"dev at these thresholds: top-1 {chosen['top1_0'].iloc[0]:.4f}, own photo removed "
           f"{chosen['top1_1'].iloc[0]:.4f}\n")
+    print("dev own-photo-removed top-1 of the identity channel per share of the copy channel:\n")
+    print(report.shares.to_markdown(index=False, floatfmt=".4f") + "\n")
     rows = {"official": flat["switch_top1_by_distortion"],
             "own photo removed": flat["switch_top1_hard_by_distortion"]}
     header = sorted(rows["official"])

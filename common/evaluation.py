@@ -5,6 +5,7 @@ the failure cases behind the figures.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
@@ -19,7 +20,7 @@ __all__ = [
     "pair_report", "make_pair_list", "frame_pair_list", "retrieval_failures", "worst_pairs",
     "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
     "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
-    "switched_report",
+    "switched_report", "identity_share", "IDENTITY_SHARES",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -29,6 +30,8 @@ PAIR_KINDS = ("same photo", "same identity", "different identity")
 OBJECTIVES = ("top1", "pair_accuracy", "pair_accuracy_face_rule")
 # pair lists: ours (`make_pair_list`) and the public Siamese entries' (`hackathon_pair_list`)
 PAIR_PROTOCOLS = ("random", "hackathon")
+# candidate shares of the copy channel in the switch's identity channel (`identity_share`)
+IDENTITY_SHARES = tuple(np.round(np.linspace(0.0, 0.5, 11), 2))
 
 
 def photo_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -151,6 +154,7 @@ class SwitchReport:
     channels: dict[str, dict[str, float]]
     dev: pd.DataFrame = field(repr=False)
     tables: dict[str, pd.DataFrame] = field(repr=False)
+    shares: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def copy_share(self) -> dict[str, float]:
@@ -162,6 +166,7 @@ class SwitchReport:
         """metrics.json keys: ``switch_*`` for the switch, ``<channel>_channel_*`` alone."""
         out = {"switch_threshold": self.switch.threshold,
                "switch_identity_threshold": self.switch.identity_threshold,
+               "switch_identity_share": self.switch.identity_share,
                "switch_top1": self.eval["top1"], "switch_top1_hard": self.hard["top1"],
                "switch_top1_by_distortion": self.eval["top1_by_distortion"],
                "switch_top1_hard_by_distortion": self.hard["top1_by_distortion"],
@@ -206,22 +211,45 @@ def _channel_tables(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
                  for embeddings in (copy, identity))
 
 
+def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
+                   aggregate: str = "max", seed: int = 0) -> tuple[float, pd.DataFrame]:
+    """The copy channel's share in the switch's identity channel (`fusion.CopySwitch.
+    identity_vectors`) with the best dev top-1 once each query's own photo is removed: that
+    channel's only job is recognising people in photos the gallery does not hold. The smallest
+    share wins a tie. Returns the share and the dev table of every candidate."""
+    rows = []
+    for share in IDENTITY_SHARES:
+        fused = fusion.CopySwitch(fusion.NEVER_BY_MARGIN, identity_share=share).identity_vectors(
+            copy, identity)
+        table = retrieval_table(dev, fused, aggregate, exclude_own_source=True, seed=seed)
+        rows.append({"identity_share": share,
+                     "top1_hard": metrics.summarize_retrieval(table)["top1"]})
+    candidates = pd.DataFrame(rows)
+    best = candidates.loc[candidates["top1_hard"].idxmax(), "identity_share"]  # first: smallest
+    return float(best), candidates
+
+
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
                   evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
                   aggregate: str = "max", seed: int = 0) -> SwitchReport:
-    """Fit a `fusion.CopySwitch` on dev (`fusion.fit_copy_switch`: the best mean of the two
-    protocols' top-1) and report it on the evaluated split.
+    """Fit a `fusion.CopySwitch` on dev and report it on the evaluated split: first the copy
+    channel's share in its identity channel (`identity_share`), then its two thresholds
+    (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1).
 
     Args:
         dev / evaluated: the rows of each split; ``*_copy`` their copy-channel embeddings (the
             learned embedding with its copy detector), ``*_identity`` their unit face
             descriptors (the identity channel).
     """
-    dev_tables = [_channel_tables(dev, dev_copy, dev_identity, exclude, aggregate, seed)
+    share, shares = identity_share(dev, dev_copy, dev_identity, aggregate, seed)
+    reads = fusion.CopySwitch(fusion.NEVER_BY_MARGIN, identity_share=share).identity_vectors(
+        dev_copy, dev_identity)
+    dev_tables = [_channel_tables(dev, dev_copy, reads, exclude, aggregate, seed)
                   for exclude in (False, True)]
     switch, candidates = fusion.fit_copy_switch(dev_tables)
+    switch = dataclasses.replace(switch, identity_share=share)
     report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed)
-    report.dev = candidates
+    report.dev, report.shares = candidates, shares
     return report
 
 
@@ -229,11 +257,19 @@ def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndar
                     switch: fusion.CopySwitch, aggregate: str = "max", seed: int = 0
                     ) -> SwitchReport:
     """A given `fusion.CopySwitch` (fitted, or a model card's) on one split; its ``dev`` table
-    is empty (`switch_report` fills it)."""
-    pairs = {name: _channel_tables(evaluated, copy, identity, exclude, aggregate, seed)
-             for name, exclude in (("eval", False), ("hard", True))}
+    is empty (`switch_report` fills it). ``identity`` is the face channel alone: the switch
+    mixes in its share of ``copy`` (`fusion.CopySwitch.identity_vectors`), and each channel
+    alone is reported as it is."""
+    protocols = (("eval", False), ("hard", True))
+
+    def tables_of(face: np.ndarray) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+        return {name: _channel_tables(evaluated, copy, face, exclude, aggregate, seed)
+                for name, exclude in protocols}
+
+    pairs = tables_of(switch.identity_vectors(copy, identity))
     tables = {name: switch.choose(*pair) for name, pair in pairs.items()}
-    channels = {channel: {key: metrics.summarize_retrieval(pairs[name][position])["top1"]
+    alone = tables_of(identity) if switch.identity_share else pairs
+    channels = {channel: {key: metrics.summarize_retrieval(alone[name][position])["top1"]
                           for key, name in (("top1", "eval"), ("top1_hard", "hard"))}
                 for position, channel in enumerate(("copy", "identity"))}
     return SwitchReport(

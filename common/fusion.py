@@ -135,10 +135,20 @@ class CopySwitch:
     near-duplicate would (its cosine at least `threshold` above the next identity's) or when
     the descriptor is unsure (its best cosine below `identity_threshold`, as when glare hid the
     face), else the descriptor's.
+
+    The identity channel it reads may carry `identity_share` of the copy channel's cosine
+    (`identity_vectors`): a face network sees only the face, which glare can erase, while the
+    whole-image embedding also keeps hair and head outline; 0 reads the face channel alone.
     """
 
     threshold: float
     identity_threshold: float = NEVER_UNSURE
+    identity_share: float = 0.0
+
+    def identity_vectors(self, copy: np.ndarray, identity: np.ndarray) -> np.ndarray:
+        """The identity channel as this switch reads it: the face channel's unit rows with
+        `identity_share` of the copy channel's cosine mixed in (`fuse`)."""
+        return fuse(identity, copy, self.identity_share)
 
     def decide(self, copy_margins: np.ndarray, identity_scores: np.ndarray) -> np.ndarray:
         """Per query, whether the copy channel answers: from its best identity's margin over

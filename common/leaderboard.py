@@ -171,8 +171,8 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
                                        seed=seed)
     result = report.flat()
     if card.copy_switch:  # the gallery decision `common.predict` applies for this card
-        result.update(evaluation.switched_report(
-            frame, channels["embedding"], channels["identity"],
+        result.update(evaluation.switched_report(  # it mixes the switch's share in itself
+            frame, channels["embedding"], inputs.identity,
             fusion.CopySwitch(**card.copy_switch), seed=seed).flat())
     return result, {"report": report, "embeddings": embeddings}
 

@@ -764,11 +764,14 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                     device: torch.device | str = "cpu", progress: bool = False,
                     batch_size: int = 128) -> dict[str, np.ndarray]:
     """The two channels a card's `fusion.CopySwitch` chooses between: ``"embedding"``, the
-    learned embedding alone (copies), and ``"identity"`` (people), which
-    `model_inputs.prepare_inputs(with_identity=True)` computes."""
-    return {"embedding": embed_array(model, inputs.images, card.image_size, card.mean, card.std,
-                                     device, batch_size=batch_size, progress=progress),
-            "identity": inputs.identity}
+    learned embedding alone (copies), and ``"identity"`` (people): the face channel that
+    `model_inputs.prepare_inputs(with_identity=True)` computes, with the switch's share of the
+    embedding mixed in (`fusion.CopySwitch.identity_vectors`)."""
+    embedding = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
+                            batch_size=batch_size, progress=progress)
+    identity = (fusion.CopySwitch(**card.copy_switch).identity_vectors(embedding, inputs.identity)
+                if card.copy_switch else inputs.identity)
+    return {"embedding": embedding, "identity": identity}
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,

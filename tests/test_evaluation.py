@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from common import evaluation, fusion
-from conftest import gallery_frame
+from conftest import gallery_frame, unit_rows
 
 
 def _frame() -> pd.DataFrame:
@@ -192,6 +192,34 @@ def test_switch_report_answers_copies_and_people_each_by_its_channel():
     flat = report.flat()
     assert flat["switch_copy_missed"] == 0 and flat["switch_person_missed"] > 0
     assert flat["switch_top1_hard"] == report.hard["top1"] and 0 < flat["switch_copy_share"] <= 1
+
+
+def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face():
+    """Face channel: one direction per person, but a sunny copy shows no face (a direction of
+    its own, as far from everyone). Copy channel: one direction per photo plus a weaker one per
+    person (hair, outline). Once its own photo is removed, a sunny copy ties with every person
+    in the face channel, so the smallest share of the copy channel that breaks the tie is
+    chosen (0.05 of `IDENTITY_SHARES`) and every person is found."""
+    frame = gallery_frame()
+    people = sorted(frame["identity"].unique())
+    photos = sorted(frame.loc[frame["distortion"] == "clean", "path"])
+    copy, face = [], []
+    for row in frame.itertuples():
+        person = len(photos) + people.index(row.identity)
+        copy.append(np.eye(len(photos) + len(people) + 1)[photos.index(row.source or row.path)])
+        copy[-1][person] = 0.5
+        face.append(np.eye(len(photos) + len(people) + 1)[-1 if row.distortion == "sunny"
+                                                          else person])
+    copy, face = unit_rows(copy), unit_rows(face)
+    share, shares = evaluation.identity_share(frame, copy, face)
+    by_share = shares.set_index("identity_share")["top1_hard"]
+    assert share == 0.05 == evaluation.IDENTITY_SHARES[1]
+    assert by_share[0.0] < 1.0 and by_share[0.05] == 1.0
+    report = evaluation.switch_report(frame, copy, face, frame, copy, face)
+    assert report.switch.identity_share == 0.05 and report.flat()["switch_identity_share"] == 0.05
+    assert report.eval["top1"] == 1.0 and report.hard["top1"] == 1.0
+    # each channel alone is reported as it is: the face channel misses sunny copies
+    assert report.channels["identity"]["top1_hard"] == by_share[0.0]
 
 
 def test_switch_misses_count_copies_and_people_per_distortion():

@@ -114,3 +114,7 @@ def test_evaluation_leaderboard(executed):
     if tuned:  # scored alone, as notebook 02 scored it
         assert rows[arcface["name"] + "_identity"]["top1"] == pytest.approx(
             arcface_metrics["identity_channel_top1"], abs=1e-9)
+    # the card's copy switch, its share of the copy channel in the identity channel included,
+    # answers as it did in notebook 02
+    for key in ("switch_identity_share", "switch_top1", "switch_top1_hard"):
+        assert arcface[key] == pytest.approx(arcface_metrics[key], abs=1e-9), key
