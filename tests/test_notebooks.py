@@ -14,11 +14,16 @@ pytestmark = pytest.mark.notebooks
 
 @pytest.fixture(scope="session")
 def executed(tmp_path_factory, sample_root) -> Path:
-    """Run 00-04 once for the whole session into one temporary run folder."""
+    """Run 00-04 once for the whole session into one temporary run folder. Two settings keep
+    the suite short on CI's two cores: 03 trains on 300 pairs an epoch (its floor is 600), and
+    04 scores no off-the-shelf baselines (dlib's descriptor on every image: a minute here;
+    tests/test_predict.py scores them through the same leaderboard)."""
     run_root = tmp_path_factory.mktemp("run")
     parameters = {"data_dir": str(sample_root), "quick": True, "seed": 0,
                   "weights_dir": str(run_root / "weights")}
-    run_notebooks(parameters, run_root, NOTEBOOKS, progress=False)
+    sections = {"03_task_b_siamese": {"pairs_per_epoch": 300},
+                "04_evaluation": {"baselines": False}}
+    run_notebooks(parameters, run_root, NOTEBOOKS, progress=False, sections=sections)
     write_summary(run_root)
     return run_root
 
