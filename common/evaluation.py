@@ -219,9 +219,8 @@ def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
     share wins a tie. Returns the share and the dev table of every candidate."""
     rows = []
     for share in IDENTITY_SHARES:
-        fused = fusion.CopySwitch(fusion.NEVER_BY_MARGIN, identity_share=share).identity_vectors(
-            copy, identity)
-        table = retrieval_table(dev, fused, aggregate, exclude_own_source=True, seed=seed)
+        table = retrieval_table(dev, fusion.switch_identity(copy, identity, share), aggregate,
+                                exclude_own_source=True, seed=seed)
         rows.append({"identity_share": share,
                      "top1_hard": metrics.summarize_retrieval(table)["top1"]})
     candidates = pd.DataFrame(rows)
@@ -242,8 +241,7 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
             descriptors (the identity channel).
     """
     share, shares = identity_share(dev, dev_copy, dev_identity, aggregate, seed)
-    reads = fusion.CopySwitch(fusion.NEVER_BY_MARGIN, identity_share=share).identity_vectors(
-        dev_copy, dev_identity)
+    reads = fusion.switch_identity(dev_copy, dev_identity, share)
     dev_tables = [_channel_tables(dev, dev_copy, reads, exclude, aggregate, seed)
                   for exclude in (False, True)]
     switch, candidates = fusion.fit_copy_switch(dev_tables)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
-           "NEVER_UNSURE", "ALWAYS_UNSURE"]
+           "NEVER_UNSURE", "ALWAYS_UNSURE", "switch_identity"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
 # < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
@@ -146,9 +146,8 @@ class CopySwitch:
     identity_share: float = 0.0
 
     def identity_vectors(self, copy: np.ndarray, identity: np.ndarray) -> np.ndarray:
-        """The identity channel as this switch reads it: the face channel's unit rows with
-        `identity_share` of the copy channel's cosine mixed in (`fuse`)."""
-        return fuse(identity, copy, self.identity_share)
+        """The identity channel as this switch reads it (`switch_identity`)."""
+        return switch_identity(copy, identity, self.identity_share)
 
     def decide(self, copy_margins: np.ndarray, identity_scores: np.ndarray) -> np.ndarray:
         """Per query, whether the copy channel answers: from its best identity's margin over
@@ -174,6 +173,12 @@ class CopySwitch:
         table["channel"] = np.where(use_copy, "copy", "identity")
         table.attrs = dict(identity_table.attrs)
         return table
+
+
+def switch_identity(copy: np.ndarray, identity: np.ndarray, share: float) -> np.ndarray:
+    """The identity channel a `CopySwitch` reads: the face channel's unit rows with `share` of
+    the copy channel's cosine mixed in (`fuse`); 0 returns the face channel itself."""
+    return fuse(identity, copy, share)
 
 
 def copy_margin(table: pd.DataFrame) -> np.ndarray:
