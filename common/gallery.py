@@ -14,7 +14,8 @@ Per-identity scores come from each query's top images, fetched again with more i
 the queries whose top-k identities are not settled yet, and queries go in chunks: memory is
 bounded by the chunk, never queries x gallery. Ties go to the identity whose name sorts first and,
 within an identity, to the image added first: what ``np.argmax`` did over the dense matrices
-this replaced, so exact search reproduces them to the last query.
+this replaced. Scores within float32 rounding of each other may rank either way in `search`
+(BLAS); `identity_scores` takes its product in float64, so exact copies tie there.
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ REFINE_FACTOR = 4  # IVF candidates re-scored exactly per image asked for
 _CHUNK_CELLS = 2 ** 22  # query rows x fetched images per chunk: 16 MB of float32 scores
 _TRAIN_PER_LIST = 40  # k-means training points per IVF cell (FAISS warns below 39)
 _INDEX_FILE, _META_FILE, _ITEMS_FILE = "index.faiss", "gallery.json", "items.npz"
-# Small query batches would otherwise take FAISS's SIMD path instead of BLAS, and the two round
-# differently: a score must not depend on how many queries were searched together.
+# FAISS's flat search takes BLAS for every batch size: its SIMD loop per pair is several times
+# slower, k-means training included (benchmarks/results/gallery.md). BLAS rounds a score by
+# where the pair falls in its blocks, so scores a few ulps apart are not told apart reliably:
+# two copies of one image can differ in the last bit.
 faiss.cvar.distance_compute_blas_threshold = 0
 
 
@@ -215,7 +218,8 @@ class GalleryIndex:
         that ranks all identities needs. Ranking everything is exhaustive by nature, so this
         reads the stored vectors and takes one BLAS product per chunk instead of sorting a
         search result. Columns are identity codes; an identity with no image left after
-        exclusion scores -inf.
+        exclusion scores -inf. The product is taken in float64 and rounded to float32, so that
+        two copies of one image score alike wherever BLAS places them.
 
         Returns:
             `(Q, I)` float32 scores and `(Q, I)` best gallery rows.
@@ -223,7 +227,7 @@ class GalleryIndex:
         queries, q_src = self._prepared(queries, exclude_sources)
         order = np.argsort(self._item_identity, kind="stable")  # each identity's images together
         starts = np.searchsorted(self._item_identity[order], np.arange(len(self.names)))
-        vectors = self._vectors()[order]
+        vectors = self._vectors()[order].astype(np.float64)
         sources = self._item_source[order]
         centroids = normalise(self._sums) if self.aggregate == "mean" else None
         scores = np.empty((len(queries), len(self.names)), np.float32)
@@ -231,7 +235,7 @@ class GalleryIndex:
         chunk = max(1, _CHUNK_CELLS // len(self))
         for lo in range(0, len(queries), chunk):
             q = queries[lo:lo + chunk]
-            sim = q @ vectors.T
+            sim = (q.astype(np.float64) @ vectors.T).astype(np.float32)
             if q_src is not None:
                 sim[sources[None, :] == q_src[lo:lo + chunk, None]] = -np.inf
             best = np.maximum.reduceat(sim, starts, axis=1)
@@ -239,7 +243,7 @@ class GalleryIndex:
                              order, len(self))
             rows[lo:lo + chunk] = np.minimum.reduceat(first, starts, axis=1)
             if centroids is not None:
-                best = q @ centroids.T
+                best = (q.astype(np.float64) @ centroids.T.astype(np.float64)).astype(np.float32)
                 if q_src is not None:
                     row, code, score = self._excluded_means(q, q_src[lo:lo + chunk])
                     best[row, code] = score
