@@ -3,7 +3,8 @@ the evaluated split of the data they were trained on: the same splits, embedding
 descriptors as notebooks 02 and 03 (seed, split fractions and image settings from the
 checkpoint's run), the switch fitted on dev, reported on the evaluated split beside each channel
 alone. Prints one markdown table per checkpoint, the thresholds and the misses per distortion;
-with ``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
+with ``--pairs`` also notebook 03's pair face rule on each face channel; with
+``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
 top-1 per distortion, t-SNE of the identity channel, copies and people missed).
 
     python benchmarks/copy_switch.py --data-dir ../shared/data/facecom --work-root W \\
@@ -18,13 +19,41 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import checkpoints, experiment, figures, plots, task_b  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from common import checkpoints, evaluation, experiment, figures, plots, task_b  # noqa: E402
+
+
+def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
+                     identity: task_b.IdentityChannel, report: evaluation.SwitchReport,
+                     card: checkpoints.ModelCard, seed: int) -> None:
+    """Notebook 03's pair verification (`evaluation.pair_report`, its random list of 3000
+    pairs) with the face rule on each face channel: the face descriptor, and the switch's
+    identity channel (`task_b.pair_faces`). The distance is the card's embedding (its own
+    descriptor share fused, as the notebook's)."""
+    descriptor = task_b.fuse_descriptor(task_data, learned, float(card.descriptor_weight or 0),
+                                        keep_faces=True, seed=seed)
+    splits = task_data.splits
+    rows = []
+    for faces, channel in ((descriptor.faces, "descriptor"),
+                           task_b.pair_faces(descriptor, learned, identity, report)):
+        pairs = evaluation.pair_report(splits.dev, descriptor.embeddings["dev"], splits.eval,
+                                       descriptor.embeddings["eval"], seed=seed, faces=faces,
+                                       face_channel=channel)
+        by_kind = pairs.by_kind()["accuracy_face_rule"]
+        rows.append({"face rule reads": channel, "accuracy": pairs.face_rule["accuracy"],
+                     **by_kind.to_dict(), "distance": pairs.rule.distance,
+                     "cosine": pairs.rule.descriptor_cosine})
+    print("\npair verification with the face rule (fitted on dev pairs):\n")
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
 def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
-            figure_dir: Path | None = None) -> None:
-    """Fit and report the switch for one checkpoint; prints its tables (and saves its figures
-    under `figure_dir`)."""
+            figure_dir: Path | None = None, pairs: bool = False) -> None:
+    """Fit and report the switch for one checkpoint; prints its tables (with `pairs`, also the
+    pair face rule on each face channel; `print_pair_rules`) and saves its figures under
+    `figure_dir`."""
     model, card = checkpoints.load_model(checkpoint)
     section = task_b.SiameseSettings if card.kind == "siamese" else task_b.ArcFaceSettings
     cfg = experiment.ExperimentConfig.resolve(
@@ -67,6 +96,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
     for name, values in rows.items():
         print(f"| {name} | " + " | ".join(f"{values[d]:.3f}" for d in header) + " |")
     print("\n" + report.misses().to_markdown(floatfmt=".3f"))
+    if pairs:
+        print_pair_rules(task_data, learned, identity, report, card, seed)
     if figure_dir is not None:
         for name, figure in figures.switch_figures(report, identity.vectors["eval"],
                                                    task_data.splits.eval, seed):
@@ -81,9 +112,11 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figures", type=Path, help="save the switch figures in this folder")
+    parser.add_argument("--pairs", action="store_true",
+                        help="also the pair face rule on the descriptor and the identity channel")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
-        measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures)
+        measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures, args.pairs)
 
 
 if __name__ == "__main__":

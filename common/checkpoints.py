@@ -83,7 +83,8 @@ class ModelCard:
         similarity_threshold: Task B same/different cosine threshold, calibrated on dev.
         descriptor_weight: share of the face descriptor joined to the learned embedding (0:
             none); thresholds were calibrated with it, so inference must add it too.
-        face_rule: the dev-fitted face rule's fields (`fusion.FaceRule`), or None.
+        face_rule: the dev-fitted face rule's fields (`fusion.FaceRule`: thresholds and the face
+            channel it reads), or None.
         copy_switch: the dev-fitted gallery decision's fields (`fusion.CopySwitch`), or None:
             `common.predict` then matches by the learned embedding or the identity channel.
         identity_weights: the switch's identity channel when it is a fine-tuned network: the
@@ -119,7 +120,7 @@ class ModelCard:
     model: str | None = None
     similarity_threshold: float | None = None
     descriptor_weight: float = 0.0
-    face_rule: dict[str, float] | None = None
+    face_rule: dict[str, float | str] | None = None
     copy_switch: dict[str, float] | None = None
     identity_weights: str | None = None
     pair_distance_threshold: float | None = None

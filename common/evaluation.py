@@ -333,7 +333,8 @@ class PairReport:
         out["pair_accuracy_face_blind"] = self.face_blind_accuracy
         if self.rule is not None:
             out.update(face_rule_distance=self.rule.distance,
-                       face_rule_descriptor_cosine=self.rule.descriptor_cosine)
+                       face_rule_descriptor_cosine=self.rule.descriptor_cosine,
+                       face_rule_channel=self.rule.channel)
         return out
 
     def summary(self) -> pd.DataFrame:
@@ -420,7 +421,7 @@ def _descriptor_cosines(faces: tuple[np.ndarray, np.ndarray], pairs: pd.DataFram
 def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,
                 eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0,
                 faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                protocol: str = "random") -> PairReport:
+                protocol: str = "random", face_channel: str = "descriptor") -> PairReport:
     """Verification on a fixed, seeded pair list of `evaluated` (Euclidean distance of the
     L2-normalised embeddings); the calibrated distance is chosen on a dev pair list made the
     same way.
@@ -431,6 +432,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         faces: optional ``{"dev": (unit descriptors, face found), "eval": (...)}`` rows aligned
             with the two frames: then a `fusion.FaceRule` is fitted on the dev pairs and
             reported too.
+        face_channel: what `faces` are (`fusion.FACE_CHANNELS`), recorded in the rule so that
+            inference reads the same channel.
     """
     dev_pairs = _pair_list(dev, n_pairs, seed, protocol)
     dev_distances = _pair_distances(dev_embeddings, dev_pairs)
@@ -445,8 +448,9 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         [same_photo, same == 1], [PAIR_KINDS[0], PAIR_KINDS[1]], PAIR_KINDS[2]))
     rule = rule_metrics = None
     if faces is not None:
-        rule = fusion.fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
-                             dev_pairs["same"].to_numpy())
+        rule = dataclasses.replace(
+            fusion.fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
+                                 dev_pairs["same"].to_numpy()), channel=face_channel)
         decided = rule.decide(distances, *_descriptor_cosines(faces["eval"], pairs))
         pairs = pairs.assign(same_by_rule=decided)
         precision, recall, f1, _ = precision_recall_fscore_support(

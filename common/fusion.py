@@ -26,13 +26,14 @@ from tqdm.auto import tqdm
 
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
-           "NEVER_UNSURE", "ALWAYS_UNSURE", "switch_identity"]
+           "NEVER_UNSURE", "ALWAYS_UNSURE", "switch_identity", "FACE_CHANNELS"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
 # < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
 # [-1, 1].
 ALWAYS_BY_MARGIN, NEVER_BY_MARGIN = 0.0, 3.0
 NEVER_UNSURE, ALWAYS_UNSURE = -2.0, 2.0
+FACE_CHANNELS = ("descriptor", "identity")  # what a `FaceRule`'s cosine reads
 COPY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
 
@@ -90,12 +91,20 @@ class FaceRule:
     """A pair decision for when one distance cannot serve both kinds of positive pair.
 
     Same when the embeddings are within `distance` (two views of one photo, which the learned
-    part and the copy detector see) **or** a face descriptor found both faces and their cosine is
+    part and the copy detector see) **or** a face channel found both faces and their cosine is
     at least `descriptor_cosine` (one person on two photos, which only a face-trained model sees).
+    `channel` names that face channel (`FACE_CHANNELS`): ``"descriptor"``, the card's face
+    descriptor, which finds no face under heavy glare; ``"identity"``, the identity channel of
+    the card's `CopySwitch` (`CopySwitch.identity_vectors`), which answers every image.
     """
 
     distance: float
     descriptor_cosine: float
+    channel: str = "descriptor"
+
+    def __post_init__(self) -> None:
+        if self.channel not in FACE_CHANNELS:
+            raise ValueError(f"FaceRule channel={self.channel!r}; choose one of {FACE_CHANNELS}")
 
     def decide(self, distances: np.ndarray, descriptor_cosines: np.ndarray,
                both_found: np.ndarray) -> np.ndarray:

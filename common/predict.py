@@ -81,39 +81,48 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
 
 
 def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
-           progress: bool = False, with_faces: bool = False, batch_size: int = 128
-           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+           progress: bool = False, with_faces: bool = False, with_identity: bool = False,
+           batch_size: int = 128
+           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
     """`embed`, plus the card's face descriptors and face-found flags when the card fuses them
-    or `with_faces` asks: computed once for both uses (`model_inputs.prepare_inputs`)."""
+    or `with_faces` asks, and the identity channel of its copy switch when `with_identity` asks
+    (`task_b.switch_channels`): computed once for every use (`model_inputs.prepare_inputs`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    inputs = prepare_inputs(card, images, with_faces=with_faces, progress=progress)
+    inputs = prepare_inputs(card, images, with_faces=with_faces, with_identity=with_identity,
+                            device=str(device_), progress=progress)
     failed = [f"{images[i] if isinstance(images[i], (str, os.PathLike)) else f'image #{i}'}: "
               f"{err}" for i, err in enumerate(inputs.errors) if err]
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
-    return (task_b.embed_for_card(model, card, inputs, device_, progress, batch_size),
-            inputs.faces)
+    channels = (task_b.switch_channels(model, card, inputs, device_, progress, batch_size)
+                if with_identity else {"embedding": None, "identity": None})
+    embeddings = task_b.embed_for_card(model, card, inputs, device_, progress, batch_size,
+                                       learned=channels["embedding"])
+    return embeddings, inputs.faces, channels["identity"]
 
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
             device: str = "auto") -> dict:
     """Cosine similarity of two faces and the same/different decision: at the card's threshold,
-    or by its dev-fitted `fusion.FaceRule` when it has one (the Siamese notebook's)."""
+    or by its dev-fitted `fusion.FaceRule` when it has one (the Siamese notebook's), on the face
+    channel the rule was fitted on."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
-    (first, second), faces = _embed([image_a, image_b], weights, device,
-                                    with_faces=bool(card.face_rule))
+    rule = fusion.FaceRule(**card.face_rule) if card.face_rule else None
+    reads_identity = rule is not None and rule.channel == "identity"
+    (first, second), faces, identity = _embed(
+        [image_a, image_b], weights, device, with_faces=rule is not None and not reads_identity,
+        with_identity=reads_identity)
     similarity = float(np.clip(first @ second, -1.0, 1.0))
     threshold = card.similarity_threshold
     result = {"similarity": similarity, "threshold": threshold,
               "same": None if threshold is None else bool(similarity >= threshold)}
-    if card.face_rule:
-        raw, found = faces
-        unit = face_descriptor.normalise(raw)
+    if rule is not None:
+        unit, found = ((identity, np.ones(2, bool)) if reads_identity
+                       else (face_descriptor.normalise(faces[0]), faces[1]))
         cosine = float(unit[0] @ unit[1])
-        same = fusion.FaceRule(**card.face_rule).decide(
-            np.array([np.linalg.norm(first - second)]), np.array([cosine]),
-            np.array([found.all()]))
+        same = rule.decide(np.array([np.linalg.norm(first - second)]), np.array([cosine]),
+                           np.array([found.all()]))
         result.update(same=bool(same[0]), descriptor_cosine=cosine,
                       faces_found=bool(found.all()), face_rule=card.face_rule)
     return result

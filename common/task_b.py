@@ -696,6 +696,24 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
                                     aggregate, seed)
 
 
+def pair_faces(descriptor: DescriptorFusion, learned: dict[str, np.ndarray],
+               identity: IdentityChannel | None, switch: evaluation.SwitchReport | None,
+               face_rule: bool = True
+               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]] | None, str]:
+    """The face vectors per split that the pair `fusion.FaceRule` reads, and their channel
+    (`fusion.FACE_CHANNELS`): the copy switch's identity channel when there is one (the switch's
+    share of `learned` mixed in), since it is fitted to recognise people across photos and
+    answers every image; else the face descriptor that `fuse_descriptor` kept. None when
+    `face_rule` is off or neither exists.
+    """
+    if not face_rule:
+        return None, "descriptor"
+    if switch is None or identity is None:
+        return descriptor.faces, "descriptor"
+    return {split: (switch.switch.identity_vectors(learned[split], identity.vectors[split]),
+                    np.ones(len(learned[split]), bool)) for split in identity.vectors}, "identity"
+
+
 def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name: str,
                   splits: Splits, fingerprint: str) -> str | None:
     """The ``identity_weights`` of the card saved next (`model_card`): a fine-tuned channel's

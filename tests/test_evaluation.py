@@ -1,6 +1,8 @@
 """common.evaluation: pair verification broken down by pair kind."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,6 +84,13 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
     assert "face rule (dev)" in report.summary().columns
     plain = evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40, seed=0)
     assert plain.rule is None and "pair_accuracy_face_rule" not in plain.flat()
+    # The rule records which face channel it was fitted on, for inference to read the same.
+    by_identity = evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40,
+                                         seed=0, faces={"dev": faces, "eval": faces},
+                                         face_channel="identity")
+    assert by_identity.rule == dataclasses.replace(report.rule, channel="identity")
+    assert (flat["face_rule_channel"], by_identity.flat()["face_rule_channel"]) == (
+        "descriptor", "identity")
     # The worst pairs are the decision's errors: with the rule, only bob's hidden-face pairs.
     by_distance = evaluation.worst_pairs(plain, n=100)
     assert len(by_distance) == round((1 - plain.calibrated["accuracy"]) * len(plain.pairs))

@@ -93,6 +93,11 @@ def test_task_b_siamese_verification_beats_chance(executed):
             "hackathon_pair_accuracy_fixed"} <= set(metrics)
     # The public entries' list pairs copies with the same distortion: chance is 0.5 there too.
     assert metrics["hackathon_pair_roc_auc"] >= 0.7
+    # With a copy switch, pairs of one person on two photos are decided by its identity
+    # channel, and the card carries the rule for `predict.compare` to read the same channel.
+    card = json.loads(Path(metrics["checkpoint"]).with_suffix(".json").read_text())
+    expected = "identity" if "switch_top1" in metrics else "descriptor"
+    assert metrics["face_rule_channel"] == card["face_rule"]["channel"] == expected
 
 
 def test_evaluation_leaderboard(executed):

@@ -341,6 +341,47 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     assert predict.compare(first, other, ruled)["same"] is False
 
 
+def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(checkpoints, sample_root,
+                                                                       tmp_path, monkeypatch):
+    """A face rule fitted on the copy switch's identity channel (notebook 03 with a switch)
+    reads that channel: the face descriptor (faked: one direction per identity folder) with the
+    switch's share of the learned embedding's cosine mixed in."""
+    from common import face_descriptor, fusion
+
+    val = sample_root / "Task_B" / "val"
+    people = sorted(p.name for p in val.iterdir() if p.is_dir())
+
+    def fake_describe(images, front_end="hog", progress=True):
+        vectors = np.zeros((len(images), 128), np.float32)
+        for row, path in enumerate(images):
+            folder = Path(path).parent
+            vectors[row, people.index(folder.parent.name if folder.name == "distortion"
+                                      else folder.name)] = 1.0
+        return vectors, np.ones(len(images), bool)
+
+    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    monkeypatch.setattr(face_descriptor, "cached_descriptors",
+                        lambda paths, front_end="hog", progress=True: fake_describe(paths))
+    model, card = load_model(checkpoints["task_b"])
+    share = 0.5
+    ruled = save_model(model, tmp_path, "ruled_by_identity", replace(
+        card, descriptor_front_end="robust",
+        copy_switch=dataclasses.asdict(fusion.CopySwitch(0.1, identity_share=share)),
+        face_rule={"distance": -1.0, "descriptor_cosine": 0.75, "channel": "identity"}))
+    first = sorted((val / people[0]).glob("*.jpg"))[0]
+    copy = sorted((val / people[0] / "distortion").glob("*.jpg"))[0]
+    stranger = sorted((val / people[1]).glob("*.jpg"))[0]
+    for other, same_person in ((copy, True), (stranger, False)):
+        learned = predict.embed([first, other], checkpoints["task_b"])
+        expected = (1 - share) * float(same_person) + share * float(learned[0] @ learned[1])
+        result = predict.compare(first, other, ruled)
+        assert result["descriptor_cosine"] == pytest.approx(expected, abs=1e-5)
+        assert result["same"] is (expected >= 0.75)
+        assert result["faces_found"] is True
+    with pytest.raises(ValueError, match="channel"):
+        fusion.FaceRule(0.5, 0.5, channel="hair")
+
+
 @requires_descriptor
 def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     """A descriptor-probe checkpoint through the CLI path: the same P(female) as notebook 01's
