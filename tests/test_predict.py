@@ -341,14 +341,12 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     assert predict.compare(first, other, ruled)["same"] is False
 
 
-def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(checkpoints, sample_root,
-                                                                       tmp_path, monkeypatch):
-    """A face rule fitted on the copy switch's identity channel (notebook 03 with a switch)
-    reads that channel: the face descriptor (faked: one direction per identity folder) with the
-    switch's share of the learned embedding's cosine mixed in."""
-    from common import face_descriptor, fusion
+def _fake_a_perfect_descriptor(val: Path, monkeypatch) -> list[str]:
+    """Replace the face descriptor by a perfect one: one direction per identity folder of
+    `val` (``<identity>/`` and ``<identity>/distortion/``), every face found. Returns the
+    identities in the order of their directions."""
+    from common import face_descriptor
 
-    val = sample_root / "Task_B" / "val"
     people = sorted(p.name for p in val.iterdir() if p.is_dir())
 
     def fake_describe(images, front_end="hog", progress=True):
@@ -362,6 +360,18 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(checkpoi
     monkeypatch.setattr(face_descriptor, "describe", fake_describe)
     monkeypatch.setattr(face_descriptor, "cached_descriptors",
                         lambda paths, front_end="hog", progress=True: fake_describe(paths))
+    return people
+
+
+def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(checkpoints, sample_root,
+                                                                       tmp_path, monkeypatch):
+    """A face rule fitted on the copy switch's identity channel (notebook 03 with a switch)
+    reads that channel: the face descriptor (faked: one direction per identity folder) with the
+    switch's share of the learned embedding's cosine mixed in."""
+    from common import fusion
+
+    val = sample_root / "Task_B" / "val"
+    people = _fake_a_perfect_descriptor(val, monkeypatch)
     model, card = load_model(checkpoints["task_b"])
     share = 0.5
     ruled = save_model(model, tmp_path, "ruled_by_identity", replace(
@@ -441,22 +451,10 @@ def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, s
     folder): never by the copy margin and never unsure, every query goes to the descriptor and
     is right; always by the margin, the answers are the plain card's. A gallery enrolled with the
     switch card keeps the descriptors beside it, and search answers like match_gallery."""
-    from common import face_descriptor, fusion
+    from common import fusion
 
     val = sample_root / "Task_B" / "val"
-    people = sorted(p.name for p in val.iterdir() if p.is_dir())
-
-    def fake_describe(images, front_end="hog", progress=True):
-        vectors = np.zeros((len(images), 128), np.float32)
-        for row, path in enumerate(images):
-            folder = Path(path).parent
-            vectors[row, people.index(folder.parent.name if folder.name == "distortion"
-                                      else folder.name)] = 1.0
-        return vectors, np.ones(len(images), bool)
-
-    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
-    monkeypatch.setattr(face_descriptor, "cached_descriptors",
-                        lambda paths, front_end="hog", progress=True: fake_describe(paths))
+    _fake_a_perfect_descriptor(val, monkeypatch)
     model, card = load_model(checkpoints["task_b"])
 
     def switch_card(name: str, threshold: float, identity_threshold: float) -> str:
