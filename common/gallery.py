@@ -229,7 +229,8 @@ class GalleryIndex:
         starts = np.searchsorted(self._item_identity[order], np.arange(len(self.names)))
         vectors = self._vectors()[order].astype(np.float64)
         sources = self._item_source[order]
-        centroids = normalise(self._sums) if self.aggregate == "mean" else None
+        centroids = (normalise(self._sums).astype(np.float64) if self.aggregate == "mean"
+                     else None)
         scores = np.empty((len(queries), len(self.names)), np.float32)
         rows = np.empty((len(queries), len(self.names)), np.int64)
         chunk = max(1, _CHUNK_CELLS // len(self))
@@ -243,7 +244,7 @@ class GalleryIndex:
                              order, len(self))
             rows[lo:lo + chunk] = np.minimum.reduceat(first, starts, axis=1)
             if centroids is not None:
-                best = (q.astype(np.float64) @ centroids.T.astype(np.float64)).astype(np.float32)
+                best = (q.astype(np.float64) @ centroids.T).astype(np.float32)
                 if q_src is not None:
                     row, code, score = self._excluded_means(q, q_src[lo:lo + chunk])
                     best[row, code] = score
