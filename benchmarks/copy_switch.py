@@ -30,14 +30,14 @@ def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray]
                      card: checkpoints.ModelCard, seed: int) -> None:
     """Notebook 03's pair verification (`evaluation.pair_report`, its random list of 3000
     pairs) with the face rule on each face channel: the face descriptor, and the switch's
-    identity channel (`task_b.pair_faces`). The distance is the card's embedding (its own
+    identity channel (`task_b.identity_faces`). The distance is the card's embedding (its own
     descriptor share fused, as the notebook's)."""
     descriptor = task_b.fuse_descriptor(task_data, learned, float(card.descriptor_weight or 0),
                                         keep_faces=True, seed=seed)
     splits = task_data.splits
     rows = []
     for faces, channel in ((descriptor.faces, "descriptor"),
-                           task_b.pair_faces(descriptor, learned, identity, report)):
+                           (task_b.identity_faces(learned, identity, report), "identity")):
         pairs = evaluation.pair_report(splits.dev, descriptor.embeddings["dev"], splits.eval,
                                        descriptor.embeddings["eval"], seed=seed, faces=faces,
                                        face_channel=channel)

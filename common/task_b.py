@@ -40,7 +40,7 @@ __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "choose_copy_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
            "embed_for_card", "IDENTITY_CHANNELS", "IdentityChannel", "identity_channel",
-           "copy_or_identity", "save_identity", "switch_channels"]
+           "copy_or_identity", "identity_faces", "save_identity", "switch_channels"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 EPOCHS = {"cpu": 6, "gpu": 30}
@@ -565,18 +565,21 @@ def choose_copy_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experimen
 @dataclass
 class DescriptorFusion:
     """The face-descriptor share chosen for a model, its embeddings with that share, and the
-    descriptors themselves (``faces``: split -> (unit descriptors, face found), or None)."""
+    face vectors the pair `fusion.FaceRule` reads (``faces``: split -> (unit vectors, face
+    found), or None): the descriptors themselves, or the identity channel's (`identity_faces`)."""
 
     weight: float
     front_end: str
     embeddings: dict[str, np.ndarray]
     table: pd.DataFrame
     faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    face_channel: str = "descriptor"  # what ``faces`` holds (`fusion.FACE_CHANNELS`)
 
 
 def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
                     setting: str | float = "auto", objective: str = "top1", seed: int = 0,
                     front_end: str = face_descriptor.DEFAULT_FRONT_END, keep_faces: bool = False,
+                    faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                     progress: bool = True) -> DescriptorFusion:
     """Join a face descriptor (`common.face_descriptor`, by default dlib + SFace) to learned
     embeddings.
@@ -586,16 +589,21 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     (`evaluation.OBJECTIVES`; 0 when no face model is installed, with a warning; dlib alone when
     only SFace is missing, see `face_descriptor.installed_front_end`); a number is used as given;
     0 skips the descriptors unless `keep_faces` asks for them (the pair `fusion.FaceRule` of
-    `evaluation.pair_report` needs them).
+    `evaluation.pair_report` reads them).
 
     Args:
         learned: split name ("dev", "eval", ...) -> unit embeddings of ``task_data.images[split]``.
+        faces: what the face rule reads instead of the descriptors (`identity_faces`): the
+            pair objectives score the shares with it, and the descriptors of the splits other
+            than dev are computed only for a share above 0.
 
     Returns:
         `DescriptorFusion` whose ``embeddings`` has the same keys as `learned`.
     """
+    channel = "identity" if faces is not None else "descriptor"
+    keep_faces = keep_faces and faces is None
     if setting != "auto" and float(setting) == 0.0 and not keep_faces:
-        return DescriptorFusion(0.0, front_end, dict(learned), pd.DataFrame())
+        return DescriptorFusion(0.0, front_end, dict(learned), pd.DataFrame(), faces, channel)
     front_end = face_descriptor.installed_front_end(front_end)
 
     def load(split: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -604,15 +612,17 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
 
     loaded = {"dev": load("dev")}
     weight, table = _descriptor_weight(task_data.splits.dev, learned["dev"], loaded["dev"],
-                                       setting, objective, seed)
+                                       setting, objective, seed,
+                                       faces["dev"] if faces is not None else None)
     if not (weight or keep_faces) or loaded["dev"] is None:  # the other splits are not needed
-        return DescriptorFusion(weight, front_end, dict(learned), table)
+        return DescriptorFusion(weight, front_end, dict(learned), table, faces, channel)
     loaded.update({split: load(split) for split in learned if split != "dev"})
     embeddings = {split: fusion.fuse(vectors, face_descriptor.normalise(loaded[split][0]), weight)
                   for split, vectors in learned.items()}
-    faces = {split: (face_descriptor.normalise(vectors), found)
-             for split, (vectors, found) in loaded.items()} if keep_faces else None
-    return DescriptorFusion(weight, front_end, embeddings, table, faces)
+    if keep_faces:
+        faces = {split: (face_descriptor.normalise(vectors), found)
+                 for split, (vectors, found) in loaded.items()}
+    return DescriptorFusion(weight, front_end, embeddings, table, faces, channel)
 
 
 IDENTITY_CHANNELS = ("auto", "sface", "descriptor")
@@ -696,22 +706,17 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
                                     aggregate, seed)
 
 
-def pair_faces(descriptor: DescriptorFusion, learned: dict[str, np.ndarray],
-               identity: IdentityChannel | None, switch: evaluation.SwitchReport | None,
-               face_rule: bool = True
-               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]] | None, str]:
-    """The face vectors per split that the pair `fusion.FaceRule` reads, and their channel
-    (`fusion.FACE_CHANNELS`): the copy switch's identity channel when there is one (the switch's
-    share of `learned` mixed in), since it is fitted to recognise people across photos and
-    answers every image; else the face descriptor that `fuse_descriptor` kept. None when
-    `face_rule` is off or neither exists.
-    """
-    if not face_rule:
-        return None, "descriptor"
+def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | None,
+                   switch: evaluation.SwitchReport | None
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """What the pair `fusion.FaceRule` reads when there is a copy switch: its identity channel
+    (the switch's share of `learned` mixed in) per split, every face found, since it is fitted
+    to recognise people across photos and answers every image. None without a switch: the rule
+    then reads the face descriptor (`fuse_descriptor` with ``keep_faces``)."""
     if switch is None or identity is None:
-        return descriptor.faces, "descriptor"
+        return None
     return {split: (switch.switch.identity_vectors(learned[split], identity.vectors[split]),
-                    np.ones(len(learned[split]), bool)) for split in identity.vectors}, "identity"
+                    np.ones(len(learned[split]), bool)) for split in identity.vectors}
 
 
 def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name: str,
@@ -739,9 +744,12 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
 
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
                        descriptors: tuple[np.ndarray, np.ndarray] | None, setting: str | float,
-                       objective: str, seed: int) -> tuple[float, pd.DataFrame]:
+                       objective: str, seed: int,
+                       faces: tuple[np.ndarray, np.ndarray] | None = None
+                       ) -> tuple[float, pd.DataFrame]:
     """The descriptor's share: a number as given, else the best dev `objective` over
-    `fusion.DESCRIPTOR_WEIGHTS` (0 when no face model gave `descriptors`), with its table."""
+    `fusion.DESCRIPTOR_WEIGHTS` (0 when no face model gave `descriptors`), with its table. The
+    face rule objective reads `faces`, by default the descriptors."""
     if setting != "auto":
         weight = float(setting)
         if weight > 0 and descriptors is None:
@@ -752,7 +760,7 @@ def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
         return 0.0, pd.DataFrame()
     unit = face_descriptor.normalise(descriptors[0])
     score = partial(evaluation.dev_scores, dev, objective=objective, seed=seed,
-                    faces=(unit, descriptors[1]))
+                    faces=faces if faces is not None else (unit, descriptors[1]))
     return fusion.choose_weight(learned, unit, fusion.DESCRIPTOR_WEIGHTS, score,
                                 f"dev_{objective}", "descriptor_weight")
 

@@ -89,6 +89,37 @@ def test_fuse_descriptor_reads_only_dev_when_the_share_stays_zero(monkeypatch):
     assert chosen.embeddings["eval"] is learned["eval"] and chosen.faces is None
     kept = task_b.fuse_descriptor(data_, learned, "auto", keep_faces=True, progress=False)
     assert requested == ["dev", "dev", "a"] and set(kept.faces) == {"dev", "eval"}
+    assert kept.face_channel == "descriptor"
+
+
+def test_fuse_descriptor_scores_shares_with_the_faces_the_rule_reads(monkeypatch):
+    """With the identity channel's faces, the face rule objective reads them, not the
+    descriptors; the evaluated split's descriptors are computed only for a share above 0."""
+    frame = gallery_frame()
+    rng = np.random.default_rng(3)
+    requested = []
+
+    def fake(paths, front_end="hog", progress=True):  # descriptors that know no one
+        requested.append(paths[0].split("/")[0])
+        return rng.normal(size=(len(paths), 128)), np.ones(len(paths), bool)
+
+    monkeypatch.setattr(face_descriptor, "cached_descriptors", fake)
+    data_ = _task_data(frame.assign(path="dev/" + frame["path"]), frame)
+    learned = {split: unit_rows(rng.normal(size=(len(frame), 16))) for split in ("dev", "eval")}
+    identity = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    perfect = unit_rows(np.eye(3)[identity])
+    faces = {split: (perfect, np.ones(len(frame), bool)) for split in ("dev", "eval")}
+
+    read = task_b.fuse_descriptor(data_, learned, "auto", "pair_accuracy_face_rule",
+                                  keep_faces=True, faces=faces, progress=False)
+    assert read.faces is faces and read.face_channel == "identity"
+    assert read.table["dev_pair_accuracy_face_rule"].max() == 1.0  # the perfect faces decide
+    assert requested == (["dev"] if read.weight == 0 else ["dev", "a"])
+    by_descriptor = task_b.fuse_descriptor(data_, learned, "auto", "pair_accuracy_face_rule",
+                                           keep_faces=True, progress=False)
+    assert by_descriptor.table["dev_pair_accuracy_face_rule"].max() < 1.0
+    fixed = task_b.fuse_descriptor(data_, learned, 0, keep_faces=True, faces=faces)
+    assert fixed.faces is faces and fixed.embeddings["eval"] is learned["eval"]
 
 
 def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
