@@ -41,9 +41,21 @@ def bomb_png(side: int = 40_000) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def _share_cores(worker: int, workers: int) -> None:
+    """Give a pytest-xdist worker its own share of the CPUs (on CI's two cores, one each).
+    Torch, OpenCV and the notebook kernels a worker starts size their thread pools to it
+    (`config.cpu_count`), so two workers no longer run four threads on two cores."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) >= workers > 1:
+        os.sched_setaffinity(0, cores[worker::workers])
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the notebooks with papermill (slow)")
-    if not hasattr(config, "workerinput"):  # run by pytest-xdist's controller, or without it
+    if hasattr(config, "workerinput"):
+        _share_cores(int(config.workerinput["workerid"].removeprefix("gw")),
+                     int(config.workerinput["workercount"]))
+    else:  # run by pytest-xdist's controller, or without it
         # Generated once, before any worker starts: workers only read it.
         from common.sample import ensure_sample
 
