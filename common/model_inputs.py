@@ -104,9 +104,10 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
     Raises:
         PriorUnavailableError: onnx2torch or SFace is not installed.
     """
-    model, _ = checkpoints.load_model(card.identity_path, device)
+    model, identity_card = checkpoints.load_model(card.identity_path, device)
     return sface_net.describe_images(model, originals, device,
-                                     "identity channel" if progress else "")
+                                     "identity channel" if progress else "",
+                                     identity_card.weights_sha256)
 
 
 def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,

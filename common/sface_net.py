@@ -204,7 +204,23 @@ def describe(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu",
 
 
 def describe_images(model: SFaceIdentity, images: Sequence[str | os.PathLike | np.ndarray],
-                    device: str = "cpu", desc: str = "") -> np.ndarray:
+                    device: str = "cpu", desc: str = "", weights_sha256: str = "") -> np.ndarray:
     """Unit descriptors of full-size images or files: `face_crops` (cached for files), then
-    `describe`; progress bars when `desc` names them."""
-    return describe(model, face_crops(images, bool(desc))[0], device, desc)
+    `describe`; progress bars when `desc` names them.
+
+    With `weights_sha256` (the model card's hash of `model`'s checkpoint), files are described
+    once per checkpoint and kept by content (`feature_store`): notebook 03, the leaderboard and
+    `common.predict` read the identity channel notebook 02 saved on the same images.
+    """
+    if not weights_sha256 or any(isinstance(item, np.ndarray) for item in images):
+        return describe(model, face_crops(images, bool(desc))[0], device, desc)
+    paths = [str(path) for path in images]
+    store = feature_store.FeatureStore("sface_identity", {"weights": weights_sha256, "version": 1},
+                                       {"vectors": ((model.embedding_dim,), "float32")})
+
+    def compute(indices: list[int]) -> dict[str, np.ndarray]:
+        crops = face_crops([paths[i] for i in indices])[0]
+        return {"vectors": describe(model, crops, device)}
+
+    return store.fetch(feature_store.content_keys(paths), compute, bool(desc),
+                       desc=desc)["vectors"]

@@ -680,10 +680,10 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
                 f"{card.identity_path.name} was trained or selected on {len(seen)} identities "
                 f"of the {splits.eval_name} split (e.g. {sorted(seen)[:3]}): use the same seed "
                 "and split settings as the notebook that trained it, or identity='descriptor'.")
-        model, _ = checkpoints.load_model(card.identity_path, cfg.device)
+        model, trained = checkpoints.load_model(card.identity_path, cfg.device)
         return IdentityChannel(f"SFace fine-tuned ({card.identity_weights})", {
             split: sface_net.describe_images(model, frame["path"].tolist(), cfg.device,
-                                             f"identity channel, {split}")
+                                             f"identity channel, {split}", trained.weights_sha256)
             for split, frame in frames.items()}, model, checkpoint=card.identity_path)
     settings = identity_training.TuneSettings()
     settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))

@@ -81,6 +81,12 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     paths = task_data.splits.eval["path"].tolist()[some]
     inputs = model_inputs.prepare_inputs(card, paths, with_identity=True)
     assert np.allclose(inputs.identity, identity.vectors["eval"][some], atol=1e-5)
+    with pytest.MonkeyPatch.context() as patch:  # described once per checkpoint, kept by content
+        patch.setattr(sface_net, "describe", lambda *args, **kwargs: pytest.fail("described"))
+        again = model_inputs.prepare_inputs(card, paths, with_identity=True)
+        assert np.array_equal(again.identity, inputs.identity)
+        with pytest.raises(pytest.fail.Exception):  # not an array of the same pixels
+            model_inputs.prepare_inputs(card, [data.load_image(paths[0])], with_identity=True)
     channels = task_b.switch_channels(embedder, card, inputs)
     assert channels["identity"] is inputs.identity
     # Scored on its own (notebook 04's leaderboard, `predict` given its checkpoint), the
