@@ -421,7 +421,8 @@ def _descriptor_cosines(faces: tuple[np.ndarray, np.ndarray], pairs: pd.DataFram
 def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,
                 eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0,
                 faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                protocol: str = "random", face_channel: str = "descriptor") -> PairReport:
+                protocol: str = "random", face_channel: str = "descriptor",
+                face_rule_specificity: float = 0.0) -> PairReport:
     """Verification on a fixed, seeded pair list of `evaluated` (Euclidean distance of the
     L2-normalised embeddings); the calibrated distance is chosen on a dev pair list made the
     same way.
@@ -434,6 +435,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
             reported too.
         face_channel: what `faces` are (`fusion.FACE_CHANNELS`), recorded in the rule so that
             inference reads the same channel.
+        face_rule_specificity: the rule's operating point (`fusion.fit_face_rule`'s
+            ``min_specificity``); 0, the best dev accuracy.
     """
     dev_pairs = _pair_list(dev, n_pairs, seed, protocol)
     dev_distances = _pair_distances(dev_embeddings, dev_pairs)
@@ -450,7 +453,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
     if faces is not None:
         rule = dataclasses.replace(
             fusion.fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
-                                 dev_pairs["same"].to_numpy()), channel=face_channel)
+                                 dev_pairs["same"].to_numpy(),
+                                 min_specificity=face_rule_specificity), channel=face_channel)
         decided = rule.decide(distances, *_descriptor_cosines(faces["eval"], pairs))
         pairs = pairs.assign(same_by_rule=decided)
         precision, recall, f1, _ = precision_recall_fscore_support(

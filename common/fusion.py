@@ -114,23 +114,37 @@ class FaceRule:
 
 
 def fit_face_rule(distances: np.ndarray, descriptor_cosines: np.ndarray, both_found: np.ndarray,
-                  same: np.ndarray, n_candidates: int = 100) -> FaceRule:
-    """The `FaceRule` with the best accuracy on (dev) pairs: both thresholds on a grid of
-    quantiles of their scores; the first best in (distance, cosine) order on ties."""
+                  same: np.ndarray, n_candidates: int = 100, min_specificity: float = 0.0
+                  ) -> FaceRule:
+    """The `FaceRule` fitted on (dev) pairs: both thresholds on a grid of quantiles of their
+    scores; the first best in (distance, cosine) order on ties.
+
+    min_specificity: 0 takes the best accuracy. Above 0 it names an operating point: the most
+        same pairs accepted while at least this share of the different pairs is refused (a
+        verification system's false-accept budget; issue 20 asks 0.98), the best accuracy
+        among those; the highest share refused when no candidate reaches it.
+    """
     same = np.asarray(same).astype(bool)
     quantiles = np.linspace(0, 1, n_candidates)
     cosines = np.unique(np.quantile(descriptor_cosines[both_found], quantiles)) if np.any(
         both_found) else np.array([np.inf])
     cosines = np.append(cosines, np.inf)  # inf: the descriptor never decides
-    best = (-1.0, 0.0, np.inf)
+    best_key, best = None, (0.0, np.inf)
     for distance in np.unique(np.quantile(distances, quantiles)):
         close = distances <= distance
         for cosine in cosines:
-            accuracy = float(((close | (both_found & (descriptor_cosines >= cosine))) == same)
-                             .mean())
-            if accuracy > best[0]:
-                best = (accuracy, float(distance), float(cosine))
-    return FaceRule(best[1], best[2])
+            decided = close | (both_found & (descriptor_cosines >= cosine))
+            accuracy = float((decided == same).mean())
+            if min_specificity > 0:
+                refused = float((~decided[~same]).mean()) if np.any(~same) else 1.0
+                accepted = float(decided[same].mean()) if np.any(same) else 0.0
+                key = ((True, accepted, accuracy) if refused >= min_specificity
+                       else (False, refused, accuracy))
+            else:
+                key = (accuracy,)
+            if best_key is None or key > best_key:
+                best_key, best = key, (float(distance), float(cosine))
+    return FaceRule(*best)
 
 
 @dataclass(frozen=True)

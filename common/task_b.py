@@ -112,6 +112,7 @@ class SiameseSettings(_TaskBSettings, notebook="03_task_b_siamese", backbones=BA
     hard_negatives: bool
     n_eval_pairs: int
     face_rule: bool
+    face_rule_specificity: float
 
 
 @dataclass

@@ -91,6 +91,15 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
     assert by_identity.rule == dataclasses.replace(report.rule, channel="identity")
     assert (flat["face_rule_channel"], by_identity.flat()["face_rule_channel"]) == (
         "descriptor", "identity")
+    # The operating point reaches the fit (`fusion.fit_face_rule`, tested on its own).
+    asked = []
+    fit = fusion.fit_face_rule
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fusion, "fit_face_rule", lambda *args, **kwargs: (
+            asked.append(kwargs["min_specificity"]), fit(*args, **kwargs))[1])
+        evaluation.pair_report(frame, embeddings, frame, embeddings, n_pairs=40, seed=0,
+                               faces={"dev": faces, "eval": faces}, face_rule_specificity=0.98)
+    assert asked == [0.98]
     # The worst pairs are the decision's errors: with the rule, only bob's hidden-face pairs.
     by_distance = evaluation.worst_pairs(plain, n=100)
     assert len(by_distance) == round((1 - plain.calibrated["accuracy"]) * len(plain.pairs))

@@ -92,6 +92,30 @@ def test_fit_face_rule_never_trusts_a_useless_descriptor():
     assert rule.descriptor_cosine > 0.99  # a cosine of 0.99 also marks a different pair
 
 
+def test_fit_face_rule_at_an_operating_point_accepts_more_same_pairs():
+    # One copy (close), three photos of one person, four pairs of different people (far).
+    distances = np.array([0.1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    cosines = np.array([0.95, 0.9, 0.7, 0.5, 0.6, 0.55, 0.2, 0.1])
+    same = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    found = np.ones(8, bool)
+
+    def decided(rule):
+        return rule.decide(distances, cosines, found).tolist()
+
+    # Best accuracy (7/8 correct): the faces must agree above 0.6, the 0.5 pair is refused.
+    best = fusion.fit_face_rule(distances, cosines, found, same)
+    assert decided(best) == [True, True, True, False, False, False, False, False]
+    # Refusing half of the different pairs is enough: every same pair is accepted.
+    half = fusion.fit_face_rule(distances, cosines, found, same, min_specificity=0.5)
+    assert decided(half) == [True, True, True, True, True, True, False, False]
+    # At 3/4, accepting the 0.6 pair or not accepts the same pairs: the more accurate wins.
+    assert decided(fusion.fit_face_rule(distances, cosines, found, same, min_specificity=0.75)) \
+        == decided(best)
+    # Out of reach: the rule that refuses the most different pairs.
+    strict = fusion.fit_face_rule(distances, cosines, found, same, min_specificity=1.5)
+    assert not any(decided(strict)[4:])
+
+
 # --- copy or identity ----------------------------------------------------------------------
 
 def _table(margins, identity_scores, correct, runner_up=0.1) -> pd.DataFrame:
