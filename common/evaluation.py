@@ -472,7 +472,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
 
 def dev_scores(frame: pd.DataFrame, embeddings: np.ndarray, objective: str = "top1",
                seed: int = 0, n_pairs: int = 3000,
-               faces: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+               faces: tuple[np.ndarray, np.ndarray] | None = None,
+               face_rule_specificity: float = 0.0) -> dict[str, float]:
     """What a dev choice compares (`fusion.choose_weight`): gallery top-1, its harder variant
     and macro-F1 of `embeddings`, plus ``dev_pair_accuracy`` (at the dev-calibrated distance) for
     the pair objectives and ``dev_pair_accuracy_face_rule`` for the `fusion.FaceRule` one.
@@ -481,6 +482,7 @@ def dev_scores(frame: pd.DataFrame, embeddings: np.ndarray, objective: str = "to
         frame / embeddings: the dev rows and their unit embeddings.
         objective: one of `OBJECTIVES`; the key to maximise is ``f"dev_{objective}"``.
         faces: (unit descriptors, face found) of the rows, for ``"pair_accuracy_face_rule"``.
+        face_rule_specificity: that rule's operating point (`pair_report`).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r}; choose one of {OBJECTIVES}")
@@ -494,7 +496,8 @@ def dev_scores(frame: pd.DataFrame, embeddings: np.ndarray, objective: str = "to
     if objective != "top1":
         rule_faces = ({"dev": faces, "eval": faces} if objective == "pair_accuracy_face_rule"
                       else None)
-        pairs = pair_report(frame, embeddings, frame, embeddings, n_pairs, seed, faces=rule_faces)
+        pairs = pair_report(frame, embeddings, frame, embeddings, n_pairs, seed, faces=rule_faces,
+                            face_rule_specificity=face_rule_specificity)
         row["dev_pair_accuracy"] = pairs.calibrated["accuracy"]
         if rule_faces is not None:
             row["dev_pair_accuracy_face_rule"] = pairs.face_rule["accuracy"]

@@ -581,7 +581,8 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
                     setting: str | float = "auto", objective: str = "top1", seed: int = 0,
                     front_end: str = face_descriptor.DEFAULT_FRONT_END, keep_faces: bool = False,
                     faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                    progress: bool = True) -> DescriptorFusion:
+                    face_rule_specificity: float = 0.0, progress: bool = True
+                    ) -> DescriptorFusion:
     """Join a face descriptor (`common.face_descriptor`, by default dlib + SFace) to learned
     embeddings.
 
@@ -597,6 +598,8 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
         faces: what the face rule reads instead of the descriptors (`identity_faces`): the
             pair objectives score the shares with it, and the descriptors of the splits other
             than dev are computed only for a share above 0.
+        face_rule_specificity: the operating point of the face rule the pair objectives fit
+            (`evaluation.pair_report`).
 
     Returns:
         `DescriptorFusion` whose ``embeddings`` has the same keys as `learned`.
@@ -614,7 +617,8 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
     loaded = {"dev": load("dev")}
     weight, table = _descriptor_weight(task_data.splits.dev, learned["dev"], loaded["dev"],
                                        setting, objective, seed,
-                                       faces["dev"] if faces is not None else None)
+                                       faces["dev"] if faces is not None else None,
+                                       face_rule_specificity)
     if not (weight or keep_faces) or loaded["dev"] is None:  # the other splits are not needed
         return DescriptorFusion(weight, front_end, dict(learned), table, faces, channel)
     loaded.update({split: load(split) for split in learned if split != "dev"})
@@ -746,11 +750,11 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
                        descriptors: tuple[np.ndarray, np.ndarray] | None, setting: str | float,
                        objective: str, seed: int,
-                       faces: tuple[np.ndarray, np.ndarray] | None = None
-                       ) -> tuple[float, pd.DataFrame]:
+                       faces: tuple[np.ndarray, np.ndarray] | None = None,
+                       face_rule_specificity: float = 0.0) -> tuple[float, pd.DataFrame]:
     """The descriptor's share: a number as given, else the best dev `objective` over
     `fusion.DESCRIPTOR_WEIGHTS` (0 when no face model gave `descriptors`), with its table. The
-    face rule objective reads `faces`, by default the descriptors."""
+    face rule objective reads `faces`, by default the descriptors, at `face_rule_specificity`."""
     if setting != "auto":
         weight = float(setting)
         if weight > 0 and descriptors is None:
@@ -761,7 +765,8 @@ def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
         return 0.0, pd.DataFrame()
     unit = face_descriptor.normalise(descriptors[0])
     score = partial(evaluation.dev_scores, dev, objective=objective, seed=seed,
-                    faces=faces if faces is not None else (unit, descriptors[1]))
+                    faces=faces if faces is not None else (unit, descriptors[1]),
+                    face_rule_specificity=face_rule_specificity)
     return fusion.choose_weight(learned, unit, fusion.DESCRIPTOR_WEIGHTS, score,
                                 f"dev_{objective}", "descriptor_weight")
 

@@ -13,7 +13,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from common import face_descriptor, face_priors, faces, fusion, model_inputs, task_b
+from common import evaluation, face_descriptor, face_priors, faces, fusion, model_inputs, task_b
 from common.checkpoints import ModelCard
 from common.model_inputs import ModelInputs
 from conftest import gallery_frame, requires_descriptor, requires_sface, unit_rows
@@ -108,18 +108,26 @@ def test_fuse_descriptor_scores_shares_with_the_faces_the_rule_reads(monkeypatch
     learned = {split: unit_rows(rng.normal(size=(len(frame), 16))) for split in ("dev", "eval")}
     identity = frame["identity"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
     perfect = unit_rows(np.eye(3)[identity])
-    faces = {split: (perfect, np.ones(len(frame), bool)) for split in ("dev", "eval")}
+    rule_faces = {split: (perfect, np.ones(len(frame), bool)) for split in ("dev", "eval")}
 
     read = task_b.fuse_descriptor(data_, learned, "auto", "pair_accuracy_face_rule",
-                                  keep_faces=True, faces=faces, progress=False)
-    assert read.faces is faces and read.face_channel == "identity"
+                                  keep_faces=True, faces=rule_faces, progress=False)
+    assert read.faces is rule_faces and read.face_channel == "identity"
     assert read.table["dev_pair_accuracy_face_rule"].max() == 1.0  # the perfect faces decide
     assert requested == (["dev"] if read.weight == 0 else ["dev", "a"])
     by_descriptor = task_b.fuse_descriptor(data_, learned, "auto", "pair_accuracy_face_rule",
                                            keep_faces=True, progress=False)
     assert by_descriptor.table["dev_pair_accuracy_face_rule"].max() < 1.0
-    fixed = task_b.fuse_descriptor(data_, learned, 0, keep_faces=True, faces=faces)
-    assert fixed.faces is faces and fixed.embeddings["eval"] is learned["eval"]
+    fixed = task_b.fuse_descriptor(data_, learned, 0, keep_faces=True, faces=rule_faces)
+    assert fixed.faces is rule_faces and fixed.embeddings["eval"] is learned["eval"]
+    # Each share is scored with the rule fitted at the notebook's operating point.
+    asked = []
+    report = evaluation.pair_report
+    monkeypatch.setattr(evaluation, "pair_report", lambda *args, **kwargs: (
+        asked.append(kwargs["face_rule_specificity"]), report(*args, **kwargs))[1])
+    task_b.fuse_descriptor(data_, learned, "auto", "pair_accuracy_face_rule", faces=rule_faces,
+                           face_rule_specificity=0.98, progress=False)
+    assert len(asked) == len(fusion.DESCRIPTOR_WEIGHTS) and set(asked) == {0.98}
 
 
 def test_fuse_descriptor_without_dlib_warns_and_keeps_learned(monkeypatch):
