@@ -236,7 +236,8 @@ class GalleryIndex:
         chunk = max(1, _CHUNK_CELLS // len(self))
         for lo in range(0, len(queries), chunk):
             q = queries[lo:lo + chunk]
-            sim = (q.astype(np.float64) @ vectors.T).astype(np.float32)
+            q64 = q.astype(np.float64)
+            sim = (q64 @ vectors.T).astype(np.float32)
             if q_src is not None:
                 sim[sources[None, :] == q_src[lo:lo + chunk, None]] = -np.inf
             best = np.maximum.reduceat(sim, starts, axis=1)
@@ -244,7 +245,7 @@ class GalleryIndex:
                              order, len(self))
             rows[lo:lo + chunk] = np.minimum.reduceat(first, starts, axis=1)
             if centroids is not None:
-                best = (q.astype(np.float64) @ centroids.T).astype(np.float32)
+                best = (q64 @ centroids.T).astype(np.float32)
                 if q_src is not None:
                     row, code, score = self._excluded_means(q, q_src[lo:lo + chunk])
                     best[row, code] = score
