@@ -7,6 +7,7 @@ one error string per item instead of an exception, so one bad file never stops a
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,10 +105,22 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
     Raises:
         PriorUnavailableError: onnx2torch or SFace is not installed.
     """
-    model, identity_card = checkpoints.load_model(card.identity_path, device)
+    path = card.identity_path
+    model, identity_card = _identity_model(
+        str(path), tuple(os.stat(file).st_mtime_ns for file in (path, path.with_suffix(".json"))),
+        device)
     return sface_net.describe_images(model, originals, device,
                                      "identity channel" if progress else "",
                                      identity_card.weights_sha256)
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_model(path: str, modified_ns: tuple[int, int], device: str
+                    ) -> tuple[sface_net.SFaceIdentity, ModelCard]:
+    """An identity checkpoint loaded once per process while it and its card are unchanged
+    (`modified_ns`: their modification times): `predict` compares pairs one call at a time,
+    and the leaderboard's cards share one checkpoint."""
+    return checkpoints.load_model(path, device)
 
 
 def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,

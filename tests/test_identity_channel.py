@@ -83,6 +83,7 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     assert np.allclose(inputs.identity, identity.vectors["eval"][some], atol=1e-5)
     with pytest.MonkeyPatch.context() as patch:  # described once per checkpoint, kept by content
         patch.setattr(sface_net, "describe", lambda *args, **kwargs: pytest.fail("described"))
+        patch.setattr(checkpoints, "load_model", lambda *args, **kwargs: pytest.fail("loaded"))
         again = model_inputs.prepare_inputs(card, paths, with_identity=True)
         assert np.array_equal(again.identity, inputs.identity)
         with pytest.raises(pytest.fail.Exception):  # not an array of the same pixels
