@@ -211,7 +211,7 @@ def test_missing_descriptor_gives_not_installed_task_b_rows(monkeypatch, tmp_pat
     def no_sface():
         raise face_priors.PriorUnavailableError(f"no SFace: {face_descriptor.SFACE_INSTALL}")
 
-    monkeypatch.setattr(face_descriptor, "_models", unavailable)
+    monkeypatch.setattr(face_descriptor, "dlib_weights", unavailable)
     monkeypatch.setattr(face_descriptor, "sface_models", no_sface)
     monkeypatch.setenv(workspace.WORK_ROOT_ENV, str(tmp_path))
     image = tmp_path / "a.jpg"
