@@ -7,15 +7,15 @@ split by identity (or, closed set, by photo) and checked for leakage.
   are refused at once. Shared or near-duplicate images need every file read (a content hash of
   each clean image, a perceptual hash of every image): on a data set of millions of images that
   is far longer than the minute in which the first epoch should start. So those content checks
-  run in a spawned process (not a thread: DataLoader workers fork, and a thread holding a SQLite
-  or Pillow lock at that moment could deadlock a worker), are waited for at most
-  `CONTENT_CHECK_WAIT` seconds, which covers FACECOM-sized data, and otherwise run beside
-  training (above `CONTENT_CHECK_AWAITED_IMAGES` images they could not finish within the wait,
-  so they are not waited for). `Splits.verify` waits for them, and `Splits.guard` puts that
+  run in a process of their own (not a thread: DataLoader workers fork, and a thread holding a
+  SQLite or Pillow lock at that moment could deadlock a worker; `_check_context`), are waited
+  for at most `CONTENT_CHECK_WAIT` seconds, which covers FACECOM-sized data, and otherwise run
+  beside training (above `CONTENT_CHECK_AWAITED_IMAGES` images they could not finish within the
+  wait, so they are not waited for). `Splits.verify` waits for them, and `Splits.guard` puts that
   wait in front of the dev evaluation, so no number is ever computed on data that may leak: a
   leak found late raises `LeakageError` there (or only warns with ``allow_leakage``). As with
-  any spawned process, a script (not a notebook) that makes splits must guard its entry point
-  with ``if __name__ == "__main__":``, since the check re-imports the script.
+  any multiprocessing start but fork, a script (not a notebook) that makes splits must guard its
+  entry point with ``if __name__ == "__main__":``, since the check re-imports the script.
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def _content_problems(pairs: list[_Pair], near: bool, folder: Path) -> list[str]
 
 
 def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
-    """Entry point of the spawned process: read the pairs `ContentCheck` wrote to `pairs_file`
+    """Entry point of the check's process: read the pairs `ContentCheck` wrote to `pairs_file`
     (and delete it), send ``("ok", messages)`` or ``("error", text)``, then end at once: the
     interpreter's own shutdown (torch and the rest imported) would hold a CPU longer than the
     check did on small data."""
@@ -144,13 +144,25 @@ def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
     os._exit(0)
 
 
+def _check_context() -> multiprocessing.context.BaseContext:
+    """Where the platform has it, a fork server that imported this module once: each check of
+    a process then starts in milliseconds, not in the seconds a new Python takes to import
+    torch (a notebook makes its splits once, a test session or sweep many times). Elsewhere
+    (Windows) a spawned process."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
 class ContentCheck:
-    """The content checks of some splits, running in a spawned process until `result`.
+    """The content checks of some splits, running in a process of their own until `result`.
 
     Args:
         pairs: the comparisons to make (train side first).
@@ -165,7 +177,7 @@ class ContentCheck:
         self.allow = allow
         self.images = sum(len(p.train) + len(p.evaluated) for p in pairs)
         self._messages: list[str] | None = None
-        context = multiprocessing.get_context("spawn")
+        context = _check_context()
         self._connection, child = context.Pipe(duplex=False)
         # The paths go through a file: passed as arguments, they would be written into a pipe
         # the new process reads only after importing torch, and that write would wait for it.
