@@ -141,8 +141,8 @@ def plot_tsne(embeddings: np.ndarray, identities: Sequence,
     `identities` may hold any labels (e.g. gender); `colour_by` names them in the legend.
 
     Only the largest identities are kept because 20 colours are about the limit of legibility;
-    perplexity is capped below a third of the points so small sets still run. Up to 1,000
-    points use exact t-SNE: on a busy 2-core machine it was 2-8x faster than Barnes-Hut there.
+    perplexity is capped below a third of the points so small sets still run. Barnes-Hut t-SNE
+    (`benchmarks/results/tsne.md`: 2.5-4x faster than exact from 150 to 1,000 points).
     """
     ids = pd.Series(np.asarray(identities).astype(str))
     keep = ids.isin(ids.value_counts().index[:top_n]).to_numpy()
@@ -151,7 +151,6 @@ def plot_tsne(embeddings: np.ndarray, identities: Sequence,
         raise ValueError(f"plot_tsne: {len(points)} points after keeping the top {top_n} "
                          f"identities; need at least 3")
     xy = TSNE(n_components=2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca",
-              method="exact" if len(points) <= 1000 else "barnes_hut",
               random_state=seed).fit_transform(points)
     df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], colour_by: ids[keep].to_numpy()})
     style = None
