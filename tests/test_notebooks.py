@@ -66,9 +66,8 @@ def test_preprocess_report(executed, sample_root):
 def test_task_a_beats_chance_on_held_out_split(executed):
     metrics = _metrics(executed, "01_task_a_gender")
     assert metrics["evaluated_split"] == "val"
-    # Chance ROC AUC is 0.5; two quick epochs of the default recipe must clearly separate the
-    # classes of the sample's held-out identities (measured 0.79 with the face prior, 0.92 with
-    # the ImageNet recipe at 112 px).
+    # Chance ROC AUC is 0.5; the default recipe (the probe on dlib's descriptor) must clearly
+    # separate the classes of the sample's held-out identities (measured 0.78).
     assert metrics["roc_auc"] >= 0.7
     assert 0.0 <= metrics["recall_female"] <= 1.0
     assert set(metrics["accuracy_by_distortion"]) >= {"clean", "sunny"}
