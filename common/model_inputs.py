@@ -106,12 +106,11 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
         PriorUnavailableError: onnx2torch or SFace is not installed.
     """
     path = card.identity_path
-    model, identity_card = _identity_model(
-        str(path), tuple(os.stat(file).st_mtime_ns for file in (path, path.with_suffix(".json"))),
-        device)
-    return sface_net.describe_images(model, originals, device,
-                                     "identity channel" if progress else "",
-                                     identity_card.weights_sha256)
+    modified_ns = tuple(os.stat(file).st_mtime_ns for file in (path, path.with_suffix(".json")))
+    weights_sha256 = _identity_card(str(path), modified_ns).weights_sha256
+    return sface_net.describe_images(lambda: _identity_model(str(path), modified_ns, device)[0],
+                                     originals, device, "identity channel" if progress else "",
+                                     weights_sha256)
 
 
 @functools.lru_cache(maxsize=4)
@@ -121,6 +120,13 @@ def _identity_model(path: str, modified_ns: tuple[int, int], device: str
     (`modified_ns`: their modification times): `predict` compares pairs one call at a time,
     and the leaderboard's cards share one checkpoint."""
     return checkpoints.load_model(path, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_card(path: str, modified_ns: tuple[int, int]) -> ModelCard:
+    """The identity checkpoint's card (its weights' hash keys the kept vectors), read once per
+    process while it and the checkpoint are unchanged."""
+    return checkpoints.load_model_card(path)
 
 
 def _decode(images: Sequence[ImageLike], card: ModelCard, image_cache: str,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from common.weights import WeightsSource
 
 __all__ = ["INSTALL", "KIND", "CUT", "CROP_SIZE", "EMBEDDING_DIM", "is_available", "SFaceIdentity",
            "face_crops", "crops_to_tensor", "frozen_features", "tail_vectors", "describe",
-           "describe_images"]
+           "describe_images", "keep_vectors"]
 
 INSTALL = f"pip install onnx onnx2torch && {face_descriptor.SFACE_INSTALL}"
 KIND = "sface_identity"  # its `models.create_model` kind, in its model card
@@ -203,24 +203,40 @@ def describe(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu",
     return tail_vectors(model, frozen_features(model, crops, device, desc=desc), device)
 
 
-def describe_images(model: SFaceIdentity, images: Sequence[str | os.PathLike | np.ndarray],
-                    device: str = "cpu", desc: str = "", weights_sha256: str = "") -> np.ndarray:
+def describe_images(model: SFaceIdentity | Callable[[], SFaceIdentity],
+                    images: Sequence[str | os.PathLike | np.ndarray], device: str = "cpu",
+                    desc: str = "", weights_sha256: str = "") -> np.ndarray:
     """Unit descriptors of full-size images or files: `face_crops` (cached for files), then
     `describe`; progress bars when `desc` names them.
 
     With `weights_sha256` (the model card's hash of `model`'s checkpoint), files are described
     once per checkpoint and kept by content (`feature_store`): notebook 03, the leaderboard and
-    `common.predict` read the identity channel notebook 02 saved on the same images.
+    `common.predict` read the identity channel notebook 02 saved on the same images. `model`
+    may then be a function that loads it, called only when some file is not kept yet.
     """
+    def network() -> SFaceIdentity:
+        return model if isinstance(model, SFaceIdentity) else model()
+
     if not weights_sha256 or any(isinstance(item, np.ndarray) for item in images):
-        return describe(model, face_crops(images, bool(desc))[0], device, desc)
+        return describe(network(), face_crops(images, bool(desc))[0], device, desc)
     paths = [str(path) for path in images]
-    store = feature_store.FeatureStore("sface_identity", {"weights": weights_sha256, "version": 1},
-                                       {"vectors": ((model.embedding_dim,), "float32")})
 
     def compute(indices: list[int]) -> dict[str, np.ndarray]:
         crops = face_crops([paths[i] for i in indices])[0]
-        return {"vectors": describe(model, crops, device)}
+        return {"vectors": describe(network(), crops, device)}
 
-    return store.fetch(feature_store.content_keys(paths), compute, bool(desc),
-                       desc=desc)["vectors"]
+    return _identity_store(weights_sha256).fetch(feature_store.content_keys(paths), compute,
+                                                 bool(desc), desc=desc)["vectors"]
+
+
+def keep_vectors(paths: Sequence[str], vectors: np.ndarray, weights_sha256: str) -> None:
+    """Store `vectors` (`describe_images` of `paths` by the checkpoint whose hash is
+    `weights_sha256`) as that call would have: notebook 02 keeps the vectors of its freshly
+    fine-tuned channel, so notebook 03 and the leaderboard do not describe its splits again."""
+    keys = feature_store.content_keys([str(path) for path in paths])
+    _identity_store(weights_sha256).fetch(keys, lambda indices: {"vectors": vectors[indices]})
+
+
+def _identity_store(weights_sha256: str) -> feature_store.FeatureStore:
+    return feature_store.FeatureStore("sface_identity", {"weights": weights_sha256, "version": 1},
+                                      {"vectors": ((EMBEDDING_DIM,), "float32")})

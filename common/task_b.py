@@ -728,7 +728,8 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
                   splits: Splits, fingerprint: str) -> str | None:
     """The ``identity_weights`` of the card saved next (`model_card`): a fine-tuned channel's
     checkpoint in ``cfg.weights_dir``, saved as ``<name>_identity`` when it was trained here or
-    inherited from another folder; None for the face descriptor."""
+    inherited from another folder (with its vectors of the dev and evaluated images, kept per
+    checkpoint: `sface_net.keep_vectors`); None for the face descriptor."""
     if identity is None or identity.model is None:
         return None
     if identity.checkpoint is not None:
@@ -744,7 +745,11 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
             dev_metrics={"top1": report.dev["top1"], "top1_hard": identity.fit.best_metric},
             model="identity", similarity_threshold=report.verification["threshold"]),
             backbone="sface", image_size=sface_net.CROP_SIZE)
-    return checkpoints.save_model(identity.model, cfg.weights_dir, f"{name}_identity", card).name
+    saved = checkpoints.save_model(identity.model, cfg.weights_dir, f"{name}_identity", card)
+    sha256 = checkpoints.load_model_card(saved).weights_sha256
+    for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
+        sface_net.keep_vectors(frame["path"].tolist(), identity.vectors[split], sha256)
+    return saved.name
 
 
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,

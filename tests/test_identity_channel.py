@@ -79,15 +79,20 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     assert card.identity_path == tmp_path / weights
     some = slice(0, 48)  # enough rows to compare vectors; the leaderboard below scores all
     paths = task_data.splits.eval["path"].tolist()[some]
-    inputs = model_inputs.prepare_inputs(card, paths, with_identity=True)
-    assert np.allclose(inputs.identity, identity.vectors["eval"][some], atol=1e-5)
-    with pytest.MonkeyPatch.context() as patch:  # described once per checkpoint, kept by content
+    # save_identity kept the channel's vectors of the evaluated images per checkpoint and by
+    # content: the card's route reads them without loading or running the network.
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sface_net, "describe", lambda *args, **kwargs: pytest.fail("described"))
         patch.setattr(checkpoints, "load_model", lambda *args, **kwargs: pytest.fail("loaded"))
-        again = model_inputs.prepare_inputs(card, paths, with_identity=True)
-        assert np.array_equal(again.identity, inputs.identity)
+        inputs = model_inputs.prepare_inputs(card, paths, with_identity=True)
+        assert np.array_equal(inputs.identity, identity.vectors["eval"][some])
         with pytest.raises(pytest.fail.Exception):  # not an array of the same pixels
             model_inputs.prepare_inputs(card, [data.load_image(paths[0])], with_identity=True)
+    # Images it did not keep (train) are described by the saved checkpoint.
+    unseen = task_data.splits.train["path"].tolist()[:4]
+    described = model_inputs.prepare_inputs(card, unseen, with_identity=True).identity
+    expected = sface_net.describe(identity.model, sface_net.face_crops(unseen)[0])
+    assert np.allclose(described, expected, atol=1e-5)
     channels = task_b.switch_channels(embedder, card, inputs)
     assert channels["identity"] is inputs.identity
     # Scored on its own (notebook 04's leaderboard, `predict` given its checkpoint), the

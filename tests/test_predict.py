@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from common import experiment, leaderboard, listing, model_inputs, predict, task_a, task_b
+from common import (evaluation, experiment, leaderboard, listing, model_inputs, predict, task_a,
+                    task_b)
 from common.checkpoints import ModelCard, load_model, load_model_card, save_model
 from conftest import bomb_png, requires_descriptor
 
@@ -44,8 +45,6 @@ def checkpoints(tmp_path_factory, sample_root) -> dict[str, Path]:
     embedder = task_b.create_embedder("embedding", cfg)
     model = task_b.EmbeddingClassifier(embedder, len(identity_data.identity_index))
     task_b.train_arcface(model, identity_data, cfg, "tiny_b")
-    from common import evaluation
-
     mean, std = embedder.data_config["mean"], embedder.data_config["std"]
     splits = identity_data.splits
     embeddings = {name: task_b.embed_array(embedder, identity_data.images[name], cfg.image_size,
