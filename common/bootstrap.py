@@ -120,10 +120,10 @@ def is_online(timeout: float = 2.0) -> bool:
 
 
 def _pip(args: list[str], source: list[str], constraints: Path) -> None:
-    # --no-compile: Python compiles the modules a run imports when it first imports them;
-    # compiling every file of torch and its CUDA libraries up front took 28 s of a new venv's 82.
+    # pip byte-compiles what it installs: with PYTHONDONTWRITEBYTECODE set (this machine, and
+    # the notebooks' first cell) Python would otherwise compile torch again in every process.
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--no-compile", "-c", str(constraints), *source, *args]
+               "-c", str(constraints), *source, *args]
     print("facecom: pip install " + " ".join(args), flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
