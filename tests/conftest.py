@@ -52,6 +52,7 @@ def _share_cores(worker: int, workers: int) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "notebooks: executes the notebooks with papermill (slow)")
+    config.addinivalue_line("markers", "long: a test file that takes a minute or more")
     if hasattr(config, "workerinput"):
         _share_cores(int(config.workerinput["workerid"].removeprefix("gw")),
                      int(config.workerinput["workercount"]))
@@ -63,11 +64,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Files that execute notebooks (minutes each) run first. run_tests.sh hands whole files
-    to two workers in this order (`--no-loadscope-reorder`), so the longest file no longer
-    starts last and leaves one core idle for its whole run."""
+    """Files that execute notebooks (minutes each) run first, then the other long files.
+    run_tests.sh hands whole files to two workers in this order (`--no-loadscope-reorder`), so
+    the longest files no longer start last and leave one core idle while they finish."""
     executes_notebooks = {item.path for item in items if item.get_closest_marker("notebooks")}
-    items.sort(key=lambda item: item.path not in executes_notebooks)  # stable: files stay whole
+    long = {item.path for item in items if item.get_closest_marker("long")}
+    # stable: files stay whole
+    items.sort(key=lambda item: (item.path not in executes_notebooks, item.path not in long))
 
 
 @pytest.fixture(scope="session")

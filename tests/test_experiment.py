@@ -19,6 +19,8 @@ from common.resume import ResumeMismatchError
 from common.train import TrainingInterrupted
 from conftest import Interrupt, sigterm_when_started
 
+pytestmark = pytest.mark.long  # conftest hands long files out first
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -269,8 +271,11 @@ def test_recipe_interrupted_in_the_replay_and_in_evaluate_resumes_to_the_same_ru
     _assert_same_run(resumed, reference)
 
 
-# A real SIGTERM from another process, for every recipe (the Siamese one with hard negatives
-# has the most state to get right: its loader embeds with the epoch's starting weights).
+# A real SIGTERM from another process, for the recipe with the most state to get right (the
+# Siamese one with hard negatives: its loader embeds with the epoch's starting weights). Every
+# recipe resumes from a mid-epoch interruption above, and tests/test_train.py stops a training
+# process by SIGTERM: this is where the two meet.
+@pytest.mark.parametrize("recipe_reference", ["siamese"], indirect=True)
 def test_recipe_stopped_by_sigterm_resumes_to_the_same_run(recipe_reference, tmp_path,
                                                            sample_root):
     name, reference, _ = recipe_reference

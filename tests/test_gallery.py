@@ -10,6 +10,8 @@ from PIL import Image
 from common import data, gallery, metrics
 from conftest import REAL_DATA, requires_real_data
 
+pytestmark = pytest.mark.long  # conftest hands long files out first
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)

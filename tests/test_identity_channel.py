@@ -10,8 +10,9 @@ import pytest
 from common import (checkpoints, data, evaluation, experiment, face_descriptor, fallbacks,
                     leaderboard, metrics, model_inputs, sface_net, task_b)
 
-pytestmark = pytest.mark.skipif(not sface_net.is_available(),
-                                reason=f"SFace in torch needs: {sface_net.INSTALL}")
+pytestmark = [pytest.mark.skipif(not sface_net.is_available(),
+                                 reason=f"SFace in torch needs: {sface_net.INSTALL}"),
+              pytest.mark.long]  # conftest hands long files out first
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from common import (evaluation, experiment, leaderboard, listing, model_inputs, 
 from common.checkpoints import ModelCard, load_model, load_model_card, save_model
 from conftest import bomb_png, requires_descriptor
 
+pytestmark = pytest.mark.long  # conftest hands long files out first
+
 
 def _config(tmp: Path, sample_root: Path, section: type[experiment.TaskSettings], **extra):
     return experiment.ExperimentConfig.resolve(

@@ -22,6 +22,8 @@ from common.experiment import ExperimentConfig
 from conftest import Interrupt
 from test_train import linear_fit
 
+pytestmark = pytest.mark.long  # conftest hands long files out first
+
 TESTS_DIR = Path(__file__).resolve().parent
 PROCESSES = 2
 EPOCHS = 2
