@@ -144,13 +144,20 @@ def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
     os._exit(0)
 
 
+_fork_server_owner: int | None = None  # the process that started this module's fork server
+
+
 def _check_context() -> multiprocessing.context.BaseContext:
     """Where the platform has it, a fork server that imported this module once: each check of
     a process then starts in milliseconds, not in the seconds a new Python takes to import
     torch (a notebook makes its splits once, a test session or sweep many times). Elsewhere
-    (Windows) a spawned process."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    (Windows), and in a process forked from the server's owner (a launched training process:
+    multiprocessing would wait on a server that is not its child and fail), a spawned process."""
+    global _fork_server_owner
+    if ("forkserver" not in multiprocessing.get_all_start_methods()
+            or _fork_server_owner not in (None, os.getpid())):
         return multiprocessing.get_context("spawn")
+    _fork_server_owner = os.getpid()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return context

@@ -3,6 +3,7 @@ and before the first dev evaluation when the content checks outlive their wait."
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import shutil
@@ -269,6 +270,24 @@ def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path):
     del check
     gc.collect()
     assert not pairs_file.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_process_forked_after_a_check_runs_its_own(sample_root):
+    """A launched training process is forked from the notebook's, whose fork server started
+    with its first check; the forked process's own check must still run and answer."""
+    paths = sorted(str(p) for p in (sample_root / "Task_B" / "val").rglob("*.jpg"))[:8]
+    pair = splits_module._Pair(paths[:4], [True] * 4, paths[4:], [True] * 4, "train", "dev")
+    expected = splits_module.ContentCheck([pair], near=True, allow=True).result()
+    child = os.fork()
+    if child == 0:  # the forked process: exit 0 only when its check gave the same answer
+        try:
+            found = splits_module.ContentCheck([pair], near=True, allow=True).result()
+            os._exit(0 if found == expected else 2)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_near_duplicate_check_leaves_no_semaphore_behind(sample_root, tmp_path):
