@@ -108,18 +108,18 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
     path = card.identity_path
     modified_ns = tuple(os.stat(file).st_mtime_ns for file in (path, path.with_suffix(".json")))
     weights_sha256 = _identity_card(str(path), modified_ns).weights_sha256
-    return sface_net.describe_images(lambda: _identity_model(str(path), modified_ns, device)[0],
+    return sface_net.describe_images(lambda: _identity_model(str(path), modified_ns, device),
                                      originals, device, "identity channel" if progress else "",
                                      weights_sha256)
 
 
 @functools.lru_cache(maxsize=4)
 def _identity_model(path: str, modified_ns: tuple[int, int], device: str
-                    ) -> tuple[sface_net.SFaceIdentity, ModelCard]:
+                    ) -> sface_net.SFaceIdentity:
     """An identity checkpoint loaded once per process while it and its card are unchanged
     (`modified_ns`: their modification times): `predict` compares pairs one call at a time,
     and the leaderboard's cards share one checkpoint."""
-    return checkpoints.load_model(path, device)
+    return checkpoints.load_model(path, device)[0]
 
 
 @functools.lru_cache(maxsize=4)
