@@ -83,8 +83,9 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
           f"{time.perf_counter() - start:.0f} s)\n")
     print(report.summary().to_markdown(floatfmt=".4f"))
     print(f"\nthresholds: copy margin {flat['switch_threshold']:.4f}, descriptor "
-          f"{flat['switch_identity_threshold']:.4f}; copy channel's share in the identity "
-          f"channel {flat['switch_identity_share']:.2f}; copies missed {flat['switch_copy_missed']}, "
+          f"{flat['switch_identity_threshold']:.4f}; dlib descriptor's share in the identity "
+          f"channel {flat['switch_descriptor_share']:.2f}, then the copy channel's "
+          f"{flat['switch_identity_share']:.2f}; copies missed {flat['switch_copy_missed']}, "
           f"people missed {flat['switch_person_missed']}; copy channel answers "
           f"{flat['switch_copy_share']:.3f} of official and {flat['switch_copy_share_hard']:.3f}"
           " of own-photo-removed queries\n")
@@ -92,6 +93,10 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
                         & (report.dev["identity_threshold"] == report.switch.identity_threshold)]
     print(f"dev at these thresholds: top-1 {chosen['top1_0'].iloc[0]:.4f}, own photo removed "
           f"{chosen['top1_1'].iloc[0]:.4f}\n")
+    if identity.descriptor_table is not None:
+        print("dev own-photo-removed top-1 of the identity channel per share of dlib's "
+              "descriptor:\n")
+        print(identity.descriptor_table.to_markdown(index=False, floatfmt=".4f") + "\n")
     print("dev own-photo-removed top-1 of the identity channel per share of the copy channel:\n")
     print(report.shares.to_markdown(index=False, floatfmt=".4f") + "\n")
     rows = {"official": flat["switch_top1_by_distortion"],

@@ -121,7 +121,7 @@ class ModelCard:
     similarity_threshold: float | None = None
     descriptor_weight: float = 0.0
     face_rule: dict[str, float | str] | None = None
-    copy_switch: dict[str, float] | None = None
+    copy_switch: dict[str, float | str] | None = None
     identity_weights: str | None = None
     pair_distance_threshold: float | None = None
     data_fingerprint: str | None = None

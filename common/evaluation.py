@@ -167,6 +167,7 @@ class SwitchReport:
         out = {"switch_threshold": self.switch.threshold,
                "switch_identity_threshold": self.switch.identity_threshold,
                "switch_identity_share": self.switch.identity_share,
+               "switch_descriptor_share": self.switch.descriptor_share,
                "switch_top1": self.eval["top1"], "switch_top1_hard": self.hard["top1"],
                "switch_top1_by_distortion": self.eval["top1_by_distortion"],
                "switch_top1_hard_by_distortion": self.hard["top1_by_distortion"],
@@ -230,7 +231,8 @@ def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
 
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
                   evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
-                  aggregate: str = "max", seed: int = 0) -> SwitchReport:
+                  aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None
+                  ) -> SwitchReport:
     """Fit a `fusion.CopySwitch` on dev and report it on the evaluated split: first the copy
     channel's share in its identity channel (`identity_share`), then its two thresholds
     (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1).
@@ -238,7 +240,7 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
     Args:
         dev / evaluated: the rows of each split; ``*_copy`` their copy-channel embeddings (the
             learned embedding with its copy detector), ``*_identity`` their unit face
-            descriptors (the identity channel).
+            descriptors (the identity channel). eval_network: see `switched_report`.
     """
     share, shares = identity_share(dev, dev_copy, dev_identity, aggregate, seed)
     reads = fusion.switch_identity(dev_copy, dev_identity, share)
@@ -246,18 +248,20 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
                   for exclude in (False, True)]
     switch, candidates = fusion.fit_copy_switch(dev_tables)
     switch = dataclasses.replace(switch, identity_share=share)
-    report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed)
+    report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed,
+                             eval_network)
     report.dev, report.shares = candidates, shares
     return report
 
 
 def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
-                    switch: fusion.CopySwitch, aggregate: str = "max", seed: int = 0
-                    ) -> SwitchReport:
+                    switch: fusion.CopySwitch, aggregate: str = "max", seed: int = 0,
+                    network: np.ndarray | None = None) -> SwitchReport:
     """A given `fusion.CopySwitch` (fitted, or a model card's) on one split; its ``dev`` table
     is empty (`switch_report` fills it). ``identity`` is the face channel alone: the switch
     mixes in its share of ``copy`` (`fusion.CopySwitch.identity_vectors`), and each channel
-    alone is reported as it is."""
+    alone is reported as it is; so is `network`, a fine-tuned face network's own vectors, when
+    given (the face channel may carry a face descriptor's share: ``descriptor_share``)."""
     protocols = (("eval", False), ("hard", True))
 
     def tables_of(face: np.ndarray) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -270,6 +274,10 @@ def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndar
     channels = {channel: {key: metrics.summarize_retrieval(alone[name][position])["top1"]
                           for key, name in (("top1", "eval"), ("top1_hard", "hard"))}
                 for position, channel in enumerate(("copy", "identity"))}
+    if network is not None:
+        channels["network"] = {key: metrics.summarize_retrieval(retrieval_table(
+            evaluated, network, aggregate, exclude, seed))["top1"]
+            for key, exclude in (("top1", False), ("top1_hard", True))}
     return SwitchReport(
         switch, metrics.summarize_retrieval(tables["eval"]),
         metrics.summarize_retrieval(tables["hard"]), channels, pd.DataFrame(), tables)

@@ -40,20 +40,33 @@ DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weig
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
 
 
-def _weighted_concat(first: Rows, second: Rows, weight: float) -> Rows:
-    """``[sqrt(1 - w) first, sqrt(w) second]``, also at ``w = 0`` (the dev table's first row)."""
+def _weighted_concat(first: Rows, second: Rows, weight: float,
+                     present: np.ndarray | None = None) -> Rows:
+    """``[sqrt(1 - w) first, sqrt(w) second]``, also at ``w = 0`` (the dev table's first row);
+    ``[first, 0]`` in the rows where `present` is False (`fuse`)."""
     is_tensor = isinstance(first, torch.Tensor)
     second = second.to(first.dtype) if is_tensor else second.astype(first.dtype)
     parts = [first * (1.0 - weight) ** 0.5, second * weight ** 0.5]
-    return torch.cat(parts, dim=1) if is_tensor else np.hstack(parts)
+    fused = torch.cat(parts, dim=1) if is_tensor else np.hstack(parts)
+    if present is not None and not np.all(present):
+        absent = ~np.asarray(present, bool)
+        absent = torch.from_numpy(absent) if is_tensor else absent
+        fused[absent] = 0
+        fused[absent, :first.shape[1]] = first[absent]
+    return fused
 
 
-def fuse(first: Rows, second: Rows, weight: float) -> Rows:
+def fuse(first: Rows, second: Rows, weight: float, present: np.ndarray | None = None) -> Rows:
     """(N, D1) and (N, D2) unit rows (arrays or tensors) -> (N, D1 + D2) unit rows whose cosine
     is ``(1 - weight) * cos_first + weight * cos_second``.
 
     ``weight = 0`` returns `first` itself: an unfused model keeps its dimension, so its card and
     a saved gallery index stay valid.
+
+    present: per row, whether `second` has something to say (a face descriptor whose face was
+        found); a row without it keeps `first` alone, ``[first, 0]``, so its cosine with a full
+        row is ``sqrt(1 - weight) * cos_first``: every candidate of one query is scaled alike,
+        and a descriptor of no face (dlib's of a glare-white image) cannot make strangers alike.
 
     Raises:
         ValueError: `weight` is outside [0, 1].
@@ -62,12 +75,12 @@ def fuse(first: Rows, second: Rows, weight: float) -> Rows:
         raise ValueError(f"weight {weight} must be in [0, 1]")
     if weight == 0.0:
         return first
-    return _weighted_concat(first, second, weight)
+    return _weighted_concat(first, second, weight, present)
 
 
 def choose_weight(first: np.ndarray, second: np.ndarray, candidates: Sequence[float],
-                  score: Callable[[np.ndarray], dict], key: str, name: str = "weight"
-                  ) -> tuple[float, pd.DataFrame]:
+                  score: Callable[[np.ndarray], dict], key: str, name: str = "weight",
+                  present: np.ndarray | None = None) -> tuple[float, pd.DataFrame]:
     """The candidate weight of `second` whose fused dev rows maximise ``score(fused)[key]``,
     the smallest on ties (the channel has to earn its place).
 
@@ -76,11 +89,12 @@ def choose_weight(first: np.ndarray, second: np.ndarray, candidates: Sequence[fl
         candidates: weights to try, ascending.
         score: dev metrics of fused rows, e.g. ``partial(evaluation.dev_scores, dev_frame)``.
         key: the entry of `score`'s dict to maximise. name: the table's column of weights.
+        present: the rows where `second` has something to say (`fuse`).
 
     Returns:
         (weight, one table row per candidate: the weight and its `score`).
     """
-    rows = [{name: weight, **score(_weighted_concat(first, second, weight))}
+    rows = [{name: weight, **score(_weighted_concat(first, second, weight, present))}
             for weight in tqdm(candidates, desc=name, leave=False)]
     table = pd.DataFrame(rows)
     return float(table.loc[table[key].idxmax(), name]), table
@@ -162,11 +176,22 @@ class CopySwitch:
     The identity channel it reads may carry `identity_share` of the copy channel's cosine
     (`identity_vectors`): a face network sees only the face, which glare can erase, while the
     whole-image embedding also keeps hair and head outline; 0 reads the face channel alone.
+    A fine-tuned face network may in turn carry `descriptor_share` of a face descriptor
+    (`face_vectors`, front end `descriptor_front_end`) where that descriptor found the face:
+    dlib's detector and network, trained on other faces, fail on other images (rain, noise).
     """
 
     threshold: float
     identity_threshold: float = NEVER_UNSURE
     identity_share: float = 0.0
+    descriptor_share: float = 0.0
+    descriptor_front_end: str = "robust"
+
+    def face_vectors(self, network: np.ndarray, descriptors: np.ndarray,
+                     found: np.ndarray) -> np.ndarray:
+        """The face channel of a fine-tuned network with `descriptor_share` of the face
+        descriptor's cosine where it found the face (both unit rows; `fuse`)."""
+        return fuse(network, descriptors, self.descriptor_share, present=found)
 
     def identity_vectors(self, copy: np.ndarray, identity: np.ndarray) -> np.ndarray:
         """The identity channel as this switch reads it (`switch_identity`)."""

@@ -172,8 +172,9 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
     result = report.flat()
     if card.copy_switch:  # the gallery decision `common.predict` applies for this card
         result.update(evaluation.switched_report(  # it mixes the switch's share in itself
-            frame, channels["embedding"], inputs.identity,
-            fusion.CopySwitch(**card.copy_switch), seed=seed).flat())
+            frame, channels["embedding"], channels["face"],
+            fusion.CopySwitch(**card.copy_switch), seed=seed,
+            network=inputs.identity if card.identity_weights else None).flat())
     return result, {"report": report, "embeddings": embeddings}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import cache, checkpoints, face_descriptor, face_priors, faces, sface_net
+from common import cache, checkpoints, face_descriptor, face_priors, faces, fusion, sface_net
 from common.image_decode import ImageReadError
 from common.checkpoints import ModelCard
 
@@ -43,6 +43,9 @@ class ModelInputs:
         identity: unit vectors of the identity channel of the card's copy switch, when asked
             for: its fine-tuned network's (`ModelCard.identity_weights`), else the face
             descriptors'; else None.
+        identity_descriptors: unit face descriptors and face-found flags of the front end the
+            switch mixes into its fine-tuned network for the gallery (a ``descriptor_share``),
+            when asked for the identity channel; else None (`task_b.switch_channels`).
     """
 
     images: np.ndarray
@@ -50,6 +53,7 @@ class ModelInputs:
     aligned: np.ndarray | None = None
     faces: tuple[np.ndarray, np.ndarray] | None = None
     identity: np.ndarray | None = None
+    identity_descriptors: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _is_path(item: ImageLike) -> bool:
@@ -232,11 +236,16 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     else:
         model_images = decoded
     found_faces = card_descriptors(card, originals, progress) if need_faces else None
-    identity = None
+    identity = identity_descriptors = None
     if with_identity:
         identity = (card_identity(card, originals, device, progress) if card.identity_weights
                     else face_descriptor.normalise(found_faces[0]))
+        switch = fusion.CopySwitch(**card.copy_switch) if card.copy_switch else None
+        if card.identity_weights and switch is not None and switch.descriptor_share:
+            vectors, found = face_descriptor.describe_images(
+                originals, switch.descriptor_front_end, progress)
+            identity_descriptors = (face_descriptor.normalise(vectors), found)
     return ModelInputs(
         model_images, errors,
         _aligned(images, card, errors, device, progress) if card.aligned else None,
-        found_faces, identity)
+        found_faces, identity, identity_descriptors)

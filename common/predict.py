@@ -85,8 +85,9 @@ def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str 
            batch_size: int = 128
            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
     """`embed`, plus the card's face descriptors and face-found flags when the card fuses them
-    or `with_faces` asks, and the identity channel of its copy switch when `with_identity` asks
-    (`task_b.switch_channels`): computed once for every use (`model_inputs.prepare_inputs`)."""
+    or `with_faces` asks, and what a face rule reads of its copy switch's identity channel when
+    `with_identity` asks (`task_b.switch_channels`' ``"pair_faces"``): computed once for every use
+    (`model_inputs.prepare_inputs`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
     inputs = prepare_inputs(card, images, with_faces=with_faces, with_identity=with_identity,
@@ -96,10 +97,10 @@ def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str 
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
     channels = (task_b.switch_channels(model, card, inputs, device_, progress, batch_size)
-                if with_identity else {"embedding": None, "identity": None})
+                if with_identity else {"embedding": None, "pair_faces": None})
     embeddings = task_b.embed_for_card(model, card, inputs, device_, progress, batch_size,
                                        learned=channels["embedding"])
-    return embeddings, inputs.faces, channels["identity"]
+    return embeddings, inputs.faces, channels["pair_faces"]
 
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
@@ -178,7 +179,8 @@ def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
                             progress=progress)
     errors = np.array(inputs.errors, dtype=object)
     if card.copy_switch:
-        return task_b.switch_channels(model, card, inputs, device_, batch_size=batch_size), errors
+        channels = task_b.switch_channels(model, card, inputs, device_, batch_size=batch_size)
+        return {name: channels[name] for name in ("embedding", "identity")}, errors
     return {"embedding": task_b.embed_for_card(model, card, inputs, device_,
                                                batch_size=batch_size)}, errors
 

@@ -39,8 +39,9 @@ __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "embed_array", "train_arcface",
            "choose_copy_weight", "image_fit", "train_pairs", "model_card",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
-           "embed_for_card", "IDENTITY_CHANNELS", "IdentityChannel", "identity_channel",
-           "copy_or_identity", "identity_faces", "save_identity", "switch_channels"]
+           "embed_for_card", "IDENTITY_CHANNELS", "IDENTITY_DESCRIPTOR", "IdentityChannel", "identity_channel",
+           "copy_or_identity", "identity_faces", "identity_summary", "save_identity",
+           "switch_channels"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 EPOCHS = {"cpu": 6, "gpu": 30}
@@ -631,19 +632,28 @@ def fuse_descriptor(task_data: TaskBData, learned: dict[str, np.ndarray],
 
 
 IDENTITY_CHANNELS = ("auto", "sface", "descriptor")
+# The descriptor a fine-tuned channel mixes in: dlib alone, SFace being the network itself.
+IDENTITY_DESCRIPTOR = "robust"
 
 
 @dataclass
 class IdentityChannel:
     """What answers people in a copy switch: unit vectors per split, from SFace fine-tuned on
     the train identities (`model`, its `fit`; `common.identity_training`) or from the face
-    descriptor (`model` None)."""
+    descriptor (`model` None).
+
+    A fine-tuned channel's ``vectors`` carry ``descriptor_share`` of dlib's descriptor where it
+    found the face (`fusion.CopySwitch.face_vectors`, chosen on dev: `_descriptor_share`);
+    ``network_vectors`` are the network's own, which `save_identity` keeps per checkpoint."""
 
     source: str
     vectors: dict[str, np.ndarray]
     model: nn.Module | None = None
     fit: FitResult | None = None
     checkpoint: Path | None = None  # where an inherited channel was read from
+    network_vectors: dict[str, np.ndarray] | None = None
+    descriptor_share: float = 0.0
+    descriptor_table: pd.DataFrame | None = None  # dev own-photo-removed top-1 per share
 
 
 def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str = "auto",
@@ -686,15 +696,41 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
                 f"of the {splits.eval_name} split (e.g. {sorted(seen)[:3]}): use the same seed "
                 "and split settings as the notebook that trained it, or identity='descriptor'.")
         model, trained = checkpoints.load_model(card.identity_path, cfg.device)
-        return IdentityChannel(f"SFace fine-tuned ({card.identity_weights})", {
-            split: sface_net.describe_images(model, frame["path"].tolist(), cfg.device,
-                                             f"identity channel, {split}", trained.weights_sha256)
-            for split, frame in frames.items()}, model, checkpoint=card.identity_path)
+        return _with_descriptor(IdentityChannel(
+            f"SFace fine-tuned ({card.identity_weights})", {
+                split: sface_net.describe_images(model, frame["path"].tolist(), cfg.device,
+                                                 f"identity channel, {split}",
+                                                 trained.weights_sha256)
+                for split, frame in frames.items()}, model, checkpoint=card.identity_path), frames)
     settings = identity_training.TuneSettings()
     settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))
     model, fit_result, vectors = identity_training.train_identity_channel(
         task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed, cfg.device)
-    return IdentityChannel("SFace fine-tuned", vectors, model, fit_result)
+    return _with_descriptor(IdentityChannel("SFace fine-tuned", vectors, model, fit_result),
+                            frames)
+
+
+def _with_descriptor(channel: IdentityChannel, frames: dict[str, pd.DataFrame]
+                     ) -> IdentityChannel:
+    """A fine-tuned channel with its dev-chosen share of dlib's descriptor (`_descriptor_share`;
+    0, and the network alone, when dlib is not installed)."""
+    loaded = {split: face_descriptor.optional_descriptors(frame["path"].tolist(),
+                                                          IDENTITY_DESCRIPTOR)
+              for split, frame in frames.items()}
+    channel.network_vectors = dict(channel.vectors)
+    if any(value is None for value in loaded.values()):
+        return channel
+    units = {split: (face_descriptor.normalise(vectors), found)
+             for split, (vectors, found) in loaded.items()}
+    top1_hard = identity_training.dev_top1_hard(frames["dev"])
+    channel.descriptor_share, channel.descriptor_table = fusion.choose_weight(
+        channel.vectors["dev"], units["dev"][0], fusion.DESCRIPTOR_WEIGHTS,
+        lambda vectors: {"top1_hard": top1_hard(vectors)}, "top1_hard", "descriptor_share",
+        present=units["dev"][1])
+    channel.vectors = {split: fusion.fuse(vectors, units[split][0], channel.descriptor_share,
+                                          present=units[split][1])
+                       for split, vectors in channel.vectors.items()}
+    return channel
 
 
 def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
@@ -706,9 +742,25 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
     if identity is None:
         return None
     splits = task_data.splits
-    return evaluation.switch_report(splits.dev, learned["dev"], identity.vectors["dev"],
-                                    splits.eval, learned["eval"], identity.vectors["eval"],
-                                    aggregate, seed)
+    report = evaluation.switch_report(splits.dev, learned["dev"], identity.vectors["dev"],
+                                      splits.eval, learned["eval"], identity.vectors["eval"],
+                                      aggregate, seed, identity.network_vectors["eval"]
+                                      if identity.network_vectors else None)
+    report.switch = dataclasses.replace(report.switch, descriptor_share=identity.descriptor_share,
+                                        descriptor_front_end=IDENTITY_DESCRIPTOR)
+    return report
+
+
+def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport) -> str:
+    """What the switch's identity channel is made of, for the notebooks to print."""
+    parts = [identity.source]
+    if identity.descriptor_share:
+        parts.append(f"{identity.descriptor_share:.2f} of dlib's descriptor where it found the "
+                     "face (it holds through rain and noise)")
+    parts.append(f"{switch.switch.identity_share:.2f} of the copy channel (hair and outline "
+                 "where glare hid the face)")
+    return ("identity channel: " + ", ".join(parts)
+            + "; each share the best on dev with the own photo removed")
 
 
 def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | None,
@@ -717,11 +769,16 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
     """What the pair `fusion.FaceRule` reads when there is a copy switch: its identity channel
     (the switch's share of `learned` mixed in) per split, every face found, since it is fitted
     to recognise people across photos and answers every image. None without a switch: the rule
-    then reads the face descriptor (`fuse_descriptor` with ``keep_faces``)."""
+    then reads the face descriptor (`fuse_descriptor` with ``keep_faces``).
+
+    The network's own vectors, without the gallery's share of dlib's descriptor: that share
+    lifts people found in a gallery but lowers same-person pairs at a fixed threshold (dlib's
+    cosines lie on another scale; `benchmarks/results/copy_switch.md`)."""
     if switch is None or identity is None:
         return None
-    return {split: (switch.switch.identity_vectors(learned[split], identity.vectors[split]),
-                    np.ones(len(learned[split]), bool)) for split in identity.vectors}
+    own = identity.network_vectors or identity.vectors
+    return {split: (switch.switch.identity_vectors(learned[split], own[split]),
+                    np.ones(len(learned[split]), bool)) for split in own}
 
 
 def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name: str,
@@ -732,13 +789,14 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
     checkpoint: `sface_net.keep_vectors`); None for the face descriptor."""
     if identity is None or identity.model is None:
         return None
+    own = identity.network_vectors or identity.vectors  # the network's, without the descriptor
     if identity.checkpoint is not None:
         if identity.checkpoint.parent.resolve() == Path(cfg.weights_dir).resolve():
             return identity.checkpoint.name
         card = checkpoints.load_model_card(identity.checkpoint)
     else:  # its own verification threshold, calibrated on dev, so it is scored alone too
-        report = evaluation.gallery_report(splits.eval, identity.vectors["eval"], splits.dev,
-                                           identity.vectors["dev"], seed=cfg.seed)
+        report = evaluation.gallery_report(splits.eval, own["eval"], splits.dev, own["dev"],
+                                           seed=cfg.seed)
         card = dataclasses.replace(card_from_training(
             cfg, identity.model, splits, fingerprint, task="task_b", kind=sface_net.KIND,
             model_kwargs={"cut": identity.model.cut},
@@ -748,7 +806,7 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
     saved = checkpoints.save_model(identity.model, cfg.weights_dir, f"{name}_identity", card)
     sha256 = checkpoints.load_model_card(saved).weights_sha256
     for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
-        sface_net.keep_vectors(frame["path"].tolist(), identity.vectors[split], sha256)
+        sface_net.keep_vectors(frame["path"].tolist(), own[split], sha256)
     return saved.name
 
 
@@ -801,14 +859,23 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                     device: torch.device | str = "cpu", progress: bool = False,
                     batch_size: int = 128) -> dict[str, np.ndarray]:
     """The two channels a card's `fusion.CopySwitch` chooses between: ``"embedding"``, the
-    learned embedding alone (copies), and ``"identity"`` (people): the face channel that
-    `model_inputs.prepare_inputs(with_identity=True)` computes, with the switch's share of the
-    embedding mixed in (`fusion.CopySwitch.identity_vectors`)."""
+    learned embedding alone (copies), and ``"identity"`` (people): ``"face"``, the face channel
+    that `model_inputs.prepare_inputs(with_identity=True)` computes with the switch's share of
+    the face descriptor (`fusion.CopySwitch.face_vectors`; an `IdentityChannel`'s ``vectors``),
+    and the switch's share of the embedding mixed in (`fusion.CopySwitch.identity_vectors`).
+    ``"pair_faces"`` is what a pair `fusion.FaceRule` reads: the identity channel without the
+    descriptor (`identity_faces`)."""
     embedding = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
                             batch_size=batch_size, progress=progress)
-    identity = (fusion.CopySwitch(**card.copy_switch).identity_vectors(embedding, inputs.identity)
-                if card.copy_switch else inputs.identity)
-    return {"embedding": embedding, "identity": identity}
+    switch = fusion.CopySwitch(**card.copy_switch) if card.copy_switch else None
+    if switch is None:
+        return {"embedding": embedding, "face": inputs.identity, "identity": inputs.identity,
+                "pair_faces": inputs.identity}
+    face = (switch.face_vectors(inputs.identity, *inputs.identity_descriptors)
+            if inputs.identity_descriptors is not None else inputs.identity)
+    return {"embedding": embedding, "face": face,
+            "identity": switch.identity_vectors(embedding, face),
+            "pair_faces": switch.identity_vectors(embedding, inputs.identity)}
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,

@@ -238,6 +238,14 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
     assert report.eval["top1"] == 1.0 and report.hard["top1"] == 1.0
     # each channel alone is reported as it is: the face channel misses sunny copies
     assert report.channels["identity"]["top1_hard"] == by_share[0.0]
+    # a fine-tuned network's own vectors, when given, get a row of their own: here the copy
+    # channel as the "network" recognises every copy and, with its own photo removed, the
+    # person by the weaker direction
+    with_network = evaluation.switch_report(frame, copy, face, frame, copy, face,
+                                            eval_network=copy)
+    assert with_network.channels["network"] == {"top1": 1.0, "top1_hard": 1.0}
+    assert with_network.flat()["network_channel_top1_hard"] == 1.0
+    assert "network" not in report.channels
 
 
 def test_switch_misses_count_copies_and_people_per_distortion():

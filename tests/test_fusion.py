@@ -29,6 +29,25 @@ def test_fuse_mixes_the_two_cosines_by_the_weight():
         fusion.fuse(learned, extra, 1.5)
 
 
+def test_fuse_keeps_the_first_channel_alone_where_the_second_is_absent():
+    """A face descriptor of no face found says nothing: such a row is the first channel alone,
+    so its cosine with any full row is sqrt(1 - w) times the first channel's."""
+    first = unit_rows([[1, 0], [0.6, 0.8], [0, 1]])
+    second = unit_rows([[1, 0], [0, 1], [1, 0]])  # the last row's would wrongly match the first
+    present = np.array([True, True, False])
+    weight = 0.36
+    fused = fusion.fuse(first, second, weight, present=present)
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-6)
+    assert fused[0] @ fused[1] == pytest.approx(0.64 * 0.6 + 0.36 * 0.0, abs=1e-6)
+    assert fused[0] @ fused[2] == pytest.approx(0.8 * 0.0, abs=1e-6)
+    assert fused[1] @ fused[2] == pytest.approx(0.8 * 0.8, abs=1e-6)
+    np.testing.assert_array_equal(fused[2], [0, 1, 0, 0])
+    as_tensor = fusion.fuse(torch.from_numpy(first), torch.from_numpy(second), weight, present)
+    np.testing.assert_array_equal(as_tensor.numpy(), fused)
+    switch = fusion.CopySwitch(0.1, descriptor_share=weight)
+    np.testing.assert_array_equal(switch.face_vectors(first, second, present), fused)
+
+
 def _choose(frame: pd.DataFrame, first, second, objective: str = "top1", found=None):
     score = partial(evaluation.dev_scores, frame, objective=objective, n_pairs=60,
                     faces=None if found is None else (second, found))

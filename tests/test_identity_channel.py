@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common import (checkpoints, data, evaluation, experiment, face_descriptor, fallbacks,
-                    leaderboard, metrics, model_inputs, sface_net, task_b)
+                    fusion, leaderboard, metrics, model_inputs, sface_net, task_b)
 
 pytestmark = [pytest.mark.skipif(not sface_net.is_available(),
                                  reason=f"SFace in torch needs: {sface_net.INSTALL}"),
@@ -86,7 +86,7 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
         patch.setattr(sface_net, "describe", lambda *args, **kwargs: pytest.fail("described"))
         patch.setattr(checkpoints, "load_model", lambda *args, **kwargs: pytest.fail("loaded"))
         inputs = model_inputs.prepare_inputs(card, paths, with_identity=True)
-        assert np.array_equal(inputs.identity, identity.vectors["eval"][some])
+        assert np.array_equal(inputs.identity, identity.network_vectors["eval"][some])
         with pytest.raises(pytest.fail.Exception):  # not an array of the same pixels
             model_inputs.prepare_inputs(card, [data.load_image(paths[0])], with_identity=True)
     # Images it did not keep (train) are described by the saved checkpoint.
@@ -96,6 +96,25 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     assert np.allclose(described, expected, atol=1e-5)
     channels = task_b.switch_channels(embedder, card, inputs)
     assert channels["identity"] is inputs.identity
+    # The notebook's channel: the network with its dev-chosen share of dlib's descriptor where
+    # dlib found the face; a card whose switch names a share gets the same through predict.
+    descriptors, found = face_descriptor.cached_descriptors(
+        task_data.splits.eval["path"].tolist(), task_b.IDENTITY_DESCRIPTOR)
+    share = identity.descriptor_share
+    mixed = fusion.fuse(identity.network_vectors["eval"], face_descriptor.normalise(descriptors),
+                        share, present=found)
+    assert np.array_equal(identity.vectors["eval"], mixed)
+    assert 0 < (found == False).sum() < len(found)  # noqa: E712  (both kinds of row occur)
+    switched = dataclasses.replace(card, copy_switch=dataclasses.asdict(fusion.CopySwitch(
+        0.1, descriptor_share=0.5, descriptor_front_end=task_b.IDENTITY_DESCRIPTOR)))
+    through_predict = task_b.switch_channels(
+        embedder, switched, model_inputs.prepare_inputs(switched, paths, with_identity=True))
+    np.testing.assert_allclose(through_predict["face"], fusion.fuse(
+        identity.network_vectors["eval"][some], face_descriptor.normalise(descriptors[some]),
+        0.5, present=found[some]), atol=1e-6)
+    # a pair face rule reads the network without the descriptor (no copy share here)
+    np.testing.assert_array_equal(through_predict["pair_faces"],
+                                  identity.network_vectors["eval"][some])
     # Scored on its own (notebook 04's leaderboard, `predict` given its checkpoint), the
     # identity card goes the way of every card: its inputs are SFace's crops.
     model, own_card = checkpoints.load_model(tmp_path / weights)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common import cache, experiment, fusion, models, task_b
+from conftest import gallery_frame, unit_rows
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,50 @@ def test_photo_teacher_centres_and_orders_by_photo(monkeypatch):
     monkeypatch.setattr(task_b.face_descriptor, "cached_descriptors", unavailable)
     with pytest.warns(UserWarning, match="without a teacher: dlib not installed"):
         assert task_b.photo_teacher(_photo_frame(), "dlib") is None
+
+
+def test_a_fine_tuned_identity_channel_takes_dlibs_descriptor_where_it_helps_on_dev(
+        monkeypatch):
+    """The network tells photos apart but not people; dlib's descriptor knows the people where
+    it found the face (clean and noisy rows) and describes the glare-white sunny rows alike. The
+    share is the smallest that recognises the noisy copies on dev with their own photo removed,
+    and the sunny rows keep the network alone."""
+    frame = gallery_frame()
+    photo = frame["source"].where(frame["source"] != "", frame["path"])
+    photo_code = pd.factorize(photo)[0]
+    rng = np.random.default_rng(0)
+    network = unit_rows(np.eye(6)[photo_code] + 0.05 * rng.normal(size=(len(frame), 6)))
+    person = unit_rows(np.eye(3)[pd.factorize(frame["identity"])[0]]
+                       + 0.05 * rng.normal(size=(len(frame), 3)))
+    found = (frame["distortion"] != "sunny").to_numpy()
+    described = np.where(found[:, None], person, [[1.0, 0.0, 0.0]]) * 3.0  # raw: not unit
+
+    def descriptors(paths, front_end, progress=True):
+        assert front_end == task_b.IDENTITY_DESCRIPTOR and list(paths) == frame["path"].tolist()
+        return described.astype(np.float32), found
+
+    monkeypatch.setattr(task_b.face_descriptor, "optional_descriptors", descriptors)
+    frames = {"dev": frame, "eval": frame}
+    channel = task_b._with_descriptor(
+        task_b.IdentityChannel("net", {"dev": network, "eval": network}), frames)
+    assert channel.network_vectors["eval"] is network
+    assert channel.descriptor_share == fusion.DESCRIPTOR_WEIGHTS[1]
+    table = channel.descriptor_table.set_index("descriptor_share")["top1_hard"]
+    assert table.loc[0.0] < 0.5 and table.iloc[1:].min() == table.max()
+    w, vectors = channel.descriptor_share, channel.vectors["eval"]
+    cosines = vectors @ vectors.T
+    by_hand = (1 - w) * network @ network.T + w * person @ person.T
+    both = np.outer(found, found)
+    np.testing.assert_allclose(cosines[both], by_hand[both], atol=1e-5)
+    one = np.outer(found, ~found)  # a sunny row against a found one: the network alone
+    np.testing.assert_allclose(cosines[one], (np.sqrt(1 - w) * network @ network.T)[one],
+                               atol=1e-5)
+    # Without dlib the channel is the network alone, and says nothing it did not do.
+    monkeypatch.setattr(task_b.face_descriptor, "optional_descriptors",
+                        lambda paths, front_end, progress=True: None)
+    alone = task_b._with_descriptor(
+        task_b.IdentityChannel("net", {"dev": network, "eval": network}), frames)
+    assert alone.descriptor_share == 0.0 and alone.vectors["eval"] is network
 
 
 def test_arcface_with_source_and_teacher_terms_trains(setup):
