@@ -15,6 +15,7 @@ zero-padded to the block's channels (dlib's ``add_prev``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +152,19 @@ def read_layers(path: str | Path) -> tuple[tuple[float, float, float], list[Laye
     return means, layers
 
 
+def _pooling(layer: Layer) -> Callable[[Tensor], Tensor]:
+    """dlib's ``max_pool`` / ``avg_pool`` from its settings (rows, columns, strides, paddings);
+    0 rows and columns pool over the whole map (dlib's ``avg_pool_everything``)."""
+    rows, cols, stride_y, stride_x, pad_y, pad_x = layer.settings
+    if rows == 0 and cols == 0:
+        return functools.partial(torch.mean, dim=(2, 3), keepdim=True)
+    if layer.kind == "max_pool":
+        return functools.partial(F.max_pool2d, kernel_size=(rows, cols),
+                                 stride=(stride_y, stride_x), padding=(pad_y, pad_x))
+    return functools.partial(F.avg_pool2d, kernel_size=(rows, cols), stride=(stride_y, stride_x),
+                             padding=(pad_y, pad_x), count_include_pad=False)
+
+
 class _Block(nn.Module):
     """dlib's residual block: conv, affine, relu, conv, affine, plus the input (average-pooled
     when the block halves the resolution), then relu. Each affine is folded into its conv."""
@@ -158,11 +172,11 @@ class _Block(nn.Module):
     def __init__(self, layers: list[Layer]):
         super().__init__()
         self.conv1, self.conv2 = _folded_conv(*layers[0:2]), _folded_conv(*layers[3:5])
-        self.pool_shortcut = layers[5].kind == "avg_pool"
+        self.shortcut_pool = _pooling(layers[5]) if layers[5].kind == "avg_pool" else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(F.relu(self.conv1(x)))
-        shortcut = F.avg_pool2d(x, 2, 2) if self.pool_shortcut else x
+        shortcut = self.shortcut_pool(x) if self.shortcut_pool is not None else x
         return F.relu(_add_padded(out, shortcut))
 
 
@@ -199,7 +213,8 @@ class DlibFaceResNet(nn.Module):
         if kinds[:4] != ["con", "affine", "relu", "max_pool"] or kinds[-2:] != ["avg_pool", "fc"]:
             raise ValueError(f"unexpected dlib ResNet layout: {kinds[:4]} ... {kinds[-2:]}")
         self.register_buffer("means", torch.tensor(means, dtype=torch.float32).view(1, 3, 1, 1))
-        self.stem = _folded_conv(*layers[0:2])
+        self.stem, self.stem_pool = _folded_conv(*layers[0:2]), _pooling(layers[3])
+        self.final_pool = _pooling(layers[-2])
         blocks, i = [], 4
         while kinds[i] == "con":
             size = 8 if kinds[i + 5] == "avg_pool" else 7  # ... affine, [avg_pool,] add, relu
@@ -214,9 +229,8 @@ class DlibFaceResNet(nn.Module):
     def forward(self, chips: Tensor) -> Tensor:
         """`chips`: (N, 150, 150, 3) uint8 RGB; returns (N, 128) float32."""
         x = (chips.permute(0, 3, 1, 2).float() - self.means) / 256.0
-        x = F.relu(self.stem(x))
-        x = self.blocks(F.max_pool2d(x, 3, 2))
-        return x.mean(dim=(2, 3)) @ self.fc
+        x = self.blocks(self.stem_pool(F.relu(self.stem(x))))
+        return self.final_pool(x).flatten(1) @ self.fc
 
 
 @functools.lru_cache(maxsize=2)
