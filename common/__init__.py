@@ -22,7 +22,8 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    (dlib and SFace descriptors), ``sface_net`` (SFace in torch, in a frozen and a tunable part);
 6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
    interruptions), ``train`` (the loop, one process per device through accelerate),
-   ``identity_training`` (SFace fine-tuned as the identity channel);
+   ``identity_training`` (SFace fine-tuned as the identity channel), ``whole_image`` (frozen
+   ImageNet features of whole images: Task A's probe where dlib finds no face);
 7. runs: ``runs`` (run folders, metrics.json, provenance), ``experiment`` (resolved config,
    loaders), ``checkpoints`` (the typed model card; saving, finding and loading checkpoints),
    ``model_inputs`` (from a card and images to the model's inputs), ``identity_folders`` (your

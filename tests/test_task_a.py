@@ -1,6 +1,7 @@
 """common.task_a: distortion-aware views, per-epoch balancing, and the dual-stream recipe."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from common import checkpoints, config, experiment, fallbacks, models, parameters, predict, task_a
 from common import splits as splits_module
@@ -182,3 +183,51 @@ def test_probe_head_is_the_logistic_regression_and_generalises():
     # Unseen rows: chance macro-F1 is about 0.5; the separable signal gives well above 0.85.
     labels = data_.splits.eval["label"].to_numpy()
     assert f1_score(labels, probs >= 0.5, average="macro") > 0.85
+
+
+def test_probe_answers_faceless_rows_by_its_whole_image_head():
+    """Rows [descriptor, face found, whole-image features]: where the face was found the
+    descriptor carries gender; where it was not (glare) the descriptor is noise and the 8
+    whole-image features carry it. The face head learns from the clean photos, the context
+    head from every view, as a standardised regression folded into the head."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    face = _probe_data({"train": 600, "dev": 300, "eval": 600}, seed=1)
+    context_direction = rng.normal(size=8)
+    frames, images = {}, {}
+    for name in ("train", "dev", "eval"):
+        frame = getattr(face.splits, name)
+        labels = frame["label"].to_numpy()
+        found = rng.random(len(frame)) < 0.6
+        descriptors = np.where(found[:, None], face.images[name],
+                               rng.normal(size=face.images[name].shape))
+        context = 5 + 3 * rng.normal(size=(len(frame), 8)) + 4 * np.outer(
+            2 * labels - 1, context_direction / np.linalg.norm(context_direction))
+        images[name] = np.hstack([descriptors, found[:, None], context]).astype(np.float32)
+        frames[name] = frame.assign(distortion=np.where(found, "clean", "sunny"))
+    data_ = task_a.TaskAData(splits_module.Splits(frames["train"], frames["dev"], frames["eval"],
+                                                  "holdout"), images, None, 0, "descriptor")
+    net = models.create_model("descriptor_probe", in_features=16, context_features=8,
+                              context_backbone="efficientnet_lite0")
+    task_a.fit_probe(net, data_)
+    probs = task_a.predict_probs(net, images["eval"], 0)
+    labels, found = frames["eval"]["label"].to_numpy(), images["eval"][:, 16] > 0.5
+    # faceless rows: chance is 0.5 balanced accuracy; the context signal gives far more
+    assert balanced_accuracy_score(labels[~found], probs[~found] >= 0.5) > 0.85
+    # and they are the standardised regression's probabilities, folded into the head
+    train = images["train"][:, 17:]
+    scaler = StandardScaler().fit(train)
+    candidates = [LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(
+        scaler.transform(train), frames["train"]["label"]) for c in task_a.CONTEXT_CS]
+    expected = [model.predict_proba(scaler.transform(images["eval"][~found, 17:]))[:, 1]
+                for model in candidates]
+    assert any(np.allclose(probs[~found], values, atol=1e-4) for values in expected)
+    # rows with a face keep the face head: the same as a probe without the context head
+    plain = models.create_model("descriptor_probe", in_features=16)
+    task_a.fit_probe(plain, dataclasses.replace(data_, images={
+        name: rows[:, :16] for name, rows in images.items()}))
+    np.testing.assert_allclose(probs[found],
+                               task_a.predict_probs(plain, images["eval"][found, :16], 0),
+                               atol=1e-6)
