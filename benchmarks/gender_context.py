@@ -16,37 +16,23 @@ Writes ``benchmarks/results/gender_context.md``. Needs dlib (requirements-extras
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.gender_features import SPLITS, clean_threshold, regression, scores  # noqa: E402
-from common import experiment, face_descriptor, task_a, whole_image  # noqa: E402
-from common.config import configure_threads  # noqa: E402
-from common.distortions import DISTORTIONS  # noqa: E402
-from common.splits import make_splits  # noqa: E402
+from benchmarks.gender_features import (SPLITS, arguments, notebook_splits,  # noqa: E402
+                                        regression, write_tables)
+from common import face_descriptor, task_a, whole_image  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gender_context.md"
 BACKBONE = task_a.PROBE_CONTEXT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--work-root", type=Path, required=True, help="its caches are reused")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    configure_threads(torch.device("cpu"))
-    cfg = experiment.ExperimentConfig.resolve(
-        task_a.Settings, data_dir=str(args.data_dir), work_root=str(args.work_root),
-        seed=args.seed, output_dir=str(args.work_root / "runs_gender_context"))
-    splits = make_splits(task_a.load_views(cfg.data_dir, "train"), None, cfg)
-    splits.verify()
-    frames = {"train": splits.train, "dev": splits.dev, "eval": splits.eval}
+    args = arguments(__doc__.split("\n\n")[0]).parse_args()
+    splits, frames = notebook_splits(args, "runs_gender_context")
     described = {split: face_descriptor.cached_descriptors(frame["path"].tolist(),
                                                            task_a.PROBE_FRONT_END)
                  for split, frame in frames.items()}
@@ -62,28 +48,16 @@ def main() -> None:
         "probe where dlib found the face, else the whole image": {
             split: np.where(found[split], probe[split], context[split]) for split in probe},
     }
-    columns = ["clean", "distorted", "female recall (clean)", *DISTORTIONS]
-    lines = ["# Gender where dlib finds no face: a whole-image fallback (issue 20, Task A)", "",
-             "`python benchmarks/gender_context.py --data-dir ../shared/data/facecom "
-             f"--work-root W` (seed {args.seed}; notebook 01's splits: "
-             + ", ".join(f"{name} {len(frame)} images" for name, frame in frames.items())
-             + "). Accuracy at a threshold chosen on dev's clean photos. dlib found the face in "
-             + ", ".join(f"{split} {found[split].mean():.3f}" for split in SPLITS)
-             + " of the images; of the sunny ones on dev, "
-             f"{found['dev'][(frames['dev']['distortion'] == 'sunny').to_numpy()].mean():.3f}.",
-             ""]
-    for split in ("dev", "eval"):
-        title = "dev" if split == "dev" else f"{splits.eval_name} (scored once)"
-        lines += [f"## {title}", "", "| features | " + " | ".join(columns) + " |",
-                  "|---" * (len(columns) + 1) + "|"]
-        for name, probs in rows.items():
-            values = scores(frames[split], probs[split],
-                            clean_threshold(frames["dev"], probs["dev"]))
-            lines.append(f"| {name} | " + " | ".join(f"{values[key]:.3f}" for key in columns)
-                         + " |")
-        lines.append("")
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
+    sunny = (frames["dev"]["distortion"] == "sunny").to_numpy()
+    write_tables(RESULTS, [
+        "# Gender where dlib finds no face: a whole-image fallback (issue 20, Task A)", "",
+        "`python benchmarks/gender_context.py --data-dir ../shared/data/facecom "
+        f"--work-root W` (seed {args.seed}; notebook 01's splits: "
+        + ", ".join(f"{name} {len(frame)} images" for name, frame in frames.items())
+        + "). Accuracy at a threshold chosen on dev's clean photos. dlib found the face in "
+        + ", ".join(f"{split} {found[split].mean():.3f}" for split in SPLITS)
+        + f" of the images; of the sunny ones on dev, {found['dev'][sunny].mean():.3f}.", ""],
+        splits, frames, rows)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import experiment, face_descriptor, metrics, sface_net, task_a  # noqa: E402
 from common.config import configure_threads  # noqa: E402
 from common.distortions import DISTORTIONS  # noqa: E402
-from common.splits import make_splits  # noqa: E402
+from common.splits import Splits, make_splits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gender_features.md"
 SPLITS = ("train", "dev", "eval")
@@ -110,20 +110,51 @@ def gender_tail(frames: dict, frozen: dict, epochs: int, seed: int) -> dict:
     return {"dev": best[1], "eval": best[2]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every gender benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--work-root", type=Path, required=True, help="its caches are reused")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=6)
-    args = parser.parse_args()
+    return parser
+
+
+def notebook_splits(args: argparse.Namespace, run: str) -> tuple[Splits, dict[str, pd.DataFrame]]:
+    """Notebook 01's splits of the train views (checked for leakage) and their frames."""
     configure_threads(torch.device("cpu"))
     cfg = experiment.ExperimentConfig.resolve(
         task_a.Settings, data_dir=str(args.data_dir), work_root=str(args.work_root),
-        seed=args.seed, output_dir=str(args.work_root / "runs_gender_features"))
+        seed=args.seed, output_dir=str(args.work_root / run))
     splits = make_splits(task_a.load_views(cfg.data_dir, "train"), None, cfg)
     splits.verify()
-    frames = {"train": splits.train, "dev": splits.dev, "eval": splits.eval}
+    return splits, {"train": splits.train, "dev": splits.dev, "eval": splits.eval}
+
+
+def write_tables(path: Path, header: list[str], splits: Splits,
+                 frames: dict[str, pd.DataFrame], rows: dict[str, dict]) -> None:
+    """One markdown table per split (dev, then the evaluated split, scored once) of every row's
+    `scores` at its dev-clean threshold, after `header`; written to `path` and printed."""
+    columns = ["clean", "distorted", "female recall (clean)", *DISTORTIONS]
+    lines = list(header)
+    for split in ("dev", "eval"):
+        title = "dev" if split == "dev" else f"{splits.eval_name} (scored once)"
+        lines += [f"## {title}", "", "| features | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        for name, probs in rows.items():
+            threshold = clean_threshold(frames["dev"], probs["dev"])
+            values = scores(frames[split], probs[split], threshold)
+            lines.append(f"| {name} | " + " | ".join(f"{values[key]:.3f}" for key in columns)
+                         + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    splits, frames = notebook_splits(args, "runs_gender_features")
     dlib = {split: face_descriptor.normalise(face_descriptor.cached_descriptors(
         frame["path"].tolist(), task_a.PROBE_FRONT_END)[0]) for split, frame in frames.items()}
     model = sface_net.SFaceIdentity()
@@ -141,24 +172,13 @@ def main() -> None:
         "SFace tail + gender head, every train view": gender_tail(frames, frozen, args.epochs,
                                                                   args.seed),
     }
-    columns = ["clean", "distorted", "female recall (clean)", *DISTORTIONS]
-    lines = ["# Gender through FACECOM's distortions: which features (issue 20, Task A)", "",
-             "`python benchmarks/gender_features.py --data-dir ../shared/data/facecom "
-             f"--work-root W --epochs {args.epochs}` (seed {args.seed}; notebook 01's splits: "
-             + ", ".join(f"{name} {len(frame)} images" for name, frame in frames.items())
-             + "). Accuracy at a threshold chosen on dev's clean photos.", ""]
-    for split in ("dev", "eval"):
-        title = "dev" if split == "dev" else f"{splits.eval_name} (scored once)"
-        lines += [f"## {title}", "", "| features | " + " | ".join(columns) + " |",
-                  "|---" * (len(columns) + 1) + "|"]
-        for name, probs in rows.items():
-            threshold = clean_threshold(frames["dev"], probs["dev"])
-            values = scores(frames[split], probs[split], threshold)
-            lines.append(f"| {name} | " + " | ".join(f"{values[key]:.3f}" for key in columns)
-                         + " |")
-        lines.append("")
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_tables(RESULTS, [
+        "# Gender through FACECOM's distortions: which features (issue 20, Task A)", "",
+        "`python benchmarks/gender_features.py --data-dir ../shared/data/facecom "
+        f"--work-root W --epochs {args.epochs}` (seed {args.seed}; notebook 01's splits: "
+        + ", ".join(f"{name} {len(frame)} images" for name, frame in frames.items())
+        + "). Accuracy at a threshold chosen on dev's clean photos.", ""],
+        splits, frames, rows)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ PROBE_FRONT_END = "robust"  # dlib alone: SFace's descriptor hardly carries gend
 # The probe's head for rows where dlib finds no face: a regression on these ImageNet features of
 # the whole image over every train view, its strength chosen on dev (`fit_probe`).
 PROBE_CONTEXT = "efficientnet_lite0"
-CONTEXT_CS = (0.01, 0.1, 1.0)
+CONTEXT_CS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
 RECIPES = ("auto", "probe", "face_prior", "parameters")
 EPOCHS = {"cpu": 8, "gpu": 25}
 CLASS_NAMES = ("male", "female")
