@@ -76,12 +76,13 @@ def distortion_examples(table: pd.DataFrame, n_examples: int, seed: int) -> Figu
 
 
 def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
-                   threshold: float, features: np.ndarray | None = None, seed: int = 0
-                   ) -> Figures:
+                   threshold: float,
+                   features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                   seed: int = 0) -> Figures:
     """Notebook 01: confusion matrix, ROC and PR curves of the clean images, accuracy per
-    distortion, the worst errors of the evaluated split and, given the `features` the
-    classifier reads (`task_a.classifier_features`), their t-SNE by gender and distortion
-    (at most `TSNE_POINTS` rows, drawn with `seed`)."""
+    distortion, the worst errors of the evaluated split and, given the `features` each head
+    reads on its rows (`task_a.classifier_features`), their t-SNE by gender and distortion,
+    one per head (at most `TSNE_POINTS` rows each, drawn with `seed`)."""
     clean = (frame["distortion"] == "clean").to_numpy()
     labels = frame["label"].to_numpy()
     found = [("confusion_matrix", plots.plot_confusion_matrix(metrics["confusion_matrix"],
@@ -90,12 +91,18 @@ def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
              ("pr_curve", plots.plot_pr_curve(labels[clean], probs[clean])),
              ("accuracy_by_distortion", plots.plot_bar_by_distortion(
                  metrics["accuracy_by_distortion"], "accuracy"))]
-    if features is not None:
-        rows = np.sort(np.random.default_rng(seed).permutation(len(frame))[:TSNE_POINTS])
-        found.append(("features_tsne", plots.plot_tsne(
-            features[rows], np.asarray(task_a.CLASS_NAMES)[labels[rows]],
-            frame["distortion"].to_numpy()[rows], top_n=len(task_a.CLASS_NAMES), seed=seed,
-            title="t-SNE of what the gender classifier reads", colour_by="gender")))
+    for number, (head, (rows, vectors)) in enumerate((features or {}).items()):
+        if len(rows) < 10:  # a head that answered (almost) nothing has no picture to show
+            continue
+        drawn = np.sort(np.random.default_rng(seed).permutation(len(rows))[:TSNE_POINTS])
+        picked = rows[drawn]
+        found.append(("features_tsne" + ("" if number == 0 else "_" + head.replace(" ", "_")),
+                      plots.plot_tsne(
+                          vectors[drawn], np.asarray(task_a.CLASS_NAMES)[labels[picked]],
+                          frame["distortion"].to_numpy()[picked], top_n=len(task_a.CLASS_NAMES),
+                          seed=seed, colour_by="gender", title="t-SNE of what the gender "
+                          + ("classifier reads" if head == "classifier" else
+                             f"probe's {head.replace(' ', '-')} head reads ({len(rows)} rows)"))))
     errors = worst_errors_figure(frame, probs, threshold, n=16, title="worst errors")
     return found + ([("worst_errors", errors)] if errors is not None else [])
 

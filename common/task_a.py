@@ -309,9 +309,11 @@ def predict_probs(model: nn.Module, images: np.ndarray, image_size: int,
 
 
 def classifier_features(model: nn.Module, task_data: TaskAData, cfg: ExperimentConfig,
-                        split: str = "eval") -> np.ndarray:
-    """Per row of a split, the vector the model's last layer (``model.classifier``) reads:
-    what its gender decision is made from, for a t-SNE; the same pass as `evaluate_model`'s."""
+                        split: str = "eval") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per head, the rows of a split it answers and the vectors it reads there: what its gender
+    decision is made from, for a t-SNE; the same pass as `evaluate_model`'s. One head,
+    ``"classifier"`` (``model.classifier``), on every row; a probe with a whole-image head
+    splits them: ``"face"`` where dlib found the face, ``"whole image"`` elsewhere."""
     captured: list[torch.Tensor] = []
     hook = model.classifier.register_forward_pre_hook(
         lambda _module, inputs: captured.append(inputs[0].detach().float().cpu()))
@@ -321,7 +323,14 @@ def classifier_features(model: nn.Module, task_data: TaskAData, cfg: ExperimentC
                       cfg.batch_size * 2)
     finally:
         hook.remove()
-    return torch.cat(captured).numpy()
+    read = torch.cat(captured).numpy()
+    if getattr(model, "context_classifier", None) is None:
+        return {"classifier": (np.arange(len(read)), read)}
+    rows = task_data.images[split]
+    found = rows[:, model.classifier.in_features] > 0.5
+    return {"face": (np.flatnonzero(found), read[found]),
+            "whole image": (np.flatnonzero(~found),
+                            rows[~found, model.classifier.in_features + 1:])}
 
 
 def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> dict:

@@ -76,7 +76,8 @@ def test_task_a_figures_show_the_classifier_features_by_gender(monkeypatch):
     features = rng.normal(size=(120, 8)) + 4 * labels[:, None]
     metrics = task_a.evaluate_views(frame, probs, 0.5)
     monkeypatch.setattr(figures, "TSNE_POINTS", 50)
-    found = dict(figures.task_a_figures(metrics, frame, probs, 0.5, features, seed=0))
+    found = dict(figures.task_a_figures(metrics, frame, probs, 0.5,
+                                        {"classifier": (np.arange(120), features)}, seed=0))
     assert list(found) == ["confusion_matrix", "roc", "pr_curve", "accuracy_by_distortion",
                            "features_tsne"]
     axis = found["features_tsne"].axes[0]
@@ -84,4 +85,15 @@ def test_task_a_figures_show_the_classifier_features_by_gender(monkeypatch):
     legend = [text.get_text() for text in axis.get_legend().get_texts()]
     assert {"gender", "male", "female", "distortion", "sunny"} <= set(legend)
     assert "features_tsne" not in dict(figures.task_a_figures(metrics, frame, probs, 0.5))
+    # A probe with a whole-image head: one t-SNE per head, on the rows each answers, whose
+    # labels and markers are those rows' own (the sunny rows here: all of one distortion).
+    sunny = np.flatnonzero(frame["distortion"] == "sunny")
+    others = np.flatnonzero(frame["distortion"] != "sunny")
+    heads = dict(figures.task_a_figures(metrics, frame, probs, 0.5, {
+        "face": (others, features[others]), "whole image": (sunny, features[sunny])}, seed=0))
+    assert {"features_tsne", "features_tsne_whole_image"} <= set(heads)
+    axis = heads["features_tsne_whole_image"].axes[0]
+    assert sum(len(points.get_offsets()) for points in axis.collections) == len(sunny) == 40
+    legend = {text.get_text() for text in axis.get_legend().get_texts()}
+    assert "sunny" in legend and not {"clean", "foggy"} & legend
     plt.close("all")

@@ -71,7 +71,8 @@ def test_dual_stream_trains_and_predicts_on_aligned_faces(sample_root, tmp_path)
     threshold, dev, evaluated, eval_probs = task_a.evaluate_model(net, task_data, cfg)
     assert 0.0 <= evaluated["accuracy"] <= 1.0
     # The t-SNE's features are what the last layer reads: it turns them into the same P(female).
-    features = task_a.classifier_features(net, task_data, cfg)
+    rows, features = task_a.classifier_features(net, task_data, cfg)["classifier"]
+    assert list(rows) == list(range(len(task_data.splits.eval)))
     assert features.shape == (len(task_data.splits.eval), net.classifier.in_features)
     with torch.no_grad():
         logits = net.classifier(torch.as_tensor(features))
@@ -176,8 +177,8 @@ def test_probe_head_is_the_logistic_regression_and_generalises():
         data_.images["train"], data_.splits.train["label"])
     probs = task_a.predict_probs(net, data_.images["eval"], 0)
     cfg = SimpleNamespace(image_size=0, device="cpu", batch_size=64)
-    np.testing.assert_array_equal(task_a.classifier_features(net, data_, cfg),  # the descriptors
-                                  data_.images["eval"])
+    np.testing.assert_array_equal(task_a.classifier_features(net, data_, cfg)["classifier"][1],
+                                  data_.images["eval"])  # the descriptors
     np.testing.assert_allclose(probs, reference.predict_proba(data_.images["eval"])[:, 1],
                                atol=1e-5)
     # Unseen rows: chance macro-F1 is about 0.5; the separable signal gives well above 0.85.
@@ -224,6 +225,12 @@ def test_probe_answers_faceless_rows_by_its_whole_image_head():
     expected = [model.predict_proba(scaler.transform(images["eval"][~found, 17:]))[:, 1]
                 for model in candidates]
     assert any(np.allclose(probs[~found], values, atol=1e-4) for values in expected)
+    # the t-SNE's rows per head: the descriptors where found, the whole image elsewhere
+    heads = task_a.classifier_features(net, data_, SimpleNamespace(image_size=0, device="cpu",
+                                                                   batch_size=64))
+    np.testing.assert_array_equal(heads["face"][0], np.flatnonzero(found))
+    np.testing.assert_array_equal(heads["face"][1], images["eval"][found, :16])
+    np.testing.assert_array_equal(heads["whole image"][1], images["eval"][~found, 17:])
     # rows with a face keep the face head: the same as a probe without the context head
     plain = models.create_model("descriptor_probe", in_features=16)
     task_a.fit_probe(plain, dataclasses.replace(data_, images={
