@@ -1,8 +1,8 @@
 """Gender where dlib finds no face: a whole-image fallback for Task A's probe (issue 20).
 
 Task A's probe reads dlib's descriptor, which describes the whole image when dlib finds no face
-(97 % of the sunny copies on dev), and sunny accuracy falls to 0.68-0.79. Glare leaves hair and
-outline, which a network that sees the whole image can read. This measures, on notebook 01's
+(most sunny copies), and sunny accuracy falls. Glare leaves hair and outline, which a network
+that sees the whole image can read. This measures, on notebook 01's
 splits (seed 0), with `gender_features`' regression, C choice and dev-clean thresholds:
 
 - the probe's features and rows (dlib `robust`, clean train photos);

