@@ -159,15 +159,22 @@ class DescriptorProbe(nn.Module):
                                    f"ImageNet {context_backbone} features of the whole image"
                                    if context_features else ""), True, "dlib_descriptor")
 
+    def split_rows(self, rows: Tensor | np.ndarray):
+        """Input rows (tensor or array) -> (descriptors, face found, whole-image features);
+        the rows themselves and two None without a context head."""
+        width = self.classifier.in_features
+        if self.context_classifier is None:
+            return rows, None, None
+        return rows[:, :width], rows[:, width] > 0.5, rows[:, width + 1:]
+
     def forward(self, rows: Tensor) -> Tensor:
         """(B, in_features) unit descriptors, or the rows of the class docstring -> (B,
         num_classes) logits."""
-        if self.context_classifier is None:
-            return self.classifier(rows)
-        width = self.classifier.in_features
-        face = self.classifier(rows[:, :width])
-        found = rows[:, width:width + 1] > 0.5
-        return torch.where(found, face, self.context_classifier(rows[:, width + 1:]))
+        descriptors, found, context = self.split_rows(rows)
+        if context is None:
+            return self.classifier(descriptors)
+        return torch.where(found[:, None], self.classifier(descriptors),
+                           self.context_classifier(context))
 
 
 class SqueezeExcitation(nn.Module):

@@ -326,11 +326,9 @@ def classifier_features(model: nn.Module, task_data: TaskAData, cfg: ExperimentC
     read = torch.cat(captured).numpy()
     if getattr(model, "context_classifier", None) is None:
         return {"classifier": (np.arange(len(read)), read)}
-    rows = task_data.images[split]
-    found = rows[:, model.classifier.in_features] > 0.5
+    _, found, context = model.split_rows(task_data.images[split])
     return {"face": (np.flatnonzero(found), read[found]),
-            "whole image": (np.flatnonzero(~found),
-                            rows[~found, model.classifier.in_features + 1:])}
+            "whole image": (np.flatnonzero(~found), context[~found])}
 
 
 def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> dict:
@@ -465,11 +463,10 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
     splits.verify()  # no dev number before the leakage checks have passed
     dev_rows = ((splits.dev["distortion"] == "clean").to_numpy() if dev_views == "clean"
                 else np.ones(len(splits.dev), dtype=bool))
-    width = net.classifier.in_features
     clean = (splits.train["distortion"] == "clean").to_numpy()
-    train_x = task_data.images["train"][clean, :width]
+    train_x = net.split_rows(task_data.images["train"])[0][clean]
     train_y = splits.train["label"].to_numpy()[clean]
-    dev_x = task_data.images["dev"][dev_rows, :width]
+    dev_x = net.split_rows(task_data.images["dev"])[0][dev_rows]
     dev_y = splits.dev["label"].to_numpy()[dev_rows]
     history, fitted = [], []
     for index, c in enumerate(PROBE_CS):
@@ -503,19 +500,17 @@ def _fit_context(net: models.DescriptorProbe, task_data: TaskAData) -> None:
     """The context head of `fit_probe`."""
     from sklearn.linear_model import LogisticRegression
 
-    width = net.classifier.in_features
-    rows = {split: task_data.images[split] for split in ("train", "dev")}
-    labels = {split: getattr(task_data.splits, split)["label"].to_numpy() for split in rows}
-    mean = rows["train"][:, width + 1:].mean(axis=0)
-    scale = rows["train"][:, width + 1:].std(axis=0).clip(1e-6)
-    standard = {split: (values[:, width + 1:] - mean) / scale for split, values in rows.items()}
-    no_face = rows["dev"][:, width] < 0.5
+    train = net.split_rows(task_data.images["train"])[2]
+    _, dev_found, dev = net.split_rows(task_data.images["dev"])
+    mean, scale = train.mean(axis=0), train.std(axis=0).clip(1e-6)
+    train_x, train_y = (train - mean) / scale, task_data.splits.train["label"].to_numpy()
+    dev_x = (dev[~dev_found] - mean) / scale  # the dev views the context head answers
+    dev_y = task_data.splits.dev["label"].to_numpy()[~dev_found]
     best = None
     for c in CONTEXT_CS:
         regression = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(
-            standard["train"], labels["train"])
-        accuracy = (float((regression.predict(standard["dev"][no_face])
-                           == labels["dev"][no_face]).mean()) if no_face.any() else 0.0)
+            train_x, train_y)
+        accuracy = float((regression.predict(dev_x) == dev_y).mean()) if len(dev_y) else 0.0
         if best is None or accuracy > best[0]:
             best = (accuracy, regression)
     weights = best[1].coef_[0] / scale
