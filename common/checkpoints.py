@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from common import fallbacks, runs
+from common import fallbacks, fusion, runs
 from common.experiment import ExperimentConfig, Splits
 from common.models import create_model
 from common.train import atomic_save
@@ -191,6 +191,16 @@ class ModelCard:
         if not self.identity_weights:
             return None
         return Path(self.weights_path or self.weights_file).parent / self.identity_weights
+
+    @property
+    def fitted_copy_switch(self) -> fusion.CopySwitch | None:
+        """The dev-fitted gallery decision `copy_switch` records, or None."""
+        return fusion.CopySwitch(**self.copy_switch) if self.copy_switch else None
+
+    @property
+    def fitted_face_rule(self) -> fusion.FaceRule | None:
+        """The dev-fitted pair `fusion.FaceRule` `face_rule` records, or None."""
+        return fusion.FaceRule(**self.face_rule) if self.face_rule else None
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write `to_dict` to `path` atomically (`runs.write_json`)."""

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, fusion,
-                    plots, task_a, task_b)
+from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, plots,
+                    task_a, task_b)
 from common.checkpoints import ModelCard
 from common.model_inputs import ModelInputs, prepare_inputs
 
@@ -173,7 +173,7 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
     if card.copy_switch:  # the gallery decision `common.predict` applies for this card
         result.update(evaluation.switched_report(  # it mixes the switch's share in itself
             frame, channels["embedding"], channels["face"],
-            fusion.CopySwitch(**card.copy_switch), seed=seed,
+            card.fitted_copy_switch, seed=seed,
             network=inputs.identity if card.identity_weights else None).flat())
     return result, {"report": report, "embeddings": embeddings}
 

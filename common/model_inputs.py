@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import (cache, checkpoints, face_descriptor, face_priors, faces, fusion, sface_net,
+from common import (cache, checkpoints, face_descriptor, face_priors, faces, sface_net,
                     whole_image)
 from common.image_decode import ImageReadError
 from common.checkpoints import ModelCard
@@ -249,7 +249,7 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     if with_identity:
         identity = (card_identity(card, originals, device, progress) if card.identity_weights
                     else face_descriptor.normalise(found_faces[0]))
-        switch = fusion.CopySwitch(**card.copy_switch) if card.copy_switch else None
+        switch = card.fitted_copy_switch
         if card.identity_weights and switch is not None and switch.descriptor_share:
             vectors, found = face_descriptor.describe_images(
                 originals, switch.descriptor_front_end, progress)

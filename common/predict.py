@@ -109,7 +109,7 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     or by its dev-fitted `fusion.FaceRule` when it has one (the Siamese notebook's), on the face
     channel the rule was fitted on."""
     _, card = _model(weights, config.resolve_device(device), "task_b")
-    rule = fusion.FaceRule(**card.face_rule) if card.face_rule else None
+    rule = card.fitted_face_rule
     reads_identity = rule is not None and rule.channel == "identity"
     (first, second), faces, identity = _embed(
         [image_a, image_b], weights, device, with_faces=rule is not None and not reads_identity,
@@ -194,7 +194,7 @@ def _build_indexes(embeddings: dict[str, np.ndarray], identities: Sequence,
 
 def _match_table(indexes: dict[str, GalleryIndex], query_files: list[Path], queries: Path,
                  embeddings: dict[str, np.ndarray], errors: np.ndarray,
-                 switch: dict[str, float] | None) -> pd.DataFrame:
+                 switch: fusion.CopySwitch | None) -> pd.DataFrame:
     """One row per query: the best identity, its similarity, the true identity (the query's
     first sub-folder, when there is one) and whether they agree. With a card's `switch`
     (`fusion.CopySwitch`), each query is answered by the channel it chooses, named in a
@@ -205,8 +205,7 @@ def _match_table(indexes: dict[str, GalleryIndex], query_files: list[Path], quer
     columns = {}
     if switch:
         by_face = indexes["identity"].search(embeddings["identity"], k=1)
-        use_copy = fusion.CopySwitch(**switch).decide(found.scores[:, 0] - found.scores[:, 1],
-                                                      by_face.scores[:, 0])
+        use_copy = switch.decide(found.scores[:, 0] - found.scores[:, 1], by_face.scores[:, 0])
         predicted = np.where(use_copy, predicted,
                              np.asarray(indexes["identity"].names)[by_face.codes[:, 0]])
         similarity = np.where(use_copy, similarity, by_face.scores[:, 0])
@@ -242,7 +241,7 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
                              np.array(gallery_ids)[g_ok])
     table = _match_table(indexes, query_files, queries,
                          *_embed_files(query_files, weights, device, progress, batch_size),
-                         checkpoints.load_model_card(weights).copy_switch)
+                         checkpoints.load_model_card(weights).fitted_copy_switch)
     table.attrs["gallery_errors"] = [(str(p), i, e) for p, i, e in
                                      zip(gallery_files, gallery_ids, g_errors) if e]
     return table
@@ -327,7 +326,7 @@ def search(queries: Path, index: Path, weights: str | os.PathLike, device: str =
     query_files = _folder_images(queries)
     return _match_table(saved, query_files, queries,
                         *_embed_files(query_files, weights, device, progress, batch_size),
-                        card.copy_switch)
+                        card.fitted_copy_switch)
 
 
 def _check_output(output: str, overwrite: bool) -> None:

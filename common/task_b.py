@@ -868,7 +868,7 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
     descriptor (`identity_faces`)."""
     embedding = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
                             batch_size=batch_size, progress=progress)
-    switch = fusion.CopySwitch(**card.copy_switch) if card.copy_switch else None
+    switch = card.fitted_copy_switch
     if switch is None:
         return {"embedding": embedding, "face": inputs.identity, "identity": inputs.identity,
                 "pair_faces": inputs.identity}

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +79,24 @@ def test_card_round_trips_through_json(tmp_path):
     assert written["future_key"] == [1, 2] and "extra" not in written
     assert "weights_path" not in written and "threshold" not in written  # Task A only
     assert ModelCard.from_json(path) == card
+
+
+def test_a_cards_fitted_rules_decide_as_the_rules_it_recorded(tmp_path):
+    """From the JSON, the card's switch and face rule are the `fusion` rules with the recorded
+    fields: the switch takes the copy channel exactly when the margin reaches its threshold (or
+    the face channel is unsure), the rule says "same" when the distance or the faces say so."""
+    card = replace(CARD, copy_switch={"threshold": 0.1, "identity_threshold": 0.3,
+                                      "identity_share": 0.2, "descriptor_share": 0.8},
+                   face_rule={"distance": 0.6, "descriptor_cosine": 0.5, "channel": "identity"})
+    loaded = ModelCard.from_json(card.to_json(tmp_path / "card.json"))
+    switch, rule = loaded.fitted_copy_switch, loaded.fitted_face_rule
+    assert (switch.identity_share, switch.descriptor_share, rule.channel) == (0.2, 0.8, "identity")
+    margins, face_best = np.array([0.15, 0.05, 0.05]), np.array([0.9, 0.9, 0.2])
+    np.testing.assert_array_equal(switch.decide(margins, face_best), [True, False, True])
+    np.testing.assert_array_equal(
+        rule.decide(np.array([0.5, 0.9, 0.9]), np.array([0.1, 0.6, 0.1]), np.ones(3, bool)),
+        [True, True, False])
+    assert CARD.fitted_copy_switch is None and CARD.fitted_face_rule is None
 
 
 @pytest.mark.parametrize("name", ["old_task_a_probe-20261129-171008",
