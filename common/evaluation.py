@@ -231,7 +231,8 @@ def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
 
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
                   evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
-                  aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None
+                  aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None,
+                  descriptor_share: float = 0.0, descriptor_front_end: str = "robust"
                   ) -> SwitchReport:
     """Fit a `fusion.CopySwitch` on dev and report it on the evaluated split: first the copy
     channel's share in its identity channel (`identity_share`), then its two thresholds
@@ -241,13 +242,17 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
         dev / evaluated: the rows of each split; ``*_copy`` their copy-channel embeddings (the
             learned embedding with its copy detector), ``*_identity`` their unit face
             descriptors (the identity channel). eval_network: see `switched_report`.
+        descriptor_share / descriptor_front_end: what the identity channel already carries of
+            a face descriptor (`fusion.CopySwitch.face_vectors`), recorded in the switch so that
+            inference builds the same channel.
     """
     share, shares = identity_share(dev, dev_copy, dev_identity, aggregate, seed)
     reads = fusion.switch_identity(dev_copy, dev_identity, share)
     dev_tables = [_channel_tables(dev, dev_copy, reads, exclude, aggregate, seed)
                   for exclude in (False, True)]
     switch, candidates = fusion.fit_copy_switch(dev_tables)
-    switch = dataclasses.replace(switch, identity_share=share)
+    switch = dataclasses.replace(switch, identity_share=share, descriptor_share=descriptor_share,
+                                 descriptor_front_end=descriptor_front_end)
     report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed,
                              eval_network)
     report.dev, report.shares = candidates, shares

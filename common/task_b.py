@@ -743,13 +743,11 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
     if identity is None:
         return None
     splits = task_data.splits
-    report = evaluation.switch_report(splits.dev, learned["dev"], identity.vectors["dev"],
-                                      splits.eval, learned["eval"], identity.vectors["eval"],
-                                      aggregate, seed, identity.network_vectors["eval"]
-                                      if identity.network_vectors else None)
-    report.switch = dataclasses.replace(report.switch, descriptor_share=identity.descriptor_share,
-                                        descriptor_front_end=IDENTITY_DESCRIPTOR)
-    return report
+    return evaluation.switch_report(splits.dev, learned["dev"], identity.vectors["dev"],
+                                    splits.eval, learned["eval"], identity.vectors["eval"],
+                                    aggregate, seed, identity.network_vectors["eval"]
+                                    if identity.network_vectors else None,
+                                    identity.descriptor_share, IDENTITY_DESCRIPTOR)
 
 
 def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport) -> str:

@@ -241,8 +241,14 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
     # a fine-tuned network's own vectors, when given, get a row of their own: here the copy
     # channel as the "network" recognises every copy and, with its own photo removed, the
     # person by the weaker direction
+    # a channel that already carries a descriptor's share: the switch records it for
+    # inference, and the numbers are those of the channel given
     with_network = evaluation.switch_report(frame, copy, face, frame, copy, face,
-                                            eval_network=copy)
+                                            eval_network=copy, descriptor_share=0.6,
+                                            descriptor_front_end="hog")
+    assert (with_network.switch.descriptor_share, with_network.switch.descriptor_front_end,
+            with_network.switch.identity_share) == (0.6, "hog", 0.05)
+    assert with_network.hard == report.hard
     assert with_network.channels["network"] == {"top1": 1.0, "top1_hard": 1.0}
     assert with_network.flat()["network_channel_top1_hard"] == 1.0
     assert "network" not in report.channels
