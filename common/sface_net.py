@@ -157,6 +157,7 @@ def face_crops(images: Sequence[str | os.PathLike | np.ndarray], progress: bool 
     paths = [str(path) for path in images]
     store = feature_store.FeatureStore(
         "sface_crops", {"median": face_descriptor.MEDIAN_KERNEL, "version": 1,
+                        "streaks": face_descriptor.STREAK_KERNEL,
                         "yunet": (face_descriptor.YUNET_SCORE, face_descriptor.YUNET_NMS),
                         "typical_face": face_descriptor.TYPICAL_FACE},
         {"crops": ((CROP_SIZE, CROP_SIZE, 3), "uint8"), "found": ((), "bool")})
@@ -238,5 +239,5 @@ def keep_vectors(paths: Sequence[str], vectors: np.ndarray, weights_sha256: str)
 
 
 def _identity_store(weights_sha256: str) -> feature_store.FeatureStore:
-    return feature_store.FeatureStore("sface_identity", {"weights": weights_sha256, "version": 1},
+    return feature_store.FeatureStore("sface_identity", {"weights": weights_sha256, "version": 2},
                                       {"vectors": ((EMBEDDING_DIM,), "float32")})

@@ -7,6 +7,7 @@ import types
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -272,6 +273,27 @@ def test_sface_matches_a_noisy_face_and_tells_two_people_apart():
     unit = face_descriptor.normalise(vectors)
     assert found.tolist() == [True, True, True]
     assert unit[0] @ unit[1] > face_descriptor.SFACE_COSINE_THRESHOLD > unit[0] @ unit[2]
+
+
+def test_sface_filter_erases_rain_streaks_and_impulse_noise_and_keeps_wider_shapes():
+    """On a grey image: a bright slanted streak two pixels wide (which a median filter alone
+    keeps) and scattered salt and pepper go (every pixel there back to the grey), while a bright
+    6 x 6 square, wider than the filter, keeps its inside."""
+    image = np.full((40, 40, 3), 100, np.uint8)
+    rows = np.arange(2, 30)
+    image[rows, rows // 2 + 2] = image[rows, rows // 2 + 3] = 250
+    rng = np.random.default_rng(0)
+    noise = (rng.random((40, 40)) < 0.05) & (image[..., 0] == 100)
+    image[noise & (rng.random((40, 40)) < 0.5)] = 0
+    image[noise & ~(image[..., 0] == 0)] = 255
+    image[30:36, 30:36] = 220
+    filtered = face_descriptor.sface_filter(image)
+    square = np.zeros((40, 40), bool)
+    square[30:36, 30:36] = True
+    np.testing.assert_array_equal(filtered[~square], 100)
+    np.testing.assert_array_equal(filtered[31:35, 31:35], 220)  # the median rounds its corners
+    median_only = cv2.medianBlur(image, face_descriptor.MEDIAN_KERNEL)
+    assert (median_only[rows[1:-1], rows[1:-1] // 2 + 2] == 250).all()
 
 
 def test_each_image_is_described_once_whatever_the_list(tmp_path, monkeypatch):
