@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -167,17 +167,21 @@ def sface_filter(image: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(cv2.medianBlur(image, MEDIAN_KERNEL), cv2.MORPH_OPEN, opening)
 
 
-def sface_crop(models, image_rgb: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The 112 x 112 BGR face SFace reads (`sface_filter`'s image, aligned on YuNet's five
+def sface_crop(models, image_rgb: np.ndarray,
+               image_filter: Callable[[np.ndarray], np.ndarray] = sface_filter
+               ) -> tuple[np.ndarray, bool]:
+    """The 112 x 112 BGR face SFace reads (`image_filter`'s image, aligned on YuNet's five
     landmarks found in the image or the filtered one, else the typical face position) and
     whether YuNet found it.
 
     Args:
         models: `sface_models()`.
+        image_filter: BGR image -> BGR image; `sface_filter` everywhere but in
+            `benchmarks/sface_filters.py`, which compares others.
     """
     detector, recogniser = models
     image = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    filtered = sface_filter(image)
+    filtered = image_filter(image)
     face = _yunet_subject(detector, image)
     if face is None:
         face = _yunet_subject(detector, filtered)
