@@ -116,10 +116,11 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     np.testing.assert_array_equal(through_predict["pair_faces"],
                                   identity.network_vectors["eval"][some])
     # Scored on its own (notebook 04's leaderboard, `predict` given its checkpoint), the
-    # identity card goes the way of every card: its inputs are SFace's crops.
+    # identity card goes the way of every card: its inputs are SFace's crops, its vectors the
+    # network's own (without the switch's share of dlib's descriptor).
     model, own_card = checkpoints.load_model(tmp_path / weights)
     alone = task_b.embed_for_card(model, own_card, model_inputs.prepare_inputs(own_card, paths))
-    assert np.allclose(alone, identity.vectors["eval"][some], atol=1e-4)
+    assert np.allclose(alone, identity.network_vectors["eval"][some], atol=1e-4)
     limit = 400  # the first identities' images: the same rows either way
     board = leaderboard.evaluate_checkpoints([own_card], sample_root, image_limit=limit,
                                              with_baselines=False)
@@ -128,7 +129,7 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     positions = rows.loc[scored["path"], "index"].to_numpy()
     assert 0 < len(positions) < len(task_data.splits.eval)
     assert board.rows[0]["top1"] == pytest.approx(
-        _top1(scored, identity.vectors["eval"][positions]), abs=1e-9)
+        _top1(scored, identity.network_vectors["eval"][positions]), abs=1e-9)
     # Notebook 03 inherits it through the card: same vectors, no second checkpoint here...
     inherited = task_b.identity_channel(task_data, cfg, "auto", inherit_from=checkpoint)
     assert inherited.fit is None and inherited.checkpoint == tmp_path / weights
