@@ -49,7 +49,8 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "FRONT_ENDS", "DEFAULT_FRONT_END", "DLIB_SHARE", "describe",
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
-           "SFACE_ONNX", "YUNET_ONNX", "sface_file", "sface_models", "sface_filter", "sface_crop",
+           "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
+           "sface_filter", "sface_crop",
            "dlib_network", "dlib_weights", "DlibChipCutter", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -69,6 +70,9 @@ TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
 MEDIAN_KERNEL = 3
 STREAK_KERNEL = 3  # the grey opening of `sface_filter`: bright lines thinner than this go
+# Everything that decides SFace's crop (`sface_crop`): the key of every cache built on it.
+SFACE_CROP_SETTINGS = {"median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL,
+                       "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
 SFACE_ONNX, YUNET_ONNX = "face_recognition_sface_2021dec.onnx", "face_detection_yunet_2023mar.onnx"
 _RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 _CHIP_BATCH = 64
@@ -294,9 +298,7 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
         settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
                     "median": MEDIAN_KERNEL}
     else:  # sface
-        settings = {"front_end": front_end, "median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL,
-                    "version": 1,
-                    "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
+        settings = {"front_end": front_end, "version": 1, **SFACE_CROP_SETTINGS}
     folder = Path(cache_dir) if cache_dir is not None else None
     store = feature_store.FeatureStore(f"descriptors_{front_end}", settings,
                                        {"vectors": ((128,), "float32"), "found": ((), "bool")},

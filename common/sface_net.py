@@ -156,10 +156,7 @@ def face_crops(images: Sequence[str | os.PathLike | np.ndarray], progress: bool 
                 np.array([found for _, found in pairs], dtype=bool))
     paths = [str(path) for path in images]
     store = feature_store.FeatureStore(
-        "sface_crops", {"median": face_descriptor.MEDIAN_KERNEL, "version": 1,
-                        "streaks": face_descriptor.STREAK_KERNEL,
-                        "yunet": (face_descriptor.YUNET_SCORE, face_descriptor.YUNET_NMS),
-                        "typical_face": face_descriptor.TYPICAL_FACE},
+        "sface_crops", {"version": 1, **face_descriptor.SFACE_CROP_SETTINGS},
         {"crops": ((CROP_SIZE, CROP_SIZE, 3), "uint8"), "found": ((), "bool")})
 
     def compute(indices: list[int]) -> dict[str, np.ndarray]:
