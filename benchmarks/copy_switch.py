@@ -74,7 +74,7 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
                                      identity_threshold=float(best["identity_threshold"]))
         evaluated = evaluation.switched_report(task_data.splits.eval, learned["eval"],
                                                identity.vectors["eval"], switch, seed=seed)
-        rows.append({"dev official misses allowed": allowed, "dev top-1": best["top1_0"],
+        rows.append({"dev official misses allowed": str(allowed), "dev top-1": best["top1_0"],
                      "dev own photo removed": best["top1_1"],
                      "top-1": evaluated.eval["top1"],
                      "sunny": evaluated.eval["top1_by_distortion"]["sunny"],
