@@ -3,6 +3,7 @@ and before the first dev evaluation when the content checks outlive their wait."
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -257,14 +258,20 @@ def test_large_splits_do_not_wait_for_the_check(small_copy, tmp_path, monkeypatc
         splits.verify()
 
 
-def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path):
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path, monkeypatch):
     """The paths go to the check's process through a temp file; a check nobody awaits (a run
-    stopped after its first step) must not leave it in the temp folder."""
+    stopped after its first step) must not leave it in the temp folder. The process is held
+    before it reads the file (a forked one running a stand-in that only waits): a real one,
+    started from a warm fork server, may read it before the kill lands."""
+    monkeypatch.setattr(splits_module, "_check_context",
+                        lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(splits_module, "_run_check", lambda *args: time.sleep(600))
     pair = splits_module._Pair([str(tmp_path / "a.jpg")], [True], [str(tmp_path / "b.jpg")],
                                [True], "train", "dev")
     check = splits_module.ContentCheck([pair], near=False, allow=False, await_start=False)
     pairs_file = Path(check._pairs_file)
-    check._process.kill()  # as at exit: the process ends while still importing, file unread
+    check._process.kill()  # as at exit: the process ends before it read the file
     check._process.join()
     assert pairs_file.exists()
     del check
