@@ -160,7 +160,8 @@ def main() -> None:
                         help="also the switch fitted under a floor on dev's official top-1")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
-        measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures, args.pairs, args.floors)
+        measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures, args.pairs,
+                args.floors)
 
 
 if __name__ == "__main__":

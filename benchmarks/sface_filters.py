@@ -35,14 +35,18 @@ def median(size: int):
     return lambda image: cv2.medianBlur(image, size)
 
 
+def opening(image: np.ndarray) -> np.ndarray:
+    return cv2.morphologyEx(image, cv2.MORPH_OPEN, SQUARE)
+
+
 def then_open(first):
-    return lambda image: cv2.morphologyEx(first(image), cv2.MORPH_OPEN, SQUARE)
+    return lambda image: opening(first(image))
 
 
 FILTERS = {
     "3x3 median (before)": median(3),
     "5x5 median": median(5),
-    "3x3 grey opening": lambda image: cv2.morphologyEx(image, cv2.MORPH_OPEN, SQUARE),
+    "3x3 grey opening": opening,
     "3x3 median, then 3x3 grey opening (`sface_filter`)": face_descriptor.sface_filter,
     "5x5 median, then 3x3 grey opening": then_open(median(5)),
 }
