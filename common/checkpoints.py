@@ -46,6 +46,9 @@ _WRITTEN_WHEN_SET = ("copy_switch", "identity_weights")
 # Keys and network arguments renamed since cards were first written: older cards load unchanged.
 _RENAMED_KEYS = {"pair_rule": "face_rule"}
 _RENAMED_MODEL_KWARGS = {"layout_weight": "copy_weight"}
+# Network arguments added since: a card with the first argument but not the second rebuilds the
+# network its weights were saved from with the second's value here.
+_EARLIER_MODEL_KWARGS = {("copy_weight", "copy_local_contrast"): False}
 
 
 class MissingModelCardError(FileNotFoundError):
@@ -367,7 +370,9 @@ def load_model(weights: str | os.PathLike, device: torch.device | str = "cpu"
     """
     card = load_model_card(weights)
     state = _read_verified(card)
-    model = create_model(card.kind, **{**card.model_kwargs, "pretrained": False})
+    kwargs = {added: value for (present, added), value in _EARLIER_MODEL_KWARGS.items()
+              if present in card.model_kwargs}
+    model = create_model(card.kind, **{**kwargs, **card.model_kwargs, "pretrained": False})
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

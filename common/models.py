@@ -279,29 +279,59 @@ class SpatialEmbeddingHead(nn.Module):
 
 
 COPY_DESCRIPTOR_SIZE = 32
+# Local contrast of the copy descriptor: each gradient is divided by the root of the gradient
+# energy around it (a Gaussian of `_COPY_SIGMA` thumbnail pixels), plus `_COPY_FLOOR` of the
+# image's mean energy so that flat, washed-out regions stay quiet instead of amplifying noise.
+# Chosen on the train and dev identities (`benchmarks/copy_descriptor.py`).
+_COPY_SIGMA, _COPY_FLOOR = 2.0, 0.1
 
 
-def copy_descriptor(images: Tensor, mean, std, size: int = COPY_DESCRIPTOR_SIZE) -> Tensor:
+def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """(B, h, w) maps blurred by a separable Gaussian (radius 4 sigma, mirrored borders)."""
+    radius = int(4 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1))[:, 0]
+
+
+def copy_descriptor(images: Tensor, mean, std, size: int = COPY_DESCRIPTOR_SIZE,
+                    local_contrast: bool = True, sigma: float = _COPY_SIGMA,
+                    floor: float = _COPY_FLOOR) -> Tensor:
     """Grey-level gradients of a `size` x `size` thumbnail, centred and L2-normalised.
 
     A copy detector, not a face model: normalised cross-correlation of image gradients ignores
     the brightness and contrast that glare, fog and low light change, and keeps the layout they
     leave, which is what still matches under glare (`docs/results.md`). Any distortion of a
     gallery photo keeps its layout; a different photo of the same person does not, so this only
-    helps the official protocol.
+    helps the official protocol. With `local_contrast`, each region's gradients count by their
+    direction and relative strength, not by how much contrast glare left there: the faint
+    outline under a glare patch weighs as much as the untouched collar. False is the detector
+    of model cards written before it existed.
 
     Args:
         images: (B, 3, H, W) images normalised with `mean` / `std`.
+        sigma / floor: the local contrast's neighbourhood (thumbnail pixels) and floor (a share
+            of the image's mean gradient energy).
 
     Returns:
-        (B, 2 * size * (size - 1)) unit vectors.
+        (B, 2 * size * (size - 1)) unit vectors; (B, 2 * (size - 1) ** 2) with `local_contrast`.
     """
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
     grey = ((images * std + mean) * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
     thumb = F.adaptive_avg_pool2d(grey, size)[:, 0]
-    gradients = torch.cat([thumb.diff(dim=1).flatten(1), thumb.diff(dim=2).flatten(1)], dim=1)
+    if local_contrast:
+        down = thumb[:, 1:, :-1] - thumb[:, :-1, :-1]
+        right = thumb[:, :-1, 1:] - thumb[:, :-1, :-1]
+        energy = _gaussian_blur(down ** 2 + right ** 2, sigma)
+        scale = (energy + floor * energy.mean(dim=(1, 2), keepdim=True)).clamp_min(1e-12).rsqrt()
+        gradients = torch.cat([(down * scale).flatten(1), (right * scale).flatten(1)], dim=1)
+    else:
+        gradients = torch.cat([thumb.diff(dim=1).flatten(1), thumb.diff(dim=2).flatten(1)], dim=1)
     return F.normalize(gradients - gradients.mean(dim=1, keepdim=True), dim=1)
 
 
@@ -315,16 +345,19 @@ def _standardization(backbone: nn.Module, enabled: bool) -> nn.Module:
 class _Embedder(_BackboneModel):
     """What the Task B embedders share: optional `InputStandardization` before the backbone,
     and the `copy_descriptor` joined to the learned unit embedding by `fusion.fuse` when
-    ``copy_weight > 0`` (cosine ``(1 - w) cos_e + w cos_l``). Training losses use
+    ``copy_weight > 0`` (cosine ``(1 - w) cos_e + w cos_l``; ``copy_local_contrast`` is that
+    descriptor's, False only as older model cards rebuild it). Training losses use
     `embed_learned`."""
 
     copy_weight: float = 0.0
 
-    def _init_input(self, standardize_input: bool, copy_weight: float) -> None:
+    def _init_input(self, standardize_input: bool, copy_weight: float,
+                    copy_local_contrast: bool) -> None:
         """Set up standardisation and copy-detector fusion; call once `self.backbone` exists."""
         if not 0.0 <= copy_weight < 1.0:
             raise ValueError(f"copy_weight={copy_weight}; use a value in [0, 1)")
         self.copy_weight = copy_weight
+        self.copy_local_contrast = copy_local_contrast
         self.standardize_input = standardize_input
         self.standardize = _standardization(self.backbone, standardize_input)
 
@@ -337,7 +370,8 @@ class _Embedder(_BackboneModel):
         learned = self.embed_learned(images)
         if not self.copy_weight:
             return learned
-        copies = copy_descriptor(images, self.data_config["mean"], self.data_config["std"])
+        copies = copy_descriptor(images, self.data_config["mean"], self.data_config["std"],
+                                 local_contrast=self.copy_local_contrast)
         return fusion.fuse(learned, copies, self.copy_weight)
 
 
@@ -350,17 +384,18 @@ class EmbeddingNet(_Embedder):
     ``standardize_input=True`` puts `InputStandardization` in front of the backbone;
     ``head="spatial"`` replaces pooling + linear with `SpatialEmbeddingHead`.
 
-    ``copy_weight=w > 0`` appends `copy_descriptor` to the output (see `_Embedder`);
-    `w` is chosen on dev after training.
+    ``copy_weight=w > 0`` appends `copy_descriptor` to the output (see `_Embedder`;
+    ``copy_local_contrast`` as there); `w` is chosen on dev after training.
     """
 
     def __init__(self, backbone_name: str, embedding_dim: int = 512,
                  pretrained: bool | str = True, weights: WeightsPath = None,
                  project: bool = True, standardize_input: bool = False,
-                 head: str = "pooled", copy_weight: float = 0.0) -> None:
+                 head: str = "pooled", copy_weight: float = 0.0,
+                 copy_local_contrast: bool = True) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
-        self._init_input(standardize_input, copy_weight)
+        self._init_input(standardize_input, copy_weight, copy_local_contrast)
         if not project and embedding_dim != num_features:
             raise ValueError(f"project=False keeps the backbone's {num_features}-d features; "
                              f"embedding_dim={embedding_dim} needs project=True")
@@ -398,10 +433,10 @@ class FaceNet(EmbeddingNet):
 
     def __init__(self, embedding_dim: int = 512, pretrained: bool | str = True,
                  weights: WeightsPath = None, standardize_input: bool = False,
-                 copy_weight: float = 0.0) -> None:
+                 copy_weight: float = 0.0, copy_local_contrast: bool = True) -> None:
         super().__init__("inception_resnet_v1", embedding_dim, pretrained, weights,
                          project=embedding_dim != 512, standardize_input=standardize_input,
-                         copy_weight=copy_weight)
+                         copy_weight=copy_weight, copy_local_contrast=copy_local_contrast)
 
     def forward_pair(self, images_a: Tensor, images_b: Tensor) -> tuple[Tensor, Tensor]:
         """Two (B, 3, 160, 160) batches -> two (B, D) embeddings, for contrastive fine-tuning."""
@@ -419,10 +454,10 @@ class SiameseNet(_Embedder):
     def __init__(self, backbone_name: str, pretrained: bool | str = True,
                  weights: WeightsPath = None, hidden_dim: int = 512,
                  embedding_dim: int = 128, standardize_input: bool = False,
-                 copy_weight: float = 0.0) -> None:
+                 copy_weight: float = 0.0, copy_local_contrast: bool = True) -> None:
         super().__init__()
         self.backbone, num_features = create_backbone(backbone_name, pretrained, weights)
-        self._init_input(standardize_input, copy_weight)
+        self._init_input(standardize_input, copy_weight, copy_local_contrast)
         self.embedding_dim = embedding_dim
         self.head = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(hidden_dim, embedding_dim))

@@ -929,7 +929,8 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
     (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
     were calibrated with, which inference must reproduce."""
     kwargs = {"standardize_input": embedder.standardize_input,
-              "copy_weight": embedder.copy_weight}
+              "copy_weight": embedder.copy_weight,
+              "copy_local_contrast": embedder.copy_local_contrast}
     if model == "facenet":
         kind = "facenet"
         kwargs.update(embedding_dim=embedder.embedding_dim)

@@ -128,7 +128,8 @@ def test_an_old_checkpoint_still_loads(tmp_path):
 def test_a_card_with_the_old_names_keeps_its_copy_detector_and_face_rule(saved):
     """Cards saved before ``layout_weight`` became ``copy_weight`` and ``pair_rule`` became
     ``face_rule``: the network's output is still the learned embedding with the 32 px copy
-    descriptor appended, and the rule's thresholds are still there for `common.predict`."""
+    descriptor appended (the plain gradients: local contrast came later), and the rule's
+    thresholds are still there for `common.predict`."""
     _, checkpoint = saved
     card_path = checkpoint.with_suffix(".json")
     card = json.loads(card_path.read_text())
@@ -138,8 +139,15 @@ def test_a_card_with_the_old_names_keeps_its_copy_detector_and_face_rule(saved):
     model, loaded = checkpoints.load_model(checkpoint)
     assert loaded.face_rule == {"distance": 0.6, "descriptor_cosine": 0.5} and not loaded.extra
     assert loaded.model_kwargs["copy_weight"] == 0.3 and model.copy_weight == 0.3
+    assert not model.copy_local_contrast  # the detector those cards were saved with
     with torch.no_grad():
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 16 + 2 * 32 * 31)
+    # a card written since names its detector
+    card["model_kwargs"]["copy_local_contrast"] = True
+    card_path.write_text(json.dumps(card))
+    model, _ = checkpoints.load_model(checkpoint)
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 16 + 2 * 31 * 31)
 
 
 def test_checkpoint_without_card_is_refused_with_an_explanation(saved):

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common import models
 from common.efficientfr import create_efficientfr
@@ -208,19 +209,41 @@ def test_explicit_weights_shared_between_models(tmp_path):
     assert torch.equal(first.backbone.fc.weight, second.backbone.fc.weight)
 
 
-def test_copy_descriptor_ignores_brightness_and_contrast():
+@pytest.mark.parametrize("local_contrast, width", [(False, 2 * 32 * 31), (True, 2 * 31 * 31)])
+def test_copy_descriptor_ignores_brightness_and_contrast(local_contrast, width):
     torch.manual_seed(0)
     raw = torch.rand(1, 3, 64, 64)
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     normalise = lambda x: (x - 0.5) / 0.5  # noqa: E731
     glare = 0.4 * raw + 0.55  # brighter and flatter, as "sunny"
-    a = models.copy_descriptor(normalise(raw), mean, std)
-    b = models.copy_descriptor(normalise(glare), mean, std)
-    other = models.copy_descriptor(normalise(torch.rand(1, 3, 64, 64)), mean, std)
-    assert a.shape == (1, 2 * 32 * 31)
+    a, b, other = (models.copy_descriptor(normalise(image), mean, std,
+                                          local_contrast=local_contrast)
+                   for image in (raw, glare, torch.rand(1, 3, 64, 64)))
+    assert a.shape == (1, width)
     assert a.norm().item() == pytest.approx(1.0, abs=1e-5)
     assert (a * b).sum().item() == pytest.approx(1.0, abs=1e-4)
     assert abs((a * other).sum().item()) < 0.2
+
+
+def test_local_contrast_keeps_the_layout_a_glare_patch_faded():
+    """A patch of the image keeps 5 % of its contrast at its centre, fading smoothly to none
+    lost (glare's washed-out region): the plain gradients weigh that patch by what is left,
+    local contrast by direction, so the faded copy stays at least twice as close."""
+    torch.manual_seed(0)
+    texture = lambda: F.interpolate(torch.rand(1, 1, 16, 16), size=64,  # noqa: E731
+                                    mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    photo, stranger = texture(), texture()
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    kept = 1 - 0.95 * torch.exp(-((x - 20) ** 2 + (y - 24) ** 2) / (2 * 14.0 ** 2))
+    faded = 0.5 + (photo - 0.5) * kept
+    distance = {}
+    for local_contrast in (False, True):
+        a, b, c = (models.copy_descriptor((image - 0.5) / 0.5, (0.5,) * 3, (0.5,) * 3,
+                                          local_contrast=local_contrast)
+                   for image in (photo, faded, stranger))
+        distance[local_contrast] = 1 - (a * b).sum().item()
+        assert abs((a * c).sum().item()) < 0.2
+    assert distance[True] < distance[False] / 2
 
 
 def test_embedding_with_layout_is_a_weighted_unit_concatenation():
@@ -246,6 +269,6 @@ def test_siamese_fuses_the_copy_descriptor_too():
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         fused, learned = model(images), model.embed_learned(images)
-    assert fused.shape == (2, 8 + 2 * 32 * 31) and learned.shape == (2, 8)
+    assert fused.shape == (2, 8 + 2 * 31 * 31) and learned.shape == (2, 8)
     assert torch.allclose(fused[:, :8], learned * 0.5 ** 0.5, atol=1e-6)
     assert _unit_norms(fused) == pytest.approx([1.0] * 2, abs=1e-5)
