@@ -20,7 +20,7 @@ __all__ = [
     "pair_report", "make_pair_list", "frame_pair_list", "retrieval_failures", "worst_pairs",
     "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
     "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
-    "switched_report", "identity_share", "IDENTITY_SHARES",
+    "switched_report", "identity_share", "IDENTITY_SHARES", "fit_switch", "dev_switch_scores",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -229,14 +229,43 @@ def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
     return float(best), candidates
 
 
+def fit_switch(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
+               aggregate: str = "max", seed: int = 0
+               ) -> tuple[fusion.CopySwitch, pd.DataFrame, pd.DataFrame]:
+    """A `fusion.CopySwitch` fitted on dev: first the copy channel's share in its identity
+    channel (`identity_share`), then its two thresholds (`fusion.fit_copy_switch`: the best mean
+    of the two protocols' top-1).
+
+    Returns:
+        (the switch, its thresholds' candidate table, the identity share's).
+    """
+    share, shares = identity_share(dev, copy, identity, aggregate, seed)
+    reads = fusion.switch_identity(copy, identity, share)
+    tables = [_channel_tables(dev, copy, reads, exclude, aggregate, seed)
+              for exclude in (False, True)]
+    switch, candidates = fusion.fit_copy_switch(tables)
+    return dataclasses.replace(switch, identity_share=share), candidates, shares
+
+
+def dev_switch_scores(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
+                      aggregate: str = "max", seed: int = 0) -> dict[str, float]:
+    """What a dev choice of the copy channel compares when a `fusion.CopySwitch` will read it
+    (`fusion.choose_weight`): the switch fitted on dev with `copy` (`fit_switch`) and its dev
+    top-1 on the official protocol, with the own photo removed, and their mean (the switch's own
+    objective). ``identity``: the dev rows' face channel."""
+    switch, candidates, _ = fit_switch(frame, copy, identity, aggregate, seed)
+    best = candidates[(candidates["threshold"] == switch.threshold)
+                      & (candidates["identity_threshold"] == switch.identity_threshold)].iloc[0]
+    return {"dev_top1": best["top1_0"], "dev_top1_hard": best["top1_1"],
+            "dev_switch_mean_top1": best["mean_top1"], "identity_share": switch.identity_share}
+
+
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
                   evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
                   aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None,
                   descriptor_share: float = 0.0, descriptor_front_end: str = "robust"
                   ) -> SwitchReport:
-    """Fit a `fusion.CopySwitch` on dev and report it on the evaluated split: first the copy
-    channel's share in its identity channel (`identity_share`), then its two thresholds
-    (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1).
+    """Fit a `fusion.CopySwitch` on dev (`fit_switch`) and report it on the evaluated split.
 
     Args:
         dev / evaluated: the rows of each split; ``*_copy`` their copy-channel embeddings (the
@@ -246,12 +275,8 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
             a face descriptor (`fusion.CopySwitch.face_vectors`), recorded in the switch so that
             inference builds the same channel.
     """
-    share, shares = identity_share(dev, dev_copy, dev_identity, aggregate, seed)
-    reads = fusion.switch_identity(dev_copy, dev_identity, share)
-    dev_tables = [_channel_tables(dev, dev_copy, reads, exclude, aggregate, seed)
-                  for exclude in (False, True)]
-    switch, candidates = fusion.fit_copy_switch(dev_tables)
-    switch = dataclasses.replace(switch, identity_share=share, descriptor_share=descriptor_share,
+    switch, candidates, shares = fit_switch(dev, dev_copy, dev_identity, aggregate, seed)
+    switch = dataclasses.replace(switch, descriptor_share=descriptor_share,
                                  descriptor_front_end=descriptor_front_end)
     report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed,
                              eval_network)

@@ -34,7 +34,7 @@ __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceR
 ALWAYS_BY_MARGIN, NEVER_BY_MARGIN = 0.0, 3.0
 NEVER_UNSURE, ALWAYS_UNSURE = -2.0, 2.0
 FACE_CHANNELS = ("descriptor", "identity")  # what a `FaceRule`'s cosine reads
-COPY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # copy-detector weights tried on dev
+COPY_WEIGHTS = tuple(np.round(np.arange(0.0, 1.0, 0.1), 1))  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
 
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)

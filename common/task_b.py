@@ -540,14 +540,22 @@ def train_arcface(model: EmbeddingClassifier, task_data: TaskBData, cfg: Experim
 
 
 def choose_copy_weight(embedder: nn.Module, task_data: TaskBData, cfg: ExperimentConfig,
-                         setting: str | float = "auto",
-                         candidates: tuple[float, ...] = fusion.COPY_WEIGHTS) -> pd.DataFrame:
+                       setting: str | float = "auto",
+                       candidates: tuple[float, ...] = fusion.COPY_WEIGHTS,
+                       identity: IdentityChannel | None = None, aggregate: str = "max"
+                       ) -> pd.DataFrame:
     """Set `embedder.copy_weight` (see `models.EmbeddingNet`): a number as given, or with
-    ``"auto"`` the candidate with the best dev top-1 (`fusion.choose_weight`).
+    ``"auto"`` the candidate with the best dev score (`fusion.choose_weight`).
+
+    Without `identity` the score is the gallery top-1. With the identity channel of a copy
+    switch (`identity_channel`), the copy channel only has to answer copies, so the score is
+    the switch's own objective, fitted on dev for each candidate (`evaluation.dev_switch_scores`):
+    a heavier copy detector that lifts a glared copy clear of strangers is worth it there even
+    when the embedding alone already finds every dev copy.
 
     Returns:
-        Dev top-1, top-1 of the harder variant and macro-F1 per candidate weight (empty for a
-        fixed number), for the notebook.
+        Dev top-1, top-1 of the harder variant and macro-F1 (or the switch's mean) per candidate
+        weight (empty for a fixed number), for the notebook.
     """
     if setting != "auto":
         embedder.copy_weight = float(setting)
@@ -558,9 +566,14 @@ def choose_copy_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experimen
     both = embed_array(embedder, task_data.images["dev"], cfg.image_size, mean, std, cfg.device,
                        cfg.batch_size * 2) * 2 ** 0.5
     learned, copies = both[:, :embedder.embedding_dim], both[:, embedder.embedding_dim:]
-    embedder.copy_weight, table = fusion.choose_weight(
-        learned, copies, candidates, partial(evaluation.dev_scores, dev, seed=cfg.seed),
-        "dev_top1", "copy_weight")
+    if identity is None:
+        score, key = partial(evaluation.dev_scores, dev, seed=cfg.seed), "dev_top1"
+    else:
+        score = partial(evaluation.dev_switch_scores, dev, identity=identity.vectors["dev"],
+                        aggregate=aggregate, seed=cfg.seed)
+        key = "dev_switch_mean_top1"
+    embedder.copy_weight, table = fusion.choose_weight(learned, copies, candidates, score, key,
+                                                       "copy_weight")
     return table
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -252,6 +253,41 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
     assert with_network.channels["network"] == {"top1": 1.0, "top1_hard": 1.0}
     assert with_network.flat()["network_channel_top1_hard"] == 1.0
     assert "network" not in report.channels
+
+
+def test_the_copy_weight_for_a_switch_is_the_one_that_tells_copies_from_strangers():
+    """The learned embedding finds every copy alone (official top-1 1.0 at weight 0), but a
+    sunny copy's cosine is faint and every image carries random texture, so its margin is no
+    larger than a stranger's: no switch threshold tells copies from other photos, and with the
+    own photo removed some queries stay with the copy channel. The copy detector (one direction
+    per photo) separates them at any weight: dev top-1 picks weight 0, the switch's objective
+    the smallest weight that gives the detector a say."""
+    frame = gallery_frame()
+    people = sorted(frame["identity"].unique())
+    photos = sorted(frame.loc[frame["distortion"] == "clean", "path"])
+    rng = np.random.default_rng(0)
+    learned, copies, face = [], [], []
+    for row in frame.itertuples():
+        photo = np.eye(len(photos))[photos.index(row.source or row.path)]
+        glare = 0.35 if row.distortion == "sunny" else 1.0
+        learned.append(np.concatenate([glare * photo, rng.normal(0, 0.25, 8)]))
+        copies.append(photo)
+        face.append(np.eye(len(people) + 1)[-1 if row.distortion == "sunny"
+                                            else people.index(row.identity)])
+    learned, copies, face = unit_rows(learned), unit_rows(copies), unit_rows(face)
+    by_top1, _ = fusion.choose_weight(learned, copies, fusion.COPY_WEIGHTS,
+                                      partial(evaluation.dev_scores, frame), "dev_top1")
+    by_switch, table = fusion.choose_weight(
+        learned, copies, fusion.COPY_WEIGHTS,
+        partial(evaluation.dev_switch_scores, frame, identity=face), "dev_switch_mean_top1")
+    assert by_top1 == 0.0 and by_switch == fusion.COPY_WEIGHTS[1]
+    rows = table.set_index("weight")
+    assert (rows["dev_top1"] == 1.0).all()  # every copy found at every weight
+    # with the own photo removed: 4 of 12 queries are sunny (no face, no photo), the other 8
+    # are recognised by the face channel once the switch hands every one of them to it
+    assert rows.loc[by_switch, "dev_top1_hard"] == 8 / 12
+    assert rows.loc[0.0, "dev_top1_hard"] < 8 / 12
+    assert rows.loc[by_switch, "dev_switch_mean_top1"] == (1 + 8 / 12) / 2
 
 
 def test_switch_misses_count_copies_and_people_per_distortion():

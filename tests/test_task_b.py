@@ -233,6 +233,27 @@ def test_choose_copy_weight_picks_the_best_dev_top1(setup):
     assert embedder.copy_weight == 0.25
 
 
+def test_choose_copy_weight_for_a_switch_keeps_its_best_mean(setup):
+    """With a switch's identity channel the weight is chosen by the switch fitted on dev. The
+    face channel here knows every person but sees no face on a sunny copy (one direction of its
+    own), so sunny copies are the copy channel's to find: the untrained embedding alone cannot,
+    the copy detector can."""
+    cfg, task_data = setup
+    dev = task_data.splits.dev
+    people = sorted(dev["identity"].unique())
+    face = unit_rows([np.eye(len(people) + 1)[-1 if row.distortion == "sunny"
+                                              else people.index(row.identity)]
+                      for row in dev.itertuples()])
+    identity = task_b.IdentityChannel("one direction per person", {"dev": face})
+    embedder = models.EmbeddingNet("resnet10t", 32, pretrained=False).eval()
+    table = task_b.choose_copy_weight(embedder, task_data, cfg, "auto", identity=identity)
+    rows = table.set_index("copy_weight")
+    assert embedder.copy_weight == rows["dev_switch_mean_top1"].idxmax() > 0
+    best = rows.loc[embedder.copy_weight]
+    assert best["dev_switch_mean_top1"] == (best["dev_top1"] + best["dev_top1_hard"]) / 2
+    assert best["dev_top1"] >= rows.loc[0.0, "dev_top1"] + 0.1
+
+
 @pytest.mark.parametrize("model", ["facenet", "siamese", "embedding"])
 def test_model_card_rebuilds_the_same_embedding(setup, model):
     from types import SimpleNamespace
