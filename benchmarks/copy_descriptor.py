@@ -14,7 +14,6 @@ Writes ``benchmarks/results/copy_descriptor.md``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import cache, data, experiment, models, task_b  # noqa: E402
-from common.splits import make_splits  # noqa: E402
+from benchmarks.real_data import arguments, task_b_splits, write_report  # noqa: E402
+from common import cache, models  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "copy_descriptor.md"
 SIZE, MEAN, STD = 112, (0.5,) * 3, (0.5,) * 3  # notebook 02's CPU profile and normalisation
@@ -56,15 +55,8 @@ def margins(frame: pd.DataFrame, vectors: np.ndarray) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--work-root", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    cfg = experiment.ExperimentConfig.resolve(
-        task_b.ArcFaceSettings, data_dir=str(args.data_dir), work_root=str(args.work_root),
-        seed=args.seed, output_dir=str(args.work_root / "runs_copy_descriptor"))
-    splits = make_splits(data.read_task_b(Path(cfg.data_dir), "train"), None, cfg, stratify=None)
+    args = arguments(__doc__.split("\n\n")[0]).parse_args()
+    cfg, splits = task_b_splits(args, "runs_copy_descriptor")
     frame = pd.concat([splits.train, splits.dev], ignore_index=True)
     frame = frame[frame["source"].isin(set(frame["path"]))].reset_index(drop=True)
     images = cache.load_image_array(frame["path"].tolist(), SIZE, fit="stretch",
@@ -82,16 +74,15 @@ def main() -> None:
         print(rows[-1], flush=True)
     result = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
     n_gallery = int((frame["distortion"] == "clean").sum())
-    RESULTS.write_text("\n".join([
-        "# The copy detector's margin (issue 20)", "",
-        "`python benchmarks/copy_descriptor.py --data-dir ../shared/data/facecom --work-root W` "
-        f"(seed {args.seed}): the train and dev identities of notebook 02's splits "
-        f"({frame['identity'].nunique()} identities, {n_gallery} clean photos, "
-        f"{len(frame) - n_gallery} distorted copies as queries; the holdout is not read), "
-        f"{SIZE} px stretched as notebook 02's CPU profile. Margin: the cosine of the query's "
-        "own photo minus the best cosine of another identity's photo; quantiles of the sunny "
-        "copies' margins, and the lowest 1 % quantile of the other distortions.", "", result, ""]))
-    print(result)
+    write_report(RESULTS, "The copy detector's margin (issue 20)",
+                 "`python benchmarks/copy_descriptor.py --data-dir ../shared/data/facecom "
+                 f"--work-root W` (seed {args.seed}): the train and dev identities of notebook "
+                 f"02's splits ({frame['identity'].nunique()} identities, {n_gallery} clean "
+                 f"photos, {len(frame) - n_gallery} distorted copies as queries; the holdout is "
+                 f"not read), {SIZE} px stretched as notebook 02's CPU profile. Margin: the "
+                 "cosine of the query's own photo minus the best cosine of another identity's "
+                 "photo; quantiles of the sunny copies' margins, and the lowest 1 % quantile of "
+                 "the other distortions.", result)
 
 
 if __name__ == "__main__":

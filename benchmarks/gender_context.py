@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.gender_features import (SPLITS, arguments, notebook_splits,  # noqa: E402
-                                        regression, write_tables)
+from benchmarks.gender_features import (SPLITS, notebook_splits, regression,  # noqa: E402
+                                        write_tables)
+from benchmarks.real_data import arguments  # noqa: E402
 from common import face_descriptor, task_a, whole_image  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gender_context.md"

