@@ -36,7 +36,7 @@ VARIANTS = {"plain gradients": {"local_contrast": False},
 def describe(images: np.ndarray, **options) -> np.ndarray:
     out = []
     for start in range(0, len(images), 512):
-        batch = torch.from_numpy(images[start:start + 512]).permute(0, 3, 1, 2).float() / 255
+        batch = torch.from_numpy(images[start:start + 512].copy()).permute(0, 3, 1, 2).float() / 255
         out.append(models.copy_descriptor((batch - 0.5) / 0.5, MEAN, STD, **options).numpy())
     return np.concatenate(out)
 
