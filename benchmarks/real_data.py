@@ -3,12 +3,10 @@ a work root whose caches they reuse, the seed) and notebook 02's identity-disjoi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import data, experiment, task_b  # noqa: E402
-from common.splits import Splits, make_splits  # noqa: E402
+from common import data, experiment, task_b
+from common.splits import Splits, make_splits
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
