@@ -13,9 +13,13 @@ of a run are the sum over its processes. Several processes start through
     python benchmarks/throughput.py                               # all backbones at 112 px
     python benchmarks/throughput.py --processes 1 2 --backbones efficientfr convnext_atto
     python benchmarks/throughput.py --sizes 112 224 --batch 32 --backbones efficientfr
+    python benchmarks/throughput.py --memory-formats contiguous channels_last  # the layout lever
 
 Throughput is the median over timed batches, so a burst of load from other processes on a shared
 machine skews it less than a mean would; it still only ever makes numbers lower.
+
+``--memory-formats`` compares the layouts of the weights (and so of every activation): NCHW
+(``contiguous``) against NHWC (``channels_last``), which `common.config.memory_format` picks.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from common.train import create_accelerator, free_port  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput.md"
 BACKBONES = ("efficientnet_lite0", "convnext_atto", "efficientnet_b3", "efficientnet_b4",
              "inception_resnet_v1", "efficientfr")
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
@@ -54,16 +59,18 @@ def _median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def compute_throughput(name: str, size: int, batch: int, iters: int,
-                       warmup: int) -> dict[str, float]:
+def compute_throughput(name: str, size: int, batch: int, iters: int, warmup: int,
+                       memory_format: str = "contiguous") -> dict[str, float]:
     """Train and inference images/s of backbone ``name`` at ``size`` px with batch ``batch`` per
-    process, summed over the processes of this run (one when not launched)."""
+    process, summed over the processes of this run (one when not launched), its weights in
+    `memory_format` (a key of `MEMORY_FORMATS`)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     configure_threads(device)
     accelerator = create_accelerator(device, amp=True)
     torch.manual_seed(accelerator.process_index)
     model, num_features = create_backbone(name, pretrained=False)
-    network = torch.nn.Sequential(model, torch.nn.Linear(num_features, 2))
+    network = torch.nn.Sequential(model, torch.nn.Linear(num_features, 2)).to(
+        memory_format=MEMORY_FORMATS[memory_format])
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     training, optimizer = accelerator.prepare(network, optimizer)
     images = torch.randn(batch, 3, size, size, device=accelerator.device)
@@ -122,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="process counts to compare (default: 1 and one per GPU)")
     parser.add_argument("--iters", type=int, default=3, help="timed batches per measurement")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--memory-formats", nargs="+", default=["contiguous"],
+                        choices=list(MEMORY_FORMATS), help="weight layouts to compare")
     args = parser.parse_args(argv)
 
     malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
@@ -135,21 +144,21 @@ def main(argv: list[str] | None = None) -> None:
              "Images/s are summed over the processes; CPU processes share the cores (threads "
              "per process = cores / processes). The machine was shared with other processes, "
              "so treat the numbers as lower bounds.", "",
-             "| backbone | params (M) | features | size | processes | train img/s | "
-             "infer img/s |", "|---|---|---|---|---|---|---|"]
+             "| backbone | params (M) | features | size | layout | processes | train img/s | "
+             "infer img/s |", "|---|---|---|---|---|---|---|---|"]
     # A launch needs a parent that has not made an Accelerator yet: one process runs last.
     counts = sorted(set(args.processes), reverse=True)
-    configs = [(processes, name, size) for processes in counts for size in args.sizes
-               for name in args.backbones]
+    configs = [(processes, name, size, layout) for processes in counts for size in args.sizes
+               for name in args.backbones for layout in args.memory_formats]
     rows = {}
-    for processes, name, size in tqdm(configs, desc="throughput"):
-        rows[name, size, processes] = _measure(
-            processes, (name, size, args.batch, args.iters, args.warmup))
-    for name, size, processes in sorted(rows, key=lambda key: (key[1], args.backbones.index(
-            key[0]), key[2])):
-        result = rows[name, size, processes]
+    for processes, name, size, layout in tqdm(configs, desc="throughput"):
+        rows[name, size, processes, layout] = _measure(
+            processes, (name, size, args.batch, args.iters, args.warmup, layout))
+    for name, size, processes, layout in sorted(rows, key=lambda key: (
+            key[1], args.backbones.index(key[0]), key[2], args.memory_formats.index(key[3]))):
+        result = rows[name, size, processes, layout]
         lines.append(f"| {name} | {result['params_m']:.1f} | {result['features']} | {size} | "
-                     f"{processes} | {result['train_images_per_s']:.1f} | "
+                     f"{layout} | {processes} | {result['train_images_per_s']:.1f} | "
                      f"{result['infer_images_per_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)

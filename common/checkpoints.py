@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from common import fallbacks, fusion, runs
+from common.config import place
 from common.experiment import ExperimentConfig, Splits
 from common.models import create_model
 from common.train import atomic_save
@@ -384,4 +385,4 @@ def load_model(weights: str | os.PathLike, device: torch.device | str = "cpu"
         if getattr(module, "is_facecom_backbone", False):
             module.data_config = {**module.data_config, "mean": tuple(card.mean),
                                   "std": tuple(card.std)}
-    return model.to(device).eval(), card
+    return place(model, device).eval(), card

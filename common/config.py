@@ -1,4 +1,5 @@
-"""Run-wide settings that depend on the machine: device, hardware profile, threads, seeding.
+"""Run-wide settings that depend on the machine: device, memory layout, hardware profile,
+threads, seeding.
 
 Resolved here once, so notebooks only pass literals and the rest of `common` never guesses.
 Where files go is `common.workspace`; where the data is, `common.discovery`.
@@ -14,7 +15,8 @@ import torch
 
 __all__ = [
     "PROFILES", "Profile", "seed_everything", "seed_worker", "make_generator", "resolve_device",
-    "resolve_profile", "cpu_count", "configure_threads", "seedable_transforms",
+    "memory_format", "place", "resolve_profile", "cpu_count", "configure_threads",
+    "seedable_transforms",
 ]
 
 
@@ -101,6 +103,20 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise RuntimeError(f"device={device!r} was requested but CUDA is not available; "
                            "use device='auto' or 'cpu'.")
     return torch.device(device)
+
+
+def memory_format(device: torch.device | str) -> torch.memory_format:
+    """The layout of convolution weights (and so of their activations) on `device`: NHWC on CPU,
+    where oneDNN's convolutions take their fast path with it (`benchmarks/throughput.py
+    --memory-formats`); torch's default elsewhere, which is the path the GPU runs were timed on."""
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+
+
+def place(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """`model` moved to `device` in its `memory_format` (in place, returned for chaining): the
+    one way a network reaches the device it trains or runs on. Inputs need no conversion, a
+    convolution follows its weights' layout."""
+    return model.to(device, memory_format=memory_format(device))
 
 
 def resolve_profile(profile: str = "auto", device: torch.device | None = None) -> Profile:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.config import place
+
 __all__ = ["CHIP_SIZE", "CHIP_PADDING", "Layer", "read_layers", "DlibFaceResNet", "load"]
 
 CHIP_SIZE, CHIP_PADDING = 150, 0.25  # dlib's compute_face_descriptor defaults
@@ -237,4 +239,4 @@ class DlibFaceResNet(nn.Module):
 def load(path: str, device: str = "cpu") -> DlibFaceResNet:
     """The network of dlib's ``.dat`` file at `path`, in eval mode on `device`, once per
     process."""
-    return DlibFaceResNet(*read_layers(path)).to(device).eval()
+    return place(DlibFaceResNet(*read_layers(path)), device).eval()

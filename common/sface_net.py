@@ -27,6 +27,7 @@ from torch.fx.experimental.optimization import fuse
 from tqdm.auto import tqdm
 
 from common import data, face_descriptor, feature_store
+from common.config import place
 from common.face_priors import PriorUnavailableError
 from common.weights import WeightsSource
 
@@ -176,7 +177,7 @@ def frozen_features(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu"
     fits in memory); a progress bar when `desc` names it. It runs a copy of `frozen` with each
     batch norm folded into its convolution (torch.fx's `fuse`): the same function in less time,
     while the model and its checkpoints keep SFace's graph."""
-    folded = fuse(model.frozen.eval()).to(device)
+    folded = place(fuse(model.frozen.eval()), device)
     out = []
     for start in tqdm(range(0, len(crops), batch_size), desc=desc, disable=not desc, leave=False):
         chunk = crops_to_tensor(crops[start:start + batch_size], mirror).to(device)
@@ -188,7 +189,7 @@ def frozen_features(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu"
 def tail_vectors(model: SFaceIdentity, features: Tensor, device: str = "cpu",
                  batch_size: int = 256) -> np.ndarray:
     """Unit descriptors from `frozen_features`, the tail in eval mode."""
-    model.tail.to(device).eval()
+    place(model.tail, device).eval()
     out = [F.normalize(model.tail(features[start:start + batch_size].float().to(device)))
            for start in range(0, len(features), batch_size)]
     return (torch.cat(out).cpu().numpy() if out

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
                     model_inputs, models, transforms, whole_image)
 from common.checkpoints import ModelCard, card_from_training
+from common.config import place
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
 from common.splits import Splits, make_splits
@@ -298,7 +299,7 @@ def predict_probs(model: nn.Module, images: np.ndarray, image_size: int,
     2-D `images` are face descriptors for a `models.DescriptorProbe`."""
     if images.ndim == 2:
         with torch.no_grad():
-            logits = model.to(device)(torch.as_tensor(images, dtype=torch.float32, device=device))
+            logits = place(model, device)(torch.as_tensor(images, dtype=torch.float32, device=device))
         return torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
     mean, std = model.data_config["mean"], model.data_config["std"]
     dataset = StreamDataset(images, np.zeros(len(images), dtype=np.int64),

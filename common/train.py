@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from common.config import place
 from common.resume import (RESUME_MODES, Interruptions, ResumeStateError, check_fingerprint,
                            load_resume_state, rng_state, set_rng_state)
 
@@ -225,6 +226,7 @@ def fit(
                          "whole number of batches >= 1.")
     accelerator = create_accelerator(device, amp)
     device = accelerator.device
+    place(model, device)
     main = accelerator.is_main_process
     result = FitResult()
     global_step, epochs_without_improvement = 0, 0
@@ -500,7 +502,7 @@ def predict_batches(model: nn.Module | Callable, loader: DataLoader,
     outputs = []
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
-        model.to(device).eval()
+        place(model, device).eval()
     precision = mixed_precision(device, amp=True)
     half = torch.bfloat16 if precision == "bf16" else torch.float16
     try:

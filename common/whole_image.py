@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common import cache, feature_store, models
+from common.config import place
 from common.weights import PYPI_WEIGHTS
 
 __all__ = ["BACKBONES", "SIZE", "is_available", "feature_size", "features"]
@@ -46,7 +47,7 @@ def feature_size(backbone: str) -> int:
 @functools.lru_cache(maxsize=2)
 def _network(backbone: str, device: str) -> torch.nn.Module:
     network, _ = models.create_backbone(backbone, pretrained="required")
-    return network.eval().to(device)
+    return place(network, device).eval()
 
 
 @torch.inference_mode()

@@ -36,6 +36,14 @@ def _problem(seed: int = 0):
     return draw(256), draw(128)
 
 
+def _conv_net() -> nn.Module:
+    """A linear layer of the 8 coordinates written as a convolution (each point a 2x2 image of 2
+    channels), so that training and resuming go through the CPU's NHWC weights
+    (`common.config.place`)."""
+    return nn.Sequential(nn.Unflatten(1, (2, 2, 2)), nn.Conv2d(2, 16, 2), nn.Flatten(), nn.ReLU(),
+                         nn.Dropout(0.3), nn.Linear(16, 2))
+
+
 def _replay_interrupted(loader, interrupt: Interrupt):
     """The loader's batches, with `interrupt` ticking before each one (so it fires while the
     resumed epoch is replayed when `at` is small)."""
@@ -55,7 +63,7 @@ def _run(tmp_path, *, resume=False, epochs=4, workers=0, patience=None, hard=Fal
     """
     seed_everything(0)
     (x, y), (dev_x, dev_y) = _problem()
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+    model = _conv_net()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.02)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
     dataset = TensorDataset(x, y)
@@ -217,6 +225,20 @@ def test_no_improving_epoch_keeps_the_last_weights_not_a_stale_best(tmp_path, ca
     assert result.best_epoch == -1 and not (tmp_path / "b.pt").exists()
     assert not torch.equal(model.weight, stale["weight"])
     assert "no epoch improved dev score" in capsys.readouterr().out
+
+
+def test_cpu_training_keeps_convolutions_channels_last_with_unchanged_outputs(tmp_path):
+    model, result = _run(tmp_path, epochs=1)
+    conv = model[1]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # 16 x 2 x 2 x 2: the two layouts differ
+    plain = _conv_net()
+    plain.load_state_dict(model.state_dict())
+    assert plain[1].weight.is_contiguous()
+    (_, _), (dev_x, _) = _problem()
+    expected = plain.eval()(dev_x).detach()
+    got = predict_batches(model, make_loader(TensorDataset(dev_x), 32), progress=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_predict_batches_hands_the_model_back_in_its_mode():
