@@ -118,8 +118,7 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
           f"people missed {flat['switch_person_missed']}; copy channel answers "
           f"{flat['switch_copy_share']:.3f} of official and {flat['switch_copy_share_hard']:.3f}"
           " of own-photo-removed queries\n")
-    chosen = report.dev[(report.dev["threshold"] == report.switch.threshold)
-                        & (report.dev["identity_threshold"] == report.switch.identity_threshold)]
+    chosen = report.dev[report.dev["chosen"]]
     print(f"dev at these thresholds: top-1 {chosen['top1_0'].iloc[0]:.4f}, own photo removed "
           f"{chosen['top1_1'].iloc[0]:.4f}\n")
     if identity.descriptor_table is not None:

@@ -254,8 +254,7 @@ def dev_switch_scores(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarra
     top-1 on the official protocol, with the own photo removed, and their mean (the switch's own
     objective). ``identity``: the dev rows' face channel."""
     switch, candidates, _ = fit_switch(frame, copy, identity, aggregate, seed)
-    best = candidates[(candidates["threshold"] == switch.threshold)
-                      & (candidates["identity_threshold"] == switch.identity_threshold)].iloc[0]
+    best = candidates[candidates["chosen"]].iloc[0]
     return {"dev_top1": best["top1_0"], "dev_top1_hard": best["top1_1"],
             "dev_switch_mean_top1": best["mean_top1"], "identity_share": switch.identity_share}
 

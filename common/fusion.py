@@ -255,7 +255,8 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
     ties go to the higher first-protocol top-1, then to the lower thresholds.
 
     Returns:
-        (the switch, one row per candidate pair: thresholds, top-1 per protocol, mean).
+        (the switch, one row per candidate pair: thresholds, top-1 per protocol, mean, and
+        ``chosen``, true on the switch's row).
     """
     copy_scores = [copy_margin(copy) for copy, _ in tables]
     identity_scores = [identity["predicted_score"].to_numpy(float) for _, identity in tables]
@@ -273,5 +274,6 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
     table["mean_top1"] = table.filter(like="top1_").mean(axis=1)
     best = table.sort_values(["mean_top1", "top1_0", "threshold", "identity_threshold"],
                              ascending=[False, False, True, True]).index[0]
+    table["chosen"] = table.index == best
     return CopySwitch(float(table.loc[best, "threshold"]),
                       float(table.loc[best, "identity_threshold"])), table

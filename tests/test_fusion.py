@@ -166,6 +166,9 @@ def test_copy_switch_fitted_on_hand_made_tables():
     assert chosen["correct"].tolist() == [True, True, False, True]
     assert chosen["channel"].tolist() == ["identity", "identity", "copy", "copy"]
     assert table["mean_top1"].max() == pytest.approx(7 / 8)
+    (row,) = table[table["chosen"]].itertuples()
+    assert (row.threshold, row.identity_threshold) == (switch.threshold, switch.identity_threshold)
+    assert row.mean_top1 == pytest.approx(7 / 8)
     always = table[table["threshold"].isin([fusion.ALWAYS_BY_MARGIN, fusion.NEVER_BY_MARGIN])
                    & table["identity_threshold"].isin([fusion.NEVER_UNSURE,
                                                        fusion.ALWAYS_UNSURE])]
