@@ -14,12 +14,16 @@ of a run are the sum over its processes. Several processes start through
     python benchmarks/throughput.py --processes 1 2 --backbones efficientfr convnext_atto
     python benchmarks/throughput.py --sizes 112 224 --batch 32 --backbones efficientfr
     python benchmarks/throughput.py --memory-formats contiguous channels_last  # the layout lever
+    python benchmarks/throughput.py --kernels fast deterministic deterministic_fill
 
 Throughput is the median over timed batches, so a burst of load from other processes on a shared
 machine skews it less than a mean would; it still only ever makes numbers lower.
 
 ``--memory-formats`` compares the layouts of the weights (and so of every activation): NCHW
 (``contiguous``) against NHWC (``channels_last``), which `common.config.memory_format` picks.
+``--kernels`` compares torch's kernel modes: ``fast`` (no determinism asked), ``deterministic``
+as `common.config.seed_everything` sets it on CPU, and ``deterministic_fill``, torch's own
+deterministic mode, which also fills every new tensor before use.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "thro
 BACKBONES = ("efficientnet_lite0", "convnext_atto", "efficientnet_b3", "efficientnet_b4",
              "inception_resnet_v1", "efficientfr")
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+KERNELS = {"fast": (False, False), "deterministic": (True, False),
+           "deterministic_fill": (True, True)}  # (deterministic algorithms, fill new memory)
 
 
 def _median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
@@ -60,12 +66,16 @@ def _median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
 
 
 def compute_throughput(name: str, size: int, batch: int, iters: int, warmup: int,
-                       memory_format: str = "contiguous") -> dict[str, float]:
+                       memory_format: str = "contiguous", kernels: str = "fast"
+                       ) -> dict[str, float]:
     """Train and inference images/s of backbone ``name`` at ``size`` px with batch ``batch`` per
     process, summed over the processes of this run (one when not launched), its weights in
-    `memory_format` (a key of `MEMORY_FORMATS`)."""
+    `memory_format` (a key of `MEMORY_FORMATS`), torch's kernels in mode `kernels` (`KERNELS`)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     configure_threads(device)
+    deterministic, fill = KERNELS[kernels]
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     accelerator = create_accelerator(device, amp=True)
     torch.manual_seed(accelerator.process_index)
     model, num_features = create_backbone(name, pretrained=False)
@@ -131,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--memory-formats", nargs="+", default=["contiguous"],
                         choices=list(MEMORY_FORMATS), help="weight layouts to compare")
+    parser.add_argument("--kernels", nargs="+", default=["fast"], choices=list(KERNELS),
+                        help="torch kernel modes to compare")
     args = parser.parse_args(argv)
 
     malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
@@ -144,21 +156,23 @@ def main(argv: list[str] | None = None) -> None:
              "Images/s are summed over the processes; CPU processes share the cores (threads "
              "per process = cores / processes). The machine was shared with other processes, "
              "so treat the numbers as lower bounds.", "",
-             "| backbone | params (M) | features | size | layout | processes | train img/s | "
-             "infer img/s |", "|---|---|---|---|---|---|---|---|"]
+             "| backbone | params (M) | features | size | layout | kernels | processes | "
+             "train img/s | infer img/s |", "|---|---|---|---|---|---|---|---|---|"]
     # A launch needs a parent that has not made an Accelerator yet: one process runs last.
     counts = sorted(set(args.processes), reverse=True)
-    configs = [(processes, name, size, layout) for processes in counts for size in args.sizes
-               for name in args.backbones for layout in args.memory_formats]
+    configs = [(processes, name, size, layout, kernels) for processes in counts
+               for size in args.sizes for name in args.backbones
+               for layout in args.memory_formats for kernels in args.kernels]
     rows = {}
-    for processes, name, size, layout in tqdm(configs, desc="throughput"):
-        rows[name, size, processes, layout] = _measure(
-            processes, (name, size, args.batch, args.iters, args.warmup, layout))
-    for name, size, processes, layout in sorted(rows, key=lambda key: (
-            key[1], args.backbones.index(key[0]), key[2], args.memory_formats.index(key[3]))):
-        result = rows[name, size, processes, layout]
+    for processes, name, size, layout, kernels in tqdm(configs, desc="throughput"):
+        rows[name, size, processes, layout, kernels] = _measure(
+            processes, (name, size, args.batch, args.iters, args.warmup, layout, kernels))
+    for name, size, processes, layout, kernels in sorted(rows, key=lambda key: (
+            key[1], args.backbones.index(key[0]), key[2], args.memory_formats.index(key[3]),
+            args.kernels.index(key[4]))):
+        result = rows[name, size, processes, layout, kernels]
         lines.append(f"| {name} | {result['params_m']:.1f} | {result['features']} | {size} | "
-                     f"{layout} | {processes} | {result['train_images_per_s']:.1f} | "
+                     f"{layout} | {kernels} | {processes} | {result['train_images_per_s']:.1f} | "
                      f"{result['infer_images_per_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
