@@ -47,6 +47,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     ``deterministic=False``, for the fastest ones (cuDNN autotuning).
 
     Two CPU runs with the same seed then give identical metrics (tests/test_train.py).
+    Deterministic mode would also fill every new tensor with NaN before use (torch's
+    ``fill_uninitialized_memory``, a debugging aid that changes no result of a correct
+    kernel); on an allocation-bound CPU that writing is a large share of a training step, so
+    it is turned off (benchmarks/throughput.py --kernels).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -57,6 +61,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def seedable_transforms(obj: object, depth: int = 4) -> list:
