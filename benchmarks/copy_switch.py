@@ -5,7 +5,8 @@ checkpoint's run), the switch fitted on dev, reported on the evaluated split bes
 alone. Prints one markdown table per checkpoint, the thresholds and the misses per distortion;
 with ``--pairs`` also notebook 03's pair face rule on each face channel; with ``--floors`` the
 switch fitted for people under a floor on dev's official top-1 (`print_official_floors`); with
-``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
+``--faceless-shares`` the copy channel's share in the identity channel chosen apart for queries
+where YuNet found no face (`print_faceless_shares`); with ``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
 top-1 per distortion, t-SNE of the identity channel, copies and people missed).
 
     python benchmarks/copy_switch.py --data-dir ../shared/data/facecom --work-root W \\
@@ -24,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common import checkpoints, evaluation, experiment, figures, plots, task_b  # noqa: E402
+from common import (checkpoints, evaluation, experiment, figures, metrics,  # noqa: E402
+                    plots, sface_net, task_b)
+
+FACELESS_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
 def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
@@ -84,8 +88,67 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
+def _per_face_rows(copy: np.ndarray, identity: np.ndarray, found: np.ndarray,
+                   share_face: float, share_faceless: float) -> np.ndarray:
+    """The identity channel with the copy channel's share per row: `share_face` where YuNet
+    found the face, `share_faceless` elsewhere (unit rows, as `fusion.fuse` builds them)."""
+    share = np.where(found, share_face, share_faceless)[:, None]
+    return np.hstack([np.sqrt(1.0 - share) * identity, np.sqrt(share) * copy])
+
+
+def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
+                          identity: task_b.IdentityChannel, report: evaluation.SwitchReport,
+                          seed: int) -> None:
+    """The copy channel's share in the identity channel chosen on dev apart for the rows where
+    YuNet found a face (`evaluation.IDENTITY_SHARES`) and for those where it found none
+    (`FACELESS_SHARES`: glare hides the face, hair and outline stay), against the one share of
+    the switch (`report`); each with the switch refitted on dev, reported on both splits."""
+    splits = {"dev": task_data.splits.dev, "eval": task_data.splits.eval}
+    found = {split: sface_net.face_crops(frame["path"].tolist())[1]
+             for split, frame in splits.items()}
+
+    def top1_hard(split: str, rows: np.ndarray) -> float:
+        return metrics.summarize_retrieval(evaluation.retrieval_table(
+            splits[split], rows, exclude_own_source=True, seed=seed))["top1"]
+
+    grid = pd.DataFrame([{"share_face": face, "share_faceless": faceless, "dev": top1_hard(
+        "dev", _per_face_rows(learned["dev"], identity.vectors["dev"], found["dev"], face,
+                              faceless))}
+        for face in evaluation.IDENTITY_SHARES for faceless in FACELESS_SHARES])
+    best = grid.loc[grid["dev"].idxmax()]  # the first: the smallest shares on ties
+    one = report.switch.identity_share
+    sunny = splits["eval"]["distortion"].eq("sunny").to_numpy()
+    rows = []
+    for name, face, faceless in (("one share (the switch's)", one, one),
+                                 ("apart for faceless queries", best["share_face"],
+                                  best["share_faceless"])):
+        channel = {split: _per_face_rows(learned[split], identity.vectors[split], found[split],
+                                         face, faceless) for split in splits}
+        switched = evaluation.switch_report(splits["dev"], learned["dev"], channel["dev"],
+                                            splits["eval"], learned["eval"], channel["eval"],
+                                            seed=seed)
+        chosen = switched.dev[switched.dev["chosen"]].iloc[0]
+        rows.append({"identity channel": name, "share face / faceless": f"{face} / {faceless}",
+                     "alone, dev": top1_hard("dev", channel["dev"]),
+                     "alone, evaluated": top1_hard("eval", channel["eval"]),
+                     "switch dev top-1 / own photo removed":
+                         f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
+                     "switch top-1": switched.eval["top1"],
+                     "switch own photo removed": switched.hard["top1"],
+                     "sunny": switched.hard["top1_by_distortion"]["sunny"],
+                     "added share": switched.switch.identity_share})
+    faceless = ~found["eval"]
+    print(f"\nfaceless rows (YuNet found no face): dev {int((~found['dev']).sum())}, evaluated "
+          f"{int(faceless.sum())} of {len(faceless)}, {int((faceless & sunny).sum())} of them "
+          "sunny; the copy channel's share in the identity channel, one for all rows "
+          "against one apart for the faceless rows (chosen on dev; the switch refitted on dev "
+          "for each, `added share`: what its own share search added on top):\n")
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+
+
 def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
-            figure_dir: Path | None = None, pairs: bool = False, floors: bool = False) -> None:
+            figure_dir: Path | None = None, pairs: bool = False, floors: bool = False,
+            faceless: bool = False) -> None:
     """Fit and report the switch for one checkpoint; prints its tables (with `pairs`, also the
     pair face rule on each face channel; `print_pair_rules`) and saves its figures under
     `figure_dir`."""
@@ -137,6 +200,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
     print("\n" + report.misses().to_markdown(floatfmt=".3f"))
     if floors:
         print_official_floors(task_data, learned, identity, report, seed)
+    if faceless:
+        print_faceless_shares(task_data, learned, identity, report, seed)
     if pairs:
         print_pair_rules(task_data, learned, identity, report, card, seed)
     if figure_dir is not None:
@@ -157,10 +222,13 @@ def main() -> None:
                         help="also the pair face rule on the descriptor and the identity channel")
     parser.add_argument("--floors", action="store_true",
                         help="also the switch fitted under a floor on dev's official top-1")
+    parser.add_argument("--faceless-shares", action="store_true",
+                        help="also the identity channel's copy share chosen apart for queries "
+                             "without a face")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
         measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures, args.pairs,
-                args.floors)
+                args.floors, args.faceless_shares)
 
 
 if __name__ == "__main__":
