@@ -6,8 +6,9 @@ alone. Prints one markdown table per checkpoint, the thresholds and the misses p
 with ``--pairs`` also notebook 03's pair face rule on each face channel; with ``--floors`` the
 switch fitted for people under a floor on dev's official top-1 (`print_official_floors`); with
 ``--faceless-shares`` the copy channel's share in the identity channel chosen apart for queries
-where YuNet found no face (`print_faceless_shares`); with ``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
-top-1 per distortion, t-SNE of the identity channel, copies and people missed).
+where YuNet found no face (`print_faceless_shares`); with ``--figures DIR`` it also saves
+notebooks 02/03's switch figures there (`figures.switch_figures`: top-1 per distortion, t-SNE of
+the identity channel, copies and people missed).
 
     python benchmarks/copy_switch.py --data-dir ../shared/data/facecom --work-root W \\
         --checkpoints W/weights/task_b_embedding_efficientnet_lite0.pt \\
@@ -25,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common import (checkpoints, evaluation, experiment, figures, metrics,  # noqa: E402
-                    plots, sface_net, task_b)
+from common import (checkpoints, evaluation, experiment, figures,  # noqa: E402
+                    identity_training, plots, sface_net, task_b)
 
 FACELESS_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
@@ -106,14 +107,10 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
     splits = {"dev": task_data.splits.dev, "eval": task_data.splits.eval}
     found = {split: sface_net.face_crops(frame["path"].tolist())[1]
              for split, frame in splits.items()}
-
-    def top1_hard(split: str, rows: np.ndarray) -> float:
-        return metrics.summarize_retrieval(evaluation.retrieval_table(
-            splits[split], rows, exclude_own_source=True, seed=seed))["top1"]
-
-    grid = pd.DataFrame([{"share_face": face, "share_faceless": faceless, "dev": top1_hard(
-        "dev", _per_face_rows(learned["dev"], identity.vectors["dev"], found["dev"], face,
-                              faceless))}
+    # scored as the notebooks choose the identity channel's shares
+    top1_hard = {split: identity_training.dev_top1_hard(frame) for split, frame in splits.items()}
+    grid = pd.DataFrame([{"share_face": face, "share_faceless": faceless, "dev": top1_hard["dev"](
+        _per_face_rows(learned["dev"], identity.vectors["dev"], found["dev"], face, faceless))}
         for face in evaluation.IDENTITY_SHARES for faceless in FACELESS_SHARES])
     best = grid.loc[grid["dev"].idxmax()]  # the first: the smallest shares on ties
     one = report.switch.identity_share
@@ -129,8 +126,8 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
                                             seed=seed)
         chosen = switched.dev[switched.dev["chosen"]].iloc[0]
         rows.append({"identity channel": name, "share face / faceless": f"{face} / {faceless}",
-                     "alone, dev": top1_hard("dev", channel["dev"]),
-                     "alone, evaluated": top1_hard("eval", channel["eval"]),
+                     "alone, dev": top1_hard["dev"](channel["dev"]),
+                     "alone, evaluated": top1_hard["eval"](channel["eval"]),
                      "switch dev top-1 / own photo removed":
                          f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
                      "switch top-1": switched.eval["top1"],
