@@ -5,8 +5,8 @@ checkpoint's run), the switch fitted on dev, reported on the evaluated split bes
 alone. Prints one markdown table per checkpoint, the thresholds and the misses per distortion;
 with ``--pairs`` also notebook 03's pair face rule on each face channel; with ``--floors`` the
 switch fitted for people under a floor on dev's official top-1 (`print_official_floors`); with
-``--faceless-shares`` the copy channel's share in the identity channel chosen apart for queries
-where YuNet found no face (`print_faceless_shares`); with ``--figures DIR`` it also saves
+``--faceless-shares`` the switch against one whose identity channel takes one share of the copy
+channel for every image, not one apart for the faceless (`print_faceless_shares`); with ``--figures DIR`` it also saves
 notebooks 02/03's switch figures there (`figures.switch_figures`: top-1 per distortion, t-SNE of
 the identity channel, copies and people missed).
 
@@ -27,10 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common import (checkpoints, evaluation, experiment, figures,  # noqa: E402
-                    identity_training, plots, sface_net, task_b)
-
-FACELESS_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
-
+                    identity_training, plots, task_b)
 
 def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
                      identity: task_b.IdentityChannel, report: evaluation.SwitchReport,
@@ -89,57 +86,43 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
-def _per_face_rows(copy: np.ndarray, identity: np.ndarray, found: np.ndarray,
-                   share_face: float, share_faceless: float) -> np.ndarray:
-    """The identity channel with the copy channel's share per row: `share_face` where YuNet
-    found the face, `share_faceless` elsewhere (unit rows, as `fusion.fuse` builds them)."""
-    share = np.where(found, share_face, share_faceless)[:, None]
-    return np.hstack([np.sqrt(1.0 - share) * identity, np.sqrt(share) * copy])
-
-
 def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
                           identity: task_b.IdentityChannel, report: evaluation.SwitchReport,
                           seed: int) -> None:
-    """The copy channel's share in the identity channel chosen on dev apart for the rows where
-    YuNet found a face (`evaluation.IDENTITY_SHARES`) and for those where it found none
-    (`FACELESS_SHARES`: glare hides the face, hair and outline stay), against the one share of
-    the switch (`report`); each with the switch refitted on dev, reported on both splits."""
+    """The switch of `report`, whose identity channel mixes a share of the copy channel of its
+    own into the images where the face channel found no face (`evaluation.identity_share`),
+    against the switch refitted on dev with one share for every image (no face-found flags):
+    the identity channel alone on both splits and the switch on the evaluated one."""
     splits = {"dev": task_data.splits.dev, "eval": task_data.splits.eval}
-    found = {split: sface_net.face_crops(frame["path"].tolist())[1]
-             for split, frame in splits.items()}
+    one = evaluation.switch_report(splits["dev"], learned["dev"], identity.vectors["dev"],
+                                   splits["eval"], learned["eval"], identity.vectors["eval"],
+                                   seed=seed)
     # scored as the notebooks choose the identity channel's shares
     top1_hard = {split: identity_training.dev_top1_hard(frame) for split, frame in splits.items()}
-    grid = pd.DataFrame([{"share_face": face, "share_faceless": faceless, "dev": top1_hard["dev"](
-        _per_face_rows(learned["dev"], identity.vectors["dev"], found["dev"], face, faceless))}
-        for face in evaluation.IDENTITY_SHARES for faceless in FACELESS_SHARES])
-    best = grid.loc[grid["dev"].idxmax()]  # the first: the smallest shares on ties
-    one = report.switch.identity_share
-    sunny = splits["eval"]["distortion"].eq("sunny").to_numpy()
     rows = []
-    for name, face, faceless in (("one share (the switch's)", one, one),
-                                 ("apart for faceless queries", best["share_face"],
-                                  best["share_faceless"])):
-        channel = {split: _per_face_rows(learned[split], identity.vectors[split], found[split],
-                                         face, faceless) for split in splits}
-        switched = evaluation.switch_report(splits["dev"], learned["dev"], channel["dev"],
-                                            splits["eval"], learned["eval"], channel["eval"],
-                                            seed=seed)
+    for name, switched, found in (("one share for every image", one, None),
+                                  ("apart for faceless images", report, identity.found)):
+        switch = switched.switch
+        channel = {split: switch.identity_vectors(learned[split], identity.vectors[split],
+                                                  found[split] if found else None)
+                   for split in splits}
         chosen = switched.dev[switched.dev["chosen"]].iloc[0]
-        rows.append({"identity channel": name, "share face / faceless": f"{face} / {faceless}",
+        rows.append({"identity channel": name, "share face / faceless":
+                         f"{switch.identity_share} / {switch.faceless_share}",
                      "alone, dev": top1_hard["dev"](channel["dev"]),
                      "alone, evaluated": top1_hard["eval"](channel["eval"]),
                      "switch dev top-1 / own photo removed":
                          f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
                      "switch top-1": switched.eval["top1"],
                      "switch own photo removed": switched.hard["top1"],
-                     "sunny": switched.hard["top1_by_distortion"]["sunny"],
-                     "added share": switched.switch.identity_share})
-    faceless = ~found["eval"]
-    print(f"\nfaceless rows (YuNet found no face): dev {int((~found['dev']).sum())}, evaluated "
-          f"{int(faceless.sum())} of {len(faceless)}, {int((faceless & sunny).sum())} of them "
-          "sunny; the copy channel's share in the identity channel, one for all rows "
-          "against one apart for the faceless rows (chosen on dev; the switch refitted on dev "
-          "for each, `added share`: what its own share search added on top):\n")
+                     "sunny": switched.hard["top1_by_distortion"]["sunny"]})
+    faceless = ~identity.found["eval"]
+    sunny = splits["eval"]["distortion"].eq("sunny").to_numpy()
+    print(f"\nfaceless rows (the face channel found no face): dev "
+          f"{int((~identity.found['dev']).sum())}, evaluated {int(faceless.sum())} of "
+          f"{len(faceless)}, {int((faceless & sunny).sum())} of them sunny; the copy channel's "
+          "share in the identity channel, one for every image against one apart for the "
+          "faceless images (each chosen on dev, the switch refitted on dev):\n")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
@@ -174,7 +157,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
     print(f"\nthresholds: copy margin {flat['switch_threshold']:.4f}, descriptor "
           f"{flat['switch_identity_threshold']:.4f}; dlib descriptor's share in the identity "
           f"channel {flat['switch_descriptor_share']:.2f}, then the copy channel's "
-          f"{flat['switch_identity_share']:.2f}; copies missed {flat['switch_copy_missed']}, "
+          f"{flat['switch_identity_share']:.2f} ({flat['switch_faceless_share']} where it found no "
+          f"face); copies missed {flat['switch_copy_missed']}, "
           f"people missed {flat['switch_person_missed']}; copy channel answers "
           f"{flat['switch_copy_share']:.3f} of official and {flat['switch_copy_share_hard']:.3f}"
           " of own-photo-removed queries\n")
@@ -185,8 +169,14 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
         print("dev own-photo-removed top-1 of the identity channel per share of dlib's "
               "descriptor:\n")
         print(identity.descriptor_table.to_markdown(index=False, floatfmt=".4f") + "\n")
-    print("dev own-photo-removed top-1 of the identity channel per share of the copy channel:\n")
-    print(report.shares.to_markdown(index=False, floatfmt=".4f") + "\n")
+    shares = report.shares
+    if report.switch.faceless_share is not None:  # a grid: one row per faceless share
+        shares = shares.pivot(index="faceless_share", columns="identity_share",
+                              values="top1_hard").reset_index()
+    print("dev own-photo-removed top-1 of the identity channel per share of the copy channel"
+          + (" (columns), per faceless images' share (rows)" if report.switch.faceless_share
+             is not None else "") + ":\n")
+    print(shares.to_markdown(index=False, floatfmt=".4f") + "\n")
     rows = {"official": flat["switch_top1_by_distortion"],
             "own photo removed": flat["switch_top1_hard_by_distortion"]}
     header = sorted(rows["official"])
@@ -220,8 +210,8 @@ def main() -> None:
     parser.add_argument("--floors", action="store_true",
                         help="also the switch fitted under a floor on dev's official top-1")
     parser.add_argument("--faceless-shares", action="store_true",
-                        help="also the identity channel's copy share chosen apart for queries "
-                             "without a face")
+                        help="also the switch with one copy share for every image, not one "
+                             "apart for the faceless")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
         measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures, args.pairs,

@@ -12,6 +12,7 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
+from tqdm.auto import tqdm
 
 from common import data, fusion, metrics
 
@@ -20,7 +21,8 @@ __all__ = [
     "pair_report", "make_pair_list", "frame_pair_list", "retrieval_failures", "worst_pairs",
     "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
     "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
-    "switched_report", "identity_share", "IDENTITY_SHARES", "fit_switch", "dev_switch_scores",
+    "switched_report", "identity_share", "IDENTITY_SHARES", "FACELESS_SHARES", "fit_switch",
+    "dev_switch_scores",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -30,8 +32,10 @@ PAIR_KINDS = ("same photo", "same identity", "different identity")
 OBJECTIVES = ("top1", "pair_accuracy", "pair_accuracy_face_rule")
 # pair lists: ours (`make_pair_list`) and the public Siamese entries' (`hackathon_pair_list`)
 PAIR_PROTOCOLS = ("random", "hackathon")
-# candidate shares of the copy channel in the switch's identity channel (`identity_share`)
+# candidate shares of the copy channel in the switch's identity channel (`identity_share`):
+# for every image, then for the images where the face channel found no face
 IDENTITY_SHARES = tuple(np.round(np.linspace(0.0, 0.5, 11), 2))
+FACELESS_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
 def photo_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -167,6 +171,7 @@ class SwitchReport:
         out = {"switch_threshold": self.switch.threshold,
                "switch_identity_threshold": self.switch.identity_threshold,
                "switch_identity_share": self.switch.identity_share,
+               "switch_faceless_share": self.switch.faceless_share,
                "switch_descriptor_share": self.switch.descriptor_share,
                "switch_top1": self.eval["top1"], "switch_top1_hard": self.hard["top1"],
                "switch_top1_by_distortion": self.eval["top1_by_distortion"],
@@ -213,46 +218,64 @@ def _channel_tables(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
 
 
 def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
-                   aggregate: str = "max", seed: int = 0) -> tuple[float, pd.DataFrame]:
+                   aggregate: str = "max", seed: int = 0, found: np.ndarray | None = None
+                   ) -> tuple[float, float | None, pd.DataFrame]:
     """The copy channel's share in the switch's identity channel (`fusion.CopySwitch.
     identity_vectors`) with the best dev top-1 once each query's own photo is removed: that
     channel's only job is recognising people in photos the gallery does not hold. The smallest
-    share wins a tie. Returns the share and the dev table of every candidate."""
-    rows = []
-    for share in IDENTITY_SHARES:
-        table = retrieval_table(dev, fusion.switch_identity(copy, identity, share), aggregate,
-                                exclude_own_source=True, seed=seed)
-        rows.append({"identity_share": share,
-                     "top1_hard": metrics.summarize_retrieval(table)["top1"]})
-    candidates = pd.DataFrame(rows)
-    best = candidates.loc[candidates["top1_hard"].idxmax(), "identity_share"]  # first: smallest
-    return float(best), candidates
+    share wins a tie.
+
+    With `found` (per dev row, whether the face channel found the face) and dev queries without
+    a face, the faceless images get a share of their own (`FACELESS_SHARES`), both chosen
+    together: glare that erased the face leaves hair and outline, which the copy channel
+    holds, so those queries want more of it than the others can bear; and what a faceless
+    query reads of the copy channel also depends on the gallery photos' share (its cosine with
+    one is ``sqrt(s f) cos_copy`` plus the face part).
+
+    Returns:
+        (the share, the faceless share or None, the dev table of every candidate).
+    """
+    is_query = (dev["distortion"] != "clean").to_numpy()
+    apart = found is not None and bool(np.any(~np.asarray(found, bool) & is_query))
+    grid = [(share, faceless) for share in IDENTITY_SHARES
+            for faceless in (FACELESS_SHARES if apart else (None,))]
+    candidates = pd.DataFrame([{
+        "identity_share": share, "faceless_share": faceless,
+        "top1_hard": metrics.summarize_retrieval(retrieval_table(
+            dev, fusion.switch_identity(copy, identity, share, found, faceless), aggregate,
+            exclude_own_source=True, seed=seed))["top1"]}
+        for share, faceless in tqdm(grid, desc="identity shares", leave=False)])
+    best = candidates.loc[candidates["top1_hard"].idxmax()]  # the first: the smallest shares
+    return (float(best["identity_share"]),
+            None if best["faceless_share"] is None else float(best["faceless_share"]), candidates)
 
 
 def fit_switch(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
-               aggregate: str = "max", seed: int = 0
+               aggregate: str = "max", seed: int = 0, found: np.ndarray | None = None
                ) -> tuple[fusion.CopySwitch, pd.DataFrame, pd.DataFrame]:
-    """A `fusion.CopySwitch` fitted on dev: first the copy channel's share in its identity
-    channel (`identity_share`), then its two thresholds (`fusion.fit_copy_switch`: the best mean
-    of the two protocols' top-1).
+    """A `fusion.CopySwitch` fitted on dev: first the copy channel's shares in its identity
+    channel (`identity_share`; `found`: where the face channel found the face), then its two
+    thresholds (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1).
 
     Returns:
-        (the switch, its thresholds' candidate table, the identity share's).
+        (the switch, its thresholds' candidate table, the identity shares').
     """
-    share, shares = identity_share(dev, copy, identity, aggregate, seed)
-    reads = fusion.switch_identity(copy, identity, share)
+    share, faceless, shares = identity_share(dev, copy, identity, aggregate, seed, found)
+    reads = fusion.switch_identity(copy, identity, share, found, faceless)
     tables = [_channel_tables(dev, copy, reads, exclude, aggregate, seed)
               for exclude in (False, True)]
     switch, candidates = fusion.fit_copy_switch(tables)
-    return dataclasses.replace(switch, identity_share=share), candidates, shares
+    return (dataclasses.replace(switch, identity_share=share, faceless_share=faceless),
+            candidates, shares)
 
 
 def dev_switch_scores(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
                       aggregate: str = "max", seed: int = 0) -> dict[str, float]:
     """What a dev choice of the copy channel compares when a `fusion.CopySwitch` will read it
-    (`fusion.choose_weight`): the switch fitted on dev with `copy` (`fit_switch`) and its dev
-    top-1 on the official protocol, with the own photo removed, and their mean (the switch's own
-    objective). ``identity``: the dev rows' face channel."""
+    (`fusion.choose_weight`): the switch fitted on dev with `copy` (`fit_switch`, one share of
+    it for every image) and its dev top-1 on the official protocol, with the own photo
+    removed, and their mean (the switch's own objective). ``identity``: the dev rows' face
+    channel."""
     switch, candidates, _ = fit_switch(frame, copy, identity, aggregate, seed)
     best = candidates[candidates["chosen"]].iloc[0]
     return {"dev_top1": best["top1_0"], "dev_top1_hard": best["top1_1"],
@@ -262,7 +285,8 @@ def dev_switch_scores(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarra
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
                   evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
                   aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None,
-                  descriptor_share: float = 0.0, descriptor_front_end: str = "robust"
+                  descriptor_share: float = 0.0, descriptor_front_end: str = "robust",
+                  dev_found: np.ndarray | None = None, eval_found: np.ndarray | None = None
                   ) -> SwitchReport:
     """Fit a `fusion.CopySwitch` on dev (`fit_switch`) and report it on the evaluated split.
 
@@ -273,33 +297,39 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
         descriptor_share / descriptor_front_end: what the identity channel already carries of
             a face descriptor (`fusion.CopySwitch.face_vectors`), recorded in the switch so that
             inference builds the same channel.
+        dev_found / eval_found: per row, whether the face channel found the face (both or
+            neither): the switch may then mix more of the copy channel into faceless images
+            (`identity_share`).
     """
-    switch, candidates, shares = fit_switch(dev, dev_copy, dev_identity, aggregate, seed)
+    switch, candidates, shares = fit_switch(dev, dev_copy, dev_identity, aggregate, seed,
+                                            dev_found)
     switch = dataclasses.replace(switch, descriptor_share=descriptor_share,
                                  descriptor_front_end=descriptor_front_end)
     report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed,
-                             eval_network)
+                             eval_network, eval_found)
     report.dev, report.shares = candidates, shares
     return report
 
 
 def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
                     switch: fusion.CopySwitch, aggregate: str = "max", seed: int = 0,
-                    network: np.ndarray | None = None) -> SwitchReport:
+                    network: np.ndarray | None = None, found: np.ndarray | None = None
+                    ) -> SwitchReport:
     """A given `fusion.CopySwitch` (fitted, or a model card's) on one split; its ``dev`` table
     is empty (`switch_report` fills it). ``identity`` is the face channel alone: the switch
-    mixes in its share of ``copy`` (`fusion.CopySwitch.identity_vectors`), and each channel
-    alone is reported as it is; so is `network`, a fine-tuned face network's own vectors, when
-    given (the face channel may carry a face descriptor's share: ``descriptor_share``)."""
+    mixes in its shares of ``copy`` (`fusion.CopySwitch.identity_vectors`, `found`: where the
+    face channel found the face), and each channel alone is reported as it is; so is
+    `network`, a fine-tuned face network's own vectors, when given (the face channel may carry
+    a face descriptor's share: ``descriptor_share``)."""
     protocols = (("eval", False), ("hard", True))
 
     def tables_of(face: np.ndarray) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         return {name: _channel_tables(evaluated, copy, face, exclude, aggregate, seed)
                 for name, exclude in protocols}
 
-    pairs = tables_of(switch.identity_vectors(copy, identity))
+    pairs = tables_of(switch.identity_vectors(copy, identity, found))
     tables = {name: switch.choose(*pair) for name, pair in pairs.items()}
-    alone = tables_of(identity) if switch.identity_share else pairs
+    alone = tables_of(identity) if switch.identity_share or switch.faceless_share else pairs
     channels = {channel: {key: metrics.summarize_retrieval(alone[name][position])["top1"]
                           for key, name in (("top1", "eval"), ("top1_hard", "hard"))}
                 for position, channel in enumerate(("copy", "identity"))}

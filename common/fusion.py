@@ -40,12 +40,16 @@ DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weig
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
 
 
-def _weighted_concat(first: Rows, second: Rows, weight: float,
+def _weighted_concat(first: Rows, second: Rows, weight: float | np.ndarray,
                      present: np.ndarray | None = None) -> Rows:
     """``[sqrt(1 - w) first, sqrt(w) second]``, also at ``w = 0`` (the dev table's first row);
-    ``[first, 0]`` in the rows where `present` is False (`fuse`)."""
+    ``[first, 0]`` in the rows where `present` is False (`fuse`). `weight` is one number or
+    one per row (`switch_identity`)."""
     is_tensor = isinstance(first, torch.Tensor)
     second = second.to(first.dtype) if is_tensor else second.astype(first.dtype)
+    if np.ndim(weight):
+        weight = np.asarray(weight, np.float32)[:, None]
+        weight = torch.from_numpy(weight) if is_tensor else weight
     parts = [first * (1.0 - weight) ** 0.5, second * weight ** 0.5]
     fused = torch.cat(parts, dim=1) if is_tensor else np.hstack(parts)
     if present is not None and not np.all(present):
@@ -176,6 +180,8 @@ class CopySwitch:
     The identity channel it reads may carry `identity_share` of the copy channel's cosine
     (`identity_vectors`): a face network sees only the face, which glare can erase, while the
     whole-image embedding also keeps hair and head outline; 0 reads the face channel alone.
+    `faceless_share` (None: the same) is that share for the images whose face the face channel
+    did not find, where hair and outline are all that is left (most of a sunny split).
     A fine-tuned face network may in turn carry `descriptor_share` of a face descriptor
     (`face_vectors`, front end `descriptor_front_end`) where that descriptor found the face:
     dlib's detector and network, trained on other faces, fail on other images (rain, noise).
@@ -186,6 +192,7 @@ class CopySwitch:
     identity_share: float = 0.0
     descriptor_share: float = 0.0
     descriptor_front_end: str = "robust"
+    faceless_share: float | None = None
 
     def face_vectors(self, network: np.ndarray, descriptors: np.ndarray,
                      found: np.ndarray) -> np.ndarray:
@@ -193,9 +200,18 @@ class CopySwitch:
         descriptor's cosine where it found the face (both unit rows; `fuse`)."""
         return fuse(network, descriptors, self.descriptor_share, present=found)
 
-    def identity_vectors(self, copy: np.ndarray, identity: np.ndarray) -> np.ndarray:
-        """The identity channel as this switch reads it (`switch_identity`)."""
-        return switch_identity(copy, identity, self.identity_share)
+    def identity_vectors(self, copy: np.ndarray, identity: np.ndarray,
+                         found: np.ndarray | None = None) -> np.ndarray:
+        """The identity channel as this switch reads it (`switch_identity`); `found`: per
+        row, whether the face channel found the face.
+
+        Raises:
+            ValueError: the switch has a `faceless_share` and `found` is None.
+        """
+        if self.faceless_share is not None and found is None:
+            raise ValueError("this CopySwitch mixes a share of its own into faceless images "
+                             "(faceless_share): pass the face channel's face-found flags")
+        return switch_identity(copy, identity, self.identity_share, found, self.faceless_share)
 
     def decide(self, copy_margins: np.ndarray, identity_scores: np.ndarray) -> np.ndarray:
         """Per query, whether the copy channel answers: from its best identity's margin over
@@ -223,10 +239,24 @@ class CopySwitch:
         return table
 
 
-def switch_identity(copy: np.ndarray, identity: np.ndarray, share: float) -> np.ndarray:
+def switch_identity(copy: np.ndarray, identity: np.ndarray, share: float,
+                    found: np.ndarray | None = None, faceless_share: float | None = None
+                    ) -> np.ndarray:
     """The identity channel a `CopySwitch` reads: the face channel's unit rows with `share` of
-    the copy channel's cosine mixed in (`fuse`); 0 returns the face channel itself."""
-    return fuse(identity, copy, share)
+    the copy channel's cosine mixed in (`fuse`); 0 returns the face channel itself.
+
+    With `found` and a `faceless_share`, the rows where it is False get that share instead:
+    each row is ``[sqrt(1 - s) identity, sqrt(s) copy]`` with its own ``s``, so two rows'
+    cosine is ``sqrt((1 - s1)(1 - s2)) cos_identity + sqrt(s1 s2) cos_copy``.
+    """
+    if found is None or faceless_share is None or faceless_share == share:
+        return fuse(identity, copy, share)
+    if not (0.0 <= share <= 1.0 and 0.0 <= faceless_share <= 1.0):
+        raise ValueError(f"shares {share} and {faceless_share} must be in [0, 1]")
+    # two different shares: every row has both parts, whichever rows are given, so a gallery
+    # and its queries described apart keep one dimension
+    return _weighted_concat(identity, copy, np.where(np.asarray(found, bool), share,
+                                                     faceless_share))
 
 
 def copy_margin(table: pd.DataFrame) -> np.ndarray:

@@ -174,7 +174,8 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
         result.update(evaluation.switched_report(  # it mixes the switch's share in itself
             frame, channels["embedding"], channels["face"],
             card.fitted_copy_switch, seed=seed,
-            network=inputs.identity if card.identity_weights else None).flat())
+            network=inputs.identity if card.identity_weights else None,
+            found=channels["found"]).flat())
     return result, {"report": report, "embeddings": embeddings}
 
 

@@ -47,6 +47,9 @@ class ModelInputs:
         identity_descriptors: unit face descriptors and face-found flags of the front end the
             switch mixes into its fine-tuned network for the gallery (a ``descriptor_share``),
             when asked for the identity channel; else None (`task_b.switch_channels`).
+        identity_found: per row, whether the identity channel found the face (YuNet's crop
+            for a fine-tuned network, the descriptor's detector otherwise), with `identity`:
+            the switch mixes more of the copy channel into faceless rows (``faceless_share``).
     """
 
     images: np.ndarray
@@ -55,6 +58,7 @@ class ModelInputs:
     faces: tuple[np.ndarray, np.ndarray] | None = None
     identity: np.ndarray | None = None
     identity_descriptors: tuple[np.ndarray, np.ndarray] | None = None
+    identity_found: np.ndarray | None = None
 
 
 def _is_path(item: ImageLike) -> bool:
@@ -245,10 +249,13 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     else:
         model_images = decoded
     found_faces = card_descriptors(card, originals, progress) if need_faces else None
-    identity = identity_descriptors = None
+    identity = identity_descriptors = identity_found = None
     if with_identity:
-        identity = (card_identity(card, originals, device, progress) if card.identity_weights
-                    else face_descriptor.normalise(found_faces[0]))
+        if card.identity_weights:
+            identity = card_identity(card, originals, device, progress)
+            identity_found = sface_net.face_crops(originals)[1]  # files: kept by content
+        else:
+            identity, identity_found = face_descriptor.normalise(found_faces[0]), found_faces[1]
         switch = card.fitted_copy_switch
         if card.identity_weights and switch is not None and switch.descriptor_share:
             vectors, found = face_descriptor.describe_images(
@@ -257,4 +264,4 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     return ModelInputs(
         model_images, errors,
         _aligned(images, card, errors, device, progress) if card.aligned else None,
-        found_faces, identity, identity_descriptors)
+        found_faces, identity, identity_descriptors, identity_found)

@@ -569,6 +569,8 @@ def choose_copy_weight(embedder: nn.Module, task_data: TaskBData, cfg: Experimen
     if identity is None:
         score, key = partial(evaluation.dev_scores, dev, seed=cfg.seed), "dev_top1"
     else:
+        # one share of the copy channel for every image: the faceless images' own share
+        # (`copy_or_identity`) would multiply the fits per weight by its 21 candidates
         score = partial(evaluation.dev_switch_scores, dev, identity=identity.vectors["dev"],
                         aggregate=aggregate, seed=cfg.seed)
         key = "dev_switch_mean_top1"
@@ -657,10 +659,13 @@ class IdentityChannel:
 
     A fine-tuned channel's ``vectors`` carry ``descriptor_share`` of dlib's descriptor where it
     found the face (`fusion.CopySwitch.face_vectors`, chosen on dev: `_with_descriptor`);
-    ``network_vectors`` are the network's own, which `save_identity` keeps per checkpoint."""
+    ``network_vectors`` are the network's own, which `save_identity` keeps per checkpoint.
+    ``found``: per split and row, whether the channel found the face (YuNet's crop for SFace,
+    the descriptor's detector otherwise; `fusion.CopySwitch.faceless_share`)."""
 
     source: str
     vectors: dict[str, np.ndarray]
+    found: dict[str, np.ndarray]
     model: nn.Module | None = None
     fit: FitResult | None = None
     checkpoint: Path | None = None  # where an inherited channel was read from
@@ -698,7 +703,8 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
         if any(value is None for value in loaded.values()):
             return None
         return IdentityChannel(f"face descriptor {front_end}", {
-            split: face_descriptor.normalise(vectors) for split, (vectors, _) in loaded.items()})
+            split: face_descriptor.normalise(vectors) for split, (vectors, _) in loaded.items()},
+            {split: found for split, (_, found) in loaded.items()})
     card = checkpoints.load_model_card(inherit_from) if inherit_from is not None else None
     if card is not None and card.identity_path is not None:
         trained = checkpoints.load_model_card(card.identity_path)
@@ -714,13 +720,20 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
                 split: sface_net.describe_images(model, frame["path"].tolist(), cfg.device,
                                                  f"identity channel, {split}",
                                                  trained.weights_sha256)
-                for split, frame in frames.items()}, model, checkpoint=card.identity_path), frames)
+                for split, frame in frames.items()}, _yunet_found(frames), model,
+            checkpoint=card.identity_path), frames)
     settings = identity_training.TuneSettings()
     settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))
     model, fit_result, vectors = identity_training.train_identity_channel(
         task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed, cfg.device)
-    return _with_descriptor(IdentityChannel("SFace fine-tuned", vectors, model, fit_result),
-                            frames)
+    return _with_descriptor(IdentityChannel("SFace fine-tuned", vectors, _yunet_found(frames),
+                                            model, fit_result), frames)
+
+
+def _yunet_found(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
+    """Per split, whether YuNet found the face SFace reads (its crops are kept by content)."""
+    return {split: sface_net.face_crops(frame["path"].tolist())[1]
+            for split, frame in frames.items()}
 
 
 def _with_descriptor(channel: IdentityChannel, frames: dict[str, pd.DataFrame]
@@ -760,7 +773,8 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
                                     splits.eval, learned["eval"], identity.vectors["eval"],
                                     aggregate, seed, identity.network_vectors["eval"]
                                     if identity.network_vectors else None,
-                                    identity.descriptor_share, IDENTITY_DESCRIPTOR)
+                                    identity.descriptor_share, IDENTITY_DESCRIPTOR,
+                                    identity.found["dev"], identity.found["eval"])
 
 
 def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport) -> str:
@@ -769,8 +783,12 @@ def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport)
     if identity.descriptor_share:
         parts.append(f"{identity.descriptor_share:.2f} of dlib's descriptor where it found the "
                      "face (it holds through rain and noise)")
+    faceless = switch.switch.faceless_share
     parts.append(f"{switch.switch.identity_share:.2f} of the copy channel (hair and outline "
-                 "where glare hid the face)")
+                 "where glare hid the face)" if faceless is None else
+                 f"{switch.switch.identity_share:.2f} of the copy channel where the face was "
+                 f"found and {faceless:.2f} where it was not (hair and outline where glare "
+                 "hid the face)")
     return ("identity channel: " + ", ".join(parts)
             + "; each share the best on dev with the own photo removed")
 
@@ -789,7 +807,8 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
     if switch is None or identity is None:
         return None
     own = identity.network_vectors or identity.vectors
-    return {split: (switch.switch.identity_vectors(learned[split], own[split]),
+    return {split: (switch.switch.identity_vectors(learned[split], own[split],
+                                                   identity.found[split]),
                     np.ones(len(learned[split]), bool)) for split in own}
 
 
@@ -876,18 +895,19 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
     the face descriptor (`fusion.CopySwitch.face_vectors`; an `IdentityChannel`'s ``vectors``),
     and the switch's share of the embedding mixed in (`fusion.CopySwitch.identity_vectors`).
     ``"pair_faces"`` is what a pair `fusion.FaceRule` reads: the identity channel without the
-    descriptor (`identity_faces`)."""
+    descriptor (`identity_faces`); ``"found"`` whether the face channel found each face
+    (`model_inputs.ModelInputs.identity_found`)."""
     embedding = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
                             batch_size=batch_size, progress=progress)
-    switch = card.fitted_copy_switch
+    switch, found = card.fitted_copy_switch, inputs.identity_found
     if switch is None:
         return {"embedding": embedding, "face": inputs.identity, "identity": inputs.identity,
-                "pair_faces": inputs.identity}
+                "pair_faces": inputs.identity, "found": found}
     face = (switch.face_vectors(inputs.identity, *inputs.identity_descriptors)
             if inputs.identity_descriptors is not None else inputs.identity)
-    return {"embedding": embedding, "face": face,
-            "identity": switch.identity_vectors(embedding, face),
-            "pair_faces": switch.identity_vectors(embedding, inputs.identity)}
+    return {"embedding": embedding, "face": face, "found": found,
+            "identity": switch.identity_vectors(embedding, face, found),
+            "pair_faces": switch.identity_vectors(embedding, inputs.identity, found)}
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,

@@ -91,6 +91,10 @@ def test_a_cards_fitted_rules_decide_as_the_rules_it_recorded(tmp_path):
     loaded = ModelCard.from_json(card.to_json(tmp_path / "card.json"))
     switch, rule = loaded.fitted_copy_switch, loaded.fitted_face_rule
     assert (switch.identity_share, switch.descriptor_share, rule.channel) == (0.2, 0.8, "identity")
+    assert switch.faceless_share is None  # a card written before faceless images had a share
+    faceless = replace(card, copy_switch={**card.copy_switch, "faceless_share": 0.85})
+    assert ModelCard.from_json(faceless.to_json(tmp_path / "faceless.json")
+                               ).fitted_copy_switch.faceless_share == 0.85
     margins, face_best = np.array([0.15, 0.05, 0.05]), np.array([0.9, 0.9, 0.2])
     np.testing.assert_array_equal(switch.decide(margins, face_best), [True, False, True])
     np.testing.assert_array_equal(

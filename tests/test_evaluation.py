@@ -230,7 +230,8 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
         face.append(np.eye(len(photos) + len(people) + 1)[-1 if row.distortion == "sunny"
                                                           else person])
     copy, face = unit_rows(copy), unit_rows(face)
-    share, shares = evaluation.identity_share(frame, copy, face)
+    share, faceless, shares = evaluation.identity_share(frame, copy, face)
+    assert faceless is None  # no face-found flags: one share for every image
     by_share = shares.set_index("identity_share")["top1_hard"]
     assert share == 0.05 == evaluation.IDENTITY_SHARES[1]
     assert by_share[0.0] < 1.0 and by_share[0.05] == 1.0
@@ -253,6 +254,48 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
     assert with_network.channels["network"] == {"top1": 1.0, "top1_hard": 1.0}
     assert with_network.flat()["network_channel_top1_hard"] == 1.0
     assert "network" not in report.channels
+
+
+def test_switch_mixes_more_of_the_copy_channel_where_the_face_was_not_found():
+    """Face channel: one direction per person, but glare turns a sunny copy's face into the
+    next person's, with full confidence, and the face is reported not found there. Copy
+    channel: one direction per photo plus half a person's: the own person on a sunny copy
+    (hair, outline), the next person on a noisy one (its texture). Own photo removed, a query's
+    copy cosine is 0.2 with the person it shows, 0 with the others, and its margin 0.2 either
+    way, so no threshold tells noisy from sunny queries: with one share of the copy channel
+    (at most 0.5) the identity channel answers the noisy ones and misses every sunny one (0.5
+    at best). A sunny query with share f against a gallery photo with share s scores
+    sqrt(s f) 0.2 for its own person and sqrt((1 - s)(1 - f)) for the next: only f = 1
+    (with s > 0) recognises it, so (0.05, 1.0) is chosen and the switch finds everyone."""
+    frame = gallery_frame()
+    people = sorted(frame["identity"].unique())
+    photos = sorted(frame.loc[frame["distortion"] == "clean", "path"])
+    size = len(photos) + len(people)
+    copy, face = [], []
+    for row in frame.itertuples():
+        person = people.index(row.identity)
+        shown = (person + 1) % len(people) if row.distortion == "noisy" else person
+        copy.append(np.eye(size)[photos.index(row.source or row.path)]
+                    + 0.5 * np.eye(size)[len(photos) + shown])
+        face.append(np.eye(len(people))[(person + 1) % len(people) if row.distortion == "sunny"
+                                        else person])
+    copy, face = unit_rows(copy), unit_rows(face)
+    found = (frame["distortion"] != "sunny").to_numpy()
+    one, no_faceless, one_table = evaluation.identity_share(frame, copy, face)
+    assert no_faceless is None and one_table["top1_hard"].max() == 0.5
+    share, faceless, table = evaluation.identity_share(frame, copy, face, found=found)
+    assert (share, faceless) == (0.05, 1.0) and len(table) == (
+        len(evaluation.IDENTITY_SHARES) * len(evaluation.FACELESS_SHARES))
+    assert table["top1_hard"].max() == 1.0
+    report = evaluation.switch_report(frame, copy, face, frame, copy, face,
+                                      dev_found=found, eval_found=found)
+    assert (report.switch.identity_share, report.switch.faceless_share) == (0.05, 1.0)
+    assert report.eval["top1"] == 1.0 and report.hard["top1"] == 1.0
+    assert report.flat()["switch_faceless_share"] == 1.0
+    # the face channel alone is reported as it is: every sunny copy missed
+    assert report.channels["identity"]["top1_hard"] == 0.5
+    without = evaluation.switch_report(frame, copy, face, frame, copy, face)
+    assert without.switch.faceless_share is None and without.hard["top1"] <= 0.5
 
 
 def test_the_copy_weight_for_a_switch_is_the_one_that_tells_copies_from_strangers():

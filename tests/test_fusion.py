@@ -48,6 +48,34 @@ def test_fuse_keeps_the_first_channel_alone_where_the_second_is_absent():
     np.testing.assert_array_equal(switch.face_vectors(first, second, present), fused)
 
 
+def test_switch_identity_mixes_its_faceless_share_into_the_rows_without_a_face():
+    """Each row takes the copy channel's share of its own kind (0.04 with a face, 0.64
+    without), so two rows' cosine is sqrt((1 - s1)(1 - s2)) cos_face + sqrt(s1 s2) cos_copy,
+    and every row keeps one dimension whichever rows are given."""
+    face = unit_rows([[1, 0], [0.6, 0.8], [0, 1]])      # cosines 0.6, 0, 0.8
+    copy = unit_rows([[1, 0, 0], [1, 0, 0], [0, 0, 1]])  # cosines 1, 0, 0
+    found = np.array([True, True, False])
+    switch = fusion.CopySwitch(0.1, identity_share=0.04, faceless_share=0.64)
+    rows = switch.identity_vectors(copy, face, found)
+    assert rows.shape == (3, 5)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)
+    assert rows[0] @ rows[1] == pytest.approx(0.96 * 0.6 + 0.04 * 1.0, abs=1e-6)
+    assert rows[0] @ rows[2] == pytest.approx((0.96 * 0.36) ** 0.5 * 0.0 + 0.16 * 0.0, abs=1e-6)
+    assert rows[1] @ rows[2] == pytest.approx((0.96 * 0.36) ** 0.5 * 0.8, abs=1e-6)
+    # the rows with a face alone are what one share gives, in the same dimension
+    alone = switch.identity_vectors(copy[:2], face[:2], found[:2])
+    np.testing.assert_allclose(alone, rows[:2], atol=1e-7)
+    np.testing.assert_allclose(alone @ alone.T, (fusion.fuse(face, copy, 0.04)[:2]
+                                                 @ fusion.fuse(face, copy, 0.04)[:2].T),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="face-found flags"):
+        switch.identity_vectors(copy, face)
+    # a switch without a faceless share reads every row alike, with or without the flags
+    one = fusion.CopySwitch(0.1, identity_share=0.04)
+    np.testing.assert_array_equal(one.identity_vectors(copy, face, found),
+                                  fusion.fuse(face, copy, 0.04))
+
+
 def _choose(frame: pd.DataFrame, first, second, objective: str = "top1", found=None):
     score = partial(evaluation.dev_scores, frame, objective=objective, n_pairs=60,
                     faces=None if found is None else (second, found))

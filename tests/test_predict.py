@@ -342,10 +342,11 @@ def test_compare_applies_the_cards_face_rule(checkpoints, sample_root, tmp_path,
     assert predict.compare(first, other, ruled)["same"] is False
 
 
-def _fake_a_perfect_descriptor(val: Path, monkeypatch) -> list[str]:
+def _fake_a_perfect_descriptor(val: Path, monkeypatch, faceless: tuple[Path, ...] = ()
+                               ) -> list[str]:
     """Replace the face descriptor by a perfect one: one direction per identity folder of
-    `val` (``<identity>/`` and ``<identity>/distortion/``), every face found. Returns the
-    identities in the order of their directions."""
+    `val` (``<identity>/`` and ``<identity>/distortion/``), every face found but in the files
+    `faceless` names. Returns the identities in the order of their directions."""
     from common import face_descriptor
 
     people = sorted(p.name for p in val.iterdir() if p.is_dir())
@@ -356,7 +357,7 @@ def _fake_a_perfect_descriptor(val: Path, monkeypatch) -> list[str]:
             folder = Path(path).parent
             vectors[row, people.index(folder.parent.name if folder.name == "distortion"
                                       else folder.name)] = 1.0
-        return vectors, np.ones(len(images), bool)
+        return vectors, np.array([Path(path) not in faceless for path in images], bool)
 
     monkeypatch.setattr(face_descriptor, "describe", fake_describe)
     monkeypatch.setattr(face_descriptor, "cached_descriptors",
@@ -364,30 +365,37 @@ def _fake_a_perfect_descriptor(val: Path, monkeypatch) -> list[str]:
     return people
 
 
-def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(checkpoints, sample_root,
-                                                                       tmp_path, monkeypatch):
+@pytest.mark.parametrize("faceless_share", [None, 0.9])
+def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(
+        checkpoints, sample_root, tmp_path, monkeypatch, faceless_share):
     """A face rule fitted on the copy switch's identity channel (notebook 03 with a switch)
     reads that channel: the face descriptor (faked: one direction per identity folder) with the
-    switch's share of the learned embedding's cosine mixed in."""
+    switch's share of the learned embedding's cosine mixed in; with a `faceless_share`, that
+    share where the face channel found no face (here the distorted copy), so the pair's cosine
+    is ``sqrt((1 - s)(1 - f)) cos_face + sqrt(s f) cos_learned``."""
     from common import fusion
 
     val = sample_root / "Task_B" / "val"
-    people = _fake_a_perfect_descriptor(val, monkeypatch)
+    people = sorted(p.name for p in val.iterdir() if p.is_dir())
+    copy = sorted((val / people[0] / "distortion").glob("*.jpg"))[0]
+    _fake_a_perfect_descriptor(val, monkeypatch, faceless=(copy,) if faceless_share else ())
     model, card = load_model(checkpoints["task_b"])
     share = 0.5
     ruled = save_model(model, tmp_path, "ruled_by_identity", replace(
         card, descriptor_front_end="robust",
-        copy_switch=dataclasses.asdict(fusion.CopySwitch(0.1, identity_share=share)),
+        copy_switch=dataclasses.asdict(fusion.CopySwitch(0.1, identity_share=share,
+                                                         faceless_share=faceless_share)),
         face_rule={"distance": -1.0, "descriptor_cosine": 0.75, "channel": "identity"}))
     first = sorted((val / people[0]).glob("*.jpg"))[0]
-    copy = sorted((val / people[0] / "distortion").glob("*.jpg"))[0]
     stranger = sorted((val / people[1]).glob("*.jpg"))[0]
     for other, same_person in ((copy, True), (stranger, False)):
         learned = predict.embed([first, other], checkpoints["task_b"])
-        expected = (1 - share) * float(same_person) + share * float(learned[0] @ learned[1])
+        other_share = faceless_share if faceless_share and other == copy else share
+        expected = (np.sqrt((1 - share) * (1 - other_share)) * float(same_person)
+                    + np.sqrt(share * other_share) * float(learned[0] @ learned[1]))
         result = predict.compare(first, other, ruled)
         assert result["descriptor_cosine"] == pytest.approx(expected, abs=1e-5)
-        assert result["same"] is (expected >= 0.75)
+        assert result["same"] is bool(expected >= 0.75)
         assert result["faces_found"] is True
     with pytest.raises(ValueError, match="channel"):
         fusion.FaceRule(0.5, 0.5, channel="hair")

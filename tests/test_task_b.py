@@ -156,7 +156,8 @@ def test_a_fine_tuned_identity_channel_takes_dlibs_descriptor_where_it_helps_on_
     monkeypatch.setattr(task_b.face_descriptor, "optional_descriptors", descriptors)
     frames = {"dev": frame, "eval": frame}
     channel = task_b._with_descriptor(
-        task_b.IdentityChannel("net", {"dev": network, "eval": network}), frames)
+        task_b.IdentityChannel("net", {"dev": network, "eval": network},
+                               {"dev": found, "eval": found}), frames)
     assert channel.network_vectors["eval"] is network
     assert channel.descriptor_share == fusion.DESCRIPTOR_WEIGHTS[1]
     table = channel.descriptor_table.set_index("descriptor_share")["top1_hard"]
@@ -173,7 +174,8 @@ def test_a_fine_tuned_identity_channel_takes_dlibs_descriptor_where_it_helps_on_
     monkeypatch.setattr(task_b.face_descriptor, "optional_descriptors",
                         lambda paths, front_end, progress=True: None)
     alone = task_b._with_descriptor(
-        task_b.IdentityChannel("net", {"dev": network, "eval": network}), frames)
+        task_b.IdentityChannel("net", {"dev": network, "eval": network},
+                               {"dev": found, "eval": found}), frames)
     assert alone.descriptor_share == 0.0 and alone.vectors["eval"] is network
 
 
@@ -244,7 +246,8 @@ def test_choose_copy_weight_for_a_switch_keeps_its_best_mean(setup):
     face = unit_rows([np.eye(len(people) + 1)[-1 if row.distortion == "sunny"
                                               else people.index(row.identity)]
                       for row in dev.itertuples()])
-    identity = task_b.IdentityChannel("one direction per person", {"dev": face})
+    identity = task_b.IdentityChannel("one direction per person", {"dev": face},
+                                      {"dev": dev["distortion"].ne("sunny").to_numpy()})
     embedder = models.EmbeddingNet("resnet10t", 32, pretrained=False).eval()
     table = task_b.choose_copy_weight(embedder, task_data, cfg, "auto", identity=identity)
     rows = table.set_index("copy_weight")
