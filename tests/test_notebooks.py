@@ -128,3 +128,5 @@ def test_evaluation_leaderboard(executed):
     for key in ("switch_identity_share", "switch_descriptor_share", "switch_top1",
                 "switch_top1_hard"):
         assert arcface[key] == pytest.approx(arcface_metrics[key], abs=1e-9), key
+    # None when dev's queries all showed a face, else one of the grid's values in both
+    assert arcface["switch_faceless_share"] == arcface_metrics["switch_faceless_share"]
