@@ -21,7 +21,7 @@ __all__ = [
     "pair_report", "make_pair_list", "frame_pair_list", "retrieval_failures", "worst_pairs",
     "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
     "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
-    "switched_report", "identity_share", "IDENTITY_SHARES", "FACELESS_SHARES", "fit_switch",
+    "switched_report", "identity_shares", "IDENTITY_SHARES", "FACELESS_SHARES", "fit_switch",
     "dev_switch_scores",
 ]
 
@@ -32,7 +32,7 @@ PAIR_KINDS = ("same photo", "same identity", "different identity")
 OBJECTIVES = ("top1", "pair_accuracy", "pair_accuracy_face_rule")
 # pair lists: ours (`make_pair_list`) and the public Siamese entries' (`hackathon_pair_list`)
 PAIR_PROTOCOLS = ("random", "hackathon")
-# candidate shares of the copy channel in the switch's identity channel (`identity_share`):
+# candidate shares of the copy channel in the switch's identity channel (`identity_shares`):
 # for every image, then for the images where the face channel found no face
 IDENTITY_SHARES = tuple(np.round(np.linspace(0.0, 0.5, 11), 2))
 FACELESS_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
@@ -217,9 +217,9 @@ def _channel_tables(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
                  for embeddings in (copy, identity))
 
 
-def identity_share(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
-                   aggregate: str = "max", seed: int = 0, found: np.ndarray | None = None
-                   ) -> tuple[float, float | None, pd.DataFrame]:
+def identity_shares(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
+                    aggregate: str = "max", seed: int = 0, found: np.ndarray | None = None
+                    ) -> tuple[float, float | None, pd.DataFrame]:
     """The copy channel's share in the switch's identity channel (`fusion.CopySwitch.
     identity_vectors`) with the best dev top-1 once each query's own photo is removed: that
     channel's only job is recognising people in photos the gallery does not hold. The smallest
@@ -254,13 +254,13 @@ def fit_switch(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
                aggregate: str = "max", seed: int = 0, found: np.ndarray | None = None
                ) -> tuple[fusion.CopySwitch, pd.DataFrame, pd.DataFrame]:
     """A `fusion.CopySwitch` fitted on dev: first the copy channel's shares in its identity
-    channel (`identity_share`; `found`: where the face channel found the face), then its two
+    channel (`identity_shares`; `found`: where the face channel found the face), then its two
     thresholds (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1).
 
     Returns:
         (the switch, its thresholds' candidate table, the identity shares').
     """
-    share, faceless, shares = identity_share(dev, copy, identity, aggregate, seed, found)
+    share, faceless, shares = identity_shares(dev, copy, identity, aggregate, seed, found)
     reads = fusion.switch_identity(copy, identity, share, found, faceless)
     tables = [_channel_tables(dev, copy, reads, exclude, aggregate, seed)
               for exclude in (False, True)]
@@ -299,7 +299,7 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
             inference builds the same channel.
         dev_found / eval_found: per row, whether the face channel found the face (both or
             neither): the switch may then mix more of the copy channel into faceless images
-            (`identity_share`).
+            (`identity_shares`).
     """
     switch, candidates, shares = fit_switch(dev, dev_copy, dev_identity, aggregate, seed,
                                             dev_found)

@@ -230,7 +230,7 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
         face.append(np.eye(len(photos) + len(people) + 1)[-1 if row.distortion == "sunny"
                                                           else person])
     copy, face = unit_rows(copy), unit_rows(face)
-    share, faceless, shares = evaluation.identity_share(frame, copy, face)
+    share, faceless, shares = evaluation.identity_shares(frame, copy, face)
     assert faceless is None  # no face-found flags: one share for every image
     by_share = shares.set_index("identity_share")["top1_hard"]
     assert share == 0.05 == evaluation.IDENTITY_SHARES[1]
@@ -281,9 +281,9 @@ def test_switch_mixes_more_of_the_copy_channel_where_the_face_was_not_found():
                                         else person])
     copy, face = unit_rows(copy), unit_rows(face)
     found = (frame["distortion"] != "sunny").to_numpy()
-    one, no_faceless, one_table = evaluation.identity_share(frame, copy, face)
+    one, no_faceless, one_table = evaluation.identity_shares(frame, copy, face)
     assert no_faceless is None and one_table["top1_hard"].max() == 0.5
-    share, faceless, table = evaluation.identity_share(frame, copy, face, found=found)
+    share, faceless, table = evaluation.identity_shares(frame, copy, face, found=found)
     assert (share, faceless) == (0.05, 1.0) and len(table) == (
         len(evaluation.IDENTITY_SHARES) * len(evaluation.FACELESS_SHARES))
     assert table["top1_hard"].max() == 1.0
