@@ -66,7 +66,7 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
     threshold pairs whose dev official top-1 stays within `misses` queries of its best (instead
     of the best mean of the two), each reported on the evaluated split."""
     dev = report.dev
-    n_queries = len(task_data.splits.dev) - task_data.splits.dev["distortion"].eq("clean").sum()
+    n_queries = len(evaluation.retrieval_table(task_data.splits.dev, learned["dev"]))
     rows = []
     for allowed in misses:
         kept = dev[dev["top1_0"] >= dev["top1_0"].max() - (allowed + 0.5) / n_queries]
@@ -75,7 +75,8 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
         switch = dataclasses.replace(report.switch, threshold=float(best["threshold"]),
                                      identity_threshold=float(best["identity_threshold"]))
         evaluated = evaluation.switched_report(task_data.splits.eval, learned["eval"],
-                                               identity.vectors["eval"], switch, seed=seed)
+                                               identity.vectors["eval"], switch, seed=seed,
+                                               found=identity.found["eval"])
         rows.append({"dev official misses allowed": str(allowed), "dev top-1": best["top1_0"],
                      "dev own photo removed": best["top1_1"],
                      "top-1": evaluated.eval["top1"],

@@ -225,7 +225,7 @@ def identity_shares(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
     channel's only job is recognising people in photos the gallery does not hold. The smallest
     share wins a tie.
 
-    With `found` (per dev row, whether the face channel found the face) and dev queries without
+    With `found` (per dev row, whether the face channel found the face) and dev images without
     a face, the faceless images get a share of their own (`FACELESS_SHARES`), both chosen
     together: glare that erased the face leaves hair and outline, which the copy channel
     holds, so those queries want more of it than the others can bear; and what a faceless
@@ -235,8 +235,7 @@ def identity_shares(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
     Returns:
         (the share, the faceless share or None, the dev table of every candidate).
     """
-    is_query = (dev["distortion"] != "clean").to_numpy()
-    apart = found is not None and bool(np.any(~np.asarray(found, bool) & is_query))
+    apart = found is not None and not np.all(found)
     grid = [(share, faceless) for share in IDENTITY_SHARES
             for faceless in (FACELESS_SHARES if apart else (None,))]
     candidates = pd.DataFrame([{

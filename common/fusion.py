@@ -213,6 +213,13 @@ class CopySwitch:
                              "(faceless_share): pass the face channel's face-found flags")
         return switch_identity(copy, identity, self.identity_share, found, self.faceless_share)
 
+    def pair_vectors(self, copy: np.ndarray, identity: np.ndarray) -> np.ndarray:
+        """What a pair `FaceRule` reads of this switch's identity channel: `identity_share` of
+        the copy channel for every image. A faceless image's own share would put its pairs on
+        another cosine scale than the rule's one threshold (on dev pairs it costs same-person
+        pairs; `docs/results.md`)."""
+        return switch_identity(copy, identity, self.identity_share)
+
     def decide(self, copy_margins: np.ndarray, identity_scores: np.ndarray) -> np.ndarray:
         """Per query, whether the copy channel answers: from its best identity's margin over
         the next one and the descriptor's best identity score."""

@@ -797,7 +797,8 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
                    switch: evaluation.SwitchReport | None
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """What the pair `fusion.FaceRule` reads when there is a copy switch: its identity channel
-    (the switch's share of `learned` mixed in) per split, every face found, since it is fitted
+    (`fusion.CopySwitch.pair_vectors`: the switch's share of `learned` mixed in, the same for
+    faceless images) per split, every face found, since it is fitted
     to recognise people across photos and answers every image. None without a switch: the rule
     then reads the face descriptor (`fuse_descriptor` with ``keep_faces``).
 
@@ -807,8 +808,7 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
     if switch is None or identity is None:
         return None
     own = identity.network_vectors or identity.vectors
-    return {split: (switch.switch.identity_vectors(learned[split], own[split],
-                                                   identity.found[split]),
+    return {split: (switch.switch.pair_vectors(learned[split], own[split]),
                     np.ones(len(learned[split]), bool)) for split in own}
 
 
@@ -907,7 +907,7 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
             if inputs.identity_descriptors is not None else inputs.identity)
     return {"embedding": embedding, "face": face, "found": found,
             "identity": switch.identity_vectors(embedding, face, found),
-            "pair_faces": switch.identity_vectors(embedding, inputs.identity, found)}
+            "pair_faces": switch.pair_vectors(embedding, inputs.identity)}
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,

@@ -370,9 +370,9 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(
         checkpoints, sample_root, tmp_path, monkeypatch, faceless_share):
     """A face rule fitted on the copy switch's identity channel (notebook 03 with a switch)
     reads that channel: the face descriptor (faked: one direction per identity folder) with the
-    switch's share of the learned embedding's cosine mixed in; with a `faceless_share`, that
-    share where the face channel found no face (here the distorted copy), so the pair's cosine
-    is ``sqrt((1 - s)(1 - f)) cos_face + sqrt(s f) cos_learned``."""
+    switch's share of the learned embedding's cosine mixed in, the same share where the face
+    channel found no face (here the distorted copy, with a `faceless_share`, which only the
+    gallery reads): the pair's cosine is ``(1 - s) cos_face + s cos_learned``."""
     from common import fusion
 
     val = sample_root / "Task_B" / "val"
@@ -390,9 +390,7 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(
     stranger = sorted((val / people[1]).glob("*.jpg"))[0]
     for other, same_person in ((copy, True), (stranger, False)):
         learned = predict.embed([first, other], checkpoints["task_b"])
-        other_share = faceless_share if faceless_share and other == copy else share
-        expected = (np.sqrt((1 - share) * (1 - other_share)) * float(same_person)
-                    + np.sqrt(share * other_share) * float(learned[0] @ learned[1]))
+        expected = (1 - share) * float(same_person) + share * float(learned[0] @ learned[1])
         result = predict.compare(first, other, ruled)
         assert result["descriptor_cosine"] == pytest.approx(expected, abs=1e-5)
         assert result["same"] is bool(expected >= 0.75)
