@@ -6,9 +6,9 @@ alone. Prints one markdown table per checkpoint, the thresholds and the misses p
 with ``--pairs`` also notebook 03's pair face rule on each face channel; with ``--floors`` the
 switch fitted for people under a floor on dev's official top-1 (`print_official_floors`); with
 ``--faceless-shares`` the switch against one whose identity channel takes one share of the copy
-channel for every image, not one apart for the faceless (`print_faceless_shares`); with ``--figures DIR`` it also saves
-notebooks 02/03's switch figures there (`figures.switch_figures`: top-1 per distortion, t-SNE of
-the identity channel, copies and people missed).
+channel for every image, not one apart for the faceless (`print_faceless_shares`); with
+``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
+top-1 per distortion, t-SNE of the identity channel, copies and people missed).
 
     python benchmarks/copy_switch.py --data-dir ../shared/data/facecom --work-root W \\
         --checkpoints W/weights/task_b_embedding_efficientnet_lite0.pt \\
@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 
 from common import (checkpoints, evaluation, experiment, figures,  # noqa: E402
                     identity_training, plots, task_b)
+
 
 def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
                      identity: task_b.IdentityChannel, report: evaluation.SwitchReport,
