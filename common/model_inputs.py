@@ -48,8 +48,9 @@ class ModelInputs:
             switch mixes into its fine-tuned network for the gallery (a ``descriptor_share``),
             when asked for the identity channel; else None (`task_b.switch_channels`).
         identity_found: per row, whether the identity channel found the face (YuNet's crop
-            for a fine-tuned network, the descriptor's detector otherwise), with `identity`:
-            the switch mixes more of the copy channel into faceless rows (``faceless_share``).
+            for a fine-tuned network, the descriptor's detector otherwise), with `identity`
+            when the card's switch mixes more of the copy channel into faceless rows (its
+            ``faceless_share``); else None.
     """
 
     images: np.ndarray
@@ -251,12 +252,12 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     found_faces = card_descriptors(card, originals, progress) if need_faces else None
     identity = identity_descriptors = identity_found = None
     if with_identity:
-        if card.identity_weights:
-            identity = card_identity(card, originals, device, progress)
-            identity_found = sface_net.face_crops(originals)[1]  # files: kept by content
-        else:
-            identity, identity_found = face_descriptor.normalise(found_faces[0]), found_faces[1]
+        identity = (card_identity(card, originals, device, progress) if card.identity_weights
+                    else face_descriptor.normalise(found_faces[0]))
         switch = card.fitted_copy_switch
+        if switch is not None and switch.faceless_share is not None:
+            identity_found = (sface_net.face_crops(originals)[1]  # files: kept by content
+                              if card.identity_weights else found_faces[1])
         if card.identity_weights and switch is not None and switch.descriptor_share:
             vectors, found = face_descriptor.describe_images(
                 originals, switch.descriptor_front_end, progress)

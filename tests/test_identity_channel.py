@@ -115,15 +115,17 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     # a pair face rule reads the network without the descriptor (no copy share here)
     np.testing.assert_array_equal(through_predict["pair_faces"],
                                   identity.network_vectors["eval"][some])
-    # The face-found flags predict reads are the notebook's (YuNet's, on SFace's crops), and a
-    # switch with a faceless share mixes it into those rows the way the notebook's report does.
-    assert np.array_equal(through_predict["found"], identity.found["eval"][some])
+    # A switch without a faceless share reads no face-found flags; with one, predict reads the
+    # notebook's (YuNet's, on SFace's crops) and mixes the share into those rows the way the
+    # notebook's report does.
+    assert through_predict["found"] is None
     assert identity.found["eval"].any()
     faceless = dataclasses.replace(switched, copy_switch={**switched.copy_switch,
                                                           "identity_share": 0.1,
                                                           "faceless_share": 0.8})
     channels = task_b.switch_channels(
         embedder, faceless, model_inputs.prepare_inputs(faceless, paths, with_identity=True))
+    assert np.array_equal(channels["found"], identity.found["eval"][some])
     np.testing.assert_allclose(channels["identity"], fusion.switch_identity(
         channels["embedding"], through_predict["face"], 0.1, identity.found["eval"][some], 0.8),
         atol=1e-6)
