@@ -6,6 +6,7 @@ Where files go is `common.workspace`; where the data is, `common.discovery`.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 __all__ = [
     "PROFILES", "Profile", "seed_everything", "seed_worker", "make_generator", "resolve_device",
     "memory_format", "place", "resolve_profile", "cpu_count", "configure_threads",
-    "seedable_transforms",
+    "seedable_transforms", "process_context",
 ]
 
 
@@ -150,3 +151,32 @@ def configure_threads(device: torch.device) -> int:
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, cpu_count() // processes))
     return torch.get_num_threads()
+
+
+_fork_server_owner: int | None = None  # the process that started the fork server
+_preloaded: list[str] = []  # the modules the fork server imports before it forks
+
+
+def process_context(preload: str) -> multiprocessing.context.BaseContext:
+    """How `common` starts helper processes: where the platform has it, a fork server that
+    imported `preload` (and the modules asked for before it started) once, so each process
+    starts in milliseconds, not in the seconds a new Python takes to import torch. Not a plain
+    fork: DataLoader workers and threads may hold SQLite or Pillow locks, which a fork copies
+    locked. Elsewhere (Windows), and in a process forked from the server's owner (a launched
+    training process: multiprocessing would wait on a server that is not its child and fail),
+    a spawned process. As with any start but fork, a script (not a notebook) that starts them
+    must guard its entry point with ``if __name__ == "__main__":``.
+
+    Args:
+        preload: the module whose functions the processes run.
+    """
+    global _fork_server_owner
+    if ("forkserver" not in multiprocessing.get_all_start_methods()
+            or _fork_server_owner not in (None, os.getpid())):
+        return multiprocessing.get_context("spawn")
+    _fork_server_owner = os.getpid()
+    if preload not in _preloaded:
+        _preloaded.append(preload)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(_preloaded))
+    return context

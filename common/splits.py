@@ -8,20 +8,19 @@ split by identity (or, closed set, by photo) and checked for leakage.
   each clean image, a perceptual hash of every image): on a data set of millions of images that
   is far longer than the minute in which the first epoch should start. So those content checks
   run in a process of their own (not a thread: DataLoader workers fork, and a thread holding a
-  SQLite or Pillow lock at that moment could deadlock a worker; `_check_context`), are waited
-  for at most `CONTENT_CHECK_WAIT` seconds, which covers FACECOM-sized data, and otherwise run
-  beside training (above `CONTENT_CHECK_AWAITED_IMAGES` images they could not finish within the
-  wait, so they are not waited for). `Splits.verify` waits for them, and `Splits.guard` puts that
-  wait in front of the dev evaluation, so no number is ever computed on data that may leak: a
-  leak found late raises `LeakageError` there (or only warns with ``allow_leakage``). As with
-  any multiprocessing start but fork, a script (not a notebook) that makes splits must guard its
-  entry point with ``if __name__ == "__main__":``, since the check re-imports the script.
+  SQLite or Pillow lock at that moment could deadlock a worker; `config.process_context`), are
+  waited for at most `CONTENT_CHECK_WAIT` seconds, which covers FACECOM-sized data, and
+  otherwise run beside training (above `CONTENT_CHECK_AWAITED_IMAGES` images they could not
+  finish within the wait, so they are not waited for). `Splits.verify` waits for them, and
+  `Splits.guard` puts that wait in front of the dev evaluation, so no number is ever computed
+  on data that may leak: a leak found late raises `LeakageError` there (or only warns with
+  ``allow_leakage``). A script (not a notebook) that makes splits must guard its entry point
+  with ``if __name__ == "__main__":``, since the check re-imports the script.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing
 import os
 import pickle
 import tempfile
@@ -39,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from common import feature_store, near_duplicates
+from common import config, feature_store, near_duplicates
 
 __all__ = ["CONTENT_CHECK_WAIT", "CONTENT_CHECK_AWAITED_IMAGES", "LeakageError", "SplitSettings",
            "ContentCheck", "Splits", "split_identities", "split_images", "make_splits",
@@ -144,25 +143,6 @@ def _run_check(connection, pairs_file: str, near: bool, folder: Path) -> None:
     os._exit(0)
 
 
-_fork_server_owner: int | None = None  # the process that started this module's fork server
-
-
-def _check_context() -> multiprocessing.context.BaseContext:
-    """Where the platform has it, a fork server that imported this module once: each check of
-    a process then starts in milliseconds, not in the seconds a new Python takes to import
-    torch (a notebook makes its splits once, a test session or sweep many times). Elsewhere
-    (Windows), and in a process forked from the server's owner (a launched training process:
-    multiprocessing would wait on a server that is not its child and fail), a spawned process."""
-    global _fork_server_owner
-    if ("forkserver" not in multiprocessing.get_all_start_methods()
-            or _fork_server_owner not in (None, os.getpid())):
-        return multiprocessing.get_context("spawn")
-    _fork_server_owner = os.getpid()
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
-
-
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -184,7 +164,7 @@ class ContentCheck:
         self.allow = allow
         self.images = sum(len(p.train) + len(p.evaluated) for p in pairs)
         self._messages: list[str] | None = None
-        context = _check_context()
+        context = config.process_context(__name__)
         self._connection, child = context.Pipe(duplex=False)
         # The paths go through a file: passed as arguments, they would be written into a pipe
         # the new process reads only after importing torch, and that write would wait for it.

@@ -3,6 +3,7 @@ choice of the descriptor's share, the card-level embedding, and dlib's descripto
 is installed."""
 from __future__ import annotations
 
+import multiprocessing
 import types
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 
 from common import evaluation, face_descriptor, face_priors, faces, fusion, model_inputs, task_b
 from common.checkpoints import ModelCard
+from common.image_decode import ImageReadError
 from common.model_inputs import ModelInputs
 from conftest import gallery_frame, requires_descriptor, requires_sface, unit_rows
 
@@ -205,6 +207,49 @@ def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
 
 
 @requires_descriptor
+def test_chip_cutters_in_worker_processes_cut_this_process_chips(tmp_path):
+    """dlib's detector runs in one worker process per core (`ChipCutters`); their chips and
+    face-found flags must be this process's, bit for bit and in order, for arrays and files,
+    through HOG, MTCNN's fallback and the whole image."""
+    clean = skimage.data.astronaut()
+    rng = np.random.default_rng(0)
+    images: list = []
+    for i in range(2 * face_descriptor.ChipCutters.MIN_IMAGES_PER_WORKER):
+        image = np.clip(clean + rng.normal(0, 12 * (i % 6), clean.shape), 0, 255
+                        ).astype(np.uint8)[i % 5 * 20:][:, i % 3 * 30:]
+        if i % 2:
+            image = np.ascontiguousarray(image)
+        else:
+            Image.fromarray(image).save(tmp_path / f"{i}.png")
+            image = str(tmp_path / f"{i}.png")
+        images.append(image)
+    images[-1] = np.full((96, 96, 3), 128, np.uint8)  # no face anywhere: the whole image
+    with face_descriptor.ChipCutters("robust", workers=1) as alone:
+        expected = list(alone(images))
+    before = len(multiprocessing.active_children())
+    with face_descriptor.ChipCutters("robust", workers=2) as pair:
+        cut = list(pair(images))
+        assert len(multiprocessing.active_children()) == before + 2
+    found = [flag for _, flag in expected]
+    assert 0 < sum(found) < len(found)  # both kinds of image are in the test
+    assert [flag for _, flag in cut] == found
+    for (chip, _), (reference, _) in zip(cut, expected):
+        np.testing.assert_array_equal(chip, reference)
+
+
+@requires_descriptor
+def test_a_worker_process_names_the_file_it_cannot_read(tmp_path):
+    paths = []
+    for i in range(2 * face_descriptor.ChipCutters.MIN_IMAGES_PER_WORKER):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((48, 48, 3), i, np.uint8)).save(paths[-1])
+    paths[40].write_bytes(b"not an image")
+    with face_descriptor.ChipCutters("hog", workers=2) as cutters:
+        with pytest.raises(ImageReadError, match=f"Cannot read image {paths[40]}"):
+            list(cutters([str(path) for path in paths]))
+
+
+@requires_descriptor
 def test_robust_front_end_recognises_a_noisy_face():
     """Heavy per-pixel noise hides the astronaut from HOG; the median filter and MTCNN's box
     bring its descriptor back next to the clean one (dlib: same person below distance 0.6)."""
@@ -229,11 +274,11 @@ def test_robust_plus_sface_mixes_the_two_cosines_and_needs_both_faces(monkeypatc
              "sface": (padded([[1.0, 1.0], [1.0, 1.0]]), np.array([True, False]))}
     calls = []
 
-    def fake_describe(images, front_end="hog", progress=True):
+    def fake_describe(images, front_end, cutters, progress):
         calls.append(front_end)
         return parts[front_end]
 
-    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    monkeypatch.setattr(face_descriptor, "_describe", fake_describe)
     paths = []
     for name in ("a.jpg", "b.jpg"):
         (tmp_path / name).write_bytes(name.encode())  # the cache key reads the files' stats
@@ -307,13 +352,13 @@ def test_each_image_is_described_once_whatever_the_list(tmp_path, monkeypatch):
     (tmp_path / "copy.png").write_bytes(Path(paths[0]).read_bytes())
     described: list[str] = []
 
-    def fake_describe(images, front_end, progress=True):
+    def fake_describe(images, front_end, cutters, progress):
         described.extend(images)
         vectors = np.array([[float(Image.open(p).getpixel((0, 0))[0])] * 128 for p in images],
                            np.float32)
         return vectors, np.ones(len(images), bool)
 
-    monkeypatch.setattr(face_descriptor, "describe", fake_describe)
+    monkeypatch.setattr(face_descriptor, "_describe", fake_describe)
     store = tmp_path / "store"
     first, _ = face_descriptor.cached_descriptors(paths[:3], "robust", store, progress=False)
     later = [paths[4], paths[2], str(tmp_path / "copy.png"), paths[0]]

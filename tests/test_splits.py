@@ -264,8 +264,8 @@ def test_a_check_dropped_unread_leaves_no_file_behind(tmp_path, monkeypatch):
     stopped after its first step) must not leave it in the temp folder. The process is held
     before it reads the file (a forked one running a stand-in that only waits): a real one,
     started from a warm fork server, may read it before the kill lands."""
-    monkeypatch.setattr(splits_module, "_check_context",
-                        lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(splits_module.config, "process_context",
+                        lambda preload: multiprocessing.get_context("fork"))
     monkeypatch.setattr(splits_module, "_run_check", lambda *args: time.sleep(600))
     pair = splits_module._Pair([str(tmp_path / "a.jpg")], [True], [str(tmp_path / "b.jpg")],
                                [True], "train", "dev")
