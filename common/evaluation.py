@@ -179,9 +179,26 @@ class SwitchReport:
                "switch_copy_share": self.copy_share["eval"],
                "switch_copy_share_hard": self.copy_share["hard"],
                "switch_copy_missed": int((~self.tables["eval"]["correct"]).sum()),
-               "switch_person_missed": int((~self.tables["hard"]["correct"]).sum())}
+               "switch_person_missed": int((~self.tables["hard"]["correct"]).sum()),
+               **self.intervals()}
         for channel, numbers in self.channels.items():
             out.update({f"{channel}_channel_{key}": value for key, value in numbers.items()})
+        return out
+
+    def intervals(self) -> dict:
+        """``switch_top1_ci95``, ``switch_top1_hard_ci95`` and each per distortion
+        (``switch_top1_by_distortion_ci95``, ...): 95 % bootstrap intervals resampling
+        identities (`metrics.clustered_interval`), so that a bar is read against how far a
+        holdout of its size can move."""
+        def interval(table: pd.DataFrame) -> list[float] | None:
+            return metrics.clustered_interval(table["correct"], table["identity"])
+
+        out = {}
+        for protocol, key in (("eval", "switch_top1"), ("hard", "switch_top1_hard")):
+            table = self.tables[protocol]
+            out[f"{key}_ci95"] = interval(table)
+            out[f"{key}_by_distortion_ci95"] = {name: interval(rows)
+                                                for name, rows in table.groupby("distortion")}
         return out
 
     def misses(self) -> pd.DataFrame:

@@ -80,9 +80,9 @@ def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
                    features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                    seed: int = 0) -> Figures:
     """Notebook 01: confusion matrix, ROC and PR curves of the clean images, accuracy per
-    distortion, the worst errors of the evaluated split and, given the `features` each head
-    reads on its rows (`task_a.classifier_features`), their t-SNE by gender and distortion,
-    one per head (at most `TSNE_POINTS` rows each, drawn with `seed`)."""
+    distortion (with its 95 % intervals), the worst errors of the evaluated split and, given
+    the `features` each head reads on its rows (`task_a.classifier_features`), their t-SNE by
+    gender and distortion, one per head (at most `TSNE_POINTS` rows each, drawn with `seed`)."""
     clean = (frame["distortion"] == "clean").to_numpy()
     labels = frame["label"].to_numpy()
     found = [("confusion_matrix", plots.plot_confusion_matrix(metrics["confusion_matrix"],
@@ -90,7 +90,8 @@ def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
              ("roc", plots.plot_roc(labels[clean], probs[clean])),
              ("pr_curve", plots.plot_pr_curve(labels[clean], probs[clean])),
              ("accuracy_by_distortion", plots.plot_bar_by_distortion(
-                 metrics["accuracy_by_distortion"], "accuracy"))]
+                 metrics["accuracy_by_distortion"], "accuracy",
+                 intervals=metrics["accuracy_by_distortion_ci95"]))]
     for number, (head, (rows, vectors)) in enumerate((features or {}).items()):
         if len(rows) < 10:  # a head that answered (almost) nothing has no picture to show
             continue
@@ -134,11 +135,14 @@ def switch_figures(switch: evaluation.SwitchReport, identity: np.ndarray, frame:
     through it, a t-SNE of the identity channel alone (`identity`: the unit face descriptors of
     `frame`'s rows, what answers people), and the failures split by what was missed: copies
     (official queries) and people (the query's own photo removed)."""
+    intervals = switch.intervals()
     found = [
         ("switch_top1_by_distortion", plots.plot_bar_by_distortion(
             {"official": switch.eval["top1_by_distortion"],
              "own photo removed": switch.hard["top1_by_distortion"]}, "top-1",
-            title="Copy-or-identity switch: top-1 by distortion")),
+            title="Copy-or-identity switch: top-1 by distortion (95 % intervals over identities)",
+            intervals={"official": intervals["switch_top1_by_distortion_ci95"],
+                       "own photo removed": intervals["switch_top1_hard_by_distortion_ci95"]})),
         ("identity_channel_tsne", plots.plot_tsne(
             identity, frame["identity"].to_numpy(), frame["distortion"].to_numpy(), top_n=20,
             seed=seed, title="t-SNE of the identity channel (face descriptor)")),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn import metrics as skm
 
 from common import gallery
@@ -20,9 +21,12 @@ __all__ = [
     "compute_classification_metrics", "choose_threshold", "compute_retrieval_table",
     "summarize_retrieval", "compute_retrieval_metrics", "compute_verification_metrics",
     "calibrate_threshold", "verification_pairs_from_retrieval", "make_pairs",
+    "clustered_interval",
 ]
 
 THRESHOLD_METRICS = ("f1_macro", "accuracy", "balanced_accuracy", "f1")
+INTERVAL_LEVEL = 0.95  # the ``*_ci95`` keys of metrics.json
+INTERVAL_RESAMPLES = 2000
 # Query rows per similarity block: 2**22 float32 cells = 16 MB, so 3,000 x 2,000 is two blocks.
 _BLOCK_CELLS = 2 ** 22
 
@@ -243,6 +247,34 @@ def compute_retrieval_metrics(gallery_embeddings: np.ndarray, gallery_identities
                                     query_identities, query_distortions, query_sources,
                                     gallery_sources, aggregate, exclude_own_source)
     return summarize_retrieval(table, k)
+
+
+def clustered_interval(correct: Sequence[bool], clusters: Sequence, seed: int = 0
+                       ) -> list[float] | None:
+    """95 % percentile-bootstrap interval of the share of `correct` answers, resampling whole
+    `clusters` (identities, photos) rather than single answers.
+
+    The answers of one cluster rise and fall together (every copy of a photo shows the same
+    face; a hard identity fails all its queries), so an interval over single answers would
+    understate how much a holdout of a few hundred identities can move. A point ([p, p]) when
+    every cluster has the same share right; None with fewer than two clusters.
+    """
+    correct = np.asarray(correct, dtype=float)
+    codes, distinct = pd.factorize(pd.Series(np.asarray(clusters)), sort=False)
+    if len(distinct) < 2:
+        return None
+    right = np.bincount(codes, weights=correct, minlength=len(distinct))
+    count = np.bincount(codes, minlength=len(distinct)).astype(float)
+    result = stats.bootstrap((right, count), _share, paired=True, vectorized=True,
+                             confidence_level=INTERVAL_LEVEL, n_resamples=INTERVAL_RESAMPLES,
+                             method="percentile", random_state=seed)
+    interval = result.confidence_interval
+    return [float(interval.low), float(interval.high)]
+
+
+def _share(right: np.ndarray, count: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Right answers over answers, summed over the resampled clusters."""
+    return right.sum(axis=axis) / count.sum(axis=axis)
 
 
 def _oriented(scores: Sequence[float], is_same: Sequence[int], higher_is_same: bool, where: str):

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay, auc
@@ -262,14 +263,32 @@ def plot_distortion_heatmap(table: pd.DataFrame, title: str = "Top-1 by distorti
 
 
 def plot_bar_by_distortion(values: Mapping[str, float] | Mapping[str, Mapping[str, float]],
-                           ylabel: str = "top-1", title: str = "By distortion") -> Figure:
-    """Bars per distortion, from `{distortion: value}` or grouped `{model: {distortion: value}}`."""
+                           ylabel: str = "top-1", title: str = "By distortion",
+                           intervals: Mapping | None = None) -> Figure:
+    """Bars per distortion, from `{distortion: value}` or grouped `{model: {distortion: value}}`;
+    `intervals` (the same shape, ``[low, high]`` or None per bar) as error bars, the values
+    then written inside the bars."""
     grouped = all(isinstance(v, Mapping) for v in values.values())
-    df = pd.DataFrame(values) if grouped else pd.DataFrame({ylabel: pd.Series(values)})
+
+    def table(of: Mapping) -> pd.DataFrame:
+        return pd.DataFrame(of) if grouped else pd.DataFrame({ylabel: pd.Series(of)})
+
+    df = table(values)
+    errors = None
+    if intervals is not None:
+        bounds = table(intervals).reindex(index=df.index, columns=df.columns)
+        ends = [bounds.map(lambda pair, end=end: np.nan if not isinstance(pair, (list, tuple))
+                           else pair[end]).astype(float) for end in (0, 1)]
+        # pandas' asymmetric error bars: (columns, [below, above], rows)
+        errors = np.stack([[(df[c] - ends[0][c]).to_numpy(), (ends[1][c] - df[c]).to_numpy()]
+                           for c in df.columns]).clip(min=0)
     fig, ax = plt.subplots(figsize=(1.0 * len(df) + 2.5, 3.8))
-    df.plot.bar(ax=ax, legend=False, rot=30, width=0.8)
+    df.plot.bar(ax=ax, legend=False, rot=30, width=0.8, yerr=errors, capsize=3,
+                error_kw={"elinewidth": 1, "ecolor": "0.2"})
     for container in ax.containers:
-        ax.bar_label(container, fmt="%.2f", fontsize=7)
+        if isinstance(container, BarContainer):
+            ax.bar_label(container, fmt="%.2f", fontsize=7,
+                         label_type="edge" if errors is None else "center")
     if grouped:  # beside the axes: inside, it hides the bars it names
         ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     ax.set(ylabel=ylabel, title=title, xlabel="")

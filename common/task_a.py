@@ -334,18 +334,28 @@ def classifier_features(model: nn.Module, task_data: TaskAData, cfg: ExperimentC
 
 def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> dict:
     """Metrics on the clean images (what the official val split holds) plus accuracy per
-    distortion type on their distorted copies, all at one threshold chosen on dev."""
+    distortion type on their distorted copies, all at one threshold chosen on dev; ``*_ci95``:
+    95 % intervals resampling identities (`metrics.clustered_interval`)."""
     is_clean = frame["distortion"].to_numpy() == "clean"
     labels = frame["label"].to_numpy()
     result = metrics.compute_classification_metrics(labels[is_clean], probs[is_clean], threshold,
                                                     class_names=CLASS_NAMES)
     predictions = (probs >= threshold).astype(int)
-    by_distortion = {}
+    right, identities = predictions == labels, frame["identity"].to_numpy()
+    by_distortion, by_distortion_intervals = {}, {}
     for name, rows in frame.groupby("distortion").indices.items():
-        by_distortion[name] = float((predictions[rows] == labels[rows]).mean())
+        by_distortion[name] = float(right[rows].mean())
+        # 95 % intervals resampling identities: how far a holdout of this size can move
+        by_distortion_intervals[name] = metrics.clustered_interval(right[rows], identities[rows])
     result["accuracy_by_distortion"] = by_distortion
+    result["accuracy_by_distortion_ci95"] = by_distortion_intervals
+    female = is_clean & (labels == CLASS_NAMES.index("female"))
+    result["accuracy_ci95"] = metrics.clustered_interval(right[is_clean], identities[is_clean])
+    result["recall_female_ci95"] = metrics.clustered_interval(right[female], identities[female])
     if (~is_clean).any():
-        result["accuracy_distorted"] = float((predictions[~is_clean] == labels[~is_clean]).mean())
+        result["accuracy_distorted"] = float(right[~is_clean].mean())
+        result["accuracy_distorted_ci95"] = metrics.clustered_interval(right[~is_clean],
+                                                                       identities[~is_clean])
     return result
 
 

@@ -211,6 +211,14 @@ def test_switch_report_answers_copies_and_people_each_by_its_channel():
     flat = report.flat()
     assert flat["switch_copy_missed"] == 0 and flat["switch_person_missed"] > 0
     assert flat["switch_top1_hard"] == report.hard["top1"] and 0 < flat["switch_copy_share"] <= 1
+    # intervals over identities: a point where every copy was found, around each own-photo
+    # figure otherwise (sunny's, by chance at best, wide; noisy's all right)
+    assert flat["switch_top1_ci95"] == [1.0, 1.0]
+    low, high = flat["switch_top1_hard_ci95"]
+    assert low < flat["switch_top1_hard"] < high
+    by = flat["switch_top1_hard_by_distortion_ci95"]
+    assert set(by) == set(report.hard["top1_by_distortion"]) and by["noisy"] == [1.0, 1.0]
+    assert by["sunny"][0] < report.hard["top1_by_distortion"]["sunny"] <= by["sunny"][1]
 
 
 def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face():

@@ -71,7 +71,8 @@ def test_task_a_figures_show_the_classifier_features_by_gender(monkeypatch):
     labels = np.repeat([0, 1], 60)
     frame = pd.DataFrame({"label": labels, "gender": np.where(labels, "female", "male"),
                           "distortion": np.tile(["clean", "foggy", "sunny"], 40),
-                          "path": [f"/x/{i}.jpg" for i in range(120)]})
+                          "path": [f"/x/{i}.jpg" for i in range(120)],
+                          "identity": [f"person {i // 3}" for i in range(120)]})
     probs = np.where(labels == 1, 0.9, 0.1)
     features = rng.normal(size=(120, 8)) + 4 * labels[:, None]
     metrics = task_a.evaluate_views(frame, probs, 0.5)

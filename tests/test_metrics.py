@@ -229,3 +229,23 @@ def test_make_pairs_hard_negatives():
     neg = pairs[pairs["same"] == 0]
     assert len(neg) == 2 and neg["i"].nunique() == 2
     assert all(nearest_other[i] == j for i, j in zip(neg["i"], neg["j"]))
+
+
+def test_clustered_interval_matches_the_binomial_and_widens_with_clusters():
+    """400 answers, 320 right. Alone, each its own cluster, the interval is the binomial one:
+    0.8 +- 1.96 sqrt(0.8 * 0.2 / 400) = [0.761, 0.839]. In 20 clusters of 20 that are right or
+    wrong together, it is 20 answers' worth: 0.8 +- 1.96 sqrt(0.8 * 0.2 / 20) = [0.625, 0.975]
+    (the bootstrap's shares move in steps of 0.05)."""
+    correct = np.r_[np.ones(320), np.zeros(80)].astype(bool)
+    alone = metrics.clustered_interval(correct, np.arange(400))
+    assert alone == pytest.approx([0.761, 0.839], abs=0.006)
+    together = metrics.clustered_interval(correct, np.repeat(np.arange(20), 20))
+    assert together == pytest.approx([0.625, 0.975], abs=0.051)
+    assert together[1] - together[0] > 4 * (alone[1] - alone[0])
+    # clusters need not be sorted or numeric, and the seed fixes the interval
+    shuffled = np.random.default_rng(0).permutation(400)
+    names = np.array([f"person {i // 20}" for i in range(400)])
+    assert metrics.clustered_interval(correct[shuffled], names[shuffled]) == together
+    # every cluster as right as the others: nothing to move; one cluster: no interval
+    assert metrics.clustered_interval(np.ones(10, bool), np.arange(10)) == [1.0, 1.0]
+    assert metrics.clustered_interval(correct, np.zeros(400)) is None

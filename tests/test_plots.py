@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from common import plots
@@ -137,3 +138,15 @@ def test_distortion_heatmap_and_bars():
     fig = plots.plot_bar_by_distortion({"m1": {"blurred": 0.9, "foggy": 0.7},
                                         "m2": {"blurred": 0.8, "foggy": 0.6}})
     assert len(fig.axes[0].patches) == 4 and fig.axes[0].get_legend() is not None
+    # intervals: one error bar per bar with an interval, from its low to its high end
+    fig = plots.plot_bar_by_distortion({"m1": {"blurred": 0.9, "foggy": 0.7},
+                                        "m2": {"blurred": 0.8, "foggy": 0.6}},
+                                       intervals={"m1": {"blurred": [0.85, 1.0],
+                                                         "foggy": [0.5, 0.75]},
+                                                  "m2": {"blurred": None, "foggy": [0.6, 0.6]}})
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    ends = sorted(tuple(np.round(np.sort(segment[:, 1]), 3)) for bar in bars
+                  for collection in bar.lines[2] for segment in collection.get_segments()
+                  if len(segment))  # None: no bar drawn
+    assert ends == [(0.5, 0.75), (0.6, 0.6), (0.85, 1.0)]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0.90", "0.70", "0.80", "0.60"]

@@ -27,6 +27,27 @@ def _views(n_male: int, n_female: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "identity", "label", "distortion", "source"])
 
 
+def test_evaluate_views_intervals_resample_identities():
+    """80 men and 20 women, each with 7 distorted copies. Clean: one woman missed (accuracy
+    0.99, female recall 0.95). Distorted: every copy of 30 people wrong (0.7); clusters of 7
+    copies that move together make that interval 100 people's worth, 0.7 +- 1.96 sqrt(0.7 *
+    0.3 / 100) = [0.610, 0.790], not 700 copies' (+-0.034)."""
+    frame = _views(80, 20)
+    labels = frame["label"].to_numpy()
+    wrong = ((frame["path"] == "/img99.jpg")
+             | ((frame["distortion"] != "clean") & frame["identity"].isin(
+                 [f"id{i}" for i in range(50, 80)]))).to_numpy()
+    probs = np.where(wrong, 1 - labels, labels).astype(float)
+    result = task_a.evaluate_views(frame, probs, 0.5)
+    assert (result["accuracy"], result["recall_female"], result["accuracy_distorted"]) == (
+        pytest.approx(0.99), pytest.approx(0.95), pytest.approx(0.7))
+    low, high = result["accuracy_ci95"]
+    assert low < 0.99 <= high == 1.0
+    low, high = result["recall_female_ci95"]
+    assert low < 0.95 <= high == 1.0
+    assert result["accuracy_distorted_ci95"] == pytest.approx([0.610, 0.790], abs=0.02)
+
+
 def test_epoch_indices_views_and_balancing():
     frame = _views(8, 2)
     plain = task_a.epoch_indices(frame, epoch=0, seed=0, views_per_epoch=2, imbalance="none")
