@@ -32,9 +32,11 @@ def test_save_and_show_displays_saved_png_under_ipython(tmp_path, monkeypatch):
     import IPython.display
 
     shown = []
+    # pyplot's first figure registers a display hook with IPython: draw it before faking one
+    figure = plots.plot_bar_by_distortion({"foggy": 0.5})
     monkeypatch.setattr(IPython, "get_ipython", lambda: object())
     monkeypatch.setattr(IPython.display, "display", shown.append)
-    path = plots.save_and_show(plots.plot_bar_by_distortion({"foggy": 0.5}), tmp_path / "b.png")
+    path = plots.save_and_show(figure, tmp_path / "b.png")
     assert len(shown) == 1 and shown[0].filename == path
 
 
