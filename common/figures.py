@@ -91,6 +91,7 @@ def task_a_figures(metrics: dict, frame: pd.DataFrame, probs: np.ndarray,
              ("pr_curve", plots.plot_pr_curve(labels[clean], probs[clean])),
              ("accuracy_by_distortion", plots.plot_bar_by_distortion(
                  metrics["accuracy_by_distortion"], "accuracy",
+                 title="Accuracy by distortion (95 % intervals over identities)",
                  intervals=metrics["accuracy_by_distortion_ci95"]))]
     for number, (head, (rows, vectors)) in enumerate((features or {}).items()):
         if len(rows) < 10:  # a head that answered (almost) nothing has no picture to show
