@@ -345,7 +345,6 @@ def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> 
     by_distortion, by_distortion_intervals = {}, {}
     for name, rows in frame.groupby("distortion").indices.items():
         by_distortion[name] = float(right[rows].mean())
-        # 95 % intervals resampling identities: how far a holdout of this size can move
         by_distortion_intervals[name] = metrics.clustered_interval(right[rows], identities[rows])
     result["accuracy_by_distortion"] = by_distortion
     result["accuracy_by_distortion_ci95"] = by_distortion_intervals
