@@ -98,17 +98,20 @@ def dlib_weights() -> Path:
 
 class DlibChipCutter:
     """The subject's 150 x 150 chip for dlib's ResNet, found as front end ``"hog"`` or
-    ``"robust"`` says (module docstring), and whether a face was found."""
+    ``"robust"`` says (module docstring), and whether a face was found. `image_filter`: what
+    ``"robust"`` filters the image with, `face_filter` unless a benchmark compares others."""
 
-    def __init__(self, front_end: str):
+    def __init__(self, front_end: str,
+                 image_filter: Callable[[np.ndarray], np.ndarray] | None = None):
         if front_end not in ("hog", "robust"):
             raise ValueError(f"front_end={front_end!r}: dlib's chips are cut by 'hog' or 'robust'")
         self.front_end, self.models, self.mtcnn = front_end, load_dlib_front_end(), None
+        self.image_filter = image_filter or face_filter
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         dlib, detector, landmarks = self.models
         if self.front_end == "robust":
-            image = face_filter(image)
+            image = self.image_filter(image)
         boxes = detector(image, 1)
         box = max(boxes, key=lambda rect: rect.area()) if boxes else None
         if box is None and self.front_end == "robust":
