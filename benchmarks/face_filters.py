@@ -86,7 +86,8 @@ FINDER = {"sface": "YuNet", "robust": "HOG or MTCNN"}
 
 def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--front-ends", nargs="+", choices=sorted(DESCRIBE), default=["sface", "robust"])
+    parser.add_argument("--front-ends", nargs="+", choices=sorted(DESCRIBE),
+                        default=["sface", "robust"])
     args = parser.parse_args()
     dev = task_b_splits(args, "runs_face_filters")[1].dev
     images = [data.load_image(path) for path in tqdm(dev["path"], desc="dev images")]
