@@ -128,6 +128,11 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
+def interval_text(pair: list[float] | None) -> str:
+    """An interval of `metrics.clustered_interval` as ``low-high``; "–" for None."""
+    return "–" if pair is None else f"{pair[0]:.3f}-{pair[1]:.3f}"
+
+
 def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
             figure_dir: Path | None = None, pairs: bool = False, floors: bool = False,
             faceless: bool = False) -> None:
@@ -179,11 +184,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
           + (" (columns), per faceless images' share (rows)" if report.switch.faceless_share
              is not None else "") + ":\n")
     print(shares.to_markdown(index=False, floatfmt=".4f") + "\n")
-    def interval(pair: list[float] | None) -> str:
-        return "–" if pair is None else f"{pair[0]:.3f}-{pair[1]:.3f}"
-
-    print(f"95 % intervals over identities: top-1 {interval(flat['switch_top1_ci95'])}, own "
-          f"photo removed {interval(flat['switch_top1_hard_ci95'])}\n")
+    print(f"95 % intervals over identities: top-1 {interval_text(flat['switch_top1_ci95'])}, "
+          f"own photo removed {interval_text(flat['switch_top1_hard_ci95'])}\n")
     rows = {"official": flat["switch_top1_by_distortion"],
             "own photo removed": flat["switch_top1_hard_by_distortion"]}
     header = sorted(rows["official"])
@@ -193,7 +195,7 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
         print(f"| {name} | " + " | ".join(f"{values[d]:.3f}" for d in header) + " |")
     hard = flat["switch_top1_hard_by_distortion_ci95"]
     print("| own photo removed, 95 % interval | "
-          + " | ".join(interval(hard.get(d)) for d in header) + " |")
+          + " | ".join(interval_text(hard.get(d)) for d in header) + " |")
     print("\n" + report.misses().to_markdown(floatfmt=".3f"))
     if floors:
         print_official_floors(task_data, learned, identity, report, seed)
