@@ -60,7 +60,7 @@ def speckled(image: np.ndarray) -> bool:
 
 
 def open_where_speckled(image: np.ndarray) -> np.ndarray:
-    filtered = cv2.medianBlur(image, 3)
+    filtered = median(3)(image)
     return opening(filtered) if speckled(image) else filtered
 
 

@@ -47,9 +47,13 @@ GATE = 0.85  # the estimated a at the image's centre above which an image is res
 BACKBONE = task_a.PROBE_CONTEXT
 
 
-def glare_alpha(image: np.ndarray) -> np.ndarray:
-    """The estimated blend toward white per pixel, in [0, 1], at `SIZE` px."""
-    pixels = cv2.resize(image, (SIZE, SIZE)).astype(np.float32) / 255.0
+def scaled(image: np.ndarray) -> np.ndarray:
+    """The image at `SIZE` px as floats in [0, 1]."""
+    return cv2.resize(image, (SIZE, SIZE)).astype(np.float32) / 255.0
+
+
+def glare_alpha(pixels: np.ndarray) -> np.ndarray:
+    """The estimated blend toward white per pixel of `scaled` pixels, in [0, 1]."""
     dark = cv2.erode(pixels.min(axis=2), np.ones((PATCH, PATCH), np.uint8))
     return cv2.GaussianBlur(dark, (0, 0), SMOOTHING)
 
@@ -58,14 +62,19 @@ def glare_level(image: np.ndarray) -> float:
     """The largest estimated blend in the central half of the image (FACECOM's glare is
     centred; a bright background at the border does not count)."""
     quarter = SIZE // 4
-    return float(glare_alpha(image)[quarter:-quarter, quarter:-quarter].max())
+    return float(glare_alpha(scaled(image))[quarter:-quarter, quarter:-quarter].max())
 
 
 def unglare(image: np.ndarray) -> np.ndarray:
     """The image with the estimated blend inverted, at `SIZE` px (RGB uint8)."""
-    pixels = cv2.resize(image, (SIZE, SIZE)).astype(np.float32) / 255.0
-    kept = np.clip(1.0 - glare_alpha(image), FLOOR, 1.0)[..., None]
+    pixels = scaled(image)
+    kept = np.clip(1.0 - glare_alpha(pixels), FLOOR, 1.0)[..., None]
     return (np.clip((pixels - (1.0 - kept)) / kept, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def whole_image_features(images: list[np.ndarray]) -> np.ndarray:
+    """Frozen ImageNet features of whole images, as Task A's probe reads them."""
+    return whole_image.features(images, BACKBONE)
 
 
 def restored(images: list[np.ndarray], chosen: np.ndarray,
@@ -87,7 +96,7 @@ def task_b_table(args) -> tuple[str, str]:
     describers = {
         "`robust+sface` (identity channel)":
             lambda batch: face_descriptor.describe(batch, "robust+sface")[0],
-        f"ImageNet {BACKBONE}, whole image": lambda batch: whole_image.features(batch, BACKBONE),
+        f"ImageNet {BACKBONE}, whole image": whole_image_features,
     }
     rows = []
     for name, describe in describers.items():
@@ -128,8 +137,7 @@ def task_a_table(args) -> str:
             if restore == "gated":
                 images = [data.load_image(path) for path in tqdm(paths, desc=f"{split} images")]
                 chosen = np.array([glare_level(image) > GATE for image in images])
-                base = restored(images, chosen,
-                                lambda batch: whole_image.features(batch, BACKBONE), base)
+                base = restored(images, chosen, whole_image_features, base)
             whole[split] = base
         context = regression(frames, whole, every_view)
         combined = {split: np.where(found[split], probe[split], context[split])
