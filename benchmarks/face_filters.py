@@ -48,29 +48,13 @@ def then_open(first: Filter) -> Filter:
     return lambda image: opening(first(image))
 
 
-SPECKLE = 3.0  # mean grey top-hat at 224 px: dev's rainy and noisy copies 3.7 and 2.6 at their 5th
-# percentile; clean photos 2.3 at their 95th, every other distortion below 1.7 at its 99th
-
-
-def speckled(image: np.ndarray) -> bool:
-    """Whether thin bright specks (rain streaks, salt) cover the image: the mean of what a 3x3
-    grey opening removes, at FACECOM's 224 px."""
-    grey = cv2.cvtColor(cv2.resize(image, (224, 224)), cv2.COLOR_RGB2GRAY)
-    return float(cv2.subtract(grey, opening(grey)).mean()) > SPECKLE
-
-
-def open_where_speckled(image: np.ndarray) -> np.ndarray:
-    filtered = median(3)(image)
-    return opening(filtered) if speckled(image) else filtered
-
-
 FILTERS = {
     "3x3 median (before)": median(3),
     "5x5 median": median(5),
     "3x3 grey opening": opening,
     "3x3 median, then 3x3 grey opening (`face_filter`)": face_descriptor.face_filter,
     "5x5 median, then 3x3 grey opening": then_open(median(5)),
-    "3x3 median, then 3x3 grey opening where speckled": open_where_speckled,
+    "3x3 median, then 3x3 grey opening where speckled": face_descriptor.despeckle,
 }
 
 

