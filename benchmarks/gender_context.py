@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.gender_features import (SPLITS, notebook_splits, regression,  # noqa: E402
+from benchmarks.gender_features import (SPLITS, add_probe_front_end,  # noqa: E402
+                                        notebook_splits, probe_descriptors, regression,
                                         write_tables)
 from benchmarks.real_data import arguments  # noqa: E402
 from common import face_descriptor, task_a, whole_image  # noqa: E402
@@ -32,11 +33,9 @@ BACKBONE = task_a.PROBE_CONTEXT
 
 
 def main() -> None:
-    args = arguments(__doc__.split("\n\n")[0]).parse_args()
+    args = add_probe_front_end(arguments(__doc__.split("\n\n")[0])).parse_args()
     splits, frames = notebook_splits(args, "runs_gender_context")
-    described = {split: face_descriptor.cached_descriptors(frame["path"].tolist(),
-                                                           task_a.PROBE_FRONT_END)
-                 for split, frame in frames.items()}
+    described = probe_descriptors(args, frames)
     dlib = {split: face_descriptor.normalise(vectors) for split, (vectors, _) in described.items()}
     found = {split: flags for split, (_, flags) in described.items()}
     whole = {split: whole_image.features(frame["path"].tolist(), BACKBONE, progress=True)
@@ -53,7 +52,8 @@ def main() -> None:
     write_tables(RESULTS, [
         "# Gender where dlib finds no face: a whole-image fallback (issue 20, Task A)", "",
         "`python benchmarks/gender_context.py --data-dir ../shared/data/facecom "
-        f"--work-root W` (seed {args.seed}; notebook 01's splits: "
+        f"--work-root W --probe-front-end {args.probe_front_end}` (seed {args.seed}; "
+        "notebook 01's splits: "
         + ", ".join(f"{name} {len(frame)} images" for name, frame in frames.items())
         + "). Accuracy at a threshold chosen on dev's clean photos. dlib found the face in "
         + ", ".join(f"{split} {found[split].mean():.3f}" for split in SPLITS)

@@ -111,6 +111,22 @@ def gender_tail(frames: dict, frozen: dict, epochs: int, seed: int) -> dict:
     return {"dev": best[1], "eval": best[2]}
 
 
+def add_probe_front_end(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--probe-front-end``: dlib's front end for the probe's rows, the shipped one unless a
+    results page was made with an earlier one (its command says which)."""
+    parser.add_argument("--probe-front-end", default=task_a.PROBE_FRONT_END,
+                        choices=face_descriptor.FRONT_ENDS)
+    return parser
+
+
+def probe_descriptors(args: argparse.Namespace, frames: dict[str, pd.DataFrame]
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """dlib's raw descriptors and face-found flags of each split, by ``--probe-front-end``."""
+    return {split: face_descriptor.cached_descriptors(frame["path"].tolist(),
+                                                      args.probe_front_end)
+            for split, frame in frames.items()}
+
+
 def notebook_splits(args: argparse.Namespace, run: str) -> tuple[Splits, dict[str, pd.DataFrame]]:
     """Notebook 01's splits of the train views (checked for leakage) and their frames."""
     configure_threads(torch.device("cpu"))
@@ -143,12 +159,12 @@ def write_tables(path: Path, header: list[str], splits: Splits,
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = add_probe_front_end(arguments(__doc__.split("\n\n")[0]))
     parser.add_argument("--epochs", type=int, default=6)
     args = parser.parse_args()
     splits, frames = notebook_splits(args, "runs_gender_features")
-    dlib = {split: face_descriptor.normalise(face_descriptor.cached_descriptors(
-        frame["path"].tolist(), task_a.PROBE_FRONT_END)[0]) for split, frame in frames.items()}
+    dlib = {split: face_descriptor.normalise(vectors)
+            for split, (vectors, _) in probe_descriptors(args, frames).items()}
     model = sface_net.SFaceIdentity()
     frozen = {split: sface_net.frozen_features(
         model, sface_net.face_crops(frame["path"].tolist(), progress=True)[0], desc=split)
@@ -167,7 +183,8 @@ def main() -> None:
     write_tables(RESULTS, [
         "# Gender through FACECOM's distortions: which features (issue 20, Task A)", "",
         "`python benchmarks/gender_features.py --data-dir ../shared/data/facecom "
-        f"--work-root W --epochs {args.epochs}` (seed {args.seed}; notebook 01's splits: "
+        f"--work-root W --epochs {args.epochs} --probe-front-end {args.probe_front_end}` "
+        f"(seed {args.seed}; notebook 01's splits: "
         + ", ".join(f"{name} {len(frame)} images" for name, frame in frames.items())
         + "). Accuracy at a threshold chosen on dev's clean photos.", ""],
         splits, frames, rows)

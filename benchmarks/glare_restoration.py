@@ -32,7 +32,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.gender_features import (clean_threshold, notebook_splits, regression,  # noqa: E402
+from benchmarks.gender_features import (add_probe_front_end, clean_threshold,  # noqa: E402
+                                        notebook_splits, probe_descriptors, regression,
                                         scores)
 from benchmarks.real_data import arguments, task_b_splits  # noqa: E402
 from common import data, evaluation, face_descriptor, metrics, task_a, whole_image  # noqa: E402
@@ -120,9 +121,7 @@ def task_b_table(args) -> tuple[str, str]:
 def task_a_table(args) -> str:
     """The probe with its whole-image head reading raw or gated-restored images."""
     splits, frames = notebook_splits(args, "runs_glare_restoration")
-    described = {split: face_descriptor.cached_descriptors(frame["path"].tolist(),
-                                                           task_a.PROBE_FRONT_END)
-                 for split, frame in frames.items()}
+    described = probe_descriptors(args, frames)
     found = {split: flags for split, (_, flags) in described.items()}
     probe = regression(frames, {split: face_descriptor.normalise(vectors)
                                 for split, (vectors, _) in described.items()},
@@ -152,13 +151,14 @@ def task_a_table(args) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__.split("\n\n")[0]).parse_args()
+    args = add_probe_front_end(arguments(__doc__.split("\n\n")[0])).parse_args()
     retrieval, share = task_b_table(args)
     gender = task_a_table(args)
     text = [
         "# Undoing FACECOM's glare before the features (issue 20)", "",
         "`python benchmarks/glare_restoration.py --data-dir ../shared/data/facecom "
-        f"--work-root W` (seed {args.seed}). Dark-channel inversion of the blend toward white "
+        f"--work-root W --probe-front-end {args.probe_front_end}` (seed {args.seed}). "
+        "Dark-channel inversion of the blend toward white "
         f"(window {PATCH} px, smoothing sigma {SMOOTHING:g} px at {SIZE} px, 1 - a kept above "
         f"{FLOOR}); an image is restored when its estimated central blend exceeds {GATE}.", "",
         "## Task B: gallery top-1 with the query's own photo removed (notebook 02's dev split)",
