@@ -58,7 +58,8 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
            "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
-           "SPECKLE_LEVEL", "face_filter", "speckled", "despeckle", "DLIB_FRONT_ENDS", "sface_crop",
+           "SPECKLE_LEVEL", "face_filter", "speckled", "despeckle", "DLIB_FRONT_ENDS",
+           "sface_crop",
            "dlib_network", "dlib_weights", "DlibChipCutter", "ChipCutters", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
