@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.gender_features import (SPLITS, add_probe_front_end,  # noqa: E402
-                                        notebook_splits, probe_descriptor, regression,
+                                        notebook_splits, probe_descriptors, regression,
                                         write_tables)
 from benchmarks.real_data import arguments  # noqa: E402
 from common import face_descriptor, task_a, whole_image  # noqa: E402
