@@ -139,15 +139,22 @@ def despeckle(image_rgb: np.ndarray) -> np.ndarray:
 
 
 class DlibReading(NamedTuple):
-    """How a dlib front end reads an image: the filter before HOG (None: the image as it is)
-    and whether MTCNN's box stands in where HOG finds no face."""
+    """How a dlib front end reads an image: the filter before HOG (None: the image as it is),
+    whether MTCNN's box stands in where HOG finds no face, and what of this its descriptor
+    cache's key records (`cached_descriptors`), so a changed filter is a new cache."""
 
     image_filter: Callable[[np.ndarray], np.ndarray] | None
     mtcnn_fallback: bool
+    cache_settings: dict
 
 
-DLIB_FRONT_ENDS = {"hog": DlibReading(None, False), "robust": DlibReading(_median, True),
-                   "despeckled": DlibReading(despeckle, True)}
+DLIB_FRONT_ENDS = {
+    "hog": DlibReading(None, False, {}),
+    "robust": DlibReading(_median, True, {"front_end": "robust", "median": MEDIAN_KERNEL}),
+    "despeckled": DlibReading(despeckle, True, {
+        "front_end": "despeckled", "median": MEDIAN_KERNEL, "streaks": STREAK_KERNEL,
+        "speckle": SPECKLE_LEVEL}),
+}
 
 
 class DlibChipCutter:
@@ -418,12 +425,9 @@ def cached_descriptors(paths: Sequence[str], front_end: str = "hog",
                           for part in ("robust", "sface")))
     if front_end == "sface":
         settings = {"front_end": front_end, "version": 1, **SFACE_CROP_SETTINGS}
-    else:  # dlib's: the detector, then what the front end filters the image with
-        settings = {"detector_upsample": 1, "version": 1}
-        if front_end != "hog":
-            settings |= {"front_end": front_end, "median": MEDIAN_KERNEL}
-        if front_end == "despeckled":
-            settings |= {"streaks": STREAK_KERNEL, "speckle": SPECKLE_LEVEL}
+    else:  # dlib's: the detector, then how the front end reads the image
+        settings = {"detector_upsample": 1, "version": 1,
+                    **DLIB_FRONT_ENDS[front_end].cache_settings}
     folder = Path(cache_dir) if cache_dir is not None else None
     store = feature_store.FeatureStore(f"descriptors_{front_end}", settings,
                                        {"vectors": ((128,), "float32"), "found": ((), "bool")},
