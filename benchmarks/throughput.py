@@ -54,7 +54,7 @@ KERNELS = {"fast": (False, False), "deterministic": (True, False),
            "deterministic_fill": (True, True)}  # (deterministic algorithms, fill new memory)
 
 
-def _median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
+def median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
     for _ in range(warmup):
         step()
     times = []
@@ -101,9 +101,9 @@ def compute_throughput(name: str, size: int, batch: int, iters: int, warmup: int
             torch.cuda.synchronize()
 
     training.train()
-    train_s = max(gather_object([_median_seconds(train_step, iters, warmup)]))
+    train_s = max(gather_object([median_seconds(train_step, iters, warmup)]))
     network.eval()
-    infer_s = gather_object([_median_seconds(infer_step, iters, warmup)])
+    infer_s = gather_object([median_seconds(infer_step, iters, warmup)])
     params = sum(p.numel() for p in model.parameters())
     return {"params_m": params / 1e6, "features": num_features, "device": device.type,
             "processes": accelerator.num_processes,

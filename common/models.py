@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common import fusion
+from common.depthwise import use_fast_depthwise
 from common.efficientfr import DEFAULT_CFG as EFFICIENTFR_CFG
 from common.efficientfr import create_efficientfr
 from common.face_priors import create_dlib_gender
@@ -95,6 +96,7 @@ def create_backbone(name: str, pretrained: bool | str = True,
     module.pretrained = source.pretrained
     module.data_config = data_config
     module.is_facecom_backbone = True
+    use_fast_depthwise(module)  # on a CPU, small maps train without oneDNN's slow weight grads
     return module, num_features
 
 
