@@ -2,8 +2,8 @@
 
 oneDNN, torch's CPU convolution library, computes the weight gradient of a depthwise convolution
 far slower than its forward pass when the kernel is larger than the feature map: the 5x5 kernels
-of EfficientNet's last stage on its 4 x 4 maps at 112 px, 2 x 2 at 64 px (measured in
-`benchmarks/depthwise.py`). There that gradient is a sum over the kernel's taps, one product of
+of EfficientNet's last stage on its 4 x 4 maps at 112 px, 2 x 2 at 64 px
+(`benchmarks/depthwise.py` times both per layer). There that gradient is a sum over the kernel's taps, one product of
 the output gradient with a shifted view of the input per tap, and taps that only ever read the
 padding are zero. `DepthwiseConv2d` computes it so on a CPU, for such maps only; the forward
 pass, the input gradient, other maps and other devices keep torch's kernels.
