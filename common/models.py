@@ -510,33 +510,37 @@ def backbone_blocks(backbone: nn.Module) -> list[list[str]]:
     return blocks
 
 
-def freeze_backbone(model: nn.Module, trainable_blocks: int = 0) -> int:
-    """Freeze every backbone parameter except those in the last ``trainable_blocks`` blocks.
+def freeze_backbone(model: nn.Module, frozen_blocks: int) -> int:
+    """Freeze the first ``frozen_blocks`` blocks of every backbone in ``model`` (input side
+    first, see `backbone_blocks`); the rest and the heads stay trainable.
 
-    Heads stay trainable. Used for cheap partial fine-tuning on CPU: frozen blocks need no
-    gradients. BatchNorm running statistics still update in train mode; call ``.eval()`` on
-    frozen parts to stop that.
+    On a CPU the early blocks are the costly ones to train (the largest maps) and the most
+    generic, so keeping them at their pretrained weights buys cheaper steps: nothing below the
+    first trainable block needs a gradient. Their batch norms still follow the batches in train
+    mode, as the trained blocks' do.
 
     Args:
         model: a model from this module, or a backbone from `create_backbone`.
-        trainable_blocks: number of final blocks (see `backbone_blocks`) left trainable.
+        frozen_blocks: how many blocks, from the stem, keep their weights; 0 freezes nothing,
+            at least the number of blocks freezes the whole backbone.
 
     Returns:
         The number of parameter elements frozen.
 
     Raises:
-        ValueError: ``model`` contains no backbone built by `create_backbone`.
+        ValueError: ``model`` contains no backbone built by `create_backbone`, or
+            ``frozen_blocks`` is negative.
     """
+    if frozen_blocks < 0:
+        raise ValueError(f"frozen_blocks={frozen_blocks}: give 0 (train every block) or more.")
     backbones = [m for m in model.modules() if getattr(m, "is_facecom_backbone", False)]
     if not backbones:
         raise ValueError(f"{type(model).__name__} has no backbone from create_backbone()")
     frozen = 0
     for backbone in backbones:
-        blocks = backbone_blocks(backbone)
-        kept_blocks = blocks[-trainable_blocks:] if trainable_blocks > 0 else []
-        keep = {name for block in kept_blocks for name in block}
+        held = {name for block in backbone_blocks(backbone)[:frozen_blocks] for name in block}
         for name, param in backbone.named_parameters():
-            param.requires_grad = name in keep
-            if name not in keep:
+            param.requires_grad = name not in held
+            if name in held:
                 frozen += param.numel()
     return frozen

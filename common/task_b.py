@@ -78,6 +78,7 @@ class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BA
     model: str
     embedding_dim: int
     head: str
+    frozen_blocks: int
     arcface_s: float
     arcface_m: float
     schedule: str
@@ -217,16 +218,22 @@ def backbone_for(model: str, backbone: str) -> str:
 
 
 def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512,
-                    standardize_input: bool = False, head: str = "pooled") -> nn.Module:
+                    standardize_input: bool = False, head: str = "pooled",
+                    frozen_blocks: int = 0) -> nn.Module:
     """The embedding network of a Task B model kind (see `backbone_for`); `standardize_input`
     adds `models.InputStandardization` in front of the backbone, `head="spatial"` uses
-    `models.SpatialEmbeddingHead` (not for facenet, whose VGGFace2 embedding layer is kept)."""
+    `models.SpatialEmbeddingHead` (not for facenet, whose VGGFace2 embedding layer is kept);
+    the backbone's first `frozen_blocks` blocks keep their pretrained weights
+    (`models.freeze_backbone`)."""
     common = {"embedding_dim": embedding_dim, "pretrained": cfg.pretrained,
               "weights": cfg.weights or None, "standardize_input": standardize_input}
     if model == "facenet":
-        return models.create_model("facenet", **common)
-    return models.create_model("embedding", backbone_name=backbone_for(model, cfg.backbone),
-                               head=head, **common)
+        embedder = models.create_model("facenet", **common)
+    else:
+        embedder = models.create_model("embedding", backbone_name=backbone_for(model, cfg.backbone),
+                                       head=head, **common)
+    models.freeze_backbone(embedder, frozen_blocks)
+    return embedder
 
 
 class EmbeddingClassifier(nn.Module):

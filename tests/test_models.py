@@ -172,31 +172,34 @@ def test_siamese_shared_weights_and_norms():
 
 def test_freeze_backbone_counts_and_flags():
     model = models.GenderClassifier("efficientfr", pretrained=False)
-    backbone_numel = sum(p.numel() for p in model.backbone.parameters())
-    fc_numel = 512 * 512 + 512  # EfficientFR's last group is its Linear(512, 512) head
-    assert models.freeze_backbone(model, trainable_blocks=0) == backbone_numel
-    assert not any(p.requires_grad for p in model.backbone.parameters())
+    backbone = dict(model.backbone.named_parameters())
+    stem = {n for n in backbone if n.startswith("stem.")}
+    stem_numel = sum(backbone[n].numel() for n in stem)
+    assert 0 < stem_numel < sum(p.numel() for p in backbone.values())
+
+    assert models.freeze_backbone(model, frozen_blocks=1) == stem_numel  # EfficientFR's stem
+    assert {n for n, p in backbone.items() if not p.requires_grad} == stem
     assert all(p.requires_grad for p in model.classifier.parameters())
 
-    assert models.freeze_backbone(model, trainable_blocks=1) == backbone_numel - fc_numel
-    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"fc.weight", "fc.bias"}
+    models.freeze_backbone(model, frozen_blocks=2)
+    held = {n for n, p in backbone.items() if not p.requires_grad}
+    assert held == stem | {n for n in backbone if n.startswith("stages.0.")}
 
-    models.freeze_backbone(model, trainable_blocks=2)
-    trainable = {n.split(".")[0] + "." + n.split(".")[1]
-                 for n, p in model.backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"stages.3", "fc.weight", "fc.bias"}
-
-    assert models.freeze_backbone(model, trainable_blocks=100) == 0
+    assert models.freeze_backbone(model, frozen_blocks=0) == 0
+    assert all(p.requires_grad for p in backbone.values())
+    assert models.freeze_backbone(model, frozen_blocks=100) == sum(p.numel() for p in backbone.values())
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    with pytest.raises(ValueError, match="frozen_blocks=-1"):
+        models.freeze_backbone(model, frozen_blocks=-1)
 
 
 def test_freeze_backbone_on_dual_stream_and_plain_module():
     model = models.DualStreamSE("efficientfr", pretrained=False)
-    models.freeze_backbone(model)
+    models.freeze_backbone(model, frozen_blocks=100)
     assert not any(p.requires_grad for p in model.aligned_backbone.parameters())
     assert all(p.requires_grad for p in model.se.parameters())
     with pytest.raises(ValueError, match="Linear"):
-        models.freeze_backbone(torch.nn.Linear(2, 2))
+        models.freeze_backbone(torch.nn.Linear(2, 2), frozen_blocks=1)
 
 
 def test_explicit_weights_shared_between_models(tmp_path):
