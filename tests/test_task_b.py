@@ -193,6 +193,24 @@ def test_arcface_with_source_and_teacher_terms_trains(setup):
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
 
 
+def test_frozen_blocks_keep_their_pretrained_weights_while_the_rest_trains(setup):
+    """Notebook 02's `frozen_blocks`: ResNet's stem (conv1, bn1) and first stage (layer1) stay
+    bit-identical through ArcFace training; every later stage and the head move."""
+    cfg, task_data = setup
+    cfg = dataclasses.replace(cfg, backbone="resnet10t", pretrained=False)
+    embedder = task_b.create_embedder("embedding", cfg, 32, frozen_blocks=2)
+    before = {name: value.clone() for name, value in embedder.state_dict().items()}
+    net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index), 32)
+    task_b.train_arcface(net, task_data, cfg, "frozen_blocks")
+    after = embedder.state_dict()
+    weights = [name for name, _ in embedder.named_parameters()]
+    held = [n for n in weights if n.split(".")[1] in ("conv1", "bn1", "layer1")]
+    assert held and all(torch.equal(before[n], after[n]) for n in held)
+    for part in ("backbone.layer2", "backbone.layer3", "backbone.layer4", "projection"):
+        moved = [n for n in weights if n.startswith(part) and not torch.equal(before[n], after[n])]
+        assert moved, f"nothing in {part} trained"
+
+
 def test_siamese_encoder_starts_from_a_task_b_checkpoint(setup, tmp_path):
     from common import checkpoints
     from common.checkpoints import ModelCard
