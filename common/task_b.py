@@ -224,7 +224,9 @@ def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512,
     adds `models.InputStandardization` in front of the backbone, `head="spatial"` uses
     `models.SpatialEmbeddingHead` (not for facenet, whose VGGFace2 embedding layer is kept);
     the backbone's first `frozen_blocks` blocks keep their pretrained weights
-    (`models.freeze_backbone`)."""
+    (`models.freeze_backbone`). A backbone without pretrained weights (from scratch, or none
+    found offline) trains every block, and the fall-back is said and recorded: frozen random
+    blocks would only cost accuracy."""
     common = {"embedding_dim": embedding_dim, "pretrained": cfg.pretrained,
               "weights": cfg.weights or None, "standardize_input": standardize_input}
     if model == "facenet":
@@ -232,6 +234,10 @@ def create_embedder(model: str, cfg: ExperimentConfig, embedding_dim: int = 512,
     else:
         embedder = models.create_model("embedding", backbone_name=backbone_for(model, cfg.backbone),
                                        head=head, **common)
+    if frozen_blocks and not embedder.weights_source.pretrained:
+        fallbacks.fall_back(f"frozen_blocks={frozen_blocks} not applied: {embedder.weights_source}, "
+                            "so every block trains")
+        frozen_blocks = 0
     models.freeze_backbone(embedder, frozen_blocks)
     return embedder
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import cache, experiment, fusion, models, task_b
+from common import cache, experiment, fallbacks, fusion, models, task_b
 from conftest import gallery_frame, unit_rows
 
 
@@ -193,12 +193,20 @@ def test_arcface_with_source_and_teacher_terms_trains(setup):
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
 
 
-def test_frozen_blocks_keep_their_pretrained_weights_while_the_rest_trains(setup):
+def test_frozen_blocks_keep_their_pretrained_weights_while_the_rest_trains(setup, tmp_path):
     """Notebook 02's `frozen_blocks`: ResNet's stem (conv1, bn1) and first stage (layer1) stay
-    bit-identical through ArcFace training; every later stage and the head move."""
+    bit-identical through ArcFace training; every later stage and the head move. A backbone
+    without pretrained weights freezes nothing, and says so."""
     cfg, task_data = setup
     cfg = dataclasses.replace(cfg, backbone="resnet10t", pretrained=False)
+    with pytest.warns(fallbacks.FallbackWarning, match="frozen_blocks=2 not applied.*RANDOM INIT"):
+        scratch = task_b.create_embedder("embedding", cfg, 32, frozen_blocks=2)
+    assert all(p.requires_grad for p in scratch.parameters())
+    weights = tmp_path / "resnet10t.pth"  # "pretrained" weights: a file, as a user passes them
+    torch.save(scratch.backbone.state_dict(), weights)
+    cfg = dataclasses.replace(cfg, weights=str(weights))
     embedder = task_b.create_embedder("embedding", cfg, 32, frozen_blocks=2)
+    assert embedder.weights_source.pretrained
     before = {name: value.clone() for name, value in embedder.state_dict().items()}
     net = task_b.EmbeddingClassifier(embedder, len(task_data.identity_index), 32)
     task_b.train_arcface(net, task_data, cfg, "frozen_blocks")
