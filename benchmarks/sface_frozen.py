@@ -1,7 +1,7 @@
 """How much time does folding batch norms into convolutions save in SFace's frozen part?
 
 `sface_net.frozen_features` runs every crop of a run through SFace's frozen layers (notebook 02:
-the train crops twice, plain and mirrored, then dev and the evaluated split). It runs a copy of
+the train crops, then dev and the evaluated split). It runs a copy of
 `SFaceIdentity.frozen` with each batch norm folded into its convolution. This times SFace's
 graph as converted against that copy on the same crops, alternating the two so that load from
 other processes hits both alike, and reports the largest difference of their outputs.

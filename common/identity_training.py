@@ -2,10 +2,10 @@
 this?" when the gallery holds another photo of the person (issue 20).
 
 Only `sface_net.SFaceIdentity.tail` learns, with ArcFace over the train identities' clean and
-distorted images, so the frozen part runs once per crop (and once per mirrored crop) before the
-first step, and an epoch costs a pass of the tail alone: on a CPU the whole fine-tuning fits
-beside notebook 02's own training. The epoch kept is the one with the best dev top-1 with the
-query's own photo removed, the protocol this channel exists for.
+distorted images, so the frozen part runs once per crop before the first step, and an epoch
+costs a pass of the tail alone: on a CPU the whole fine-tuning fits beside notebook 02's own
+training. The epoch kept is the one with the best dev top-1 with the query's own photo removed,
+the protocol this channel exists for.
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ class TuneSettings:
         epochs: passes over the train images (the best dev epoch is kept).
         lr: AdamW learning rate of the tail; the ArcFace centres, started at the class means,
             learn `centre_lr_factor` times faster.
-        mirror: half of each batch, at random, reads the left-right mirrored crop.
     """
 
     epochs: int = 5
@@ -46,7 +45,6 @@ class TuneSettings:
     arcface_s: float = 30.0
     arcface_m: float = 0.5
     centre_lr_factor: float = 10.0
-    mirror: bool = True
 
 
 def dev_top1_hard(dev: pd.DataFrame) -> Callable[[np.ndarray], float]:
@@ -71,15 +69,12 @@ def fine_tune(model: SFaceIdentity, train_crops: np.ndarray, labels: np.ndarray,
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
-    plain = frozen_features(model, train_crops, device, desc="SFace frozen layers, train"
-                            if progress else "")
-    mirrored = (frozen_features(model, train_crops, device, mirror=True,
-                                desc="SFace frozen layers, mirrored" if progress else "")
-                if settings.mirror else None)
+    features = frozen_features(model, train_crops, device, desc="SFace frozen layers, train"
+                               if progress else "")
     classes = int(labels_t.max()) + 1
     arc = ArcMarginProduct(model.embedding_dim, classes, s=settings.arcface_s,
                            m=settings.arcface_m).to(device)
-    start = torch.from_numpy(tail_vectors(model, plain, device))
+    start = torch.from_numpy(tail_vectors(model, features, device))
     with torch.no_grad():
         arc.weight.copy_(F.normalize(torch.zeros(classes, model.embedding_dim)
                                      .index_add_(0, labels_t, start)).to(device))
@@ -96,14 +91,10 @@ def fine_tune(model: SFaceIdentity, train_crops: np.ndarray, labels: np.ndarray,
                       disable=not progress):
         model.tail.train()
         order = rng.permutation(len(labels_t))
-        flips = rng.random(len(labels_t)) < 0.5
         total = 0.0
         for first in range(0, len(order), settings.batch_size):
             index = torch.from_numpy(order[first:first + settings.batch_size])
-            batch = plain[index]
-            if mirrored is not None:
-                flip = torch.from_numpy(flips[index.numpy()])[:, None, None, None]
-                batch = torch.where(flip, mirrored[index], batch)
+            batch = features[index]
             target = labels_t[index].to(device)
             loss = F.cross_entropy(arc(model.tail(batch.float().to(device)), target), target)
             optimizer.zero_grad(set_to_none=True)

@@ -498,7 +498,7 @@ def backbone_blocks(backbone: nn.Module) -> list[list[str]]:
     stage, head); other modules (InceptionResnetV1) use their top-level children in order.
     """
     if hasattr(backbone, "group_matcher"):
-        from timm.models import group_parameters
+        from timm.models import group_parameters  # deferred: importing timm costs about a second
 
         groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
         return [groups[key] for key in sorted(groups)]

@@ -133,10 +133,9 @@ class SFaceIdentity(nn.Module):
         return self.tail(self.frozen(crops))
 
 
-def crops_to_tensor(crops: np.ndarray, mirror: bool = False) -> Tensor:
-    """(N, 112, 112, 3) uint8 RGB crops -> SFace's float NCHW input (mirrored left-right)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(crops[:, :, ::-1] if mirror else crops))
-    return tensor.permute(0, 3, 1, 2).float()
+def crops_to_tensor(crops: np.ndarray) -> Tensor:
+    """(N, 112, 112, 3) uint8 RGB crops -> SFace's float NCHW input."""
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
 
 
 def _crop_rgb(models, image: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -172,7 +171,7 @@ def face_crops(images: Sequence[str | os.PathLike | np.ndarray], progress: bool 
 
 @torch.no_grad()
 def frozen_features(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu",
-                    batch_size: int = 64, mirror: bool = False, desc: str = "") -> Tensor:
+                    batch_size: int = 64, desc: str = "") -> Tensor:
     """The frozen part's output for every crop, fp16 on the CPU (98 KB a crop: a train set's
     fits in memory); a progress bar when `desc` names it. It runs a copy of `frozen` with each
     batch norm folded into its convolution (torch.fx's `fuse`): the same function in less time,
@@ -180,7 +179,7 @@ def frozen_features(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu"
     folded = place(fuse(model.frozen.eval()), device)
     out = []
     for start in tqdm(range(0, len(crops), batch_size), desc=desc, disable=not desc, leave=False):
-        chunk = crops_to_tensor(crops[start:start + batch_size], mirror).to(device)
+        chunk = crops_to_tensor(crops[start:start + batch_size]).to(device)
         out.append(folded(chunk).half().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
