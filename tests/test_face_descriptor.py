@@ -412,3 +412,14 @@ def test_each_image_is_described_once_whatever_the_list(tmp_path, monkeypatch):
     assert described == [*paths[:3], paths[4]]
     assert second[:, 0].tolist() == [160.0, 80.0, 0.0, 0.0] and found.all()
     np.testing.assert_array_equal(second[1], first[2])
+
+
+@requires_sface
+def test_sface_models_load_without_opencv_engine_warnings_and_restore_the_log_level(capfd):
+    # OpenCV 5 prints "setPreferableTarget ... not supported by the new graph engine" from C++
+    # on every create; capfd reads the process's own stderr, where that line would land.
+    before = cv2.utils.logging.getLogLevel()
+    detector, recogniser = face_descriptor.sface_models()
+    assert "setPreferableTarget" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == before
+    assert recogniser.feature(np.zeros((112, 112, 3), np.uint8)).shape == (1, 128)
