@@ -31,9 +31,9 @@ from common.config import place
 from common.face_priors import PriorUnavailableError
 from common.weights import WeightsSource
 
-__all__ = ["INSTALL", "KIND", "CUT", "CROP_SIZE", "EMBEDDING_DIM", "is_available", "SFaceIdentity",
-           "face_crops", "crops_to_tensor", "frozen_features", "tail_vectors", "describe",
-           "describe_images", "keep_vectors"]
+__all__ = ["INSTALL", "KIND", "CUT", "CROP_SIZE", "EMBEDDING_DIM", "is_available", "MaskDropout",
+           "SFaceIdentity", "face_crops", "crops_to_tensor", "frozen_features", "tail_vectors",
+           "describe", "describe_images", "keep_vectors"]
 
 INSTALL = f"pip install onnx onnx2torch && {face_descriptor.SFACE_INSTALL}"
 KIND = "sface_identity"  # its `models.create_model` kind, in its model card
@@ -51,9 +51,23 @@ def is_available() -> bool:
     return importlib.util.find_spec("onnx2torch") is not None
 
 
+class MaskDropout(nn.Dropout):
+    """`nn.Dropout` with its mask drawn by `torch.rand_like`: the same distribution (each value
+    kept with probability 1 - p and scaled by 1 / (1 - p)), where torch's CPU ``bernoulli_``
+    is slow on the large map SFace drops before its head (`benchmarks/sface_tail.py` times
+    both)."""
+
+    def forward(self, values: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return values
+        keep = torch.rand_like(values) >= self.p
+        return values * keep.to(values.dtype).mul_(1 / (1 - self.p))
+
+
 def _convert() -> fx.GraphModule:
     """SFace's ONNX graph as a torch module. onnx2torch keeps PReLU slopes as buffers fed to a
-    functional op; each becomes an `nn.PReLU` so its slopes can be fine-tuned."""
+    functional op; each becomes an `nn.PReLU` so its slopes can be fine-tuned. Its dropout
+    becomes `MaskDropout`."""
     try:
         from onnx2torch import convert
     except ImportError as error:
@@ -69,6 +83,9 @@ def _convert() -> fx.GraphModule:
             node.args = (value,)
             if not slope.users:
                 model.graph.erase_node(slope)
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Dropout:
+            model.set_submodule(name, MaskDropout(module.p))
     model.graph.lint()
     model.recompile()
     return model
