@@ -16,7 +16,6 @@ import argparse
 import copy
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.throughput import median_seconds  # noqa: E402  (needs the sys.path line above)
+from benchmarks.throughput import (alternating_medians, median_seconds,  # noqa: E402  (sys.path)
+                                   training_step)
 from common.config import configure_threads  # noqa: E402
 from common.depthwise import DepthwiseConv2d, tap_weight_gradient  # noqa: E402
 from common.models import create_backbone  # noqa: E402
@@ -84,26 +84,11 @@ def step_images_per_s(name: str, size: int, batch: int, iters: int, rounds: int
                 nn.Sequential(backbone, nn.Linear(features, 100))]
     images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 100, (batch,))
-    steps = []
     for network in networks:
-        network.to(memory_format=torch.channels_last).train()
-        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
-
-        def step(network=network, optimizer=optimizer) -> None:
-            loss = F.cross_entropy(network(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        steps.append(step)
-    times: list[list[float]] = [[], []]
-    for _ in range(rounds):
-        for variant, step in enumerate(steps):
-            step()  # warm-up
-            for _ in range(iters):
-                start = time.perf_counter()
-                step()
-                times[variant].append(time.perf_counter() - start)
-    medians = [sorted(t)[len(t) // 2] for t in times]
+        network.to(memory_format=torch.channels_last)
+    medians = list(alternating_medians(
+        {variant: training_step(network, images, labels) for variant, network
+         in zip(("torch", "taps"), networks)}, iters, rounds).values())
     return batch / medians[0], batch / medians[1]
 
 

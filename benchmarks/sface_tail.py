@@ -16,15 +16,14 @@ import argparse
 import copy
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.throughput import median_seconds  # noqa: E402  (needs the sys.path line above)
+from benchmarks.throughput import (alternating_medians, median_seconds,  # noqa: E402  (sys.path)
+                                   training_step)
 from common import sface_net  # noqa: E402
 from common.config import configure_threads  # noqa: E402
 
@@ -56,26 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     features = torch.randn(args.batch, *shape[1:])
     labels = torch.randint(0, 100, (args.batch,))
     variants = {"torch's nn.Dropout": _with_torch_dropout(model.tail), "MaskDropout": model.tail}
-    steps = {}
-    for name, tail in variants.items():
-        network = nn.Sequential(tail, nn.Linear(sface_net.EMBEDDING_DIM, 100)).train()
-        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
-
-        def step(network=network, optimizer=optimizer) -> None:
-            loss = F.cross_entropy(network(features), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        steps[name] = step
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            step()  # warm-up
-            for _ in range(args.iters):
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-    medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    medians = alternating_medians(
+        {name: training_step(nn.Sequential(tail, nn.Linear(sface_net.EMBEDDING_DIM, 100)),
+                             features, labels) for name, tail in variants.items()},
+        args.iters, args.rounds)
     plain, fast = medians.values()
     dropout = next(m for m in model.tail.modules() if type(m) is sface_net.MaskDropout)
     read: list[torch.Size] = []

@@ -54,6 +54,35 @@ KERNELS = {"fast": (False, False), "deterministic": (True, False),
            "deterministic_fill": (True, True)}  # (deterministic algorithms, fill new memory)
 
 
+def training_step(network: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor
+                  ) -> Callable[[], None]:
+    """One step of `network` (train mode) on fixed `inputs`: cross-entropy, backward, AdamW."""
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(network(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def alternating_medians(steps: dict[str, Callable[[], None]], iters: int, rounds: int
+                        ) -> dict[str, float]:
+    """Median seconds per step of each variant, the variants alternating `rounds` times (one
+    warm-up and `iters` timed steps each), so a burst of load hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            step()  # warm-up
+            for _ in range(iters):
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
     for _ in range(warmup):
         step()
