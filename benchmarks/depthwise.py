@@ -13,7 +13,6 @@ hits both alike. Prints markdown and writes ``benchmarks/results/depthwise.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from pathlib import Path
@@ -24,21 +23,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.throughput import (alternating_medians, median_seconds,  # noqa: E402  (sys.path)
-                                   training_step)
+                                   training_step, with_layers_as)
 from common.config import configure_threads  # noqa: E402
 from common.depthwise import DepthwiseConv2d, tap_weight_gradient  # noqa: E402
 from common.models import create_backbone  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "depthwise.md"
-
-
-def _with_torch_depthwise(network: nn.Module) -> nn.Module:
-    """A copy of `network` whose `DepthwiseConv2d` layers are plain `nn.Conv2d` again."""
-    plain = copy.deepcopy(network)
-    for module in plain.modules():
-        if type(module) is DepthwiseConv2d:
-            module.__class__ = nn.Conv2d
-    return plain
 
 
 def layer_rows(name: str, size: int, batch: int, iters: int) -> list[str]:
@@ -80,7 +70,8 @@ def step_images_per_s(name: str, size: int, batch: int, iters: int, rounds: int
     """Training images/s of `name` at `size` px: (torch's depthwise, `DepthwiseConv2d`)."""
     torch.manual_seed(0)
     backbone, features = create_backbone(name, pretrained=False)
-    networks = [nn.Sequential(_with_torch_depthwise(backbone), nn.Linear(features, 100)),
+    plain = with_layers_as(backbone, DepthwiseConv2d, nn.Conv2d)
+    networks = [nn.Sequential(plain, nn.Linear(features, 100)),
                 nn.Sequential(backbone, nn.Linear(features, 100))]
     images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 100, (batch,))

@@ -13,7 +13,6 @@ load on a shared machine hits both alike. Prints markdown and writes
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from pathlib import Path
@@ -23,20 +22,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.throughput import (alternating_medians, median_seconds,  # noqa: E402  (sys.path)
-                                   training_step)
+                                   training_step, with_layers_as)
 from common import sface_net  # noqa: E402
 from common.config import configure_threads  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sface_tail.md"
-
-
-def _with_torch_dropout(tail: nn.Module) -> nn.Module:
-    """A copy of `tail` whose `MaskDropout` layers are torch's `nn.Dropout` again."""
-    plain = copy.deepcopy(tail)
-    for module in plain.modules():
-        if type(module) is sface_net.MaskDropout:
-            module.__class__ = nn.Dropout
-    return plain
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         shape = model.frozen(torch.zeros(1, 3, sface_net.CROP_SIZE, sface_net.CROP_SIZE)).shape
     features = torch.randn(args.batch, *shape[1:])
     labels = torch.randint(0, 100, (args.batch,))
-    variants = {"torch's nn.Dropout": _with_torch_dropout(model.tail), "MaskDropout": model.tail}
+    variants = {"torch's nn.Dropout": with_layers_as(model.tail, sface_net.MaskDropout,
+                                                     nn.Dropout),
+                "MaskDropout": model.tail}
     medians = alternating_medians(
         {name: training_step(nn.Sequential(tail, nn.Linear(sface_net.EMBEDDING_DIM, 100)),
                              features, labels) for name, tail in variants.items()},
