@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128, help="crops per step")
     parser.add_argument("--iters", type=int, default=4, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the variants")
-    parser.add_argument("--top", type=int, default=6, help="operators listed per variant")
     args = parser.parse_args(argv)
 
     configure_threads(torch.device("cpu"))
