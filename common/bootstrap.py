@@ -21,7 +21,7 @@ Standard library only, like `common.workspace`: nothing else is importable befor
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import importlib.metadata as metadata
 import os
 import socket
@@ -29,13 +29,14 @@ import subprocess
 import sys
 import tempfile
 import urllib.parse
+import warnings
 from pathlib import Path
 
 from common import workspace
 
 __all__ = ["NO_DEPS_MARK", "KEEP", "WHEELS_ENV", "WHEELS_MARKER", "read_requirements",
            "is_satisfied", "missing_requirements", "find_wheels",
-           "is_online", "install_missing", "build_wheels", "setup", "main"]
+           "is_online", "install_missing", "build_wheels", "setup", "text_progress_bars", "main"]
 
 NO_DEPS_MARK = "#no-deps "
 KEEP = ("torch", "torchvision", "torchaudio")  # the platform's builds are never replaced
@@ -224,7 +225,20 @@ def setup(extras: bool = True) -> Path:
     print(f"facecom: project {root} ({state}); writing under {work}")
     print("facecom: installed " + ", ".join(installed) if installed
           else "facecom: every requirement is installed")
+    if text_progress_bars():
+        # tqdm.auto would warn about the missing widgets under the first cell: said once here
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        print("facecom: progress bars as text (ipywidgets is not installed)")
     return work
+
+
+def text_progress_bars() -> bool:
+    """Whether this is a Jupyter kernel without ipywidgets, where tqdm.auto falls back to text
+    bars (which papermill keeps in the saved notebook as they were drawn)."""
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; nothing else needs it
+    shell = ipython.get_ipython() if ipython is not None else None
+    return (shell is not None and "IPKernelApp" in shell.config
+            and importlib.util.find_spec("ipywidgets") is None)
 
 
 def main(argv: list[str] | None = None) -> int:

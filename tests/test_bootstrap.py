@@ -134,3 +134,32 @@ def test_offline_install_from_a_wheels_folder_into_an_empty_venv(tmp_path):
                             "--wheels", str(wheels), "--offline"], env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and "nothing (all present)" in again.stdout
+
+
+def test_text_progress_bars_only_in_a_kernel_without_widgets(monkeypatch):
+    """tqdm.auto draws widgets in a Jupyter kernel with ipywidgets and text elsewhere; setup
+    says so (and holds back tqdm's warning) only for a kernel without them."""
+    class Shell:
+        config = {"IPKernelApp": {}}
+
+    class IPython:
+        shell = None
+
+        @classmethod
+        def get_ipython(cls):
+            return cls.shell
+
+    monkeypatch.setitem(sys.modules, "IPython", IPython)
+    widgets = {"ipywidgets": None}
+    real_find_spec = bootstrap.importlib.util.find_spec
+    monkeypatch.setattr(bootstrap.importlib.util, "find_spec",
+                        lambda name, *args: widgets[name] if name in widgets
+                        else real_find_spec(name, *args))
+    assert not bootstrap.text_progress_bars()  # IPython imported, no kernel (a terminal)
+    IPython.shell = Shell()
+    assert bootstrap.text_progress_bars()
+    widgets["ipywidgets"] = object()
+    assert not bootstrap.text_progress_bars()
+    Shell.config = {"TerminalIPythonApp": {}}
+    widgets["ipywidgets"] = None
+    assert not bootstrap.text_progress_bars()

@@ -52,6 +52,19 @@ def test_executed_notebooks_show_figures(executed):
     assert len(images) >= 5
 
 
+def test_executed_notebooks_show_no_warnings(executed):
+    """What a user reads under the cells holds no library warning: a fallback is said in a
+    line of its own (as `bootstrap.setup` says text progress bars)."""
+    for name in NOTEBOOKS:
+        notebook = json.loads((executed / f"{name}.ipynb").read_text())
+        for number, cell in enumerate(notebook["cells"]):
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) if out.get("name") == "stderr" else ""
+                warned = [line for line in text.replace("\r", "\n").splitlines()
+                          if "Warning" in line]
+                assert not warned, f"{name}, cell {number}: {warned[0]}"
+
+
 def test_preprocess_report(executed, sample_root):
     metrics = _metrics(executed, "00_preprocess")
     assert metrics["n_problems"] == 0
