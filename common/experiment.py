@@ -142,7 +142,8 @@ class ExperimentConfig:
         for name in _PROFILE_DEFAULTS:
             if not values[name]:
                 values[name], sources[name] = profile_values[name], f"profile {profile.name}"
-        sources.update(num_workers=f"profile {profile.name}", weight_decay="fixed")
+        sources["weight_decay"] = "fixed"
+        num_processes = _num_processes(values["num_processes"], device, sources)
         cfg = cls(
             notebook=section.notebook,
             data_dir=discovery.resolve_data_dir(values["data_dir"],
@@ -152,7 +153,7 @@ class ExperimentConfig:
             device=device, profile=profile,
             deterministic=_deterministic(values["deterministic"], device, sources),
             gradient_accumulation=_gradient_accumulation(values["gradient_accumulation"]),
-            num_processes=_num_processes(values["num_processes"], device, sources),
+            num_processes=num_processes,
             backbone=values["backbone"],
             pretrained=values["pretrained"], weights=values["weights"],
             epochs=int(values["epochs"]), image_size=int(values["image_size"]),
@@ -160,7 +161,8 @@ class ExperimentConfig:
             seed=int(values["seed"]), quick=bool(values["quick"]),
             resume=_resume_mode(values["resume"]), dev_fraction=float(values["dev_fraction"]),
             holdout_fraction=float(values["holdout_fraction"]),
-            num_workers=profile.num_workers, patience=values["patience"],
+            num_workers=_num_workers(profile, num_processes, sources),
+            patience=values["patience"],
             allow_leakage=bool(values["allow_leakage"]),
             image_cache=cache.check_image_cache(values["image_cache"]),
             run_name=values["run_name"],
@@ -229,6 +231,20 @@ def _num_processes(value: Any, device: torch.device, sources: dict[str, str]) ->
         sources["num_processes"] = f"device {device.type}"
         return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
     return value
+
+
+def _num_workers(profile: config.Profile, num_processes: int, sources: dict[str, str]) -> int:
+    """The profile's loader workers per training process, at most the CPUs this process may use
+    shared among the processes: more only queue for a CPU (a Colab session has 2; Kaggle's two
+    GPUs share 4), and torch warns of it every epoch."""
+    cpus = config.cpu_count()
+    fair = max(1, cpus // num_processes)
+    sources["num_workers"] = f"profile {profile.name}"
+    if profile.num_workers <= fair:
+        return profile.num_workers
+    sources["num_workers"] += (f", at most {fair}: {cpus} CPU{'s' if cpus > 1 else ''} for "
+                               f"{num_processes} process{'es' if num_processes > 1 else ''}")
+    return fair
 
 
 def _gradient_accumulation(value: Any) -> int:

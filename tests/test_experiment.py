@@ -402,6 +402,24 @@ def test_profile_determinism_and_processes_follow_the_device(tmp_path, sample_ro
         _resolve(task_a.Settings, tmp_path / "negative", sample_root, num_processes=-1)
 
 
+def test_loader_workers_are_the_profiles_at_most_the_cpus_each_process_gets(tmp_path, sample_root,
+                                                                          monkeypatch):
+    def workers(cpus: int, **overrides) -> tuple[int, str]:
+        monkeypatch.setattr(config, "cpu_count", lambda: cpus)
+        cfg = _resolve(task_b.ArcFaceSettings, tmp_path / f"{cpus}-{len(overrides)}", sample_root,
+                       **{"quick": False, **overrides})
+        return cfg.num_workers, cfg.sources["num_workers"]
+
+    # the profiles' own counts where the CPUs allow them (2 on the CPU profile, 4 on the GPU one)
+    assert workers(2) == (2, "profile cpu")
+    assert workers(4, profile="gpu") == (4, "profile gpu")
+    # a Colab session (2 CPUs, one GPU) and Kaggle's (4 CPUs, two GPUs: two processes)
+    assert workers(2, profile="gpu") == (2, "profile gpu, at most 2: 2 CPUs for 1 process")
+    assert workers(4, profile="gpu", num_processes=2)[0] == 2
+    assert workers(1) == (1, "profile cpu, at most 1: 1 CPU for 1 process")
+    assert workers(1, quick=True)[0] == 0  # quick mode loads in the main process
+
+
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_siamese_encoder_can_start_from_the_arcface_one_on_either_profile(profile, tmp_path,
                                                                            sample_root):
