@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 import yaml
+import zmq
+from jupyter_client.manager import KernelManager
+from traitlets.config import Config
 
 from common import parameters as notebook_parameters
 from common import workspace
@@ -71,6 +74,15 @@ def _describe_failure(error: Exception, notebook: str, executed: Path) -> str:
             f"The partially executed notebook is kept at {executed}")
 
 
+def _kernel_config() -> Config:
+    """CurveZMQ encryption between papermill and the kernel where jupyter_client offers it
+    (8.10+, for kernels that declare it): ipykernel otherwise warns, once per notebook, that it
+    runs over TCP in plain text. Older clients (a Kaggle or Colab image's) get no setting."""
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        return Config({"KernelManager": {"transport_encryption": "auto"}})
+    return Config()
+
+
 def _export_html(executed: Path) -> None:
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--log-level",
                     "ERROR", str(executed)], check=False, capture_output=True)
@@ -102,7 +114,8 @@ def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTE
         print(f"\n=== {name} ===", flush=True)
         try:
             pm.execute_notebook(str(source), str(executed), parameters=params, kernel_name=kernel,
-                                cwd=str(source.parent), progress_bar=progress, log_output=False)
+                                cwd=str(source.parent), progress_bar=progress, log_output=False,
+                                config=_kernel_config())
         except Exception as error:  # papermill raises its own types and kernel errors alike
             if executed.exists():
                 _export_html(executed)
