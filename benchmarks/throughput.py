@@ -86,15 +86,16 @@ def alternating_medians(steps: dict[str, Callable[[], None]], iters: int, rounds
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            step()  # warm-up
-            for _ in range(iters):
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+            times[name] += _step_seconds(step, iters, warmup=1)
+    return {name: _median(t) for name, t in times.items()}
 
 
 def median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
+    return _median(_step_seconds(step, iters, warmup))
+
+
+def _step_seconds(step: Callable[[], None], iters: int, warmup: int) -> list[float]:
+    """Seconds of each of `iters` timed calls of `step`, after `warmup` untimed ones."""
     for _ in range(warmup):
         step()
     times = []
@@ -102,6 +103,10 @@ def median_seconds(step: Callable[[], None], iters: int, warmup: int) -> float:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def _median(times: list[float]) -> float:
     return sorted(times)[len(times) // 2]
 
 
