@@ -106,7 +106,7 @@ def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTE
     routed = notebook_parameters.route(parameters, sections or {}, only)
     run_root = Path(run_root)
     run_root.mkdir(parents=True, exist_ok=True)  # papermill writes into it, and will not create it
-    executed_paths = []
+    executed_paths, kernel_config = [], _kernel_config()
     for name in only:
         source = notebook_parameters.notebook_path(name)
         executed = run_root / f"{name}.ipynb"
@@ -115,7 +115,7 @@ def run_notebooks(parameters: dict, run_root: Path, only: tuple[str, ...] = NOTE
         try:
             pm.execute_notebook(str(source), str(executed), parameters=params, kernel_name=kernel,
                                 cwd=str(source.parent), progress_bar=progress, log_output=False,
-                                config=_kernel_config())
+                                config=kernel_config)
         except Exception as error:  # papermill raises its own types and kernel errors alike
             if executed.exists():
                 _export_html(executed)
