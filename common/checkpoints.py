@@ -203,8 +203,15 @@ class ModelCard:
 
     @property
     def fitted_face_rule(self) -> fusion.FaceRule | None:
-        """The dev-fitted pair `fusion.FaceRule` `face_rule` records, or None."""
-        return fusion.FaceRule(**self.face_rule) if self.face_rule else None
+        """The dev-fitted pair `fusion.FaceRule` `face_rule` records, or None. A rule on the
+        identity channel from a card without ``faceless_cosine`` was fitted with one cosine for
+        every pair, and reads it so."""
+        if not self.face_rule:
+            return None
+        fields = dict(self.face_rule)
+        if fields.get("channel") == "identity" and "faceless_cosine" not in fields:
+            fields["faceless_cosine"] = fields["descriptor_cosine"]
+        return fusion.FaceRule(**fields)
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write `to_dict` to `path` atomically (`runs.write_json`)."""

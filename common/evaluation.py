@@ -517,7 +517,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
             with the two frames: then a `fusion.FaceRule` is fitted on the dev pairs and
             reported too.
         face_channel: what `faces` are (`fusion.FACE_CHANNELS`), recorded in the rule so that
-            inference reads the same channel.
+            inference reads the same channel; the identity channel, which describes faceless
+            images too, gets their pairs' cosine threshold of their own (``faceless``).
         face_rule_specificity: the rule's operating point (`fusion.fit_face_rule`'s
             ``min_specificity``); 0, the best dev accuracy.
     """
@@ -537,7 +538,8 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
         rule = dataclasses.replace(
             fusion.fit_face_rule(dev_distances, *_descriptor_cosines(faces["dev"], dev_pairs),
                                  dev_pairs["same"].to_numpy(),
-                                 min_specificity=face_rule_specificity), channel=face_channel)
+                                 min_specificity=face_rule_specificity,
+                                 faceless=face_channel == "identity"), channel=face_channel)
         decided = rule.decide(distances, *_descriptor_cosines(faces["eval"], pairs))
         pairs = pairs.assign(same_by_rule=decided)
         precision, recall, f1, _ = precision_recall_fscore_support(

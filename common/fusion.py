@@ -113,12 +113,17 @@ class FaceRule:
     at least `descriptor_cosine` (one person on two photos, which only a face-trained model sees).
     `channel` names that face channel (`FACE_CHANNELS`): ``"descriptor"``, the card's face
     descriptor, which finds no face under heavy glare; ``"identity"``, the identity channel of
-    the card's `CopySwitch` (`CopySwitch.identity_vectors`), which answers every image.
+    the card's `CopySwitch` (`CopySwitch.pair_vectors`), which answers every image.
+
+    `faceless_cosine` (None: never) decides, in the same way, the pairs where the face channel
+    missed a face: the identity channel still describes such an image (hair, outline), but its
+    cosines lie lower than two found faces', so one threshold would refuse all of them.
     """
 
     distance: float
     descriptor_cosine: float
     channel: str = "descriptor"
+    faceless_cosine: float | None = None
 
     def __post_init__(self) -> None:
         if self.channel not in FACE_CHANNELS:
@@ -127,42 +132,70 @@ class FaceRule:
     def decide(self, distances: np.ndarray, descriptor_cosines: np.ndarray,
                both_found: np.ndarray) -> np.ndarray:
         """Boolean same/different per pair."""
-        agree = np.asarray(descriptor_cosines) >= self.descriptor_cosine
-        return (np.asarray(distances) <= self.distance) | (np.asarray(both_found, bool) & agree)
+        found, cosines = np.asarray(both_found, bool), np.asarray(descriptor_cosines)
+        agree = found & (cosines >= self.descriptor_cosine)
+        if self.faceless_cosine is not None:
+            agree |= ~found & (cosines >= self.faceless_cosine)
+        return (np.asarray(distances) <= self.distance) | agree
 
 
 def fit_face_rule(distances: np.ndarray, descriptor_cosines: np.ndarray, both_found: np.ndarray,
-                  same: np.ndarray, n_candidates: int = 100, min_specificity: float = 0.0
-                  ) -> FaceRule:
-    """The `FaceRule` fitted on (dev) pairs: both thresholds on a grid of quantiles of their
-    scores; the first best in (distance, cosine) order on ties.
+                  same: np.ndarray, n_candidates: int = 100, min_specificity: float = 0.0,
+                  faceless: bool = False) -> FaceRule:
+    """The `FaceRule` fitted on (dev) pairs: its thresholds on a grid of quantiles of their
+    scores; the first best in (distance, cosine, faceless cosine) order on ties.
 
     min_specificity: 0 takes the best accuracy. Above 0 it names an operating point: the most
         same pairs accepted while at least this share of the different pairs is refused (a
         verification system's false-accept budget; issue 20 asks 0.98), the best accuracy
         among those; the highest share refused when no candidate reaches it.
+    faceless: also fit `FaceRule.faceless_cosine` on the pairs not ``both_found`` (a channel
+        that describes every image, as the identity channel does); else those pairs are
+        decided by distance alone.
     """
     same = np.asarray(same).astype(bool)
+    found = np.asarray(both_found, bool)
+    cosines = np.asarray(descriptor_cosines)
     quantiles = np.linspace(0, 1, n_candidates)
-    cosines = np.unique(np.quantile(descriptor_cosines[both_found], quantiles)) if np.any(
-        both_found) else np.array([np.inf])
-    cosines = np.append(cosines, np.inf)  # inf: the descriptor never decides
-    best_key, best = None, (0.0, np.inf)
+
+    def grid(rows: np.ndarray) -> np.ndarray:  # inf: these cosines never decide
+        inner = np.unique(np.quantile(cosines[rows], quantiles)) if np.any(rows) else []
+        return np.append(inner, np.inf)
+
+    found_grid = grid(found)
+    faceless_grid = grid(~found) if faceless else np.array([np.inf])
+    n_same, n_different = int(same.sum()), int((~same).sum())
+    best_key, best = None, (0.0, np.inf, np.inf)
     for distance in np.unique(np.quantile(distances, quantiles)):
         close = distances <= distance
-        for cosine in cosines:
-            decided = close | (both_found & (descriptor_cosines >= cosine))
-            accuracy = float((decided == same).mean())
-            if min_specificity > 0:
-                refused = float((~decided[~same]).mean()) if np.any(~same) else 1.0
-                accepted = float(decided[same].mean()) if np.any(same) else 0.0
-                key = ((True, accepted, accuracy) if refused >= min_specificity
-                       else (False, refused, accuracy))
-            else:
-                key = (accuracy,)
-            if best_key is None or key > best_key:
-                best_key, best = key, (float(distance), float(cosine))
-    return FaceRule(*best)
+        # per candidate of each group: the same and different pairs its cosine adds (not close)
+        counts = []
+        for rows, thresholds in ((found & ~close, found_grid), (~found & ~close, faceless_grid)):
+            agree = cosines[rows][None, :] >= thresholds[:, None]
+            counts.append(((agree & same[rows]).sum(axis=1), (agree & ~same[rows]).sum(axis=1)))
+        (found_same, found_diff), (faceless_same, faceless_diff) = counts
+        accepted_same = int((close & same).sum()) + found_same[:, None] + faceless_same[None, :]
+        accepted_diff = int((close & ~same).sum()) + found_diff[:, None] + faceless_diff[None, :]
+        accuracy = (accepted_same + n_different - accepted_diff) / len(same)
+        if min_specificity > 0:
+            refused = ((n_different - accepted_diff) / n_different if n_different
+                       else np.ones_like(accuracy))
+            accepted = accepted_same / n_same if n_same else np.zeros_like(accuracy)
+            reached = refused >= min_specificity
+            keys = (reached, np.where(reached, accepted, refused), accuracy)
+        else:
+            keys = (accuracy,)
+        candidate = np.ones(accuracy.shape, bool)  # the best of this distance, first on ties
+        for values in keys:
+            candidate &= values == values[candidate].max()
+        i, j = np.argwhere(candidate)[0]
+        key = tuple(bool(v[i, j]) if v.dtype == bool else float(v[i, j]) for v in keys)
+        if best_key is None or key > best_key:
+            best_key, best = key, (float(distance), float(found_grid[i]), float(faceless_grid[j]))
+    distance, cosine, faceless_cosine = best
+    return FaceRule(distance, cosine,
+                    faceless_cosine=faceless_cosine if faceless and np.isfinite(faceless_cosine)
+                    else None)
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ class ModelInputs:
             when asked for the identity channel; else None (`task_b.switch_channels`).
         identity_found: per row, whether the identity channel found the face (YuNet's crop
             for a fine-tuned network, the descriptor's detector otherwise), with `identity`
-            when the card's switch mixes more of the copy channel into faceless rows (its
-            ``faceless_share``); else None.
+            (the switch's ``faceless_share`` and a face rule's ``faceless_cosine`` read it);
+            else None.
     """
 
     images: np.ndarray
@@ -254,10 +254,9 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     if with_identity:
         identity = (card_identity(card, originals, device, progress) if card.identity_weights
                     else face_descriptor.normalise(found_faces[0]))
+        identity_found = (sface_net.face_crops(originals)[1]  # files: kept by content
+                          if card.identity_weights else found_faces[1])
         switch = card.fitted_copy_switch
-        if switch is not None and switch.faceless_share is not None:
-            identity_found = (sface_net.face_crops(originals)[1]  # files: kept by content
-                              if card.identity_weights else found_faces[1])
         if card.identity_weights and switch is not None and switch.descriptor_share:
             vectors, found = face_descriptor.describe_images(
                 originals, switch.descriptor_front_end, progress)

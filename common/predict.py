@@ -83,11 +83,12 @@ def embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str =
 def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str = "auto",
            progress: bool = False, with_faces: bool = False, with_identity: bool = False,
            batch_size: int = 128
-           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
+           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                      tuple[np.ndarray, np.ndarray] | None]:
     """`embed`, plus the card's face descriptors and face-found flags when the card fuses them
     or `with_faces` asks, and what a face rule reads of its copy switch's identity channel when
-    `with_identity` asks (`task_b.switch_channels`' ``"pair_faces"``): computed once for every use
-    (`model_inputs.prepare_inputs`)."""
+    `with_identity` asks (`task_b.switch_channels`' ``"pair_faces"``, with its ``"found"``):
+    computed once for every use (`model_inputs.prepare_inputs`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
     inputs = prepare_inputs(card, images, with_faces=with_faces, with_identity=with_identity,
@@ -97,10 +98,11 @@ def _embed(images: Sequence[ImageLike], weights: str | os.PathLike, device: str 
     if failed:
         raise ValueError("Could not read " + "; ".join(failed))
     channels = (task_b.switch_channels(model, card, inputs, device_, progress, batch_size)
-                if with_identity else {"embedding": None, "pair_faces": None})
+                if with_identity else {"embedding": None})
     embeddings = task_b.embed_for_card(model, card, inputs, device_, progress, batch_size,
                                        learned=channels["embedding"])
-    return embeddings, inputs.faces, channels["pair_faces"]
+    return (embeddings, inputs.faces,
+            (channels["pair_faces"], channels["found"]) if with_identity else None)
 
 
 def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
@@ -119,7 +121,7 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     result = {"similarity": similarity, "threshold": threshold,
               "same": None if threshold is None else bool(similarity >= threshold)}
     if rule is not None:
-        unit, found = ((identity, np.ones(2, bool)) if reads_identity
+        unit, found = (identity if reads_identity
                        else (face_descriptor.normalise(faces[0]), faces[1]))
         cosine = float(unit[0] @ unit[1])
         same = rule.decide(np.array([np.linalg.norm(first - second)]), np.array([cosine]),

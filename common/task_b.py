@@ -811,9 +811,10 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """What the pair `fusion.FaceRule` reads when there is a copy switch: its identity channel
     (`fusion.CopySwitch.pair_vectors`: the switch's share of `learned` mixed in, the same for
-    faceless images) per split, every face found, since it is fitted to recognise people
-    across photos and answers every image. None without a switch: the rule then reads the face
-    descriptor (`fuse_descriptor` with ``keep_faces``).
+    faceless images) per split, with whether the channel found each face: it answers every
+    image, and the rule gives the pairs with a faceless image a cosine of their own. None
+    without a switch: the rule then reads the face descriptor (`fuse_descriptor` with
+    ``keep_faces``).
 
     The network's own vectors, without the gallery's share of dlib's descriptor: that share
     lifts people found in a gallery but lowers same-person pairs at a fixed threshold (dlib's
@@ -822,7 +823,7 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
         return None
     own = identity.network_vectors or identity.vectors
     return {split: (switch.switch.pair_vectors(learned[split], own[split]),
-                    np.ones(len(learned[split]), bool)) for split in own}
+                    identity.found[split]) for split in own}
 
 
 def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name: str,
@@ -909,7 +910,7 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
     and the switch's share of the embedding mixed in (`fusion.CopySwitch.identity_vectors`).
     ``"pair_faces"`` is what a pair `fusion.FaceRule` reads: the identity channel without the
     descriptor (`identity_faces`); ``"found"`` whether the face channel found each face
-    (`model_inputs.ModelInputs.identity_found`: None unless the switch has a faceless share)."""
+    (`model_inputs.ModelInputs.identity_found`)."""
     embedding = embed_array(model, inputs.images, card.image_size, card.mean, card.std, device,
                             batch_size=batch_size, progress=progress)
     switch, found = card.fitted_copy_switch, inputs.identity_found

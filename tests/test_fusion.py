@@ -163,6 +163,28 @@ def test_fit_face_rule_at_an_operating_point_accepts_more_same_pairs():
     assert not any(decided(strict)[4:])
 
 
+def test_faceless_pairs_get_a_cosine_of_their_own():
+    # A copy (close), then four pairs with both faces found (same people at 0.9, others at
+    # 0.3) and four where glare hid a face: the identity channel's cosines lie lower there
+    # (same 0.25, others 0.05). The eight are far apart: only cosines can accept them.
+    distances = np.array([0.1] + [1.5] * 8)
+    cosines = np.array([0.95, 0.9, 0.9, 0.3, 0.3, 0.25, 0.25, 0.05, 0.05])
+    same = np.array([1, 1, 1, 0, 0, 1, 1, 0, 0])
+    found = np.array([True] * 5 + [False] * 4)
+    rule = fusion.fit_face_rule(distances, cosines, found, same, min_specificity=0.98,
+                                faceless=True)
+    assert 0.05 < rule.faceless_cosine <= 0.25 and 0.3 < rule.descriptor_cosine <= 0.9
+    assert rule.decide(distances, cosines, found).tolist() == same.astype(bool).tolist()
+    # One cosine for every pair cannot accept 0.25 without 0.3: two same pairs are lost.
+    every = np.ones(9, bool)
+    one = fusion.fit_face_rule(distances, cosines, every, same, min_specificity=0.98)
+    assert one.decide(distances, cosines, every).tolist() == [
+        True, True, True, False, False, False, False, False, False]
+    # Without `faceless`, such pairs are decided by distance alone, as for a face descriptor.
+    assert fusion.fit_face_rule(distances, cosines, found, same).faceless_cosine is None
+    assert not any(fusion.FaceRule(1.0, 0.2).decide(distances, cosines, found)[5:])
+
+
 # --- copy or identity ----------------------------------------------------------------------
 
 def _table(margins, identity_scores, correct, runner_up=0.1) -> pd.DataFrame:

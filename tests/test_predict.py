@@ -381,11 +381,15 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(
     _fake_a_perfect_descriptor(val, monkeypatch, faceless=(copy,) if faceless_share else ())
     model, card = load_model(checkpoints["task_b"])
     share = 0.5
-    ruled = save_model(model, tmp_path, "ruled_by_identity", replace(
-        card, descriptor_front_end="robust",
-        copy_switch=dataclasses.asdict(fusion.CopySwitch(0.1, identity_share=share,
-                                                         faceless_share=faceless_share)),
-        face_rule={"distance": -1.0, "descriptor_cosine": 0.75, "channel": "identity"}))
+    def with_rule(name: str, **rule) -> Path:
+        return save_model(model, tmp_path, name, replace(
+            card, descriptor_front_end="robust",
+            copy_switch=dataclasses.asdict(fusion.CopySwitch(0.1, identity_share=share,
+                                                             faceless_share=faceless_share)),
+            face_rule={"distance": -1.0, "descriptor_cosine": 0.75, "channel": "identity",
+                       **rule}))
+
+    ruled = with_rule("ruled_by_identity")
     first = sorted((val / people[0]).glob("*.jpg"))[0]
     stranger = sorted((val / people[1]).glob("*.jpg"))[0]
     for other, same_person in ((copy, True), (stranger, False)):
@@ -393,8 +397,15 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(
         expected = (1 - share) * float(same_person) + share * float(learned[0] @ learned[1])
         result = predict.compare(first, other, ruled)
         assert result["descriptor_cosine"] == pytest.approx(expected, abs=1e-5)
-        assert result["same"] is bool(expected >= 0.75)
-        assert result["faces_found"] is True
+        assert result["same"] is bool(expected >= 0.75)  # one cosine: the card predates
+        # faceless pairs' own (`ModelCard.fitted_face_rule`)
+        assert result["faces_found"] is not (faceless_share is not None and other == copy)
+    # A rule with a cosine of its own for pairs with a faceless image reads it for them only.
+    for faceless_cosine in (-2.0, 2.0):
+        rule = with_rule(f"faceless_{faceless_cosine}", faceless_cosine=faceless_cosine)
+        assert predict.compare(first, copy, rule)["same"] is (
+            faceless_cosine < 0 if faceless_share is not None
+            else predict.compare(first, copy, ruled)["same"])
     with pytest.raises(ValueError, match="channel"):
         fusion.FaceRule(0.5, 0.5, channel="hair")
 
