@@ -115,11 +115,12 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     # a pair face rule reads the network without the descriptor (no copy share here)
     np.testing.assert_array_equal(through_predict["pair_faces"],
                                   identity.network_vectors["eval"][some])
-    # A switch without a faceless share reads no face-found flags; with one, predict reads the
-    # notebook's (YuNet's, on SFace's crops) and mixes the share into those rows the way the
-    # notebook's report does.
-    assert through_predict["found"] is None
-    assert identity.found["eval"].any()
+    # Predict reads the notebook's face-found flags (YuNet's, on SFace's crops) whatever the
+    # switch: a pair face rule keeps a cosine of its own for faceless pairs. A switch without a
+    # faceless share mixes nothing by them; one with a share mixes it into those rows the way
+    # the notebook's report does.
+    assert np.array_equal(through_predict["found"], identity.found["eval"][some])
+    assert identity.found["eval"].any() and not identity.found["eval"].all()
     faceless = dataclasses.replace(switched, copy_switch={**switched.copy_switch,
                                                           "identity_share": 0.1,
                                                           "faceless_share": 0.8})
