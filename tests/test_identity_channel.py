@@ -181,7 +181,8 @@ def test_auto_says_it_fell_back_to_the_descriptor(trained, monkeypatch):
     task_data = dataclasses.replace(task_data, splits=dataclasses.replace(
         splits, dev=splits.dev.head(12), eval=splits.eval.head(12)))
     monkeypatch.setattr(sface_net, "is_available", lambda: False)
-    channel = task_b.identity_channel(task_data, cfg, "auto")
+    with pytest.warns(fallbacks.FallbackWarning, match="not SFace fine-tuned here"):
+        channel = task_b.identity_channel(task_data, cfg, "auto")
     assert any("not SFace fine-tuned here" in line for line in fallbacks.recorded())
     if face_descriptor.is_available():
         assert channel.source.startswith("face descriptor") and channel.model is None
