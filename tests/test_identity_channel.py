@@ -120,6 +120,7 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     # faceless share mixes nothing by them; one with a share mixes it into those rows the way
     # the notebook's report does.
     assert np.array_equal(through_predict["found"], identity.found["eval"][some])
+    np.testing.assert_allclose(through_predict["identity"], through_predict["face"], atol=1e-6)
     assert identity.found["eval"].any() and not identity.found["eval"].all()
     faceless = dataclasses.replace(switched, copy_switch={**switched.copy_switch,
                                                           "identity_share": 0.1,
