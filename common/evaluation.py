@@ -18,7 +18,8 @@ from common import data, fusion, metrics
 
 __all__ = [
     "GalleryReport", "PairReport", "face_blind_decisions", "retrieval_table", "gallery_report",
-    "pair_report", "make_pair_list", "frame_pair_list", "retrieval_failures", "worst_pairs",
+    "pair_report", "face_rule_pairs", "make_pair_list", "frame_pair_list", "retrieval_failures",
+    "worst_pairs",
     "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
     "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
     "switched_report", "identity_shares", "IDENTITY_SHARES", "FACELESS_SHARES", "fit_switch",
@@ -392,9 +393,9 @@ class PairReport:
             rows[kind] = {"pairs": len(frame), "mean_distance": frame["distance"].mean(), **{
                 f"accuracy_{name}": float(((frame["distance"] <= threshold) == same).mean())
                 for name, threshold in self.thresholds.items()}}
-            if self.rule is not None:
-                rows[kind]["accuracy_face_rule"] = float(
-                    (frame["same_by_rule"].to_numpy() == same).mean())
+        if self.rule is not None:
+            for kind, accuracy in _rule_accuracy_by_kind(self.pairs).items():
+                rows[kind]["accuracy_face_rule"] = accuracy
         order = [kind for kind in PAIR_KINDS if kind in rows]
         return pd.DataFrame.from_dict(rows, orient="index").loc[order]
 
@@ -501,6 +502,57 @@ def _descriptor_cosines(faces: tuple[np.ndarray, np.ndarray], pairs: pd.DataFram
     return (unit[i] * unit[j]).sum(axis=1), found[i] & found[j]
 
 
+def _rule_accuracy_by_kind(pairs: pd.DataFrame) -> dict[str, float]:
+    """Accuracy of the ``same_by_rule`` decisions per pair kind (`PAIR_KINDS`)."""
+    return {kind: float((frame["same_by_rule"].to_numpy()
+                         == frame["same"].to_numpy().astype(bool)).mean())
+            for kind, frame in pairs.groupby("kind", sort=False)}
+
+
+def _evaluated_pairs(evaluated: pd.DataFrame, embeddings: np.ndarray, n_pairs: int, seed: int,
+                     protocol: str) -> pd.DataFrame:
+    """The evaluated rows' pair list (seeded ``seed + 1``, apart from the dev list's ``seed``)
+    with each pair's embedding distance and kind (`PAIR_KINDS`)."""
+    pairs = _pair_list(evaluated, n_pairs, seed + 1, protocol)
+    same = pairs["same"].to_numpy().astype(int)
+    photo = photo_keys(evaluated)
+    same_photo = photo[pairs["i"].to_numpy()] == photo[pairs["j"].to_numpy()]
+    return pairs.assign(distance=_pair_distances(embeddings, pairs), kind=np.select(
+        [same_photo, same == 1], [PAIR_KINDS[0], PAIR_KINDS[1]], PAIR_KINDS[2]))
+
+
+def _rule_decisions(rule: fusion.FaceRule, faces: tuple[np.ndarray, np.ndarray],
+                    pairs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """`pairs` with the rule's ``same_by_rule`` decisions, and their accuracy, precision,
+    recall and F1."""
+    decided = rule.decide(pairs["distance"].to_numpy(), *_descriptor_cosines(faces, pairs))
+    same = pairs["same"].to_numpy().astype(int)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        same, decided.astype(int), average="binary", zero_division=0)
+    return pairs.assign(same_by_rule=decided), {
+        "threshold": rule.distance, "accuracy": float((decided == same).mean()),
+        "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def face_rule_pairs(evaluated: pd.DataFrame, embeddings: np.ndarray,
+                    faces: tuple[np.ndarray, np.ndarray], rule: fusion.FaceRule,
+                    n_pairs: int = 3000, seed: int = 0, protocol: str = "random"
+                    ) -> dict[str, float]:
+    """A model card's fitted `fusion.FaceRule` on the evaluated rows, for notebook 04: the
+    ``pair_*_face_rule`` keys of `PairReport.flat` (overall and per pair kind, "same identity"
+    being one person on two photos) on the pair list `pair_report` scores with this seed.
+
+    faces: (unit vectors, face found) of the rows on the rule's channel."""
+    pairs, rule_metrics = _rule_decisions(rule, faces,
+                                          _evaluated_pairs(evaluated, embeddings, n_pairs,
+                                                           seed, protocol))
+    out = {f"pair_{key}_face_rule": rule_metrics[key]
+           for key in ("accuracy", "precision", "recall", "f1")}
+    out.update({f"pair_accuracy_face_rule_{kind.replace(' ', '_')}": accuracy
+                for kind, accuracy in _rule_accuracy_by_kind(pairs).items()})
+    return out
+
+
 def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,
                 eval_embeddings: np.ndarray, n_pairs: int = 3000, seed: int = 0,
                 faces: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -526,13 +578,9 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
     dev_distances = _pair_distances(dev_embeddings, dev_pairs)
     threshold = metrics.calibrate_threshold(dev_distances, dev_pairs["same"].to_numpy(),
                                             higher_is_same=False)
-    pairs = _pair_list(evaluated, n_pairs, seed + 1, protocol)
-    distances = _pair_distances(eval_embeddings, pairs)
+    pairs = _evaluated_pairs(evaluated, eval_embeddings, n_pairs, seed, protocol)
+    distances = pairs["distance"].to_numpy()
     same = pairs["same"].to_numpy().astype(int)
-    photo = photo_keys(evaluated)
-    same_photo = photo[pairs["i"].to_numpy()] == photo[pairs["j"].to_numpy()]
-    pairs = pairs.assign(distance=distances, kind=np.select(
-        [same_photo, same == 1], [PAIR_KINDS[0], PAIR_KINDS[1]], PAIR_KINDS[2]))
     rule = rule_metrics = None
     if faces is not None:
         rule = dataclasses.replace(
@@ -540,12 +588,7 @@ def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.Dat
                                  dev_pairs["same"].to_numpy(),
                                  min_specificity=face_rule_specificity,
                                  faceless=face_channel == "identity"), channel=face_channel)
-        decided = rule.decide(distances, *_descriptor_cosines(faces["eval"], pairs))
-        pairs = pairs.assign(same_by_rule=decided)
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            same, decided.astype(int), average="binary", zero_division=0)
-        rule_metrics = {"threshold": rule.distance, "accuracy": float((decided == same).mean()),
-                        "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+        pairs, rule_metrics = _rule_decisions(rule, faces["eval"], pairs)
     return PairReport(
         fixed=metrics.compute_verification_metrics(distances, same, FIXED_DISTANCE,
                                                    higher_is_same=False),

