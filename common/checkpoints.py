@@ -30,7 +30,7 @@ from common.train import atomic_save
 
 __all__ = ["ModelCard", "card_from_training", "MissingModelCardError", "CheckpointError",
            "save_model", "resolve_checkpoint", "load_model_card", "find_model_cards",
-           "load_model", "LATEST_SUFFIX"]
+           "load_model", "LATEST_SUFFIX", "HEADLINE_METRICS"]
 
 LATEST_SUFFIX = ".latest.json"
 # Keys only one task's cards carry: `ModelCard.to_dict` leaves out the other task's, so a card
@@ -43,7 +43,17 @@ _TASK_FIELDS = {
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
 # Keys added after cards were first written: left out while unset, so an older card is written
 # back key for key.
-_WRITTEN_WHEN_SET = ("copy_switch", "identity_weights")
+_WRITTEN_WHEN_SET = ("copy_switch", "identity_weights", "eval_metrics", "eval_split")
+# What a card keeps of its notebook's evaluation (`ModelCard.eval_metrics`): the figures to
+# compare checkpoints by without scoring them again (notebook 04 does that); for Task B the
+# official top-1 and the own-photo-removed one, the copy switch's, and the pair face rule's
+# accuracy, one person on two photos and two people apart.
+HEADLINE_METRICS = {
+    "task_a": ("accuracy", "f1_macro", "recall_female", "accuracy_distorted"),
+    "task_b": ("top1", "top1_hard", "switch_top1", "switch_top1_hard", "pair_accuracy_face_rule",
+               "pair_accuracy_face_rule_same_identity",
+               "pair_accuracy_face_rule_different_identity"),
+}
 # Keys and network arguments renamed since cards were first written: older cards load unchanged.
 _RENAMED_KEYS = {"pair_rule": "face_rule"}
 _RENAMED_MODEL_KWARGS = {"layout_weight": "copy_weight"}
@@ -97,6 +107,8 @@ class ModelCard:
         pair_distance_threshold: the Siamese notebook's calibrated pair distance, or None.
         data_fingerprint: fingerprint of the files trained on (`cache.compute_fingerprint`).
         dev_metrics: numeric dev metrics at selection time.
+        eval_metrics / eval_split: the headline metrics (`HEADLINE_METRICS`) the notebook
+            measured on its evaluated split (``"val"`` or ``"holdout"``) before saving.
         weights_source / pretrained: where the starting weights came from.
         holdout_identities: identities held out for evaluation when the data had no val split.
         train_identities: identities trained or selected on; scoring on them is not held out.
@@ -130,6 +142,8 @@ class ModelCard:
     pair_distance_threshold: float | None = None
     data_fingerprint: str | None = None
     dev_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    eval_split: str | None = None
     weights_source: str | None = None
     pretrained: bool | None = None
     holdout_identities: list[str] | None = None
@@ -186,7 +200,7 @@ class ModelCard:
         other = [key for task, keys in _TASK_FIELDS.items() if task != self.task for key in keys]
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name not in (*_NOT_WRITTEN, *other)
-                  and not (f.name in _WRITTEN_WHEN_SET and getattr(self, f.name) is None)}
+                  and not (f.name in _WRITTEN_WHEN_SET and not getattr(self, f.name))}
         return runs.to_jsonable({**values, **self.extra})
 
     @property
@@ -220,10 +234,12 @@ class ModelCard:
 
 def card_from_training(cfg: ExperimentConfig, network: nn.Module, splits: Splits,
                        fingerprint: str, *, task: str, kind: str, model_kwargs: dict[str, Any],
-                       dev_metrics: dict[str, Any], **task_fields: Any) -> ModelCard:
+                       dev_metrics: dict[str, Any], eval_metrics: dict[str, Any] | None = None,
+                       **task_fields: Any) -> ModelCard:
     """The card of a network a notebook just trained: the fields every task shares, taken from
     the run's settings, the network and the splits, plus the task's own (``task_fields``, which
-    may include ``model``, the Task B recipe).
+    may include ``model``, the Task B recipe). `eval_metrics`: the notebook's metrics on
+    ``splits.eval``, of which the card keeps the task's `HEADLINE_METRICS`.
 
     One builder, so both tasks record weights provenance, normalisation and the identities
     trained on the same way (notebook 04's leakage warning relies on them).
@@ -235,6 +251,9 @@ def card_from_training(cfg: ExperimentConfig, network: nn.Module, splits: Splits
         std=list(network.data_config["std"]), data_fingerprint=fingerprint,
         dev_metrics={key: value for key, value in dev_metrics.items()
                      if isinstance(value, (int, float))},
+        eval_metrics={key: float(eval_metrics[key]) for key in HEADLINE_METRICS[task]
+                      if isinstance((eval_metrics or {}).get(key), (int, float))},
+        eval_split=splits.eval_name if eval_metrics else None,
         weights_source=str(source), pretrained=bool(getattr(source, "pretrained", False)),
         holdout_identities=(sorted(splits.eval["identity"].unique())
                             if splits.eval_name == "holdout" else None),

@@ -362,17 +362,19 @@ def evaluate_views(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> 
 
 def model_card(cfg: ExperimentConfig, model: nn.Module, kind: str, threshold: float,
                dev_metrics: dict, splits: Splits, fingerprint: str,
-               stream: str = "raw") -> ModelCard:
+               stream: str = "raw", eval_metrics: dict | None = None) -> ModelCard:
     """What `checkpoints.save_model` stores beside the checkpoint: the shared fields
-    (`checkpoints.card_from_training`) plus the threshold, class order and input ``stream``
-    (one of `STREAMS`), which tells notebook 04 and the predict CLI how to make model inputs.
+    (`checkpoints.card_from_training`, which keeps the headline of `eval_metrics`) plus the
+    threshold, class order and input ``stream`` (one of `STREAMS`), which tells notebook 04
+    and the predict CLI how to make model inputs.
     """
     probe = kind == "probe"
     return card_from_training(
         cfg, model, splits, fingerprint, task="task_a", kind=ARCHITECTURES[kind],
         model_kwargs=(_probe_kwargs(model) if probe
                       else {"backbone_name": cfg.backbone, "num_classes": 2}),
-        dev_metrics=dev_metrics, aligned=kind == "dual_se", stream=stream, threshold=threshold,
+        dev_metrics=dev_metrics, eval_metrics=eval_metrics, aligned=kind == "dual_se",
+        stream=stream, threshold=threshold,
         descriptor_front_end=PROBE_FRONT_END if stream == "descriptor" else None,
         class_names=list(CLASS_NAMES), positive_class="female")
 

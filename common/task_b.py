@@ -971,10 +971,12 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                descriptor: DescriptorFusion | None = None,
                face_rule: fusion.FaceRule | None = None,
                copy_switch: fusion.CopySwitch | None = None,
-               identity_weights: str | None = None) -> ModelCard:
+               identity_weights: str | None = None,
+               eval_metrics: dict | None = None) -> ModelCard:
     """What `checkpoints.save_model` stores beside a Task B embedder: the shared fields
-    (`checkpoints.card_from_training`) plus the thresholds and the face-descriptor share they
-    were calibrated with, which inference must reproduce."""
+    (`checkpoints.card_from_training`, which keeps the headline of `eval_metrics`) plus the
+    thresholds and the face-descriptor share they were calibrated with, which inference must
+    reproduce."""
     kwargs = {"standardize_input": embedder.standardize_input,
               "copy_weight": embedder.copy_weight,
               "copy_local_contrast": embedder.copy_local_contrast}
@@ -991,7 +993,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
     return card_from_training(
         cfg, embedder, splits, fingerprint, task="task_b", kind=kind, model_kwargs=kwargs,
         dev_metrics={"top1": report.dev["top1"], "f1_macro": report.dev["f1_macro"]},
-        model=model, fit=image_fit(cfg), similarity_threshold=report.verification["threshold"],
+        eval_metrics=eval_metrics, model=model, fit=image_fit(cfg), similarity_threshold=report.verification["threshold"],
         descriptor_weight=descriptor.weight if descriptor else 0.0,
         descriptor_front_end=descriptor.front_end if descriptor else None,
         face_rule=dataclasses.asdict(face_rule) if face_rule else None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from common.checkpoints import HEADLINE_METRICS
 from common.run_all import NOTEBOOKS, run_notebooks, write_summary
 
 pytestmark = pytest.mark.notebooks
@@ -30,6 +31,14 @@ def executed(tmp_path_factory, sample_root) -> Path:
 
 def _metrics(run_root: Path, notebook: str) -> dict:
     return json.loads((run_root / notebook / "metrics.json").read_text())
+
+
+def _card_keeps_the_headline(metrics: dict, card: dict) -> None:
+    """The card holds its notebook's headline figures on the evaluated split."""
+    assert card["eval_split"] == metrics["evaluated_split"]
+    assert card["eval_metrics"] == {key: metrics[key] for key in HEADLINE_METRICS[card["task"]]
+                                    if key in metrics}
+    assert {"accuracy", "top1"} & set(card["eval_metrics"])
 
 
 def test_every_notebook_writes_outputs(executed):
@@ -86,6 +95,7 @@ def test_task_a_beats_chance_on_held_out_split(executed):
     assert set(metrics["accuracy_by_distortion"]) >= {"clean", "sunny"}
     card = json.loads(Path(metrics["checkpoint"]).with_suffix(".json").read_text())
     assert card["threshold"] == metrics["threshold"] and card["task"] == "task_a"
+    _card_keeps_the_headline(metrics, card)
 
 
 def test_task_b_arcface_retrieval_beats_chance(executed):
@@ -95,6 +105,8 @@ def test_task_b_arcface_retrieval_beats_chance(executed):
     assert metrics["top5"] >= metrics["top1"]
     assert metrics["verification_roc_auc"] >= 0.7
     assert len(metrics["top1_by_distortion"]) == 7
+    card = json.loads(Path(metrics["checkpoint"]).with_suffix(".json").read_text())
+    _card_keeps_the_headline(metrics, card)
 
 
 def test_task_b_siamese_verification_beats_chance(executed):
@@ -110,6 +122,8 @@ def test_task_b_siamese_verification_beats_chance(executed):
     card = json.loads(Path(metrics["checkpoint"]).with_suffix(".json").read_text())
     expected = "identity" if "switch_top1" in metrics else "descriptor"
     assert metrics["face_rule_channel"] == card["face_rule"]["channel"] == expected
+    _card_keeps_the_headline(metrics, card)
+    assert "pair_accuracy_face_rule_same_identity" in card["eval_metrics"]
 
 
 def test_evaluation_leaderboard(executed):
@@ -143,3 +157,9 @@ def test_evaluation_leaderboard(executed):
         assert arcface[key] == pytest.approx(arcface_metrics[key], abs=1e-9), key
     # None when dev's queries all showed a face, else one of the grid's values in both
     assert arcface["switch_faceless_share"] == arcface_metrics["switch_faceless_share"]
+    # the Siamese card's face rule decides the pairs notebook 03 scored, as it did there
+    siamese = next(row for name, row in rows.items() if name.startswith("task_b_siamese"))
+    siamese_metrics = _metrics(executed, "03_task_b_siamese")
+    for key in ("pair_accuracy_face_rule", "pair_accuracy_face_rule_same_identity",
+                "pair_accuracy_face_rule_different_identity"):
+        assert siamese[key] == pytest.approx(siamese_metrics[key], abs=1e-9), key
