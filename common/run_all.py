@@ -33,9 +33,14 @@ __all__ = ["NOTEBOOKS", "NotebookFailed", "run_notebooks", "write_summary", "mai
 IDENTITY_FOLDER_NOTEBOOKS = ("02_task_b_arcface", "03_task_b_siamese")
 KERNEL = "facecom"
 MIN_FREE_BYTES = 500 * 2**20
+# summary.md's columns, those no notebook of the run reports left out: each network's own
+# figures, then the decisions its card applies (the copy switch; the pair face rule, one
+# person on two photos apart)
 SUMMARY_KEYS = ("data", "accuracy", "f1_macro", "recall_female", "roc_auc", "top1", "top5",
-                "top1_hard", "verification_roc_auc", "pair_accuracy", "final_score_accuracy",
-                "n_problems", "pretrained")
+                "top1_hard", "switch_top1", "switch_top1_hard", "verification_roc_auc",
+                "pair_accuracy", "pair_accuracy_face_rule",
+                "pair_accuracy_face_rule_same_identity", "final_score_accuracy", "n_problems",
+                "pretrained")
 
 
 class NotebookFailed(RuntimeError):
@@ -134,12 +139,14 @@ def write_summary(run_root: Path, failure: str = "") -> Path:
     lines = ["# Run summary", "", f"Run folder: `{run_root}`", ""]
     if failure:
         lines += [f"**Run stopped:** {failure.splitlines()[0]}", ""]
-    header = ["notebook", *SUMMARY_KEYS]
+    reports = {path.parent.name: json.loads(path.read_text())
+               for path in sorted(run_root.glob("*/metrics.json"))}
+    keys = [key for key in SUMMARY_KEYS if any(key in metrics for metrics in reports.values())]
+    header = ["notebook", *keys]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for metrics_path in sorted(run_root.glob("*/metrics.json")):
-        metrics = json.loads(metrics_path.read_text())
-        cells = [metrics_path.parent.name]
-        for key in SUMMARY_KEYS:
+    for notebook, metrics in reports.items():
+        cells = [notebook]
+        for key in keys:
             value = metrics.get(key, "")
             cells.append(f"{value:.4f}" if isinstance(value, float) else str(value))
         lines.append("| " + " | ".join(cells) + " |")

@@ -51,7 +51,15 @@ def test_every_notebook_writes_outputs(executed):
         for key in ("git_commit", "packages", "device", "wall_time_s"):
             assert key in provenance
         assert list((executed / name).glob("*.png")), f"{name}: no figures"
-    assert "01_task_a_gender" in (executed / "summary.md").read_text()
+    # summary.md: the columns some notebook reports, e.g. the Siamese card's pair face rule
+    summary = (executed / "summary.md").read_text().splitlines()
+    header = next(line for line in summary if line.startswith("| notebook"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    siamese = next(line for line in summary if line.startswith("| 03_task_b_siamese"))
+    cells = dict(zip(columns, (cell.strip() for cell in siamese.strip("|").split("|"))))
+    pairs = _metrics(executed, "03_task_b_siamese")["pair_accuracy_face_rule_same_identity"]
+    assert cells["pair_accuracy_face_rule_same_identity"] == f"{pairs:.4f}"
+    assert "01_task_a_gender" in "\n".join(summary) and "roc_auc" in columns
 
 
 def test_executed_notebooks_show_figures(executed):
