@@ -530,19 +530,24 @@ def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, s
     # balanced, so a rule that accepts no pair is right on exactly half of them.
     assert "pair_accuracy_face_rule" not in row  # no rule, no pair figures
 
-    def rule_card(name: str, cosine: float) -> ModelCard:
-        rule = fusion.FaceRule(-1.0, cosine, channel="identity", faceless_cosine=cosine)
+    def rule_card(name: str, cosine: float, channel: str = "identity") -> ModelCard:
+        rule = fusion.FaceRule(-1.0, cosine, channel=channel,
+                               faceless_cosine=cosine if channel == "identity" else None)
+        base = (load_model_card(weights) if channel == "identity"  # the switch's channel
+                else replace(card, descriptor_front_end="robust"))  # no switch: the descriptor
         return load_model_card(save_model(model, tmp_path, name, replace(
-            load_model_card(weights), face_rule=dataclasses.asdict(rule))))
+            base, face_rule=dataclasses.asdict(rule))))
 
     board = leaderboard.evaluate_checkpoints(
-        [rule_card("by_faces", 0.5), rule_card("never_same", 2.0)], sample_root, "val",
+        [rule_card("by_faces", 0.5), rule_card("never_same", 2.0),
+         rule_card("by_descriptor", 0.5, "descriptor")], sample_root, "val",
         with_baselines=False)
-    by_faces, never = board.rows
+    by_faces, never, by_descriptor = board.rows
     kinds = ("pair_accuracy_face_rule_same_photo", "pair_accuracy_face_rule_same_identity",
              "pair_accuracy_face_rule_different_identity")
-    assert by_faces["pair_accuracy_face_rule"] == 1.0
-    assert [by_faces[key] for key in kinds] == [1.0, 1.0, 1.0]
+    for row in (by_faces, by_descriptor):
+        assert row["pair_accuracy_face_rule"] == 1.0, row["name"]
+        assert [row[key] for key in kinds] == [1.0, 1.0, 1.0], row["name"]
     assert never["pair_accuracy_face_rule"] == 0.5 and never["pair_recall_face_rule"] == 0.0
     assert [never[key] for key in kinds] == [0.0, 0.0, 1.0]
-    assert board.table["pair_accuracy_face_rule_same_identity"].tolist() == [1.0, 0.0]
+    assert board.table["pair_accuracy_face_rule_same_identity"].tolist() == [1.0, 0.0, 1.0]
