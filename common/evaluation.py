@@ -540,7 +540,8 @@ def face_rule_pairs(evaluated: pd.DataFrame, embeddings: np.ndarray,
                     ) -> dict[str, float]:
     """A model card's fitted `fusion.FaceRule` on the evaluated rows, for notebook 04: the
     ``pair_*_face_rule`` keys of `PairReport.flat` (overall and per pair kind, "same identity"
-    being one person on two photos) on the pair list `pair_report` scores with this seed.
+    being one person on two photos) and ``pair_n_pairs``, on the pair list `pair_report`
+    scores with this seed and size.
 
     faces: (unit vectors, face found) of the rows on the rule's channel."""
     pairs, rule_metrics = _rule_decisions(rule, faces,
@@ -550,7 +551,7 @@ def face_rule_pairs(evaluated: pd.DataFrame, embeddings: np.ndarray,
            for key in ("accuracy", "precision", "recall", "f1")}
     out.update({f"pair_accuracy_face_rule_{kind.replace(' ', '_')}": accuracy
                 for kind, accuracy in _rule_accuracy_by_kind(pairs).items()})
-    return out
+    return {**out, "pair_n_pairs": len(pairs)}
 
 
 def pair_report(dev: pd.DataFrame, dev_embeddings: np.ndarray, evaluated: pd.DataFrame,

@@ -184,7 +184,10 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
     if rule is not None:  # the pair decision `common.predict.compare` applies for this card
         faces = ((channels["pair_faces"], channels["found"]) if rule.channel == "identity"
                  else (face_descriptor.normalise(inputs.faces[0]), inputs.faces[1]))
-        result.update(evaluation.face_rule_pairs(frame, embeddings, faces, rule, seed=seed))
+        size = ({"n_pairs": card.config["n_eval_pairs"]} if "n_eval_pairs" in card.config
+                else {})  # the list size its notebook scored
+        result.update(evaluation.face_rule_pairs(frame, embeddings, faces, rule, seed=seed,
+                                                 **size))
     return result, {"report": report, "embeddings": embeddings}
 
 

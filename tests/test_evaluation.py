@@ -99,7 +99,8 @@ def test_pair_report_with_faces_fits_the_rule_on_dev_and_reports_it():
         applied = evaluation.face_rule_pairs(frame, embeddings, faces, scored.rule, n_pairs=40,
                                              seed=0)
         assert applied == {key: value for key, value in scored.flat().items()
-                           if key.startswith("pair_") and "_face_rule" in key}
+                           if key.startswith("pair_") and "_face_rule" in key
+                           or key == "pair_n_pairs"}
     assert applied["pair_accuracy_face_rule_same_identity"] == 1.0
     assert evaluation.face_rule_pairs(frame, embeddings, faces, report.rule, n_pairs=40,
                                       seed=0)["pair_accuracy_face_rule_same_identity"] == (

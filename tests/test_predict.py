@@ -536,7 +536,8 @@ def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, s
         base = (load_model_card(weights) if channel == "identity"  # the switch's channel
                 else replace(card, descriptor_front_end="robust"))  # no switch: the descriptor
         return load_model_card(save_model(model, tmp_path, name, replace(
-            base, face_rule=dataclasses.asdict(rule))))
+            base, face_rule=dataclasses.asdict(rule),
+            config={**base.config, "n_eval_pairs": 40})))  # the list its notebook scored
 
     board = leaderboard.evaluate_checkpoints(
         [rule_card("by_faces", 0.5), rule_card("never_same", 2.0),
@@ -551,3 +552,4 @@ def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, s
     assert never["pair_accuracy_face_rule"] == 0.5 and never["pair_recall_face_rule"] == 0.0
     assert [never[key] for key in kinds] == [0.0, 0.0, 1.0]
     assert board.table["pair_accuracy_face_rule_same_identity"].tolist() == [1.0, 0.0, 1.0]
+    assert [row["pair_n_pairs"] for row in board.rows] == [40, 40, 40]
