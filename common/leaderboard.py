@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from common import (baselines, cache, checkpoints, data, evaluation, face_descriptor, face_priors,
-                    figures, plots, task_a, task_b)
+from common import (baselines, cache, checkpoints, data, evaluation, face_priors, figures, plots,
+                    task_a, task_b)
 from common.checkpoints import ModelCard
 from common.model_inputs import ModelInputs, prepare_inputs
 
@@ -182,8 +182,8 @@ def _score_task_b(model, card, frame, inputs, device, seed) -> tuple[dict, dict]
             found=channels["found"]).flat())
     rule = card.fitted_face_rule
     if rule is not None:  # the pair decision `common.predict.compare` applies for this card
-        faces = ((channels["pair_faces"], channels["found"]) if rule.channel == "identity"
-                 else (face_descriptor.normalise(inputs.faces[0]), inputs.faces[1]))
+        faces = task_b.rule_faces(rule, inputs.faces,
+                                  (channels.get("pair_faces"), channels.get("found")))
         size = ({"n_pairs": card.config["n_eval_pairs"]} if "n_eval_pairs" in card.config
                 else {})  # the list size its notebook scored
         result.update(evaluation.face_rule_pairs(frame, embeddings, faces, rule, seed=seed,

@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import (checkpoints, config, data, face_descriptor, fusion, listing, metrics,
-                    task_a, task_b)
+from common import checkpoints, config, data, fusion, listing, metrics, task_a, task_b
 from common.checkpoints import ModelCard
 from common.gallery import GalleryIndex
 from common.model_inputs import ImageLike, prepare_inputs
@@ -121,8 +120,7 @@ def compare(image_a: ImageLike, image_b: ImageLike, weights: str | os.PathLike,
     result = {"similarity": similarity, "threshold": threshold,
               "same": None if threshold is None else bool(similarity >= threshold)}
     if rule is not None:
-        unit, found = (identity if reads_identity
-                       else (face_descriptor.normalise(faces[0]), faces[1]))
+        unit, found = task_b.rule_faces(rule, faces, identity)
         cosine = float(unit[0] @ unit[1])
         same = rule.decide(np.array([np.linalg.norm(first - second)]), np.array([cosine]),
                            np.array([found.all()]))

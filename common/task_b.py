@@ -41,7 +41,7 @@ __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "MIN_PAIRS_PER_EPOCH", "TEACHER_MAX_PHOTOS", "DescriptorFusion", "fuse_descriptor",
            "embed_for_card", "IDENTITY_CHANNELS", "IDENTITY_DESCRIPTOR", "IdentityChannel",
            "identity_channel", "copy_or_identity", "identity_faces", "identity_summary",
-           "save_identity", "switch_channels"]
+           "save_identity", "switch_channels", "rule_faces"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 EPOCHS = {"cpu": 6, "gpu": 30}
@@ -922,6 +922,18 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
     return {"embedding": embedding, "face": face, "found": found,
             "identity": switch.identity_vectors(embedding, face, found),
             "pair_faces": switch.pair_vectors(embedding, inputs.identity)}
+
+
+def rule_faces(rule: fusion.FaceRule, faces: tuple[np.ndarray, np.ndarray] | None,
+               identity: tuple[np.ndarray, np.ndarray] | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, face found) that a card's pair `fusion.FaceRule` reads, by its
+    ``channel``: the identity channel's (`switch_channels`' ``"pair_faces"`` and ``"found"``)
+    or the face descriptors (`model_inputs.ModelInputs.faces`), made unit. One reading for
+    `common.predict.compare` and notebook 04."""
+    if rule.channel == "identity":
+        return identity
+    return face_descriptor.normalise(faces[0]), faces[1]
 
 
 def train_pairs(model: nn.Module, task_data: TaskBData, cfg: ExperimentConfig, name: str,
