@@ -6,9 +6,11 @@ Where files go is `common.workspace`; where the data is, `common.discovery`.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 __all__ = [
     "PROFILES", "Profile", "seed_everything", "seed_worker", "make_generator", "resolve_device",
     "memory_format", "place", "resolve_profile", "cpu_count", "configure_threads",
-    "seedable_transforms", "process_context",
+    "seedable_transforms", "process_context", "rng_state", "set_rng_state", "rng_state_kept",
 ]
 
 
@@ -63,6 +65,41 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain types, which
+    ``torch.load(weights_only=True)`` reads back (`train.fit`'s resume states)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    random.setstate(state["python"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_state_kept() -> Iterator[None]:
+    """Run a block that may draw from the global random streams (building a network before its
+    weights are loaded draws its initial weights) and leave them as they were: work done only
+    when a cache is cold must not change what a run draws after it."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def seedable_transforms(obj: object, depth: int = 4) -> list:

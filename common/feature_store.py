@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from common import views, workspace
+from common import config, views, workspace
 
 __all__ = ["Field", "FeatureStore", "content_keys", "store_folder"]
 
@@ -130,7 +130,9 @@ class FeatureStore:
         Args:
             keys: one key per item (`content_keys`, or a combination of them).
             compute: item indices -> ``{field: array with one row per index}``; called on
-                chunks of the missing items, each stored before the next is computed.
+                chunks of the missing items, each stored before the next is computed, with the
+                global random streams kept (`config.rng_state_kept`): a cold cache must not
+                change the weights a run trains next.
             out: arrays to fill (a memmap, say) instead of new ones in memory.
 
         Returns:
@@ -159,7 +161,8 @@ class FeatureStore:
                       disable=not progress or not missing) as bar:
                 for start in range(0, len(missing), _CHUNK):
                     chunk = missing[start:start + _CHUNK]
-                    values = compute([positions[key][0] for key in chunk])
+                    with config.rng_state_kept():
+                        values = compute([positions[key][0] for key in chunk])
                     rows = [[key, *(np.ascontiguousarray(values[name][i], dtype).tobytes()
                                     for name, (_, dtype) in self.fields.items())]
                             for i, key in enumerate(chunk)]

@@ -1,26 +1,24 @@
-"""What lets `train.fit` survive an interruption: signal handling, RNG states as plain values,
-and the resume-state file with the fingerprint of the run that wrote it.
+"""What lets `train.fit` survive an interruption: signal handling and the resume-state file
+with the fingerprint of the run that wrote it.
 
 A resume state is only worth having when it describes one consistent point of the run: the
 weights after exactly N optimiser steps together with the RNG states of that moment. Signals are
 therefore held back while the weights change (`Interruptions.deferred`), and RNG states are
-kept as tensors and plain types so the file loads with ``torch.load(weights_only=True)``: a
-shared weights folder must not be able to run code on ``resume=True``.
+kept as tensors and plain types (`config.rng_state`) so the file loads with
+``torch.load(weights_only=True)``: a shared weights folder must not be able to run code on ``resume=True``.
 """
 from __future__ import annotations
 
 import contextlib
 import pickle
-import random
 import signal
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
-__all__ = ["ResumeMismatchError", "ResumeStateError", "Interruptions", "rng_state",
-           "set_rng_state", "load_resume_state", "check_fingerprint", "RESUME_MODES"]
+__all__ = ["ResumeMismatchError", "ResumeStateError", "Interruptions",
+           "load_resume_state", "check_fingerprint", "RESUME_MODES"]
 
 RESUME_MODES = (False, True, "force")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -83,28 +81,6 @@ class Interruptions:
     def ignore(self) -> None:
         """Hold every later signal back for good: the run is already stopping and saving."""
         self._critical = True
-
-
-def rng_state() -> dict:
-    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain types."""
-    name, key, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
-                       float(gauss)),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` returned."""
-    random.setstate(state["python"])
-    name, key, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_resume_state(path: Path) -> dict | None:

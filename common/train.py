@@ -44,9 +44,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from common.config import place
+from common.config import place, rng_state, set_rng_state
 from common.resume import (RESUME_MODES, Interruptions, ResumeStateError, check_fingerprint,
-                           load_resume_state, rng_state, set_rng_state)
+                           load_resume_state)
 
 __all__ = ["FitResult", "TrainingInterrupted", "fit", "move_to", "predict_batches",
            "atomic_save", "mixed_precision", "create_accelerator", "is_main_process",

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skimage.data
+import torch
 from PIL import Image
 
 from common import evaluation, face_descriptor, face_priors, faces, fusion, model_inputs, task_b
@@ -196,8 +197,12 @@ def test_descriptor_falls_back_to_the_whole_image_and_caches(tmp_path):
         width = 256 if front_end == "robust+sface" else 128
         assert vectors.shape == (1, width) and np.isfinite(vectors).all()
         assert found.tolist() == [False]
+        drawn_before = torch.get_rng_state()
         cached = face_descriptor.cached_descriptors([str(path)], front_end, tmp_path / "cache",
                                                     progress=False)
+        # dlib's network is built (its initial weights drawn) before its weights are loaded:
+        # a cold cache must leave torch's stream where a warm one does
+        assert torch.equal(torch.get_rng_state(), drawn_before), front_end
         again = face_descriptor.cached_descriptors([str(path)], front_end, tmp_path / "cache",
                                                    progress=False)
         np.testing.assert_array_equal(cached[0], vectors)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 
 import numpy as np
 import pytest
+import torch
 
-from common import feature_store
+from common import config, feature_store
 from common.feature_store import FeatureStore, content_keys
 
 FIELDS = {"vector": ((3,), "float32"), "found": ((), "bool")}
@@ -101,3 +103,44 @@ def test_an_interrupted_fill_keeps_the_finished_chunks(tmp_path, monkeypatch):
     calls.clear()
     store.fetch(keys, compute)
     assert calls == [4]
+
+
+def _draws() -> tuple:
+    """One draw from each global random stream (Python, NumPy, torch)."""
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_a_cold_store_leaves_the_random_streams_as_a_warm_one(tmp_path):
+    """Computing a missing entry may draw (a network built before its weights are loaded), but
+    what a run draws afterwards is the same whether the store was cold or warm."""
+    paths = _files(tmp_path, {"a": b"\x01a", "b": b"\x02b"})
+    keys = content_keys(paths, tmp_path / "store")
+    store = FeatureStore("step", {}, FIELDS, folder=tmp_path / "store")
+    calls: list[int] = []
+    compute = _compute_from(paths, calls)
+
+    def drawing(indices):
+        drawn = _draws()
+        values = compute(indices)
+        values["vector"][:, 0] = drawn[2]  # what it drew is what it stores
+        return values
+
+    after = []
+    for _ in ("cold", "warm"):
+        config.seed_everything(7)
+        stored = store.fetch(keys, drawing)
+        after.append(_draws())
+    assert calls == [0, 1]  # computed when cold only
+    assert after[0] == after[1]
+    config.seed_everything(7)
+    assert stored["vector"][0, 0] == np.float32(_draws()[2])  # the draw happened, then undone
+
+
+def test_random_streams_are_restored_after_an_error_too():
+    config.seed_everything(3)
+    expected = _draws()
+    config.seed_everything(3)
+    with pytest.raises(RuntimeError), config.rng_state_kept():
+        _draws()
+        raise RuntimeError("cut short")
+    assert _draws() == expected
