@@ -5,7 +5,8 @@ A resume state is only worth having when it describes one consistent point of th
 weights after exactly N optimiser steps together with the RNG states of that moment. Signals are
 therefore held back while the weights change (`Interruptions.deferred`), and RNG states are
 kept as tensors and plain types (`config.rng_state`) so the file loads with
-``torch.load(weights_only=True)``: a shared weights folder must not be able to run code on ``resume=True``.
+``torch.load(weights_only=True)``: a shared weights folder must not be able to run code on
+``resume=True``.
 """
 from __future__ import annotations
 
