@@ -71,10 +71,12 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
     rows = []
     for allowed in misses:
         kept = dev[dev["top1_0"] >= dev["top1_0"].max() - (allowed + 0.5) / n_queries]
-        best = kept.sort_values(["top1_1", "top1_0", "threshold", "identity_threshold"],
-                                ascending=[False, False, True, True]).iloc[0]
+        best = kept.sort_values(["top1_1", "top1_0", "threshold", "identity_threshold",
+                                 "faceless_copy_cosine"],
+                                ascending=[False, False, True, True, True]).iloc[0]
         switch = dataclasses.replace(report.switch, threshold=float(best["threshold"]),
-                                     identity_threshold=float(best["identity_threshold"]))
+                                     identity_threshold=float(best["identity_threshold"]),
+                                     faceless_copy_cosine=float(best["faceless_copy_cosine"]))
         evaluated = evaluation.switched_report(task_data.splits.eval, learned["eval"],
                                                identity.vectors["eval"], switch, seed=seed,
                                                found=identity.found["eval"])
@@ -162,7 +164,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
           f"{time.perf_counter() - start:.0f} s)\n")
     print(report.summary().to_markdown(floatfmt=".4f"))
     print(f"\nthresholds: copy margin {flat['switch_threshold']:.4f}, descriptor "
-          f"{flat['switch_identity_threshold']:.4f}; dlib descriptor's share in the identity "
+          f"{flat['switch_identity_threshold']:.4f}, copy cosine of a faceless query "
+          f"{flat['switch_faceless_copy_cosine']:.4f}; dlib descriptor's share in the identity "
           f"channel {flat['switch_descriptor_share']:.2f}, then the copy channel's "
           f"{flat['switch_identity_share']:.2f} ({flat['switch_faceless_share']} where it found no "
           f"face); copies missed {flat['switch_copy_missed']}, "

@@ -174,6 +174,7 @@ class SwitchReport:
                "switch_identity_share": self.switch.identity_share,
                "switch_faceless_share": self.switch.faceless_share,
                "switch_descriptor_share": self.switch.descriptor_share,
+               "switch_faceless_copy_cosine": self.switch.faceless_copy_cosine,
                "switch_top1": self.eval["top1"], "switch_top1_hard": self.hard["top1"],
                "switch_top1_by_distortion": self.eval["top1_by_distortion"],
                "switch_top1_hard_by_distortion": self.hard["top1_by_distortion"],
@@ -272,7 +273,8 @@ def fit_switch(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
                ) -> tuple[fusion.CopySwitch, pd.DataFrame, pd.DataFrame]:
     """A `fusion.CopySwitch` fitted on dev: first the copy channel's shares in its identity
     channel (`identity_shares`; `found`: where the face channel found the face), then its two
-    thresholds (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1).
+    thresholds (`fusion.fit_copy_switch`: the best mean of the two protocols' top-1; with
+    `found`, also its copy cosine for faceless queries).
 
     Returns:
         (the switch, its thresholds' candidate table, the identity shares').
@@ -281,7 +283,7 @@ def fit_switch(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
     reads = fusion.switch_identity(copy, identity, share, found, faceless)
     tables = [_channel_tables(dev, copy, reads, exclude, aggregate, seed)
               for exclude in (False, True)]
-    switch, candidates = fusion.fit_copy_switch(tables)
+    switch, candidates = fusion.fit_copy_switch(tables, found=found)
     return (dataclasses.replace(switch, identity_share=share, faceless_share=faceless),
             candidates, shares)
 
@@ -345,7 +347,7 @@ def switched_report(evaluated: pd.DataFrame, copy: np.ndarray, identity: np.ndar
                 for name, exclude in protocols}
 
     pairs = tables_of(switch.identity_vectors(copy, identity, found))
-    tables = {name: switch.choose(*pair) for name, pair in pairs.items()}
+    tables = {name: switch.choose(*pair, found) for name, pair in pairs.items()}
     alone = tables_of(identity) if switch.identity_share or switch.faceless_share else pairs
     channels = {channel: {key: metrics.summarize_retrieval(alone[name][position])["top1"]
                           for key, name in (("top1", "eval"), ("top1_hard", "hard"))}

@@ -26,13 +26,14 @@ from tqdm.auto import tqdm
 
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
-           "NEVER_UNSURE", "ALWAYS_UNSURE", "switch_identity", "FACE_CHANNELS"]
+           "NEVER_UNSURE", "ALWAYS_UNSURE", "NEVER_BY_COSINE", "switch_identity", "FACE_CHANNELS"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
 # < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
 # [-1, 1].
 ALWAYS_BY_MARGIN, NEVER_BY_MARGIN = 0.0, 3.0
 NEVER_UNSURE, ALWAYS_UNSURE = -2.0, 2.0
+NEVER_BY_COSINE = 2.0  # a `CopySwitch.faceless_copy_cosine` that no cosine reaches
 FACE_CHANNELS = ("descriptor", "identity")  # what a `FaceRule`'s cosine reads
 COPY_WEIGHTS = tuple(np.round(np.arange(0.0, 1.0, 0.1), 1))  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
@@ -208,7 +209,11 @@ class CopySwitch:
     answered by one channel: the copy channel's when its best identity stands out as a
     near-duplicate would (its cosine at least `threshold` above the next identity's) or when
     the descriptor is unsure (its best cosine below `identity_threshold`, as when glare hid the
-    face), else the descriptor's.
+    face) or, for a query whose face the face channel did not find, when the copy channel's
+    best cosine reaches `faceless_copy_cosine`; else the descriptor's. A glare copy keeps its
+    photo's layout, so its cosine with that photo stays high while another photo of the person
+    scores low, but its best identity may stand out by less than `threshold`: there the margin
+    alone sent copies to an identity channel that has only hair and outline to read.
 
     The identity channel it reads may carry `identity_share` of the copy channel's cosine
     (`identity_vectors`): a face network sees only the face, which glare can erase, while the
@@ -226,6 +231,7 @@ class CopySwitch:
     descriptor_share: float = 0.0
     descriptor_front_end: str = "robust"
     faceless_share: float | None = None
+    faceless_copy_cosine: float = NEVER_BY_COSINE
 
     def face_vectors(self, network: np.ndarray, descriptors: np.ndarray,
                      found: np.ndarray) -> np.ndarray:
@@ -253,24 +259,43 @@ class CopySwitch:
         pairs; `docs/results.md`)."""
         return switch_identity(copy, identity, self.identity_share)
 
-    def decide(self, copy_margins: np.ndarray, identity_scores: np.ndarray) -> np.ndarray:
-        """Per query, whether the copy channel answers: from its best identity's margin over
-        the next one and the descriptor's best identity score."""
-        return ((np.asarray(copy_margins, float) >= self.threshold)
-                | (np.asarray(identity_scores, float) < self.identity_threshold))
+    def decide(self, copy_scores: np.ndarray, copy_runner_up: np.ndarray,
+               identity_scores: np.ndarray, found: np.ndarray | None = None) -> np.ndarray:
+        """Per query, whether the copy channel answers: from its best identity's cosine and the
+        next one's, the descriptor's best identity score and, for `faceless_copy_cosine`,
+        whether the face channel found the query's face (`found`).
 
-    def uses_copy(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame) -> np.ndarray:
-        """`decide` for the queries of the two channels' retrieval tables."""
-        return self.decide(copy_margin(copy_table),
-                           identity_table["predicted_score"].to_numpy(float))
+        Raises:
+            ValueError: the switch reads `faceless_copy_cosine` and `found` is None.
+        """
+        copy_scores = np.asarray(copy_scores, float)
+        use_copy = ((copy_scores - np.asarray(copy_runner_up, float) >= self.threshold)
+                    | (np.asarray(identity_scores, float) < self.identity_threshold))
+        if self.faceless_copy_cosine >= NEVER_BY_COSINE:
+            return use_copy
+        if found is None:
+            raise ValueError("this CopySwitch answers faceless queries by their copy cosine "
+                             "(faceless_copy_cosine): pass the face channel's face-found flags")
+        return use_copy | (~np.asarray(found, bool) & (copy_scores >= self.faceless_copy_cosine))
 
-    def choose(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame) -> pd.DataFrame:
+    def uses_copy(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame,
+                  found: np.ndarray | None = None) -> np.ndarray:
+        """`decide` for the queries of the two channels' retrieval tables; `found` per row of
+        the split the tables were scored on (their ``query_row``)."""
+        return self.decide(copy_table["predicted_score"].to_numpy(float),
+                           copy_table["runner_up_score"].to_numpy(float),
+                           identity_table["predicted_score"].to_numpy(float),
+                           None if found is None
+                           else np.asarray(found, bool)[copy_table["query_row"].to_numpy()])
+
+    def choose(self, copy_table: pd.DataFrame, identity_table: pd.DataFrame,
+               found: np.ndarray | None = None) -> pd.DataFrame:
         """One retrieval table: per query the row of `copy_table` or of `identity_table` (two
         `metrics.compute_retrieval_table` results over the same queries), with a ``channel``
-        column saying which."""
+        column saying which; `found` as in `uses_copy`."""
         if not np.array_equal(copy_table["query_index"], identity_table["query_index"]):
             raise ValueError("CopySwitch.choose needs both channels' tables over the same queries")
-        use_copy = self.uses_copy(copy_table, identity_table)
+        use_copy = self.uses_copy(copy_table, identity_table, found)
         table = pd.DataFrame({column: np.where(use_copy, copy_table[column].to_numpy(),
                                                identity_table[column].to_numpy())
                               for column in identity_table.columns}, index=identity_table.index)
@@ -304,7 +329,7 @@ def copy_margin(table: pd.DataFrame) -> np.ndarray:
     return (table["predicted_score"] - table["runner_up_score"]).to_numpy(float)
 
 
-def _grid(values: list[np.ndarray], n: int, ends: tuple[float, float]) -> np.ndarray:
+def _grid(values: list[np.ndarray], n: int, ends: tuple[float, ...]) -> np.ndarray:
     """`n` quantiles of the pooled values, plus `ends` (a channel always / never used)."""
     pooled = np.concatenate(values) if values else np.zeros(0)
     pooled = pooled[np.isfinite(pooled)]  # a margin is infinite with a single identity
@@ -312,38 +337,57 @@ def _grid(values: list[np.ndarray], n: int, ends: tuple[float, float]) -> np.nda
     return np.unique(np.concatenate([ends, inner]))
 
 
-def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candidates: int = 100
-                    ) -> tuple[CopySwitch, pd.DataFrame]:
-    """The `CopySwitch` whose two thresholds give the best mean top-1 over `tables`: (copy
-    channel, identity channel) retrieval tables of dev, one pair per protocol (the official one
-    and the one with each query's own photo removed).
+def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candidates: int = 100,
+                    found: np.ndarray | None = None) -> tuple[CopySwitch, pd.DataFrame]:
+    """The `CopySwitch` whose thresholds give the best mean top-1 over `tables`: (copy channel,
+    identity channel) retrieval tables of dev, one pair per protocol (the official one and the
+    one with each query's own photo removed).
 
     The mean gives each protocol the same weight, so a threshold is worth what it gains on both:
-    a point of copies found counts as much as a point of people recognised. Both thresholds are
-    tried on `n_candidates` quantiles of their channel's dev scores, with "always" and "never"
-    (finite bounds, so a model card's JSON holds them);
-    ties go to the higher first-protocol top-1, then to the lower thresholds.
+    a point of copies found counts as much as a point of people recognised. The margin and
+    unsure thresholds are tried together on `n_candidates` quantiles of their channel's dev
+    scores, with "always" and "never" (finite bounds, so a model card's JSON holds them); with
+    `found` (per row of the dev split: whether the face channel found the face) and faceless
+    dev queries, each pair also with `faceless_copy_cosine` on the quantiles of their copy
+    cosines, and "never". Ties go to the higher first-protocol top-1, then to the lower
+    thresholds: more queries to the copy channel, whose copies the official protocol asks for.
 
     Returns:
-        (the switch, one row per candidate pair: thresholds, top-1 per protocol, mean, and
+        (the switch, one row per candidate: thresholds, top-1 per protocol, mean, and
         ``chosen``, true on the switch's row).
     """
-    copy_scores = [copy_margin(copy) for copy, _ in tables]
+    margins = [copy_margin(copy) for copy, _ in tables]
     identity_scores = [identity["predicted_score"].to_numpy(float) for _, identity in tables]
-    taus = _grid(copy_scores, n_candidates, (ALWAYS_BY_MARGIN, NEVER_BY_MARGIN))
+    cosines = [copy["predicted_score"].to_numpy(float) for copy, _ in tables]
+    taus = _grid(margins, n_candidates, (ALWAYS_BY_MARGIN, NEVER_BY_MARGIN))
     sigmas = _grid(identity_scores, n_candidates, (NEVER_UNSURE, ALWAYS_UNSURE))
     tau, sigma = (grid.ravel() for grid in np.meshgrid(taus, sigmas, indexing="ij"))
-    columns = {"threshold": tau, "identity_threshold": sigma}
-    for number, ((copy, identity), c_score, i_score) in enumerate(
-            zip(tables, copy_scores, identity_scores)):
-        use_copy = ((c_score[None, :] >= tau[:, None]) | (i_score[None, :] < sigma[:, None]))
-        correct = np.where(use_copy, copy["correct"].to_numpy(bool)[None, :],
-                           identity["correct"].to_numpy(bool)[None, :])
-        columns[f"top1_{number}"] = correct.mean(axis=1) if len(c_score) else np.zeros(len(tau))
-    table = pd.DataFrame(columns)
-    table["mean_top1"] = table.filter(like="top1_").mean(axis=1)
-    best = table.sort_values(["mean_top1", "top1_0", "threshold", "identity_threshold"],
-                             ascending=[False, False, True, True]).index[0]
+    by_margin = [(margin[None, :] >= tau[:, None]) | (score[None, :] < sigma[:, None])
+                 for margin, score in zip(margins, identity_scores)]
+    faceless = ([~np.asarray(found, bool)[copy["query_row"].to_numpy()] for copy, _ in tables]
+                if found is not None else [np.zeros(len(copy), bool) for copy, _ in tables])
+    kappas = (_grid([cosine[rows] for cosine, rows in zip(cosines, faceless)], n_candidates,
+                    (NEVER_BY_COSINE,))
+              if any(rows.any() for rows in faceless) else [NEVER_BY_COSINE])
+    table = pd.concat([_switch_candidates(
+        tables, {"threshold": tau, "identity_threshold": sigma, "faceless_copy_cosine": kappa},
+        [mask | (rows & (cosine >= kappa))[None, :]
+         for mask, rows, cosine in zip(by_margin, faceless, cosines)])
+        for kappa in kappas], ignore_index=True)
+    order = ["mean_top1", "top1_0", "threshold", "identity_threshold", "faceless_copy_cosine"]
+    best = table.sort_values(order, ascending=[False, False, True, True, True]).index[0]
     table["chosen"] = table.index == best
-    return CopySwitch(float(table.loc[best, "threshold"]),
-                      float(table.loc[best, "identity_threshold"])), table
+    return CopySwitch(**{column: float(table.loc[best, column]) for column in order[2:]}), table
+
+
+def _switch_candidates(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], columns: dict,
+                       uses_copy: Sequence[np.ndarray]) -> pd.DataFrame:
+    """Top-1 per protocol and their mean for each candidate: ``uses_copy``, per protocol, a
+    (candidates, queries) mask of the queries the copy channel answers."""
+    table = pd.DataFrame(columns)
+    for number, ((copy, identity), mask) in enumerate(zip(tables, uses_copy)):
+        correct = np.where(mask, copy["correct"].to_numpy(bool)[None, :],
+                           identity["correct"].to_numpy(bool)[None, :])
+        table[f"top1_{number}"] = correct.mean(axis=1) if len(copy) else np.zeros(len(table))
+    table["mean_top1"] = table.filter(like="top1_").mean(axis=1)
+    return table

@@ -169,10 +169,12 @@ def _gallery_files(gallery: Path) -> tuple[list[Path], list[str]]:
 
 
 def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
-                 progress: bool, batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                 progress: bool, batch_size: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
     """Per channel, the embeddings of `files` as the card says (a placeholder's where a file is
-    unreadable), and one error string per file ("" when fine). The channel is ``"embedding"``;
-    a card with a `fusion.CopySwitch` also has ``"identity"`` (`task_b.switch_channels`)."""
+    unreadable), one error string per file ("" when fine), and whether the identity channel
+    found each face (None without one). The channel is ``"embedding"``; a card with a
+    `fusion.CopySwitch` also has ``"identity"`` (`task_b.switch_channels`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
     inputs = prepare_inputs(card, files, with_identity=bool(card.copy_switch),
@@ -180,9 +182,10 @@ def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
     errors = np.array(inputs.errors, dtype=object)
     if card.copy_switch:
         channels = task_b.switch_channels(model, card, inputs, device_, batch_size=batch_size)
-        return {name: channels[name] for name in ("embedding", "identity")}, errors
+        return ({name: channels[name] for name in ("embedding", "identity")}, errors,
+                channels["found"])
     return {"embedding": task_b.embed_for_card(model, card, inputs, device_,
-                                               batch_size=batch_size)}, errors
+                                               batch_size=batch_size)}, errors, None
 
 
 def _build_indexes(embeddings: dict[str, np.ndarray], identities: Sequence,
@@ -194,7 +197,8 @@ def _build_indexes(embeddings: dict[str, np.ndarray], identities: Sequence,
 
 def _match_table(indexes: dict[str, GalleryIndex], query_files: list[Path], queries: Path,
                  embeddings: dict[str, np.ndarray], errors: np.ndarray,
-                 switch: fusion.CopySwitch | None) -> pd.DataFrame:
+                 face_found: np.ndarray | None, switch: fusion.CopySwitch | None
+                 ) -> pd.DataFrame:
     """One row per query: the best identity, its similarity, the true identity (the query's
     first sub-folder, when there is one) and whether they agree. With a card's `switch`
     (`fusion.CopySwitch`), each query is answered by the channel it chooses, named in a
@@ -205,7 +209,8 @@ def _match_table(indexes: dict[str, GalleryIndex], query_files: list[Path], quer
     columns = {}
     if switch:
         by_face = indexes["identity"].search(embeddings["identity"], k=1)
-        use_copy = switch.decide(found.scores[:, 0] - found.scores[:, 1], by_face.scores[:, 0])
+        use_copy = switch.decide(found.scores[:, 0], found.scores[:, 1], by_face.scores[:, 0],
+                                 face_found)
         predicted = np.where(use_copy, predicted,
                              np.asarray(indexes["identity"].names)[by_face.codes[:, 0]])
         similarity = np.where(use_copy, similarity, by_face.scores[:, 0])
@@ -233,7 +238,7 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     """
     gallery_files, gallery_ids = _gallery_files(gallery)
     query_files = _folder_images(queries)
-    g_emb, g_errors = _embed_files(gallery_files, weights, device, progress, batch_size)
+    g_emb, g_errors, _ = _embed_files(gallery_files, weights, device, progress, batch_size)
     g_ok = g_errors == ""
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {list(g_errors[:3])}")
@@ -275,7 +280,7 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
     new = [i for i, path in enumerate(files) if str(path.resolve()) not in held]
     ok = np.zeros(0, np.int64)
     if new:
-        embeddings, errors = _embed_files([files[i] for i in new], weights, device, progress,
+        embeddings, errors, _ = _embed_files([files[i] for i in new], weights, device, progress,
                                          batch_size)
         ok = np.flatnonzero(errors == "")
         if len(ok) < len(new):

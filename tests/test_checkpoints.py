@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from common import checkpoints, runs
+from common import checkpoints, fusion, runs
 from common.checkpoints import ModelCard
 
 CARD = ModelCard(task="task_b", kind="embedding", image_size=32, mean=[0.5, 0.5, 0.5],
@@ -95,8 +95,21 @@ def test_a_cards_fitted_rules_decide_as_the_rules_it_recorded(tmp_path):
     faceless = replace(card, copy_switch={**card.copy_switch, "faceless_share": 0.85})
     assert ModelCard.from_json(faceless.to_json(tmp_path / "faceless.json")
                                ).fitted_copy_switch.faceless_share == 0.85
-    margins, face_best = np.array([0.15, 0.05, 0.05]), np.array([0.9, 0.9, 0.2])
-    np.testing.assert_array_equal(switch.decide(margins, face_best), [True, False, True])
+    best, runner_up = np.array([0.45, 0.35, 0.35, 0.55]), np.array([0.3, 0.3, 0.3, 0.5])
+    # margins 0.15, 0.05, 0.05, 0.05
+    face_best, found = np.array([0.9, 0.9, 0.2, 0.9]), np.array([True, True, True, False])
+    np.testing.assert_array_equal(switch.decide(best, runner_up, face_best),
+                                  [True, False, True, False])
+    assert switch.faceless_copy_cosine == fusion.NEVER_BY_COSINE  # a card from before it
+    by_cosine = replace(card, copy_switch={**card.copy_switch, "faceless_copy_cosine": 0.5})
+    by_cosine = ModelCard.from_json(by_cosine.to_json(tmp_path / "cosine.json")).fitted_copy_switch
+    # the faceless query's copy cosine 0.55 reaches 0.5; a found face's never decides by it
+    np.testing.assert_array_equal(by_cosine.decide(best, runner_up, face_best, found),
+                                  [True, False, True, True])
+    np.testing.assert_array_equal(by_cosine.decide(best, runner_up, face_best, ~found),
+                                  [True, False, True, False])
+    with pytest.raises(ValueError, match="face-found flags"):
+        by_cosine.decide(best, runner_up, face_best)
     np.testing.assert_array_equal(
         rule.decide(np.array([0.5, 0.9, 0.9]), np.array([0.1, 0.6, 0.1]), np.ones(3, bool)),
         [True, True, False])

@@ -225,6 +225,43 @@ def test_copy_switch_fitted_on_hand_made_tables():
     assert sorted(always["mean_top1"]) == pytest.approx([5 / 8, 5 / 8, 5 / 8, 5 / 8])
 
 
+def test_copy_switch_answers_faceless_queries_by_their_copy_cosine():
+    """A glare copy whose face was not found (official query 2) stands out by no more than the
+    own-photo-removed queries do (margins 0.04-0.06), and its identity score is that of a
+    faceless query the identity channel gets right (0.5): neither threshold can take it without
+    losing a person. Its copy cosine (0.7) is above every own-photo-removed query's: with the
+    face-found flags the fit answers it by the copy channel, official 4/4 and own photo removed
+    3/4 (6 of the 8 right without the flags); ties go to the lowest cosine candidate, here
+    just above own-photo-removed query 2's (0.3), which the identity channel gets right."""
+    def rows(table: pd.DataFrame) -> pd.DataFrame:
+        return table.assign(query_row=np.arange(len(table)))
+
+    def with_cosines(margins, cosines, correct) -> pd.DataFrame:
+        cosines = np.asarray(cosines, float)
+        return rows(_table(margins, cosines, correct, runner_up=cosines - np.asarray(margins)))
+
+    official = (with_cosines([0.5, 0.05, 0.05, 0.6], [0.9, 0.6, 0.7, 0.9], [True] * 4),
+                rows(_table([0] * 4, [0.9, 0.9, 0.5, 0.9], [True, True, False, True])))
+    removed = (with_cosines([0.04, 0.06, 0.05, 0.02], [0.3, 0.35, 0.3, 0.32], [False] * 4),
+               rows(_table([0] * 4, [0.9, 0.9, 0.5, 0.5], [True, True, True, False])))
+    found = np.array([True, True, False, False])  # per query row, in both protocols
+    blind, _ = fusion.fit_copy_switch([official, removed])
+    assert blind.faceless_copy_cosine == fusion.NEVER_BY_COSINE
+    assert sum(blind.choose(*tables)["correct"].sum() for tables in (official, removed)) == 6
+    switch, table = fusion.fit_copy_switch([official, removed], found=found)
+    assert 0.3 < switch.faceless_copy_cosine < 0.32
+    # blind, the margin took the copy at the cost of people; now it leaves them to identity
+    assert blind.threshold <= 0.05 + 1e-9 and switch.threshold > 0.06
+    chosen = switch.choose(*official, found)
+    assert chosen["correct"].all() and chosen["channel"][2] == "copy"
+    assert switch.choose(*removed, found)["correct"].tolist() == [True, True, True, False]
+    (row,) = table[table["chosen"]].itertuples()
+    assert (row.faceless_copy_cosine, row.mean_top1) == (switch.faceless_copy_cosine,
+                                                         pytest.approx(7 / 8))
+    with pytest.raises(ValueError, match="face-found flags"):
+        switch.choose(*official)
+
+
 def test_copy_switch_needs_both_tables_over_the_same_queries():
     copy = _table([0.5, 0.6], None, [True, True])
     with pytest.raises(ValueError, match="same queries"):

@@ -471,6 +471,26 @@ def test_cli_refuses_a_damaged_or_swapped_checkpoint_with_a_message(tmp_path, ca
     assert not (tmp_path / "preds.csv").exists()
 
 
+def test_switch_card_answers_faceless_queries_by_their_copy_cosine(checkpoints, sample_root,
+                                                                   tmp_path, monkeypatch):
+    """A card whose switch answers a query without a found face by its copy cosine (any, here),
+    the margin and the unsure rule never deciding: the distorted copies, faceless by the faked
+    descriptor, go to the copy channel, every other query to the face channel."""
+    from common import fusion
+
+    val = sample_root / "Task_B" / "val"
+    distorted = tuple(sorted(val.glob("*/distortion/*")))
+    _fake_a_perfect_descriptor(val, monkeypatch, faceless=distorted)
+    model, card = load_model(checkpoints["task_b"])
+    weights = save_model(model, tmp_path, "faceless", replace(
+        card, descriptor_front_end="robust", copy_switch=dataclasses.asdict(fusion.CopySwitch(
+            fusion.NEVER_BY_MARGIN, fusion.NEVER_UNSURE, faceless_copy_cosine=-1.0))))
+    table = predict.match_gallery(val, val, weights, progress=False)
+    faceless = table["query"].map(lambda query: Path(query) in distorted).to_numpy()
+    assert faceless.any() and not faceless.all()
+    assert table["channel"].tolist() == np.where(faceless, "copy", "identity").tolist()
+
+
 def test_switch_card_matches_each_query_by_the_channel_it_chooses(checkpoints, sample_root,
                                                                   tmp_path, monkeypatch):
     """A card with a CopySwitch (descriptor faked: a perfect one, one direction per identity
