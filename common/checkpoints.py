@@ -310,13 +310,18 @@ def _latest(pointer: Path) -> Path:
 
 
 def resolve_checkpoint(weights: str | os.PathLike) -> Path:
-    """The checkpoint file `weights` stands for: `weights/<name>.pt` (or `weights/<name>`) is
-    the latest run of `<name>` when `<name>.latest.json` exists, else the file itself.
+    """The checkpoint file `weights` stands for: `weights/<name>.pt` (or `weights/<name>`, or
+    its pointer `<name>.latest.json`) is the latest run of `<name>` when that pointer exists,
+    else the file itself; a model card `x.json` stands for its checkpoint `x.pt`.
 
     Raises:
         FileNotFoundError: neither a pointer nor the file exists.
     """
     weights = Path(weights)
+    if weights.name.endswith(LATEST_SUFFIX):
+        weights = weights.with_name(weights.name[:-len(LATEST_SUFFIX)])
+    elif weights.suffix == ".json":
+        weights = weights.with_suffix(".pt")
     name = weights.name[:-len(".pt")] if weights.name.endswith(".pt") else weights.name
     pointer = weights.parent / f"{name}{LATEST_SUFFIX}"
     if pointer.is_file():

@@ -190,6 +190,9 @@ def test_each_run_keeps_its_checkpoint_and_the_name_means_the_latest(saved, tmp_
     assert second != first and first.is_file() and first.with_suffix(".json").is_file()
     # weights/<name>.pt stands for the latest run, as in the README's commands.
     assert checkpoints.resolve_checkpoint(tmp_path / "task_b_test.pt") == second
+    # so does its pointer, and a run's model card stands for that run's weights
+    assert checkpoints.resolve_checkpoint(tmp_path / "task_b_test.latest.json") == second
+    assert checkpoints.load_model(first.with_suffix(".json"))[1].similarity_threshold == 0.4
     latest, card = checkpoints.load_model(tmp_path / "task_b_test.pt")
     assert card.similarity_threshold == 0.6
     for key, value in second_model.state_dict().items():
