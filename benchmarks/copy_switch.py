@@ -95,8 +95,9 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
                           seed: int) -> None:
     """The switch of `report`, whose identity channel mixes a share of the copy channel of its
     own into the images where the face channel found no face (`evaluation.identity_shares`),
-    against the switch refitted on dev with one share for every image (no face-found flags):
-    the identity channel alone on both splits and the switch on the evaluated one."""
+    against the switch refitted on dev with one share for every image (no face-found flags, so
+    no copy cosine of its own for faceless queries either): the identity channel alone on both
+    splits and the switch on the evaluated one."""
     splits = {"dev": task_data.splits.dev, "eval": task_data.splits.eval}
     one = evaluation.switch_report(splits["dev"], learned["dev"], identity.vectors["dev"],
                                    splits["eval"], learned["eval"], identity.vectors["eval"],
