@@ -64,9 +64,20 @@ def fine_tune(model: SFaceIdentity, train_crops: np.ndarray, labels: np.ndarray,
     the dev crops; epoch 0: SFace as shipped).
 
     Returns the history (one row per epoch: train loss, dev score) and the epoch kept; the
-    model holds that epoch's weights.
+    model holds that epoch's weights. The seed draws the dropout masks from a forked stream:
+    the caller's torch random state is left as it was.
     """
-    torch.manual_seed(seed)
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return _fine_tune(model, train_crops, labels, dev_features, dev_score, settings, seed,
+                          device, progress)
+
+
+def _fine_tune(model: SFaceIdentity, train_crops: np.ndarray, labels: np.ndarray,
+               dev_features: torch.Tensor, dev_score: Callable[[np.ndarray], float],
+               settings: TuneSettings, seed: int, device: str, progress: bool) -> FitResult:
+    """`fine_tune` once the torch random state is seeded."""
     rng = np.random.default_rng(seed)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     features = frozen_features(model, train_crops, device, desc="SFace frozen layers, train"

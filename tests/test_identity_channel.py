@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import itertools
+
 import numpy as np
 import pytest
+import torch
 
 from common import (checkpoints, data, evaluation, experiment, face_descriptor, fallbacks,
-                    fusion, leaderboard, metrics, model_inputs, sface_net, task_b)
+                    fusion, identity_training, leaderboard, metrics, model_inputs, sface_net,
+                    task_b)
 
 pytestmark = [pytest.mark.skipif(not sface_net.is_available(),
                                  reason=f"SFace in torch needs: {sface_net.INSTALL}"),
@@ -60,6 +64,32 @@ def test_fine_tuning_recognises_unseen_identities_better_than_sface_as_shipped(t
     before = _top1(evaluated, shipped, exclude_own_source=True)
     after = _top1(evaluated, identity.vectors["eval"], exclude_own_source=True)
     assert after >= before + 0.03, (before, after)
+
+
+def test_fine_tuning_is_seeded_without_touching_the_callers_random_state():
+    crops = np.random.default_rng(0).integers(
+        0, 256, (8, sface_net.CROP_SIZE, sface_net.CROP_SIZE, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(4), 2)
+    settings = identity_training.TuneSettings(epochs=1, batch_size=4)
+
+    def tuned_tail(caller_seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The tail's weights, and what the caller draws next from the stream it had seeded."""
+        model = sface_net.SFaceIdentity()
+        dev = sface_net.frozen_features(model, crops[:4])
+        later_is_better = itertools.count()  # each epoch scores higher: epoch 1 is kept
+        torch.manual_seed(caller_seed)
+        identity_training.fine_tune(model, crops, labels, dev,
+                                    lambda vectors: float(next(later_is_better)), settings,
+                                    seed=3, progress=False)
+        return [value.clone() for value in model.tail.state_dict().values()], torch.rand(4)
+
+    first, after_tuning = tuned_tail(caller_seed=123)
+    torch.manual_seed(123)
+    assert torch.equal(after_tuning, torch.rand(4))  # the caller's stream went on untouched
+    second, _ = tuned_tail(caller_seed=7)
+    shipped = sface_net.SFaceIdentity().tail.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))  # its own seed decides
+    assert not all(torch.equal(a, b) for a, b in zip(first, shipped))
 
 
 def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sample_root):
