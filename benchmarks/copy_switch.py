@@ -7,6 +7,8 @@ with ``--pairs`` also notebook 03's pair face rule on each face channel; with ``
 switch fitted for people under a floor on dev's official top-1 (`print_official_floors`); with
 ``--faceless-shares`` the switch against one whose identity channel takes one share of the copy
 channel for every image, not one apart for the faceless (`print_faceless_shares`); with
+``--whole-image`` the switch whose identity channel also reads frozen ImageNet features of the
+whole image where no face was found (`print_whole_image_shares`); with
 ``--figures DIR`` it also saves notebooks 02/03's switch figures there (`figures.switch_figures`:
 top-1 per distortion, t-SNE of the identity channel, copies and people missed).
 
@@ -26,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common import (checkpoints, evaluation, experiment, figures,  # noqa: E402
-                    identity_training, plots, task_b)
+from common import (checkpoints, evaluation, experiment, face_descriptor,  # noqa: E402
+                    figures, fusion, identity_training, plots, task_a, task_b, whole_image)
+
+WHOLE_IMAGE_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
@@ -131,6 +135,45 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
+def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
+                             identity: task_b.IdentityChannel, seed: int) -> None:
+    """The switch whose identity channel carries a share of frozen ImageNet features of the
+    whole image (Task A's `whole_image` backbone), in the gallery and in the queries whose face
+    was not found: what glare leaves (hair, outline, clothes) read by a network that never saw
+    FACECOM. A query with a face keeps the identity channel's ranking (its cosine to every
+    gallery photo is scaled alike). For each share the switch is fitted on dev again; the share
+    the dev mean of the two top-1s (the switch's own objective) prefers is marked."""
+    splits = {"dev": task_data.splits.dev, "eval": task_data.splits.eval}
+    whole = {split: face_descriptor.normalise(whole_image.features(
+        frame["path"].tolist(), task_a.PROBE_CONTEXT, progress=True))
+        for split, frame in splits.items()}
+    rows = []
+    for share in WHOLE_IMAGE_SHARES:
+        carries = {split: ~identity.found[split] | frame["distortion"].eq("clean").to_numpy()
+                   for split, frame in splits.items()}
+        vectors = {split: fusion.fuse(identity.vectors[split], whole[split], share,
+                                      present=carries[split]) for split in splits}
+        switched = evaluation.switch_report(
+            splits["dev"], learned["dev"], vectors["dev"], splits["eval"], learned["eval"],
+            vectors["eval"], seed=seed, dev_found=identity.found["dev"],
+            eval_found=identity.found["eval"])
+        chosen = switched.dev[switched.dev["chosen"]].iloc[0]
+        rows.append({"whole-image share": share,
+                     "switch dev top-1 / own photo removed":
+                         f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
+                     "dev mean": (chosen["top1_0"] + chosen["top1_1"]) / 2,
+                     "switch top-1": switched.eval["top1"],
+                     "switch own photo removed": switched.hard["top1"],
+                     "sunny": switched.hard["top1_by_distortion"]["sunny"]})
+    table = pd.DataFrame(rows)
+    table.insert(0, "dev's choice", np.where(
+        np.arange(len(table)) == int(table["dev mean"].to_numpy().argmax()), "*", ""))
+    print(f"\nImageNet {task_a.PROBE_CONTEXT} features of the whole image in the identity "
+          "channel, for the gallery and the queries without a found face (the switch fitted on "
+          "dev for each share):\n")
+    print(table.to_markdown(index=False, floatfmt=".4f"))
+
+
 def interval_text(pair: list[float] | None) -> str:
     """An interval of `metrics.clustered_interval` as ``low-high``; "–" for None."""
     return "–" if pair is None else f"{pair[0]:.3f}-{pair[1]:.3f}"
@@ -138,7 +181,7 @@ def interval_text(pair: list[float] | None) -> str:
 
 def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
             figure_dir: Path | None = None, pairs: bool = False, floors: bool = False,
-            faceless: bool = False) -> None:
+            faceless: bool = False, whole: bool = False) -> None:
     """Fit and report the switch for one checkpoint; prints its tables (with `pairs`, also the
     pair face rule on each face channel; `print_pair_rules`) and saves its figures under
     `figure_dir`."""
@@ -205,6 +248,8 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
         print_official_floors(task_data, learned, identity, report, seed)
     if faceless:
         print_faceless_shares(task_data, learned, identity, report, seed)
+    if whole:
+        print_whole_image_shares(task_data, learned, identity, seed)
     if pairs:
         print_pair_rules(task_data, learned, identity, report, card, seed)
     if figure_dir is not None:
@@ -228,10 +273,13 @@ def main() -> None:
     parser.add_argument("--faceless-shares", action="store_true",
                         help="also the switch with one copy share for every image, not one "
                              "apart for the faceless")
+    parser.add_argument("--whole-image", action="store_true",
+                        help="also the switch with ImageNet features of the whole image in the "
+                             "identity channel where no face was found")
     args = parser.parse_args()
     for checkpoint in args.checkpoints:
         measure(checkpoint, args.data_dir, args.work_root, args.seed, args.figures, args.pairs,
-                args.floors, args.faceless_shares)
+                args.floors, args.faceless_shares, args.whole_image)
 
 
 if __name__ == "__main__":
