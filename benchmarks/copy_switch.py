@@ -147,10 +147,10 @@ def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.
     whole = {split: face_descriptor.normalise(whole_image.features(
         frame["path"].tolist(), task_a.PROBE_CONTEXT, progress=True))
         for split, frame in splits.items()}
+    carries = {split: ~identity.found[split] | frame["distortion"].eq("clean").to_numpy()
+               for split, frame in splits.items()}  # the gallery and the faceless queries
     rows = []
     for share in WHOLE_IMAGE_SHARES:
-        carries = {split: ~identity.found[split] | frame["distortion"].eq("clean").to_numpy()
-                   for split, frame in splits.items()}
         vectors = {split: fusion.fuse(identity.vectors[split], whole[split], share,
                                       present=carries[split]) for split in splits}
         switched = evaluation.switch_report(
