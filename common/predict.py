@@ -281,7 +281,7 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
     ok = np.zeros(0, np.int64)
     if new:
         embeddings, errors, _ = _embed_files([files[i] for i in new], weights, device, progress,
-                                         batch_size)
+                                             batch_size)
         ok = np.flatnonzero(errors == "")
         if len(ok) < len(new):
             print(f"warning: {len(new) - len(ok)} unreadable gallery images not enrolled, e.g. "
