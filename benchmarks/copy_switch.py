@@ -75,12 +75,11 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
     rows = []
     for allowed in misses:
         kept = dev[dev["top1_0"] >= dev["top1_0"].max() - (allowed + 0.5) / n_queries]
-        best = kept.sort_values(["top1_1", "top1_0", "threshold", "identity_threshold",
-                                 "faceless_copy_cosine"],
-                                ascending=[False, False, True, True, True]).iloc[0]
-        switch = dataclasses.replace(report.switch, threshold=float(best["threshold"]),
-                                     identity_threshold=float(best["identity_threshold"]),
-                                     faceless_copy_cosine=float(best["faceless_copy_cosine"]))
+        best = kept.sort_values(["top1_1", "top1_0", *fusion.SWITCH_THRESHOLDS],
+                                ascending=[False, False] + [True] * len(fusion.SWITCH_THRESHOLDS)
+                                ).iloc[0]
+        switch = dataclasses.replace(report.switch, **{
+            name: float(best[name]) for name in fusion.SWITCH_THRESHOLDS})
         evaluated = evaluation.switched_report(task_data.splits.eval, learned["eval"],
                                                identity.vectors["eval"], switch, seed=seed,
                                                found=identity.found["eval"])

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
-           "NEVER_UNSURE", "ALWAYS_UNSURE", "NEVER_BY_COSINE", "switch_identity", "FACE_CHANNELS"]
+           "NEVER_UNSURE", "ALWAYS_UNSURE", "NEVER_BY_COSINE", "SWITCH_THRESHOLDS",
+           "switch_identity", "FACE_CHANNELS"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
 # < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
@@ -34,6 +35,8 @@ __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceR
 ALWAYS_BY_MARGIN, NEVER_BY_MARGIN = 0.0, 3.0
 NEVER_UNSURE, ALWAYS_UNSURE = -2.0, 2.0
 NEVER_BY_COSINE = 2.0  # a `CopySwitch.faceless_copy_cosine` that no cosine reaches
+# The `CopySwitch` thresholds a fit chooses, in the order ties go to the lower value.
+SWITCH_THRESHOLDS = ("threshold", "identity_threshold", "faceless_copy_cosine")
 FACE_CHANNELS = ("descriptor", "identity")  # what a `FaceRule`'s cosine reads
 COPY_WEIGHTS = tuple(np.round(np.arange(0.0, 1.0, 0.1), 1))  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
@@ -374,10 +377,10 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
         [mask | (rows & (cosine >= kappa))[None, :]
          for mask, rows, cosine in zip(by_margin, faceless, cosines)])
         for kappa in kappas], ignore_index=True)
-    order = ["mean_top1", "top1_0", "threshold", "identity_threshold", "faceless_copy_cosine"]
-    best = table.sort_values(order, ascending=[False, False, True, True, True]).index[0]
+    best = table.sort_values(["mean_top1", "top1_0", *SWITCH_THRESHOLDS],
+                             ascending=[False, False] + [True] * len(SWITCH_THRESHOLDS)).index[0]
     table["chosen"] = table.index == best
-    return CopySwitch(**{column: float(table.loc[best, column]) for column in order[2:]}), table
+    return CopySwitch(**{name: float(table.loc[best, name]) for name in SWITCH_THRESHOLDS}), table
 
 
 def _switch_candidates(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], columns: dict,
