@@ -75,9 +75,7 @@ def print_official_floors(task_data: task_b.TaskBData, learned: dict[str, np.nda
     rows = []
     for allowed in misses:
         kept = dev[dev["top1_0"] >= dev["top1_0"].max() - (allowed + 0.5) / n_queries]
-        best = kept.sort_values(["top1_1", "top1_0", *fusion.SWITCH_THRESHOLDS],
-                                ascending=[False, False] + [True] * len(fusion.SWITCH_THRESHOLDS)
-                                ).iloc[0]
+        best = fusion.best_switch_row(kept, ("top1_1", "top1_0"))
         switch = dataclasses.replace(report.switch, **{
             name: float(best[name]) for name in fusion.SWITCH_THRESHOLDS})
         evaluated = evaluation.switched_report(task_data.splits.eval, learned["eval"],
@@ -114,16 +112,11 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
         channel = {split: switch.identity_vectors(learned[split], identity.vectors[split],
                                                   found[split] if found else None)
                    for split in splits}
-        chosen = switched.dev[switched.dev["chosen"]].iloc[0]
         rows.append({"identity channel": name, "share face / faceless":
                          f"{switch.identity_share} / {switch.faceless_share}",
                      "alone, dev": top1_hard["dev"](channel["dev"]),
                      "alone, evaluated": top1_hard["eval"](channel["eval"]),
-                     "switch dev top-1 / own photo removed":
-                         f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
-                     "switch top-1": switched.eval["top1"],
-                     "switch own photo removed": switched.hard["top1"],
-                     "sunny": switched.hard["top1_by_distortion"]["sunny"]})
+                     **switch_columns(switched)})
     faceless = ~identity.found["eval"]
     sunny = splits["eval"]["distortion"].eq("sunny").to_numpy()
     print(f"\nfaceless rows (the face channel found no face): dev "
@@ -156,14 +149,12 @@ def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.
             splits["dev"], learned["dev"], vectors["dev"], splits["eval"], learned["eval"],
             vectors["eval"], seed=seed, dev_found=identity.found["dev"],
             eval_found=identity.found["eval"])
+        columns = switch_columns(switched)
         chosen = switched.dev[switched.dev["chosen"]].iloc[0]
         rows.append({"whole-image share": share,
                      "switch dev top-1 / own photo removed":
-                         f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
-                     "dev mean": (chosen["top1_0"] + chosen["top1_1"]) / 2,
-                     "switch top-1": switched.eval["top1"],
-                     "switch own photo removed": switched.hard["top1"],
-                     "sunny": switched.hard["top1_by_distortion"]["sunny"]})
+                         columns.pop("switch dev top-1 / own photo removed"),
+                     "dev mean": (chosen["top1_0"] + chosen["top1_1"]) / 2, **columns})
     table = pd.DataFrame(rows)
     table.insert(0, "dev's choice", np.where(
         np.arange(len(table)) == int(table["dev mean"].to_numpy().argmax()), "*", ""))
@@ -171,6 +162,17 @@ def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.
           "channel, for the gallery and the queries without a found face (the switch fitted on "
           "dev for each share):\n")
     print(table.to_markdown(index=False, floatfmt=".4f"))
+
+
+def switch_columns(switched: evaluation.SwitchReport) -> dict[str, str | float]:
+    """A table row's figures of a switch fitted on dev: its dev top-1s, then the evaluated
+    split's top-1, own photo removed and sunny own photo removed."""
+    chosen = switched.dev[switched.dev["chosen"]].iloc[0]
+    return {"switch dev top-1 / own photo removed":
+                f"{chosen['top1_0']:.4f} / {chosen['top1_1']:.4f}",
+            "switch top-1": switched.eval["top1"],
+            "switch own photo removed": switched.hard["top1"],
+            "sunny": switched.hard["top1_by_distortion"]["sunny"]}
 
 
 def interval_text(pair: list[float] | None) -> str:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
            "NEVER_UNSURE", "ALWAYS_UNSURE", "NEVER_BY_COSINE", "SWITCH_THRESHOLDS",
-           "switch_identity", "FACE_CHANNELS"]
+           "best_switch_row", "switch_identity", "FACE_CHANNELS"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
 # < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
@@ -377,10 +377,18 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
         [mask | (rows & (cosine >= kappa))[None, :]
          for mask, rows, cosine in zip(by_margin, faceless, cosines)])
         for kappa in kappas], ignore_index=True)
-    best = table.sort_values(["mean_top1", "top1_0", *SWITCH_THRESHOLDS],
-                             ascending=[False, False] + [True] * len(SWITCH_THRESHOLDS)).index[0]
-    table["chosen"] = table.index == best
-    return CopySwitch(**{name: float(table.loc[best, name]) for name in SWITCH_THRESHOLDS}), table
+    best = best_switch_row(table, ("mean_top1", "top1_0"))
+    table["chosen"] = table.index == best.name
+    return CopySwitch(**{name: float(best[name]) for name in SWITCH_THRESHOLDS}), table
+
+
+def best_switch_row(candidates: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
+    """The candidate row of `fit_copy_switch`'s table with the highest `objectives`, compared in
+    order; remaining ties go to the lower `SWITCH_THRESHOLDS` (more queries to the copy
+    channel). Its ``name`` is its index in `candidates`."""
+    return candidates.sort_values([*objectives, *SWITCH_THRESHOLDS],
+                                  ascending=[False] * len(objectives)
+                                  + [True] * len(SWITCH_THRESHOLDS)).iloc[0]
 
 
 def _switch_candidates(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], columns: dict,

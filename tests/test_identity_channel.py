@@ -3,7 +3,6 @@ saved beside the embedding and read back by `common.predict`'s route (issue 20).
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 
 import numpy as np
