@@ -512,14 +512,12 @@ def backbone_blocks(backbone: nn.Module) -> list[list[str]]:
 
 def freeze_backbone(model: nn.Module, frozen_blocks: int) -> int:
     """Freeze the first ``frozen_blocks`` blocks of every backbone in ``model`` (input side
-    first, see `backbone_blocks`); the rest and the heads stay trainable. Calling it again
-    replaces the earlier choice.
+    first, see `backbone_blocks`); the rest and the heads stay trainable.
 
     On a CPU the early blocks are the costly ones to train (the largest maps) and the most
     generic, so keeping them at their pretrained weights buys cheaper steps: nothing below the
-    first trainable block needs a gradient. Their batch norms keep their pretrained statistics
-    too (timm's ``FrozenBatchNorm2d``): a frozen block then computes the same function in
-    training as in evaluation, and skips the per-batch statistics on its large maps.
+    first trainable block needs a gradient. Their batch norms still follow the batches in train
+    mode, as the trained blocks' do.
 
     Args:
         model: a model from this module, or a backbone from `create_backbone`.
@@ -527,14 +525,12 @@ def freeze_backbone(model: nn.Module, frozen_blocks: int) -> int:
             at least the number of blocks freezes the whole backbone.
 
     Returns:
-        The number of parameter elements frozen (batch-norm scales and offsets included).
+        The number of parameter elements frozen.
 
     Raises:
         ValueError: ``model`` contains no backbone built by `create_backbone`, or
             ``frozen_blocks`` is negative.
     """
-    from timm.utils import freeze, unfreeze  # deferred, as in backbone_blocks
-
     if frozen_blocks < 0:
         raise ValueError(f"frozen_blocks={frozen_blocks}: give 0 (train every block) or more.")
     backbones = [m for m in model.modules() if getattr(m, "is_facecom_backbone", False)]
@@ -542,15 +538,9 @@ def freeze_backbone(model: nn.Module, frozen_blocks: int) -> int:
         raise ValueError(f"{type(model).__name__} has no backbone from create_backbone()")
     frozen = 0
     for backbone in backbones:
-        unfreeze(backbone)  # every parameter trainable, every frozen batch norm a batch norm again
         held = {name for block in backbone_blocks(backbone)[:frozen_blocks] for name in block}
         for name, param in backbone.named_parameters():
+            param.requires_grad = name not in held
             if name in held:
-                param.requires_grad = False
                 frozen += param.numel()
-        # The modules owning the held parameters; "" (a parameter of the backbone itself, such
-        # as a ViT's position embedding) is left out: timm would read it as the whole backbone.
-        owners = sorted({name.rpartition(".")[0] for name in held} - {""})
-        if owners:
-            freeze(backbone, owners)
     return frozen

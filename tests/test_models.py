@@ -177,47 +177,20 @@ def test_freeze_backbone_counts_and_flags():
     stem_numel = sum(backbone[n].numel() for n in stem)
     assert 0 < stem_numel < sum(p.numel() for p in backbone.values())
 
-    def trainable():
-        return {n for n, p in model.backbone.named_parameters() if p.requires_grad}
-
-    def frozen_norms():
-        return {n for n, m in model.backbone.named_modules() if type(m).__name__.startswith("Frozen")}
-
     assert models.freeze_backbone(model, frozen_blocks=1) == stem_numel  # EfficientFR's stem
-    assert trainable() == set(backbone) - stem
-    assert frozen_norms() and all(n.startswith("stem.") for n in frozen_norms())
+    assert {n for n, p in backbone.items() if not p.requires_grad} == stem
     assert all(p.requires_grad for p in model.classifier.parameters())
 
     models.freeze_backbone(model, frozen_blocks=2)
-    assert trainable() == {n for n in backbone if not n.startswith(("stem.", "stages.0."))}
-    assert any(n.startswith("stages.0.") for n in frozen_norms())
+    held = {n for n, p in backbone.items() if not p.requires_grad}
+    assert held == stem | {n for n in backbone if n.startswith("stages.0.")}
 
     assert models.freeze_backbone(model, frozen_blocks=0) == 0
-    assert trainable() == set(backbone) and not frozen_norms()  # the earlier choice undone
+    assert all(p.requires_grad for p in backbone.values())
     assert models.freeze_backbone(model, frozen_blocks=100) == sum(p.numel() for p in backbone.values())
-    assert not trainable()
     assert all(p.requires_grad for p in model.classifier.parameters())
     with pytest.raises(ValueError, match="frozen_blocks=-1"):
         models.freeze_backbone(model, frozen_blocks=-1)
-
-
-def test_frozen_blocks_compute_the_same_function_in_training_as_in_evaluation():
-    """A frozen stem's batch norms use their stored statistics: in train mode an image's
-    features do not depend on the rest of its batch, and the statistics do not move. The
-    trainable blocks after it still normalise with the batch."""
-    torch.manual_seed(0)
-    model = models.GenderClassifier("efficientfr", pretrained=False)
-    stats = {n: b.clone() for n, b in model.backbone.stem.state_dict().items() if "running" in n}
-    assert stats
-    models.freeze_backbone(model, frozen_blocks=1)
-    model.train()
-    x = torch.randn(6, 3, 64, 64)
-    stem_features = model.backbone.stem(x)
-    assert torch.allclose(model.backbone.stem(x[:2]), stem_features[:2], atol=1e-6)
-    after = model.backbone.stem.state_dict()
-    assert all(torch.equal(after[n], value) for n, value in stats.items())
-    later = model.backbone.stages[0]
-    assert not torch.allclose(later(stem_features[:2]), later(stem_features)[:2], atol=1e-4)
 
 
 def test_freeze_backbone_on_dual_stream_and_plain_module():
