@@ -133,8 +133,9 @@ def main() -> None:
     lines = ["# Notebook 02's step with its frozen blocks' batch norms three ways", "",
              "`python benchmarks/frozen_norms.py --data-dir <FACECOM root> --work-root <W> "
              f"--warmup {args.warmup} --steps {args.steps} --rounds {args.rounds}`", "",
-             f"{_cpu()}, torch {torch.__version__}; median seconds per optimiser step of {args.steps} steps "
-             f"after {args.warmup}, one process per run, the variants alternating.", "",
+             f"{_cpu()}, torch {torch.__version__}; median seconds per optimiser step of "
+             f"{args.steps} steps after {args.warmup}, one process per run, the variants "
+             "alternating.", "",
              "| frozen blocks' batch norms | " + " | ".join(
                  f"round {i + 1}" for i in range(args.rounds)) + " | mean |",
              "|---|" + "---|" * (args.rounds + 1)]
