@@ -32,7 +32,7 @@ from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
 from common.weights import WeightsSource
 
-__all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
+__all__ = ["BACKBONES", "ARCFACE_EPOCHS", "SIAMESE_EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TrainRows", "TaskBData", "prepare_data",
            "backbone_for", "create_embedder", "EmbeddingClassifier", "PairDataset",
            "source_view_pairs", "photo_teacher", "init_checkpoint", "create_siamese",
@@ -44,7 +44,10 @@ __all__ = ["BACKBONES", "EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "save_identity", "switch_channels", "rule_faces"]
 
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
-EPOCHS = {"cpu": 6, "gpu": 30}
+# Default epochs per profile. ArcFace on CPU: the fewest at dev's level that keep notebook 02
+# within issue 20's 30 minutes on the slowest 2-core machine measured (docs/results.md).
+ARCFACE_EPOCHS = {"cpu": 4, "gpu": 30}
+SIAMESE_EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 600  # floor for small data sets such as the embedded sample
 # Above this many clean train photos the dlib teacher is left out: it describes every photo
 # before the first step (once; cached per image), which at that scale would hold training back
@@ -72,7 +75,7 @@ class _TaskBSettings(TaskSettings):
 
 @dataclass(frozen=True)
 class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BACKBONES,
-                      epochs=EPOCHS):
+                      epochs=ARCFACE_EPOCHS):
     """Notebook 02's own parameters (defaults in its parameters cell)."""
 
     model: str
@@ -105,7 +108,7 @@ class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BA
 
 @dataclass(frozen=True)
 class SiameseSettings(_TaskBSettings, notebook="03_task_b_siamese", backbones=BACKBONES,
-                      epochs=EPOCHS):
+                      epochs=SIAMESE_EPOCHS):
     """Notebook 03's own parameters (defaults in its parameters cell)."""
 
     init_from: str

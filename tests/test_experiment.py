@@ -420,6 +420,21 @@ def test_loader_workers_are_the_profiles_at_most_the_cpus_each_process_gets(tmp_
     assert workers(1, quick=True)[0] == 0  # quick mode loads in the main process
 
 
+def test_each_notebook_takes_its_own_profile_epochs_and_the_parameter_wins(tmp_path, sample_root):
+    # On CPU notebook 02 trains ArcFace for fewer epochs than notebook 03 trains pairs (its
+    # 30-minute budget, docs/results.md); quick mode and an explicit `epochs` override both.
+    def epochs(section, **overrides) -> tuple[int, str]:
+        cfg = _resolve(section, tmp_path / f"{section.notebook}-{len(overrides)}", sample_root,
+                       **{"quick": False, "epochs": 0, **overrides})
+        return cfg.epochs, cfg.sources["epochs"]
+
+    assert epochs(task_b.ArcFaceSettings) == (4, "profile cpu")
+    assert epochs(task_b.SiameseSettings) == (6, "profile cpu")
+    assert epochs(task_b.ArcFaceSettings, profile="gpu") == (30, "profile gpu")
+    assert epochs(task_b.ArcFaceSettings, epochs=6)[0] == 6
+    assert epochs(task_b.ArcFaceSettings, quick=True)[0] == 2
+
+
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_siamese_encoder_can_start_from_the_arcface_one_on_either_profile(profile, tmp_path,
                                                                            sample_root):
