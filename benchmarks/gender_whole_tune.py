@@ -11,14 +11,16 @@ leaves of a man or a woman (hair, outline) instead of reading ImageNet's feature
 - the same probe with its faceless rows answered by the fine-tuned network: class-weighted
   binary cross-entropy, AdamW with a one-cycle schedule, mirrored images half the time, each
   image scored as the mean of its and its mirror's logits; the epoch with the best accuracy on
-  dev's faceless rows (at 0.5) is kept.
+  dev's faceless rows (at 0.5) is kept. ``--rows faceless_and_clean`` also trains on the clean
+  train photos (whose faces dlib finds, so the head never answers them).
 
 Each row's threshold is chosen on dev's clean photos, as notebook 01 does; the holdout is
 scored once at the end.
 
     python benchmarks/gender_whole_tune.py --data-dir ../shared/data/facecom --work-root W
 
-Writes ``benchmarks/results/gender_whole_tune.md``. Needs the extras of requirements-extras.txt.
+Writes ``benchmarks/results/gender_whole_tune.md`` (with other ``--rows`` or ``--epochs``,
+``gender_whole_tune_<rows>_<epochs>.md``). Needs the extras of requirements-extras.txt.
 """
 from __future__ import annotations
 
@@ -102,7 +104,10 @@ def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rows", choices=("faceless", "faceless_and_clean"), default="faceless")
     args = parser.parse_args()
+    results = (RESULTS if (args.rows, args.epochs) == ("faceless", 6) else
+               RESULTS.with_name(f"{RESULTS.stem}_{args.rows}_{args.epochs}.md"))
     configure_threads(torch.device("cpu"))
     cfg = experiment.ExperimentConfig.resolve(
         task_a.Settings, data_dir=str(args.data_dir), work_root=str(args.work_root),
@@ -121,6 +126,12 @@ def main() -> None:
                                frame["path"].to_numpy()[faceless[split]]])
               for split, frame in frames.items()}
     labels = {split: frame["label"].to_numpy()[faceless[split]] for split, frame in frames.items()}
+    if args.rows == "faceless_and_clean":
+        clean = splits.train[(splits.train["distortion"] == "clean").to_numpy()
+                             & ~faceless["train"]]
+        images["train"] = np.concatenate([images["train"], np.stack(
+            [cache.load_resized(path, whole_image.SIZE, "stretch") for path in clean["path"]])])
+        labels["train"] = np.concatenate([labels["train"], clean["label"].to_numpy()])
     dev_tuned, eval_tuned, history = fine_tune(images["train"], labels["train"], images["dev"],
                                                labels["dev"], images["eval"], args.epochs,
                                                args.batch_size, args.seed)
@@ -128,19 +139,20 @@ def main() -> None:
     tuned["dev"][faceless["dev"]], tuned["eval"][faceless["eval"]] = dev_tuned, eval_tuned
     epochs = ", ".join(f"{row['dev faceless accuracy']:.4f}" for row in history)
     seconds = np.mean([row["seconds"] for row in history])
-    write_tables(RESULTS, [
+    write_tables(results, [
         "# Gender through glare: the whole-image head fine-tuned (issue 20, Task A)", "",
         f"`python benchmarks/gender_whole_tune.py --data-dir ../shared/data/facecom --work-root W"
-        f" --epochs {args.epochs} --batch-size {args.batch_size}` (seed {args.seed}; notebook "
-        "01's settings and splits). The rows where dlib found no face: "
+        f" --epochs {args.epochs} --batch-size {args.batch_size} --rows {args.rows}` (seed "
+        f"{args.seed}; notebook 01's settings and splits). The rows where dlib found no face: "
         + ", ".join(f"{split} {int(rows.sum())} of {len(rows)}" for split, rows in faceless.items())
-        + f". Fine-tuned on the train ones at {whole_image.SIZE} px, {seconds:.0f} s an epoch "
+        + f". Fine-tuned on {len(labels['train'])} train images ({args.rows.replace('_', ' ')}) at "
+        f"{whole_image.SIZE} px, {seconds:.0f} s an epoch "
         f"here; dev's faceless accuracy per epoch: {epochs} (the best is kept). Accuracy at a "
         "threshold chosen on dev's clean photos.", ""],
         splits, frames, {"notebook 01's probe (frozen ImageNet features where dlib finds no face)":
                          probe,
-                         "... its whole-image network fine-tuned on the faceless train views":
-                         tuned})
+                         f"... its whole-image network fine-tuned on the "
+                         f"{args.rows.replace('_', ' ')} train views": tuned})
 
 
 if __name__ == "__main__":
