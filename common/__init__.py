@@ -23,8 +23,9 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
 6. learning: ``depthwise`` (depthwise convolutions with fast weight gradients on CPU),
    ``efficientfr``, ``models``, ``losses``, ``resume`` (resume state, fingerprints,
    interruptions), ``train`` (the loop, one process per device through accelerate),
-   ``identity_training`` (SFace fine-tuned as the identity channel), ``whole_image`` (frozen
-   ImageNet features of whole images: Task A's probe where dlib finds no face);
+   ``identity_training`` (SFace fine-tuned as the identity channel), ``whole_image`` (ImageNet
+   features of whole images, frozen or fine-tuned: Task A's probe where dlib finds no face),
+   ``gender_tuning`` (that network fine-tuned for gender on the views without a face);
 7. runs: ``runs`` (run folders, metrics.json, provenance), ``experiment`` (resolved config,
    loaders), ``checkpoints`` (the typed model card; saving, finding and loading checkpoints),
    ``model_inputs`` (from a card and images to the model's inputs), ``identity_folders`` (your

@@ -11,9 +11,11 @@ import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Union
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -88,17 +90,25 @@ def load_inputs(images: Sequence[ImageLike], image_size: int, progress: bool = T
 
 
 def probe_inputs(images: Sequence[ImageLike], front_end: str, progress: bool = True,
-                 context_backbone: str = "", device: str = "cpu") -> np.ndarray:
+                 context_backbone: str = "", device: str = "cpu",
+                 tuned: whole_image.Tuned | None = None) -> np.ndarray:
     """The descriptor probe's input rows: unit face descriptors of files (cached) or RGB arrays,
     the same for training (`task_a.prepare_data`), notebook 04 and `common.predict`; with a
     `context_backbone`, each row also holds the face-found flag and the whole image's features
-    (`models.DescriptorProbe`, `common.whole_image`)."""
+    (`models.DescriptorProbe`, `common.whole_image`): its `tuned` network's where no face was
+    found and zeros elsewhere, when the probe has one."""
     vectors, found = face_descriptor.describe_images(images, front_end, progress)
     rows = face_descriptor.normalise(vectors)
     if not context_backbone:
         return rows
-    return np.hstack([rows, found[:, None].astype(rows.dtype),
-                      whole_image.features(images, context_backbone, device, progress)])
+    if tuned is None:
+        context = whole_image.features(images, context_backbone, device, progress)
+    else:
+        context = np.zeros((len(rows), whole_image.feature_size(context_backbone)), np.float32)
+        faceless = np.flatnonzero(~found)
+        context[faceless] = whole_image.features([images[i] for i in faceless], context_backbone,
+                                                 device, progress, tuned=tuned)
+    return np.hstack([rows, found[:, None].astype(rows.dtype), context.astype(rows.dtype)])
 
 
 def card_descriptors(card: ModelCard, originals: Sequence[ImageLike],
@@ -122,20 +132,33 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
         PriorUnavailableError: onnx2torch or SFace is not installed.
     """
     path = card.identity_path
-    modified_ns = tuple(os.stat(file).st_mtime_ns for file in (path, path.with_suffix(".json")))
+    modified_ns = _modified_ns(path)
     weights_sha256 = _identity_card(str(path), modified_ns).weights_sha256
-    return sface_net.describe_images(lambda: _identity_model(str(path), modified_ns, device),
+    return sface_net.describe_images(lambda: _saved_model(str(path), modified_ns, device),
                                      originals, device, "identity channel" if progress else "",
                                      weights_sha256)
 
 
+def _modified_ns(checkpoint: Path) -> tuple[int, int]:
+    """Modification times of a checkpoint and its card: what keys `_saved_model`."""
+    return tuple(os.stat(file).st_mtime_ns for file in (checkpoint, checkpoint.with_suffix(".json")))
+
+
 @functools.lru_cache(maxsize=4)
-def _identity_model(path: str, modified_ns: tuple[int, int], device: str
-                    ) -> sface_net.SFaceIdentity:
-    """An identity checkpoint loaded once per process while it and its card are unchanged
-    (`modified_ns`: their modification times): `predict` compares pairs one call at a time,
-    and the leaderboard's cards share one checkpoint."""
+def _saved_model(path: str, modified_ns: tuple[int, int], device: str) -> torch.nn.Module:
+    """A checkpoint loaded once per process while it and its card are unchanged
+    (`modified_ns`): `predict` compares pairs one call at a time, and the leaderboard's
+    cards share one identity checkpoint."""
     return checkpoints.load_model(path, device)[0]
+
+
+def _probe_tuned(card: ModelCard, device: str) -> whole_image.Tuned | None:
+    """The fine-tuned whole-image network inside a probe's checkpoint, keyed by its hash."""
+    if not card.model_kwargs.get("context_tuned"):
+        return None
+    path = Path(card.weights_path)  # set when the card was read beside its checkpoint
+    model = _saved_model(str(path), _modified_ns(path), device)
+    return whole_image.Tuned(model.context_network, card.weights_sha256)
 
 
 @functools.lru_cache(maxsize=4)
@@ -244,7 +267,8 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
         model_images = _face_chips(images, errors, card.image_size, sources, progress)
     elif card.stream == "descriptor":  # failed rows: the placeholder's, unused
         model_images = probe_inputs(originals, card.descriptor_front_end, progress,
-                                    card.model_kwargs.get("context_backbone", ""), device)
+                                    card.model_kwargs.get("context_backbone", ""), device,
+                                    _probe_tuned(card, device))
     elif card.kind == sface_net.KIND:  # a fine-tuned identity channel reads SFace's face crop
         model_images = sface_net.face_crops(originals, progress)[0]
     else:

@@ -144,22 +144,35 @@ class DescriptorProbe(nn.Module):
 
     With ``context_features`` a second head answers the rows where dlib found no face (glare):
     each input row is then ``[descriptor, face found (0/1), whole-image features]``, the latter
-    from ``context_backbone`` (`common.whole_image`).
+    from ``context_backbone`` (`common.whole_image`). With ``context_tuned`` that backbone is
+    fine-tuned on those views (`common.gender_tuning`) and kept here as ``context_network``, so
+    one checkpoint holds the whole model; rows with a face then carry zeros there, unread.
     """
 
     def __init__(self, in_features: int = 128, num_classes: int = 2, context_features: int = 0,
-                 context_backbone: str = "", pretrained: bool | str = False) -> None:
-        super().__init__()  # `pretrained` is accepted for the card API: nothing to download
+                 context_backbone: str = "", context_tuned: bool = False,
+                 pretrained: bool | str = False) -> None:
+        super().__init__()  # `pretrained`: the ImageNet start of a tuned context network
         self.classifier = nn.Linear(in_features, num_classes)
         self.context_classifier = (nn.Linear(context_features, num_classes)
                                    if context_features else None)
         self.context_backbone = context_backbone
-        self.data_config = {"mean": (), "std": ()}  # no image normalisation
+        self.context_network = (create_backbone(context_backbone, pretrained)[0]
+                                if context_tuned else None)
+        context = (f"; where dlib finds no face, a linear head on {context_backbone} features of "
+                   "the whole image, " + ("the network fine-tuned on FACECOM from ImageNet"
+                                          if context_tuned else "frozen ImageNet weights"))
         self.weights_source = WeightsSource(
             "pypi", "dlib ResNet face descriptor (face-recognition-models), frozen; linear head "
-            "fitted on FACECOM" + (f"; where dlib finds no face, a linear head on frozen "
-                                   f"ImageNet {context_backbone} features of the whole image"
-                                   if context_features else ""), True, "dlib_descriptor")
+            "fitted on FACECOM" + (context if context_features else ""), True, "dlib_descriptor")
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The tuned context network's normalisation (kept in the model card, restored on
+        load); none for the descriptors."""
+        if self.context_network is None:
+            return {"mean": (), "std": ()}
+        return {key: self.context_network.data_config[key] for key in ("mean", "std")}
 
     def split_rows(self, rows: Tensor | np.ndarray):
         """Input rows (tensor or array) -> (descriptors, face found, whole-image features);

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, losses, metrics,
-                    model_inputs, models, transforms, whole_image)
+from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, gender_tuning,
+                    losses, metrics, model_inputs, models, transforms, whole_image)
 from common.checkpoints import ModelCard, card_from_training
 from common.config import place
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
@@ -52,8 +52,9 @@ PROBE_CS = (0.1, 0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried 
 # dlib alone (SFace's descriptor hardly carries gender), its rain streaks opened where the image is
 # speckled: more rainy and noisy faces found (docs/results.md).
 PROBE_FRONT_END = "despeckled"
-# The probe's head for rows where dlib finds no face: a regression on these ImageNet features of
-# the whole image over every train view, its strength chosen on dev (`fit_probe`).
+# The probe's head for rows where dlib finds no face: this ImageNet network of the whole image,
+# fine-tuned on those train views (`context_epochs`), else a regression on its frozen features
+# over every train view, its strength chosen on dev (`fit_probe`).
 PROBE_CONTEXT = "efficientnet_lite0"
 CONTEXT_CS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
 RECIPES = ("auto", "probe", "face_prior", "parameters")
@@ -81,6 +82,7 @@ class Settings(TaskSettings, notebook="01_task_a_gender", backbones=BACKBONES,
     stream: str
     head_from_prior: bool
     dev_views: str
+    context_epochs: int
 
     @classmethod
     def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -271,9 +273,11 @@ def create_classifier(cfg: ExperimentConfig, model: str = "single",
         raise ValueError(f"Unknown model={model!r}; choose one of {sorted(ARCHITECTURES)}.")
     if model == "probe":
         context = probe_context()
+        tuned = bool(context) and cfg.task.context_epochs > 0
         return models.create_model(ARCHITECTURES[model], context_backbone=context,
                                    context_features=whole_image.feature_size(context)
-                                   if context else 0)
+                                   if context else 0, context_tuned=tuned,
+                                   pretrained="required" if tuned else False)
     net = models.create_model(ARCHITECTURES[model], backbone_name=cfg.backbone, num_classes=2,
                               pretrained=cfg.pretrained, weights=cfg.weights or None)
     if head_from_prior:
@@ -384,6 +388,8 @@ def _probe_kwargs(probe: models.DescriptorProbe) -> dict:
     if probe.context_classifier is not None:
         kwargs.update(context_features=probe.context_classifier.in_features,
                       context_backbone=probe.context_backbone)
+    if probe.context_network is not None:
+        kwargs.update(context_tuned=True)
     return kwargs
 
 
@@ -408,7 +414,10 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
     if dev_views not in ("clean", "all"):
         raise ValueError(f"dev_views={dev_views!r}; choose 'clean' or 'all'.")
     if isinstance(net, models.DescriptorProbe):
-        return fit_probe(net, task_data, dev_views)
+        return fit_probe(net, task_data, dev_views,
+                         gender_tuning.TuneSettings(epochs=min(cfg.task.context_epochs, cfg.epochs)
+                                                    if cfg.quick else cfg.task.context_epochs),
+                         cfg.seed, str(cfg.device))
     mean, std = net.data_config["mean"], net.data_config["std"]
     splits, aligned = task_data.splits, task_data.aligned
     train_set = StreamDataset(task_data.images["train"], splits.train["label"].to_numpy(),
@@ -458,8 +467,9 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
                resume_path=resume_path, best_path=best_path, fingerprint=fingerprint)
 
 
-def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str = "clean"
-              ) -> FitResult:
+def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str = "clean",
+              tuning: gender_tuning.TuneSettings = gender_tuning.TuneSettings(), seed: int = 0,
+              device: str = "cpu") -> FitResult:
     """Fit the probe's linear head as a class-balanced logistic regression on the train
     descriptors of the clean photos, one candidate per `PROBE_CS`, keeping the best dev
     macro-F1 (at its best threshold; the smaller C on ties). The head's logits are
@@ -469,6 +479,10 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
     A probe with a context head (`models.DescriptorProbe`) also fits it, on every train view's
     whole-image features (standardised; the scaling is folded into the head), keeping the
     `CONTEXT_CS` candidate with the best dev accuracy on the views where dlib found no face.
+    With a ``context_network`` it fine-tunes that network instead, on the train views where dlib
+    found no face (`gender_tuning.fine_tune` with `tuning`), and rewrites the whole-image part of
+    ``task_data``'s rows with its features (zeros where a face was found): the history gains one
+    row per tuning epoch.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -495,7 +509,12 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
         fitted.append(regression)
     best = int(np.argmax([row["dev_f1_macro"] for row in history]))  # first best: smaller C
     _set_head(net.classifier, fitted[best].coef_[0], float(fitted[best].intercept_[0]))
-    if net.context_classifier is not None:
+    if net.context_network is not None:
+        history += [{"epoch": len(history) + row["epoch"], "candidate": f"tuned {row['epoch'] + 1}",
+                     "train_loss": row["train_loss"],
+                     "dev_faceless_accuracy": row["dev_faceless_accuracy"]}
+                    for row in _tune_context(net, task_data, tuning, seed, device)]
+    elif net.context_classifier is not None:
         _fit_context(net, task_data)
     return FitResult(history=history, best_metric=history[best]["dev_f1_macro"],
                      best_epoch=best)
@@ -529,6 +548,28 @@ def _fit_context(net: models.DescriptorProbe, task_data: TaskAData) -> None:
             best = (accuracy, regression)
     weights = best[1].coef_[0] / scale
     _set_head(net.context_classifier, weights, float(best[1].intercept_[0] - weights @ mean))
+
+
+def _tune_context(net: models.DescriptorProbe, task_data: TaskAData,
+                  tuning: gender_tuning.TuneSettings, seed: int, device: str) -> list[dict]:
+    """The tuned context network of `fit_probe`: its head, and the rows' new whole-image part."""
+    frames = {"train": task_data.splits.train, "dev": task_data.splits.dev,
+              "eval": task_data.splits.eval}
+    faceless = {name: ~np.asarray(net.split_rows(task_data.images[name])[1]) for name in frames}
+    pictures = {name: whole_image.load_images(frame["path"].to_numpy()[faceless[name]].tolist())
+                if faceless[name].any() else np.zeros((0, 1, 1, 3), np.uint8)
+                for name, frame in frames.items()}
+    labels = {name: frame["label"].to_numpy()[faceless[name]] for name, frame in frames.items()}
+    head = gender_tuning.fine_tune(net.context_network, pictures["train"], labels["train"],
+                                   pictures["dev"], labels["dev"], tuning, seed, device)
+    _set_head(net.context_classifier, head.weight, head.bias)
+    start = net.classifier.in_features + 1
+    for name, rows in task_data.images.items():
+        rows[:, start:] = 0.0
+        if faceless[name].any():
+            rows[faceless[name], start:] = whole_image.mirror_features(
+                net.context_network, pictures[name], device)
+    return head.history
 
 
 def evaluate_model(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig

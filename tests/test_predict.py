@@ -411,11 +411,13 @@ def test_compare_reads_the_identity_channel_its_face_rule_was_fitted_on(
 
 
 @requires_descriptor
-def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
+@pytest.mark.parametrize("context_epochs", [0, 1])
+def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path, context_epochs):
     """A descriptor-probe checkpoint through the CLI path: the same P(female) as notebook 01's
     evaluation computes from the cached descriptors and whole-image features (its second head
-    answers the sunny copies whose face dlib does not find), and a broken file only gets an
-    error."""
+    answers the sunny copies whose face dlib does not find; with `context_epochs`, from the
+    whole-image network fine-tuned on them, saved inside the checkpoint), and a broken file
+    only gets an error."""
     from common import splits
 
     views = task_a.load_views(sample_root, "train")
@@ -434,10 +436,16 @@ def test_probe_card_predicts_from_the_face_descriptor(sample_root, tmp_path):
     gender_data = task_a.TaskAData(
         splits.Splits(parts["train"], parts["dev"], parts["eval"], "val"), images, None, 0,
         "descriptor")
-    cfg = _config(tmp_path, sample_root, task_a.Settings, recipe="parameters")
+    cfg = _config(tmp_path, sample_root, task_a.Settings, recipe="parameters",
+                  context_epochs=context_epochs)
     net = task_a.create_classifier(cfg, "probe")
+    frozen = images["eval"][faceless, 129:].copy()
     result = task_a.train_classifier(net, gender_data, cfg, None, "probe")
-    assert len(result.history) == len(task_a.PROBE_CS)
+    assert len(result.history) == len(task_a.PROBE_CS) + context_epochs
+    # the tuned network's features replace the frozen ones where no face was found, else zeros
+    assert (net.context_network is not None) is bool(context_epochs)
+    assert bool(np.allclose(images["eval"][faceless, 129:], frozen)) is not bool(context_epochs)
+    assert bool((images["eval"][~faceless, 129:] == 0).all()) is bool(context_epochs)
     threshold, dev, _, eval_probs = task_a.evaluate_model(net, gender_data, cfg)
     card = task_a.model_card(cfg, net, "probe", threshold, dev, gender_data.splits, "test",
                              stream="descriptor")
