@@ -511,7 +511,7 @@ def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str 
     _set_head(net.classifier, fitted[best].coef_[0], float(fitted[best].intercept_[0]))
     if net.context_network is not None:
         history += [{"epoch": len(history) + row["epoch"], "candidate": f"tuned {row['epoch'] + 1}",
-                     "train_loss": row["train_loss"],
+                     "whole_image_loss": row["train_loss"],
                      "dev_faceless_accuracy": row["dev_faceless_accuracy"]}
                     for row in _tune_context(net, task_data, tuning, seed, device)]
     elif net.context_classifier is not None:
