@@ -141,7 +141,8 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
 
 def _modified_ns(checkpoint: Path) -> tuple[int, int]:
     """Modification times of a checkpoint and its card: what keys `_saved_model`."""
-    return tuple(os.stat(file).st_mtime_ns for file in (checkpoint, checkpoint.with_suffix(".json")))
+    return tuple(os.stat(file).st_mtime_ns
+                 for file in (checkpoint, checkpoint.with_suffix(".json")))
 
 
 @functools.lru_cache(maxsize=4)

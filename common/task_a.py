@@ -414,9 +414,9 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
     if dev_views not in ("clean", "all"):
         raise ValueError(f"dev_views={dev_views!r}; choose 'clean' or 'all'.")
     if isinstance(net, models.DescriptorProbe):
-        return fit_probe(net, task_data, dev_views,
-                         gender_tuning.TuneSettings(epochs=min(cfg.task.context_epochs, cfg.epochs)
-                                                    if cfg.quick else cfg.task.context_epochs),
+        epochs = (min(cfg.task.context_epochs, cfg.epochs) if cfg.quick  # quick mode's cap
+                  else cfg.task.context_epochs)
+        return fit_probe(net, task_data, dev_views, gender_tuning.TuneSettings(epochs=epochs),
                          cfg.seed, str(cfg.device))
     mean, std = net.data_config["mean"], net.data_config["std"]
     splits, aligned = task_data.splits, task_data.aligned
