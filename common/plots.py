@@ -125,8 +125,9 @@ def plot_training_curves(history: Sequence[Mapping[str, float]] | pd.DataFrame,
             ax.plot(x, df[col], marker="o", ms=3, label=col)
         ax.set(xlabel=xlabel, ylabel=name)
         if "candidate" in df:  # long sweeps get slanted labels
-            ax.set_xticks(x, df["candidate"], rotation=45 if len(df) > 6 else 0,
-                          ha="right" if len(df) > 6 else "center")
+            slanted = len(df) > 6
+            ax.set_xticks(x, df["candidate"], rotation=45 if slanted else 0,
+                          ha="right" if slanted else "center")
         if cols:
             ax.legend(fontsize=8)
         else:

@@ -557,7 +557,6 @@ def _tune_context(net: models.DescriptorProbe, task_data: TaskAData,
               "eval": task_data.splits.eval}
     faceless = {name: ~np.asarray(net.split_rows(task_data.images[name])[1]) for name in frames}
     pictures = {name: whole_image.load_images(frame["path"].to_numpy()[faceless[name]].tolist())
-                if faceless[name].any() else np.zeros((0, 1, 1, 3), np.uint8)
                 for name, frame in frames.items()}
     labels = {name: frame["label"].to_numpy()[faceless[name]] for name, frame in frames.items()}
     head = gender_tuning.fine_tune(net.context_network, pictures["train"], labels["train"],

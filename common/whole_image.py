@@ -65,6 +65,8 @@ def _network(backbone: str, device: str) -> torch.nn.Module:
 
 def load_images(images: Sequence[str | os.PathLike | np.ndarray]) -> np.ndarray:
     """(N, SIZE, SIZE, 3) uint8: files or RGB arrays stretched to the networks' input."""
+    if not len(images):
+        return np.zeros((0, SIZE, SIZE, 3), np.uint8)
     return np.stack([cache.resize_square(item, SIZE, "stretch") if isinstance(item, np.ndarray)
                      else cache.load_resized(item, SIZE, "stretch") for item in images])
 

@@ -294,6 +294,6 @@ def test_whole_image_network_learns_gender_and_keeps_its_best_dev_epoch():
     dev_logits = whole_image.mirror_features(network, dev, "cpu") @ tuned.weight + tuned.bias
     best = max(row["dev_faceless_accuracy"] for row in tuned.history)
     assert len(tuned.history) == 3 and ((dev_logits >= 0) == dev_labels).mean() == best
-    with pytest.raises(ValueError, match="both\nclasses|both classes"):
+    with pytest.raises(ValueError, match="both classes"):
         gender_tuning.fine_tune(network, train[labels == 1], labels[labels == 1], dev, dev_labels)
 
