@@ -128,16 +128,17 @@ def print_faceless_shares(task_data: task_b.TaskBData, learned: dict[str, np.nda
 
 
 def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
-                             identity: task_b.IdentityChannel, seed: int) -> None:
-    """The switch whose identity channel carries a share of frozen ImageNet features of the
-    whole image (Task A's `whole_image` backbone), in the gallery and in the queries whose face
-    was not found: what glare leaves (hair, outline, clothes) read by a network that never saw
-    FACECOM. A query with a face keeps the identity channel's ranking (its cosine to every
-    gallery photo is scaled alike). For each share the switch is fitted on dev again; the share
-    the dev mean of the two top-1s (the switch's own objective) prefers is marked."""
+                             identity: task_b.IdentityChannel, seed: int,
+                             tuned: whole_image.Tuned | None = None) -> None:
+    """The switch whose identity channel carries a share of features of the whole image (Task
+    A's `whole_image` backbone: frozen ImageNet weights, or its `tuned` copy), in the gallery
+    and in the queries whose face was not found: what glare leaves (hair, outline, clothes). A
+    query with a face keeps the identity channel's ranking (its cosine to every gallery photo is
+    scaled alike). For each share the switch is fitted on dev again; the share the dev mean of
+    the two top-1s (the switch's own objective) prefers is marked."""
     splits = {"dev": task_data.splits.dev, "eval": task_data.splits.eval}
     whole = {split: face_descriptor.normalise(whole_image.features(
-        frame["path"].tolist(), task_a.PROBE_CONTEXT, progress=True))
+        frame["path"].tolist(), task_a.PROBE_CONTEXT, progress=True, tuned=tuned))
         for split, frame in splits.items()}
     carries = {split: ~identity.found[split] | frame["distortion"].eq("clean").to_numpy()
                for split, frame in splits.items()}  # the gallery and the faceless queries
@@ -158,9 +159,9 @@ def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.
     table = pd.DataFrame(rows)
     table.insert(0, "dev's choice", np.where(
         np.arange(len(table)) == int(table["dev mean"].to_numpy().argmax()), "*", ""))
-    print(f"\nImageNet {task_a.PROBE_CONTEXT} features of the whole image in the identity "
-          "channel, for the gallery and the queries without a found face (the switch fitted on "
-          "dev for each share):\n")
+    print(f"\n{'Fine-tuned' if tuned else 'ImageNet'} {task_a.PROBE_CONTEXT} features of the "
+          "whole image in the identity channel, for the gallery and the queries without a found "
+          "face (the switch fitted on dev for each share):\n")
     print(table.to_markdown(index=False, floatfmt=".4f"))
 
 
@@ -182,10 +183,11 @@ def interval_text(pair: list[float] | None) -> str:
 
 def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
             figure_dir: Path | None = None, pairs: bool = False, floors: bool = False,
-            faceless: bool = False, whole: bool = False) -> None:
+            faceless: bool = False, whole: bool = False,
+            whole_tuned: whole_image.Tuned | None = None) -> None:
     """Fit and report the switch for one checkpoint; prints its tables (with `pairs`, also the
-    pair face rule on each face channel; `print_pair_rules`) and saves its figures under
-    `figure_dir`."""
+    pair face rule on each face channel; `print_pair_rules`; with `whole`, the whole-image
+    shares, read by `whole_tuned` when given) and saves its figures under `figure_dir`."""
     model, card = checkpoints.load_model(checkpoint)
     section = task_b.SiameseSettings if card.kind == "siamese" else task_b.ArcFaceSettings
     cfg = experiment.ExperimentConfig.resolve(
@@ -250,7 +252,7 @@ def measure(checkpoint: Path, data_dir: Path, work_root: Path, seed: int,
     if faceless:
         print_faceless_shares(task_data, learned, identity, report, seed)
     if whole:
-        print_whole_image_shares(task_data, learned, identity, seed)
+        print_whole_image_shares(task_data, learned, identity, seed, whole_tuned)
     if pairs:
         print_pair_rules(task_data, learned, identity, report, card, seed)
     if figure_dir is not None:

@@ -25,7 +25,8 @@ only from its own layer and the ones before it (``tests/test_imports.py`` checks
    interruptions), ``train`` (the loop, one process per device through accelerate),
    ``identity_training`` (SFace fine-tuned as the identity channel), ``whole_image`` (ImageNet
    features of whole images, frozen or fine-tuned: Task A's probe where dlib finds no face),
-   ``gender_tuning`` (that network fine-tuned for gender on the views without a face);
+   ``whole_image_tuning`` (the loop that fine-tunes it with a new head), ``gender_tuning`` (for
+   gender on the views without a face), ``glare_identity`` (for identity on the glare copies);
 7. runs: ``runs`` (run folders, metrics.json, provenance), ``experiment`` (resolved config,
    loaders), ``checkpoints`` (the typed model card; saving, finding and loading checkpoints),
    ``model_inputs`` (from a card and images to the model's inputs), ``identity_folders`` (your
