@@ -18,6 +18,7 @@ saved as ``W/weights/glare_identity.pt``; ``--weights`` reads them instead of tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 import time
@@ -29,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.copy_switch import measure  # noqa: E402
 from common import data, experiment, glare_identity, models, task_a, task_b, whole_image  # noqa: E402
 from common.config import configure_threads  # noqa: E402
-from common.whole_image_tuning import TuneSettings  # noqa: E402
 
 
 def tune(data_dir: Path, work_root: Path, seed: int, epochs: int) -> Path:
@@ -46,7 +46,7 @@ def tune(data_dir: Path, work_root: Path, seed: int, epochs: int) -> Path:
     history = glare_identity.fine_tune(
         network, whole_image.load_images(train["path"].tolist()), train["identity"].to_numpy(),
         whole_image.load_images(dev["path"].tolist()), dev,
-        TuneSettings(**{**glare_identity.TUNING.__dict__, "epochs": epochs}), seed)
+        dataclasses.replace(glare_identity.TUNING, epochs=epochs), seed)
     path = work_root / "weights" / "glare_identity.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), path)

@@ -19,7 +19,7 @@ from torch import nn
 from common import whole_image, whole_image_tuning
 from common.whole_image_tuning import TuneSettings
 
-__all__ = ["TuneSettings", "TunedHead", "fine_tune"]
+__all__ = ["TunedHead", "fine_tune"]
 
 
 @dataclass
@@ -64,8 +64,6 @@ def fine_tune(network: nn.Module, train: np.ndarray, labels: np.ndarray, dev: np
         return float(((logits >= 0) == dev_labels).mean())
 
     head, history = whole_image_tuning.fine_tune(
-        network, lambda tuned: nn.Linear(
-            whole_image_tuning.feature_width(tuned, train[:1], device), 1),
-        train, loss, dev_accuracy, "dev_faceless_accuracy", settings, seed, device,
+        network, lambda tuned: nn.Linear(tuned.num_features, 1), train, loss, dev_accuracy, "dev_faceless_accuracy", settings, seed, device,
         "whole-image gender")
     return TunedHead(head.weight[0].detach().cpu().numpy().copy(), head.bias.item(), history)

@@ -51,7 +51,7 @@ def fine_tune(network: nn.Module, train: np.ndarray, identities: np.ndarray, dev
         raise ValueError(f"the dev table holds no clean photos or no {GLARE} copies "
                          f"({sorted(set(dev_frame['distortion']))}): the epoch cannot be chosen.")
     targets = torch.as_tensor(labels, dtype=torch.long, device=device)
-    top1_hard = identity_training.dev_top1_hard(dev_frame.reset_index(drop=True))
+    top1_hard = identity_training.dev_top1_hard(dev_frame)
 
     def make_head(tuned: nn.Module) -> nn.Module:
         start = torch.from_numpy(whole_image.mirror_features(tuned, train, device))

@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from common import (cache, data, face_descriptor, face_priors, fallbacks, faces, gender_tuning,
-                    losses, metrics, model_inputs, models, transforms, whole_image)
+                    losses, metrics, model_inputs, models, transforms, whole_image,
+                    whole_image_tuning)
 from common.checkpoints import ModelCard, card_from_training
 from common.config import place
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
@@ -416,7 +417,7 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
     if isinstance(net, models.DescriptorProbe):
         epochs = (min(cfg.task.context_epochs, cfg.epochs) if cfg.quick  # quick mode's cap
                   else cfg.task.context_epochs)
-        return fit_probe(net, task_data, dev_views, gender_tuning.TuneSettings(epochs=epochs),
+        return fit_probe(net, task_data, dev_views, whole_image_tuning.TuneSettings(epochs=epochs),
                          cfg.seed, str(cfg.device))
     mean, std = net.data_config["mean"], net.data_config["std"]
     splits, aligned = task_data.splits, task_data.aligned
@@ -468,7 +469,7 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
 
 
 def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str = "clean",
-              tuning: gender_tuning.TuneSettings = gender_tuning.TuneSettings(), seed: int = 0,
+              tuning: whole_image_tuning.TuneSettings = whole_image_tuning.TuneSettings(), seed: int = 0,
               device: str = "cpu") -> FitResult:
     """Fit the probe's linear head as a class-balanced logistic regression on the train
     descriptors of the clean photos, one candidate per `PROBE_CS`, keeping the best dev
@@ -551,7 +552,7 @@ def _fit_context(net: models.DescriptorProbe, task_data: TaskAData) -> None:
 
 
 def _tune_context(net: models.DescriptorProbe, task_data: TaskAData,
-                  tuning: gender_tuning.TuneSettings, seed: int, device: str) -> list[dict]:
+                  tuning: whole_image_tuning.TuneSettings, seed: int, device: str) -> list[dict]:
     """The tuned context network of `fit_probe`: its head, and the rows' new whole-image part."""
     frames = {"train": task_data.splits.train, "dev": task_data.splits.dev,
               "eval": task_data.splits.eval}

@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 from common import whole_image
 from common.config import place
 
-__all__ = ["TuneSettings", "fine_tune", "feature_width"]
+__all__ = ["TuneSettings", "fine_tune"]
 
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """A fine-tuning recipe; each task's defaults were chosen on its dev split (`docs/results.md`).
+    """A fine-tuning recipe, chosen on each task's dev split (`docs/results.md`): the defaults are
+    Task A's gender recipe (`common.gender_tuning`); `glare_identity.TUNING` is Task B's.
 
     Attributes:
         epochs: passes over the train images (the best dev epoch is kept).
@@ -48,8 +49,8 @@ def fine_tune(network: nn.Module, make_head: Callable[[nn.Module], nn.Module],
               dev_score: Callable[[nn.Module, nn.Module], float], score_name: str,
               settings: TuneSettings, seed: int = 0, device: str = "cpu", desc: str = "tuning"
               ) -> tuple[nn.Module, list[dict]]:
-    """Fine-tune `network` (pooled features of normalised images) and the head `make_head`
-    builds for it on `train` ((N, S, S, 3) uint8 RGB); `loss(head, features, rows)` is a batch's
+    """Fine-tune `network` (a `models.create_backbone` module: pooled features of normalised
+    images, their width ``num_features``) and the head `make_head` builds for it on `train` ((N, S, S, 3) uint8 RGB); `loss(head, features, rows)` is a batch's
     loss (`rows` index `train`), `dev_score(network, head)` an epoch's dev figure (NaN: no dev,
     then the last epoch is kept). Both end with the weights of the best dev epoch.
 
@@ -92,10 +93,3 @@ def fine_tune(network: nn.Module, make_head: Callable[[nn.Module], nn.Module],
     network.eval()
     head.eval()
     return head, history
-
-
-@torch.no_grad()
-def feature_width(network: nn.Module, image: np.ndarray, device: str) -> int:
-    """Width of `network`'s pooled features, from one (1, S, S, 3) uint8 image."""
-    network.eval()
-    return network(whole_image.normalised(image, network, device)).shape[1]

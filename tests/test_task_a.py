@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from common import (checkpoints, config, experiment, fallbacks, gender_tuning, models, parameters,
-                    predict, task_a, whole_image)
+                    predict, task_a, whole_image, whole_image_tuning)
 from common import splits as splits_module
 from common.distortions import DISTORTIONS
 
@@ -288,7 +288,7 @@ def test_whole_image_network_learns_gender_and_keeps_its_best_dev_epoch():
     test, test_labels = _striped_faces(32, 2)
     network, _ = models.create_backbone(task_a.PROBE_CONTEXT, pretrained="required")
     tuned = gender_tuning.fine_tune(network, train, labels, dev, dev_labels,
-                                    gender_tuning.TuneSettings(epochs=3, batch_size=8))
+                                    whole_image_tuning.TuneSettings(epochs=3, batch_size=8))
     logits = whole_image.mirror_features(network, test, "cpu") @ tuned.weight + tuned.bias
     assert ((logits >= 0) == test_labels).mean() >= 0.85
     dev_logits = whole_image.mirror_features(network, dev, "cpu") @ tuned.weight + tuned.bias
