@@ -31,8 +31,6 @@ import pandas as pd  # noqa: E402
 from common import (checkpoints, evaluation, experiment, face_descriptor,  # noqa: E402
                     figures, fusion, identity_training, plots, task_a, task_b, whole_image)
 
-WHOLE_IMAGE_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-
 
 def print_pair_rules(task_data: task_b.TaskBData, learned: dict[str, np.ndarray],
                      identity: task_b.IdentityChannel, report: evaluation.SwitchReport,
@@ -140,10 +138,10 @@ def print_whole_image_shares(task_data: task_b.TaskBData, learned: dict[str, np.
     whole = {split: face_descriptor.normalise(whole_image.features(
         frame["path"].tolist(), task_a.PROBE_CONTEXT, progress=True, tuned=tuned))
         for split, frame in splits.items()}
-    carries = {split: ~identity.found[split] | frame["distortion"].eq("clean").to_numpy()
-               for split, frame in splits.items()}  # the gallery and the faceless queries
+    carries = {split: fusion.carries_whole(identity.found[split], evaluation.gallery_rows(frame))
+               for split, frame in splits.items()}
     rows = []
-    for share in WHOLE_IMAGE_SHARES:
+    for share in fusion.WHOLE_SHARES:
         vectors = {split: fusion.fuse(identity.vectors[split], whole[split], share,
                                       present=carries[split]) for split in splits}
         switched = evaluation.switch_report(

@@ -28,28 +28,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.copy_switch import measure  # noqa: E402
-from common import data, experiment, glare_identity, models, task_a, task_b, whole_image  # noqa: E402
+from common import data, experiment, glare_identity, models, task_b, whole_image  # noqa: E402
 from common.config import configure_threads  # noqa: E402
 
 
-def tune(data_dir: Path, work_root: Path, seed: int, epochs: int) -> Path:
+def tune(data_dir: Path, work_root: Path, seed: int, epochs: int, frozen_blocks: int) -> Path:
     """Fine-tune the network on the notebooks' train split; prints its dev curve, returns the
     saved weights."""
     cfg = experiment.ExperimentConfig.resolve(
         task_b.ArcFaceSettings, data_dir=str(data_dir), work_root=str(work_root), seed=seed,
         output_dir=str(work_root / "runs_glare_identity"))
     splits = task_b.make_splits(data.read_task_b(data_dir, "train"), None, cfg, stratify=None)
-    train = splits.train[glare_identity.tuning_rows(splits.train)]
-    dev = splits.dev[glare_identity.tuning_rows(splits.dev)]
-    network, _ = models.create_backbone(task_a.PROBE_CONTEXT, pretrained="required")
     started = time.time()
-    history = glare_identity.fine_tune(
-        network, whole_image.load_images(train["path"].tolist()), train["identity"].to_numpy(),
-        whole_image.load_images(dev["path"].tolist()), dev,
-        dataclasses.replace(glare_identity.TUNING, epochs=epochs), seed)
+    network, history = glare_identity.train_network(
+        splits.train, splits.dev, dataclasses.replace(glare_identity.TUNING, epochs=epochs),
+        seed, frozen_blocks=frozen_blocks)
     path = work_root / "weights" / "glare_identity.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), path)
+    train = splits.train[glare_identity.tuning_rows(splits.train)]
     print(f"fine-tuned on {len(train)} train images ({train['identity'].nunique()} identities) "
           f"in {time.time() - started:.0f} s; dev top-1 of the {glare_identity.GLARE} copies, "
           "own photo removed, per epoch: "
@@ -64,11 +61,14 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=glare_identity.TUNING.epochs)
+    parser.add_argument("--frozen-blocks", type=int, default=glare_identity.FROZEN_BLOCKS,
+                        help="backbone blocks, stem first, kept at ImageNet weights")
     parser.add_argument("--weights", type=Path, help="tuned weights saved by an earlier run")
     args = parser.parse_args()
     configure_threads(torch.device("cpu"))
-    path = args.weights or tune(args.data_dir, args.work_root, args.seed, args.epochs)
-    network, _ = models.create_backbone(task_a.PROBE_CONTEXT, pretrained="required")
+    path = args.weights or tune(args.data_dir, args.work_root, args.seed, args.epochs,
+                                  args.frozen_blocks)
+    network = models.whole_image_network(glare_identity.BACKBONE)
     network.load_state_dict(torch.load(path, map_location="cpu"))
     tuned = whole_image.Tuned(network.eval(), hashlib.sha256(path.read_bytes()).hexdigest())
     for checkpoint in args.checkpoints:

@@ -38,12 +38,13 @@ LATEST_SUFFIX = ".latest.json"
 _TASK_FIELDS = {
     "task_a": ("stream", "threshold", "class_names", "positive_class"),
     "task_b": ("model", "fit", "similarity_threshold", "descriptor_weight", "face_rule",
-               "copy_switch", "identity_weights", "pair_distance_threshold"),
+               "copy_switch", "identity_weights", "glare_weights", "pair_distance_threshold"),
 }
 _NOT_WRITTEN = ("weights_path", "extra")  # where the card was found; keys this class lacks
 # Keys added after cards were first written: left out while unset, so an older card is written
 # back key for key.
-_WRITTEN_WHEN_SET = ("copy_switch", "identity_weights", "eval_metrics", "eval_split")
+_WRITTEN_WHEN_SET = ("copy_switch", "identity_weights", "glare_weights", "eval_metrics",
+                     "eval_split")
 # What a card keeps of its notebook's evaluation (`ModelCard.eval_metrics`): the figures to
 # compare checkpoints by without scoring them again (notebook 04 does that); for Task B the
 # official top-1 and the own-photo-removed one, the copy switch's, and the pair face rule's
@@ -104,6 +105,9 @@ class ModelCard:
         identity_weights: the switch's identity channel when it is a fine-tuned network: the
             file name of its checkpoint, in this card's folder (`identity_path`); None: the
             face descriptor of ``descriptor_front_end``.
+        glare_weights: the whole-image network the switch's identity channel carries a share
+            of (`fusion.CopySwitch.whole_share`, `common.glare_identity`): the file name of its
+            checkpoint, in this card's folder (`glare_path`); None: none.
         pair_distance_threshold: the Siamese notebook's calibrated pair distance, or None.
         data_fingerprint: fingerprint of the files trained on (`cache.compute_fingerprint`).
         dev_metrics: numeric dev metrics at selection time.
@@ -139,6 +143,7 @@ class ModelCard:
     face_rule: dict[str, float | str] | None = None
     copy_switch: dict[str, float | str] | None = None
     identity_weights: str | None = None
+    glare_weights: str | None = None
     pair_distance_threshold: float | None = None
     data_fingerprint: str | None = None
     dev_metrics: dict[str, float] = field(default_factory=dict)
@@ -206,9 +211,17 @@ class ModelCard:
     @property
     def identity_path(self) -> Path | None:
         """The identity channel's checkpoint (`identity_weights` beside this card's), or None."""
-        if not self.identity_weights:
+        return self._beside(self.identity_weights)
+
+    @property
+    def glare_path(self) -> Path | None:
+        """The glare network's checkpoint (`glare_weights` beside this card's), or None."""
+        return self._beside(self.glare_weights)
+
+    def _beside(self, file_name: str | None) -> Path | None:
+        if not file_name:
             return None
-        return Path(self.weights_path or self.weights_file).parent / self.identity_weights
+        return Path(self.weights_path or self.weights_file).parent / file_name
 
     @property
     def fitted_copy_switch(self) -> fusion.CopySwitch | None:

@@ -23,7 +23,7 @@ __all__ = [
     "load_rows", "photo_keys", "sorted_codes", "photo_index", "hackathon_pair_list", "PAIR_KINDS",
     "PAIR_PROTOCOLS", "OBJECTIVES", "dev_scores", "SwitchReport", "switch_report",
     "switched_report", "identity_shares", "IDENTITY_SHARES", "FACELESS_SHARES", "fit_switch",
-    "dev_switch_scores",
+    "dev_switch_scores", "choose_whole_share", "gallery_rows",
 ]
 
 FIXED_DISTANCE = 0.5  # the hackathon Siamese entries' decision distance
@@ -61,12 +61,18 @@ def photo_index(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return sorted_codes(photo_keys(frame))
 
 
+def gallery_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Per row of a split's table, whether the official protocol puts it in the gallery: the
+    clean photos (the distorted copies are the queries)."""
+    return (frame["distortion"] == "clean").to_numpy()
+
+
 def retrieval_table(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str = "max",
                     exclude_own_source: bool = False, seed: int = 0) -> pd.DataFrame:
     """The official protocol on one split: clean rows are the gallery, distorted rows the
     queries. One row per scored query (see `metrics.compute_retrieval_table`), plus the rows of
     `frame` behind the query, the predicted and the true gallery image."""
-    is_clean = (frame["distortion"] == "clean").to_numpy()
+    is_clean = gallery_rows(frame)
     if not is_clean.any() or is_clean.all():
         raise ValueError("Gallery retrieval needs clean (gallery) and distorted (query) images; "
                          f"this split has {int(is_clean.sum())} clean of {len(frame)}.")
@@ -77,10 +83,10 @@ def retrieval_table(frame: pd.DataFrame, embeddings: np.ndarray, aggregate: str 
         query_sources=queries["source"].to_numpy(), gallery_sources=gallery["path"].to_numpy(),
         aggregate=aggregate, exclude_own_source=exclude_own_source, seed=seed)
     # Map the table's positions back to rows of `frame`, for failure plots.
-    query_rows, gallery_rows = np.flatnonzero(~is_clean), np.flatnonzero(is_clean)
+    query_rows, photo_rows = np.flatnonzero(~is_clean), np.flatnonzero(is_clean)
     table["query_row"] = query_rows[table["query_index"].to_numpy()]
-    table["predicted_row"] = gallery_rows[table["predicted_gallery_index"].to_numpy()]
-    table["true_row"] = gallery_rows[table["true_gallery_index"].to_numpy()]
+    table["predicted_row"] = photo_rows[table["predicted_gallery_index"].to_numpy()]
+    table["true_row"] = photo_rows[table["true_gallery_index"].to_numpy()]
     return table
 
 
@@ -174,6 +180,7 @@ class SwitchReport:
                "switch_identity_share": self.switch.identity_share,
                "switch_faceless_share": self.switch.faceless_share,
                "switch_descriptor_share": self.switch.descriptor_share,
+               "switch_whole_share": self.switch.whole_share,
                "switch_faceless_copy_cosine": self.switch.faceless_copy_cosine,
                "switch_top1": self.eval["top1"], "switch_top1_hard": self.hard["top1"],
                "switch_top1_by_distortion": self.eval["top1_by_distortion"],
@@ -301,12 +308,36 @@ def dev_switch_scores(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarra
             "dev_switch_mean_top1": best["mean_top1"], "identity_share": switch.identity_share}
 
 
+def choose_whole_share(dev: pd.DataFrame, copy: np.ndarray, face: np.ndarray,
+                       whole: np.ndarray, found: np.ndarray, aggregate: str = "max",
+                       seed: int = 0) -> tuple[float, pd.DataFrame]:
+    """The `fusion.CopySwitch.whole_share` of a whole-image network's unit features `whole` in
+    the dev face channel `face` (in the gallery, the clean rows, and the queries without a
+    `found` face: `fusion.carries_whole`) whose switch, fitted on dev for each share
+    (`fit_switch`), has the best dev mean of the two protocols' top-1 (the switch's own
+    objective, so neither protocol is traded for the other); the smallest on ties.
+
+    Returns:
+        (the share, one row per candidate share: its switch's dev top-1s and their mean).
+    """
+    carries = fusion.carries_whole(found, gallery_rows(dev))
+    rows = []
+    for share in tqdm(fusion.WHOLE_SHARES, desc="whole-image share", leave=False):
+        _, candidates, _ = fit_switch(dev, copy, fusion.fuse(face, whole, share, carries),
+                                      aggregate, seed, found)
+        best = candidates[candidates["chosen"]].iloc[0]
+        rows.append({"whole_share": share, "dev_top1": best["top1_0"],
+                     "dev_top1_hard": best["top1_1"], "dev_switch_mean_top1": best["mean_top1"]})
+    table = pd.DataFrame(rows)
+    return float(table.loc[table["dev_switch_mean_top1"].idxmax(), "whole_share"]), table
+
+
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
                   evaluated: pd.DataFrame, eval_copy: np.ndarray, eval_identity: np.ndarray,
                   aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None,
                   descriptor_share: float = 0.0, descriptor_front_end: str = "robust",
-                  dev_found: np.ndarray | None = None, eval_found: np.ndarray | None = None
-                  ) -> SwitchReport:
+                  dev_found: np.ndarray | None = None, eval_found: np.ndarray | None = None,
+                  whole_share: float = 0.0) -> SwitchReport:
     """Fit a `fusion.CopySwitch` on dev (`fit_switch`) and report it on the evaluated split.
 
     Args:
@@ -319,11 +350,14 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
         dev_found / eval_found: per row, whether the face channel found the face (both or
             neither): the switch may then mix more of the copy channel into faceless images
             (`identity_shares`).
+        whole_share: what the identity channel already carries of a whole-image network
+            (`fusion.CopySwitch.with_whole`, `choose_whole_share`), recorded likewise.
     """
     switch, candidates, shares = fit_switch(dev, dev_copy, dev_identity, aggregate, seed,
                                             dev_found)
     switch = dataclasses.replace(switch, descriptor_share=descriptor_share,
-                                 descriptor_front_end=descriptor_front_end)
+                                 descriptor_front_end=descriptor_front_end,
+                                 whole_share=whole_share)
     report = switched_report(evaluated, eval_copy, eval_identity, switch, aggregate, seed,
                              eval_network, eval_found)
     report.dev, report.shares = candidates, shares

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
            "NEVER_UNSURE", "ALWAYS_UNSURE", "NEVER_BY_COSINE", "SWITCH_THRESHOLDS",
-           "best_switch_row", "switch_identity", "FACE_CHANNELS"]
+           "best_switch_row", "switch_identity", "carries_whole", "FACE_CHANNELS",
+           "WHOLE_SHARES"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
 # < 3 unless the gallery holds a single identity (then both channels give it); a cosine is in
@@ -40,6 +41,7 @@ SWITCH_THRESHOLDS = ("threshold", "identity_threshold", "faceless_copy_cosine")
 FACE_CHANNELS = ("descriptor", "identity")  # what a `FaceRule`'s cosine reads
 COPY_WEIGHTS = tuple(np.round(np.arange(0.0, 1.0, 0.1), 1))  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
+WHOLE_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # `CopySwitch.whole_share`s tried on dev
 
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
 
@@ -226,6 +228,9 @@ class CopySwitch:
     A fine-tuned face network may in turn carry `descriptor_share` of a face descriptor
     (`face_vectors`, front end `descriptor_front_end`) where that descriptor found the face:
     dlib's detector and network, trained on other faces, fail on other images (rain, noise).
+    And it may carry `whole_share` of a whole-image network fine-tuned for identity through
+    glare (`with_whole`, `common.glare_identity`) in the gallery and in the queries whose face
+    it did not find: a query with a face keeps the face channel's ranking.
     """
 
     threshold: float
@@ -235,12 +240,20 @@ class CopySwitch:
     descriptor_front_end: str = "robust"
     faceless_share: float | None = None
     faceless_copy_cosine: float = NEVER_BY_COSINE
+    whole_share: float = 0.0
 
     def face_vectors(self, network: np.ndarray, descriptors: np.ndarray,
                      found: np.ndarray) -> np.ndarray:
         """The face channel of a fine-tuned network with `descriptor_share` of the face
         descriptor's cosine where it found the face (both unit rows; `fuse`)."""
         return fuse(network, descriptors, self.descriptor_share, present=found)
+
+    def with_whole(self, face: np.ndarray, whole: np.ndarray, found: np.ndarray,
+                   gallery: np.ndarray) -> np.ndarray:
+        """The face channel with `whole_share` of the whole-image network's cosine (both unit
+        rows; `fuse`) in the rows that carry it (`carries_whole`); `whole` is read only
+        there."""
+        return fuse(face, whole, self.whole_share, present=carries_whole(found, gallery))
 
     def identity_vectors(self, copy: np.ndarray, identity: np.ndarray,
                          found: np.ndarray | None = None) -> np.ndarray:
@@ -325,6 +338,12 @@ def switch_identity(copy: np.ndarray, identity: np.ndarray, share: float,
     # and its queries described apart keep one dimension
     return _weighted_concat(identity, copy, np.where(np.asarray(found, bool), share,
                                                      faceless_share))
+
+
+def carries_whole(found: np.ndarray, gallery: np.ndarray | bool) -> np.ndarray:
+    """Per row, whether a `CopySwitch` mixes its whole-image share in: every gallery photo, and
+    a query only where the face channel did not find its face (`found`)."""
+    return np.asarray(gallery, bool) | ~np.asarray(found, bool)
 
 
 def copy_margin(table: pd.DataFrame) -> np.ndarray:

@@ -152,6 +152,7 @@ def _card_inputs(card: ModelCard, frame: pd.DataFrame, device) -> ModelInputs:
                             with_faces=rule is not None and rule.channel == "descriptor",
                             with_identity=bool(card.copy_switch) or (
                                 rule is not None and rule.channel == "identity"),
+                            gallery=evaluation.gallery_rows(frame),
                             image_cache="memmap", device=str(device), progress=True)
     failed = [f"{path}: {error}" for path, error in zip(frame["path"], inputs.errors) if error]
     if failed:

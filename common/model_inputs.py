@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common import (cache, checkpoints, face_descriptor, face_priors, faces, sface_net,
+from common import (cache, checkpoints, face_descriptor, face_priors, faces, fusion, sface_net,
                     whole_image)
 from common.image_decode import ImageReadError
 from common.checkpoints import ModelCard
 
 __all__ = ["ImageLike", "ModelInputs", "prepare_inputs", "load_inputs", "probe_inputs",
-           "card_descriptors", "card_identity"]
+           "card_descriptors", "card_identity", "card_glare"]
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -53,6 +53,10 @@ class ModelInputs:
             for a fine-tuned network, the descriptor's detector otherwise), with `identity`
             (the switch's ``faceless_share`` and a face rule's ``faceless_cosine`` read it);
             else None.
+        whole / gallery: with `identity`, when the card's switch carries a share of a
+            whole-image network (``glare_weights``): its unit features of the rows that carry
+            it (`fusion.carries_whole`; zeros in the others), and per row whether it is a
+            gallery photo (`prepare_inputs`); else None.
     """
 
     images: np.ndarray
@@ -62,6 +66,8 @@ class ModelInputs:
     identity: np.ndarray | None = None
     identity_descriptors: tuple[np.ndarray, np.ndarray] | None = None
     identity_found: np.ndarray | None = None
+    whole: np.ndarray | None = None
+    gallery: np.ndarray | None = None
 
 
 def _is_path(item: ImageLike) -> bool:
@@ -133,10 +139,28 @@ def card_identity(card: ModelCard, originals: Sequence[ImageLike], device: str =
     """
     path = card.identity_path
     modified_ns = _modified_ns(path)
-    weights_sha256 = _identity_card(str(path), modified_ns).weights_sha256
+    weights_sha256 = _checkpoint_card(str(path), modified_ns).weights_sha256
     return sface_net.describe_images(lambda: _saved_model(str(path), modified_ns, device),
                                      originals, device, "identity channel" if progress else "",
                                      weights_sha256)
+
+
+def card_glare(card: ModelCard, originals: Sequence[ImageLike], rows: np.ndarray,
+               device: str = "cpu", progress: bool = False) -> np.ndarray:
+    """Unit features of full-size `originals` from the card's glare network (its checkpoint
+    `ModelCard.glare_path`, `common.glare_identity`; kept for files by its weights' hash), in
+    the `rows` a switch mixes them into; zeros in the others, which it never reads."""
+    path = card.glare_path
+    modified_ns = _modified_ns(path)
+    glare = _checkpoint_card(str(path), modified_ns)
+    tuned = whole_image.Tuned(_saved_model(str(path), modified_ns, device), glare.weights_sha256)
+    rows = np.flatnonzero(rows)
+    described = whole_image.features([originals[i] for i in rows],
+                                     glare.model_kwargs["backbone_name"], device, progress,
+                                     tuned=tuned)
+    out = np.zeros((len(originals), described.shape[1]), np.float32)
+    out[rows] = face_descriptor.normalise(described)
+    return out
 
 
 def _modified_ns(checkpoint: Path) -> tuple[int, int]:
@@ -163,9 +187,9 @@ def _probe_tuned(card: ModelCard, device: str) -> whole_image.Tuned | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _identity_card(path: str, modified_ns: tuple[int, int]) -> ModelCard:
-    """The identity checkpoint's card (its weights' hash keys the kept vectors), read once per
-    process while it and the checkpoint are unchanged."""
+def _checkpoint_card(path: str, modified_ns: tuple[int, int]) -> ModelCard:
+    """An identity or glare checkpoint's card (its weights' hash keys the kept vectors), read
+    once per process while it and the checkpoint are unchanged."""
     return checkpoints.load_model_card(path)
 
 
@@ -234,6 +258,7 @@ def _aligned(images: Sequence[ImageLike], card: ModelCard, errors: list[str],
 def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
                    sources: Sequence[str | os.PathLike] | None = None, *,
                    with_faces: bool = False, with_identity: bool = False,
+                   gallery: bool | Sequence[bool] = False,
                    image_cache: str = "", device: str = "cpu",
                    progress: bool = False) -> ModelInputs:
     """Turn paths, PIL images or RGB arrays into the inputs the card's model was trained on.
@@ -249,6 +274,9 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
             face rule of `common.predict.compare` needs them).
         with_identity: also compute the identity channel of the card's copy switch
             (`ModelInputs.identity`); the face descriptors only when it has no fine-tuned one.
+        gallery: with `with_identity`, whether the items (all, or each) are gallery photos:
+            a switch's whole-image share goes into every gallery photo and only into the
+            queries whose face was not found (`fusion.carries_whole`).
         image_cache: for files of a whole-image card, read through the decoded-image cache in
             this mode (`cache.IMAGE_CACHES`); "" decodes item by item and writes nothing.
         device: where MTCNN runs for an ``aligned`` card, the identity channel and a probe's
@@ -275,7 +303,7 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
     else:
         model_images = decoded
     found_faces = card_descriptors(card, originals, progress) if need_faces else None
-    identity = identity_descriptors = identity_found = None
+    identity = identity_descriptors = identity_found = whole = is_gallery = None
     if with_identity:
         identity = (card_identity(card, originals, device, progress) if card.identity_weights
                     else face_descriptor.normalise(found_faces[0]))
@@ -286,7 +314,11 @@ def prepare_inputs(card: ModelCard, images: Sequence[ImageLike],
             vectors, found = face_descriptor.describe_images(
                 originals, switch.descriptor_front_end, progress)
             identity_descriptors = (face_descriptor.normalise(vectors), found)
+        if card.glare_weights and switch is not None and switch.whole_share:
+            is_gallery = np.broadcast_to(np.asarray(gallery, bool), (len(images),)).copy()
+            whole = card_glare(card, originals, fusion.carries_whole(identity_found, is_gallery),
+                               device, progress)
     return ModelInputs(
         model_images, errors,
         _aligned(images, card, errors, device, progress) if card.aligned else None,
-        found_faces, identity, identity_descriptors, identity_found)
+        found_faces, identity, identity_descriptors, identity_found, whole, is_gallery)

@@ -28,7 +28,7 @@ __all__ = [
     "create_backbone", "create_model", "freeze_backbone", "backbone_blocks", "MODEL_KINDS",
     "GenderClassifier", "DualStreamSE", "SqueezeExcitation", "InputStandardization",
     "SpatialEmbeddingHead", "copy_descriptor", "COPY_DESCRIPTOR_SIZE", "EmbeddingNet", "FaceNet",
-    "SiameseNet", "DescriptorProbe",
+    "SiameseNet", "DescriptorProbe", "whole_image_network", "WHOLE_IMAGE_KIND",
 ]
 
 # InceptionResnetV1 was trained on (x - 127.5) / 128 with x in [0, 255], i.e. mean 0.5 and
@@ -486,10 +486,17 @@ class SiameseNet(_Embedder):
         return self(images_a), self(images_b)
 
 
+def whole_image_network(backbone_name: str, pretrained: bool | str = False) -> nn.Module:
+    """A bare backbone, pooled features of the whole image (`common.whole_image`): the model
+    kind of a whole-image network fine-tuned on its own (`common.glare_identity`)."""
+    return create_backbone(backbone_name, pretrained)[0]
+
+
+WHOLE_IMAGE_KIND = "whole_image"
 MODEL_KINDS = {
     "gender": GenderClassifier, "dual_se": DualStreamSE, "embedding": EmbeddingNet,
     "facenet": FaceNet, "siamese": SiameseNet, "descriptor_probe": DescriptorProbe,
-    SFACE_KIND: SFaceIdentity,
+    SFACE_KIND: SFaceIdentity, WHOLE_IMAGE_KIND: whole_image_network,
 }
 
 

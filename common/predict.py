@@ -169,16 +169,17 @@ def _gallery_files(gallery: Path) -> tuple[list[Path], list[str]]:
 
 
 def _embed_files(files: Sequence[Path], weights: str | os.PathLike, device: str,
-                 progress: bool, batch_size: int
+                 progress: bool, batch_size: int, gallery: bool
                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
     """Per channel, the embeddings of `files` as the card says (a placeholder's where a file is
     unreadable), one error string per file ("" when fine), and whether the identity channel
     found each face (None without one). The channel is ``"embedding"``; a card with a
-    `fusion.CopySwitch` also has ``"identity"`` (`task_b.switch_channels`)."""
+    `fusion.CopySwitch` also has ``"identity"`` (`task_b.switch_channels`), which depends on
+    whether the files are `gallery` photos or queries (`model_inputs.prepare_inputs`)."""
     device_ = config.resolve_device(device)
     model, card = _model(weights, device_, "task_b")
-    inputs = prepare_inputs(card, files, with_identity=bool(card.copy_switch),
-                            progress=progress)
+    inputs = prepare_inputs(card, files, with_identity=bool(card.copy_switch), gallery=gallery,
+                            device=str(device_), progress=progress)
     errors = np.array(inputs.errors, dtype=object)
     if card.copy_switch:
         channels = task_b.switch_channels(model, card, inputs, device_, batch_size=batch_size)
@@ -238,14 +239,16 @@ def match_gallery(gallery: Path, queries: Path, weights: str | os.PathLike,
     """
     gallery_files, gallery_ids = _gallery_files(gallery)
     query_files = _folder_images(queries)
-    g_emb, g_errors, _ = _embed_files(gallery_files, weights, device, progress, batch_size)
+    g_emb, g_errors, _ = _embed_files(gallery_files, weights, device, progress, batch_size,
+                                      gallery=True)
     g_ok = g_errors == ""
     if not g_ok.any():
         raise ValueError(f"No readable gallery image in {gallery}: {list(g_errors[:3])}")
     indexes = _build_indexes({channel: vectors[g_ok] for channel, vectors in g_emb.items()},
                              np.array(gallery_ids)[g_ok])
     table = _match_table(indexes, query_files, queries,
-                         *_embed_files(query_files, weights, device, progress, batch_size),
+                         *_embed_files(query_files, weights, device, progress, batch_size,
+                                       gallery=False),
                          checkpoints.load_model_card(weights).fitted_copy_switch)
     table.attrs["gallery_errors"] = [(str(p), i, e) for p, i, e in
                                      zip(gallery_files, gallery_ids, g_errors) if e]
@@ -281,7 +284,7 @@ def enrol(gallery: Path, index: Path, weights: str | os.PathLike, device: str = 
     ok = np.zeros(0, np.int64)
     if new:
         embeddings, errors, _ = _embed_files([files[i] for i in new], weights, device, progress,
-                                             batch_size)
+                                             batch_size, gallery=True)
         ok = np.flatnonzero(errors == "")
         if len(ok) < len(new):
             print(f"warning: {len(new) - len(ok)} unreadable gallery images not enrolled, e.g. "
@@ -330,7 +333,8 @@ def search(queries: Path, index: Path, weights: str | os.PathLike, device: str =
     saved = _load_indexes(Path(index), checkpoint_fingerprint(weights), card)
     query_files = _folder_images(queries)
     return _match_table(saved, query_files, queries,
-                        *_embed_files(query_files, weights, device, progress, batch_size),
+                        *_embed_files(query_files, weights, device, progress, batch_size,
+                                      gallery=False),
                         card.fitted_copy_switch)
 
 

