@@ -716,8 +716,9 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
     first when ``onnx2torch`` and SFace are installed, else the second, saying so. None when no
     face model is installed.
 
-    A fine-tuned channel also gets the glare network (`with_glare`): `inherit_from`'s, else
-    trained here for `glare_epochs` (0: the recipe's, the run's in quick mode; -1: none).
+    A fine-tuned channel also gets the glare network (`with_glare`): the one `inherit_from`'s
+    card names (none when it names none), else one trained here for `glare_epochs` (0: the
+    recipe's, the run's in quick mode; -1: none).
 
     Raises:
         ValueError: the inherited channel was trained or selected on an evaluated identity.
@@ -750,18 +751,15 @@ def identity_channel(task_data: TaskBData, cfg: ExperimentConfig, setting: str =
                                                  trained.weights_sha256)
                 for split, frame in frames.items()}, _yunet_found(frames), model,
             checkpoint=card.identity_path), frames)
-    else:
-        settings = identity_training.TuneSettings()
-        settings = dataclasses.replace(settings,
-                                       epochs=epochs or min(settings.epochs, cfg.epochs))
-        model, fit_result, vectors = identity_training.train_identity_channel(
-            task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed,
-            cfg.device)
-        channel = _with_descriptor(IdentityChannel("SFace fine-tuned", vectors,
-                                                   _yunet_found(frames), model, fit_result),
-                                   frames)
-    return with_glare(channel, splits, cfg, card.glare_path if card is not None else None,
-                      glare_epochs)
+        return with_glare(channel, splits, cfg, inherit=card.glare_path) \
+            if card.glare_path is not None else channel
+    settings = identity_training.TuneSettings()
+    settings = dataclasses.replace(settings, epochs=epochs or min(settings.epochs, cfg.epochs))
+    model, fit_result, vectors = identity_training.train_identity_channel(
+        task_data.train_paths, task_data.train.labels, frames, settings, cfg.seed, cfg.device)
+    channel = _with_descriptor(IdentityChannel("SFace fine-tuned", vectors, _yunet_found(frames),
+                                               model, fit_result), frames)
+    return with_glare(channel, splits, cfg, epochs=glare_epochs)
 
 
 def _inherited(path: Path, splits: Splits, device) -> nn.Module:

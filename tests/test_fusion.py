@@ -76,6 +76,63 @@ def test_switch_identity_mixes_its_faceless_share_into_the_rows_without_a_face()
                                   fusion.fuse(face, copy, 0.04))
 
 
+def test_whole_share_goes_into_the_gallery_and_the_faceless_queries_only():
+    """A gallery photo and a query whose face was not found carry `whole_share` of the
+    whole-image network: their cosine is (1 - w) cos_face + w cos_whole. A query with a face
+    keeps [face, 0]: its cosine to every gallery photo is sqrt(1 - w) cos_face, one scale for
+    all its candidates, so its ranking is the face channel's."""
+    np.testing.assert_array_equal(
+        fusion.carries_whole(np.array([True, True, False, False]),
+                             np.array([True, False, True, False])), [True, False, True, True])
+    np.testing.assert_array_equal(fusion.carries_whole(np.array([True, False]), False),
+                                  [False, True])
+    face = unit_rows([[1, 0], [0.6, 0.8], [0.8, 0.6], [0, 1]])   # gallery, gallery, queries
+    whole = unit_rows([[1, 0], [0, 1], [0.6, 0.8], [1, 0]])      # the found query's: unread
+    found = np.array([True, True, True, False])
+    gallery = np.array([True, True, False, False])
+    w = 0.36
+    rows = fusion.CopySwitch(0.1, whole_share=w).with_whole(face, whole, found, gallery)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)
+    assert rows[0] @ rows[1] == pytest.approx(0.64 * 0.6 + w * 0.0, abs=1e-6)
+    # the found query (row 2): the face channel's cosines, scaled by sqrt(1 - w) = 0.8
+    assert rows[2] @ rows[0] == pytest.approx(0.8 * 0.8, abs=1e-6)
+    assert rows[2] @ rows[1] == pytest.approx(0.8 * (0.48 + 0.48), abs=1e-6)
+    # the faceless query (row 3): face and whole image mixed
+    assert rows[3] @ rows[0] == pytest.approx(0.64 * 0.0 + w * 1.0, abs=1e-6)
+    assert rows[3] @ rows[1] == pytest.approx(0.64 * 0.8 + w * 0.0, abs=1e-6)
+    np.testing.assert_array_equal(fusion.CopySwitch(0.1).with_whole(face, whole, found, gallery),
+                                  face)
+
+
+def test_whole_share_is_chosen_by_the_switchs_dev_objective():
+    """On dev, the faceless sunny copies' face vectors are noise and the other photo of each
+    person is the gallery's only one left once the own photo is removed: a whole-image
+    channel that knows people lifts them and the switch's mean of both protocols, so a share
+    above 0 is chosen; a whole-image channel of noise earns no share (ties go to 0)."""
+    rng = np.random.default_rng(0)
+    frame = gallery_frame()
+    people = {name: unit_rows(rng.normal(size=(1, 16)))[0] for name in ("a", "b", "c")}
+    person = np.stack([people[name] for name in frame["identity"]])
+    sunny = frame["distortion"].eq("sunny").to_numpy()
+    found = ~sunny
+    face = unit_rows(np.where(sunny[:, None], rng.normal(size=person.shape),
+                              person + 0.1 * rng.normal(size=person.shape)))
+    photo = unit_rows(rng.normal(size=(len(frame), 16)))  # each photo's own look: copies
+    photo_of = {path: photo[i] for i, path in enumerate(frame["path"])}
+    copy = unit_rows(np.stack([photo_of[row.source or row.path]
+                               for row in frame.itertuples()]) + 0.01)
+    knows = unit_rows(person + 0.1 * rng.normal(size=person.shape))
+    share, table = evaluation.choose_whole_share(frame, copy, face, knows, found)
+    assert share > 0
+    assert list(table["whole_share"]) == list(fusion.WHOLE_SHARES)
+    chosen = table.set_index("whole_share").loc[share]
+    none = table.set_index("whole_share").loc[0.0]
+    assert chosen["dev_top1_hard"] > none["dev_top1_hard"]
+    assert chosen["dev_switch_mean_top1"] == table["dev_switch_mean_top1"].max()
+    noise = unit_rows(rng.normal(size=person.shape))
+    assert evaluation.choose_whole_share(frame, copy, face, noise, found)[0] == 0.0
+
+
 def _choose(frame: pd.DataFrame, first, second, objective: str = "top1", found=None):
     score = partial(evaluation.dev_scores, frame, objective=objective, n_pairs=60,
                     faces=None if found is None else (second, found))

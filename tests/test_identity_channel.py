@@ -26,7 +26,8 @@ def trained(tmp_path_factory, sample_root):
         task_b.ArcFaceSettings, data_dir=str(sample_root), output_dir=str(tmp / "run"),
         weights_dir=str(tmp / "weights"), quick=True, epochs=2, image_size=48, seed=0)
     task_data = task_b.prepare_data(cfg)
-    return cfg, task_data, task_b.identity_channel(task_data, cfg, "sface", epochs=2)
+    return cfg, task_data, task_b.identity_channel(task_data, cfg, "sface", epochs=2,
+                                                   glare_epochs=-1)
 
 
 def _top1(frame, vectors, exclude_own_source: bool = False) -> float:
@@ -95,7 +96,8 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     cfg, task_data, identity = trained
     cfg = dataclasses.replace(cfg, weights_dir=tmp_path)
     name = "task_b_embedding_test"
-    weights = task_b.save_identity(identity, cfg, name, task_data.splits, "fingerprint")
+    weights = task_b.save_identity(identity, cfg, name, task_data.splits,
+                                   "fingerprint")["identity_weights"]
     assert weights.startswith(f"{name}_identity-") and (tmp_path / weights).is_file()
     embedder = task_b.create_embedder("embedding", dataclasses.replace(
         cfg, backbone="resnet10t", pretrained=False), 32)
@@ -179,11 +181,13 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
     inherited = task_b.identity_channel(task_data, cfg, "auto", inherit_from=checkpoint)
     assert inherited.fit is None and inherited.checkpoint == tmp_path / weights
     assert np.allclose(inherited.vectors["eval"], identity.vectors["eval"], atol=1e-5)
-    assert task_b.save_identity(inherited, cfg, "siamese", task_data.splits, "x") == weights
+    assert inherited.glare is None  # notebook 02's card names no glare network
+    assert task_b.save_identity(inherited, cfg, "siamese", task_data.splits,
+                                "x") == {"identity_weights": weights}
     # ...and a copy with its own card in another weights folder.
     other = tmp_path / "other"
     copied = task_b.save_identity(inherited, dataclasses.replace(cfg, weights_dir=other),
-                                  "siamese", task_data.splits, "x")
+                                  "siamese", task_data.splits, "x")["identity_weights"]
     assert (checkpoints.load_model_card(other / copied).train_identities
             == checkpoints.load_model_card(tmp_path / weights).train_identities)
 
@@ -191,7 +195,8 @@ def test_saved_channel_gives_predict_the_notebooks_vectors(trained, tmp_path, sa
 def test_an_inherited_channel_that_saw_an_evaluated_identity_is_refused(trained, tmp_path):
     cfg, task_data, identity = trained
     cfg = dataclasses.replace(cfg, weights_dir=tmp_path)
-    weights = task_b.save_identity(identity, cfg, "leaky", task_data.splits, "fingerprint")
+    weights = task_b.save_identity(identity, cfg, "leaky", task_data.splits,
+                                   "fingerprint")["identity_weights"]
     identity_card = checkpoints.load_model_card(tmp_path / weights)
     seen = task_data.splits.eval["identity"].iloc[0]
     dataclasses.replace(identity_card, train_identities=[*identity_card.train_identities, seen]
