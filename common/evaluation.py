@@ -310,7 +310,7 @@ def dev_switch_scores(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarra
 
 def choose_whole_share(dev: pd.DataFrame, copy: np.ndarray, face: np.ndarray,
                        whole: np.ndarray, found: np.ndarray, aggregate: str = "max",
-                       seed: int = 0) -> tuple[float, pd.DataFrame]:
+                       seed: int = 0) -> tuple[float, pd.DataFrame, tuple]:
     """The `fusion.CopySwitch.whole_share` of a whole-image network's unit features `whole` in
     the dev face channel `face` (in the gallery, the clean rows, and the queries without a
     `found` face: `fusion.carries_whole`) whose switch, fitted on dev for each share
@@ -318,18 +318,20 @@ def choose_whole_share(dev: pd.DataFrame, copy: np.ndarray, face: np.ndarray,
     objective, so neither protocol is traded for the other); the smallest on ties.
 
     Returns:
-        (the share, one row per candidate share: its switch's dev top-1s and their mean).
+        (the share, one row per candidate share: its switch's dev top-1s and their mean, and
+        the chosen share's `fit_switch`, which `switch_report` takes instead of fitting again).
     """
     carries = fusion.carries_whole(found, gallery_rows(dev))
-    rows = []
+    rows, fits = [], []
     for share in tqdm(fusion.WHOLE_SHARES, desc="whole-image share", leave=False):
-        _, candidates, _ = fit_switch(dev, copy, fusion.fuse(face, whole, share, carries),
-                                      aggregate, seed, found)
-        best = candidates[candidates["chosen"]].iloc[0]
+        fits.append(fit_switch(dev, copy, fusion.fuse(face, whole, share, carries), aggregate,
+                               seed, found))
+        best = fits[-1][1][fits[-1][1]["chosen"]].iloc[0]
         rows.append({"whole_share": share, "dev_top1": best["top1_0"],
                      "dev_top1_hard": best["top1_1"], "dev_switch_mean_top1": best["mean_top1"]})
     table = pd.DataFrame(rows)
-    return float(table.loc[table["dev_switch_mean_top1"].idxmax(), "whole_share"]), table
+    chosen = int(table["dev_switch_mean_top1"].to_numpy().argmax())
+    return float(table.loc[chosen, "whole_share"]), table, fits[chosen]
 
 
 def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndarray,
@@ -337,7 +339,7 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
                   aggregate: str = "max", seed: int = 0, eval_network: np.ndarray | None = None,
                   descriptor_share: float = 0.0, descriptor_front_end: str = "robust",
                   dev_found: np.ndarray | None = None, eval_found: np.ndarray | None = None,
-                  whole_share: float = 0.0) -> SwitchReport:
+                  whole_share: float = 0.0, fitted: tuple | None = None) -> SwitchReport:
     """Fit a `fusion.CopySwitch` on dev (`fit_switch`) and report it on the evaluated split.
 
     Args:
@@ -352,9 +354,10 @@ def switch_report(dev: pd.DataFrame, dev_copy: np.ndarray, dev_identity: np.ndar
             (`identity_shares`).
         whole_share: what the identity channel already carries of a whole-image network
             (`fusion.CopySwitch.with_whole`, `choose_whole_share`), recorded likewise.
+        fitted: `fit_switch` of these dev rows when already made (`choose_whole_share`).
     """
-    switch, candidates, shares = fit_switch(dev, dev_copy, dev_identity, aggregate, seed,
-                                            dev_found)
+    switch, candidates, shares = fitted or fit_switch(dev, dev_copy, dev_identity, aggregate,
+                                                      seed, dev_found)
     switch = dataclasses.replace(switch, descriptor_share=descriptor_share,
                                  descriptor_front_end=descriptor_front_end,
                                  whole_share=whole_share)

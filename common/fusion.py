@@ -41,7 +41,7 @@ SWITCH_THRESHOLDS = ("threshold", "identity_threshold", "faceless_copy_cosine")
 FACE_CHANNELS = ("descriptor", "identity")  # what a `FaceRule`'s cosine reads
 COPY_WEIGHTS = tuple(np.round(np.arange(0.0, 1.0, 0.1), 1))  # copy-detector weights tried on dev
 DESCRIPTOR_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8)  # face-descriptor weights tried on dev
-WHOLE_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # `CopySwitch.whole_share`s tried on dev
+WHOLE_SHARES = (0.0, 0.2, 0.3, 0.4)  # `CopySwitch.whole_share`s tried on dev (a switch fit each)
 
 Rows = TypeVar("Rows", np.ndarray, torch.Tensor)
 

@@ -861,9 +861,9 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
         return None
     splits = task_data.splits
     frames = {"dev": splits.dev, "eval": splits.eval}
-    face = identity.vectors
+    face, fitted = identity.vectors, None
     if identity.whole is not None:
-        identity.whole_share, identity.whole_table = evaluation.choose_whole_share(
+        identity.whole_share, identity.whole_table, fitted = evaluation.choose_whole_share(
             splits.dev, learned["dev"], face["dev"], identity.whole["dev"],
             identity.found["dev"], aggregate, seed)
         face = {split: fusion.fuse(face[split], identity.whole[split], identity.whole_share,
@@ -875,7 +875,7 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
                                     if identity.network_vectors else None,
                                     identity.descriptor_share, IDENTITY_DESCRIPTOR,
                                     identity.found["dev"], identity.found["eval"],
-                                    identity.whole_share)
+                                    identity.whole_share, fitted)
 
 
 def identity_summary(identity: IdentityChannel, switch: evaluation.SwitchReport) -> str:
@@ -950,14 +950,23 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
     if identity.whole_share:
         if identity.glare_checkpoint is not None:
             card = checkpoints.load_model_card(identity.glare_checkpoint)
-        else:
+        else:  # its threshold calibrated on the rows it describes, so it is scored alone too
+            described = {split: fusion.carries_whole(identity.found[split],
+                                                     evaluation.gallery_rows(frame))
+                         for split, frame in (("dev", splits.dev), ("eval", splits.eval))}
+            report = evaluation.gallery_report(
+                splits.eval[described["eval"]].reset_index(drop=True),
+                identity.whole["eval"][described["eval"]],
+                splits.dev[described["dev"]].reset_index(drop=True),
+                identity.whole["dev"][described["dev"]], seed=cfg.seed)
             card = dataclasses.replace(card_from_training(
                 cfg, identity.glare, splits, fingerprint, task="task_b",
                 kind=models.WHOLE_IMAGE_KIND,
                 model_kwargs={"backbone_name": glare_identity.BACKBONE},
-                dev_metrics={"glare_top1_hard": max(row["dev_glare_top1_hard"]
+                dev_metrics={"top1": report.dev["top1"],
+                             "glare_top1_hard": max(row["dev_glare_top1_hard"]
                                                     for row in identity.glare_history)},
-                model="glare"),
+                model="glare", similarity_threshold=report.verification["threshold"]),
                 backbone=glare_identity.BACKBONE, image_size=whole_image.SIZE, fit="stretch")
         files["glare_weights"] = _saved_beside(identity.glare, identity.glare_checkpoint, card,
                                                cfg, f"{name}_glare")

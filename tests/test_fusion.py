@@ -122,13 +122,20 @@ def test_whole_share_is_chosen_by_the_switchs_dev_objective():
     copy = unit_rows(np.stack([photo_of[row.source or row.path]
                                for row in frame.itertuples()]) + 0.01)
     knows = unit_rows(person + 0.1 * rng.normal(size=person.shape))
-    share, table = evaluation.choose_whole_share(frame, copy, face, knows, found)
+    share, table, (switch, candidates, _) = evaluation.choose_whole_share(frame, copy, face,
+                                                                         knows, found)
     assert share > 0
     assert list(table["whole_share"]) == list(fusion.WHOLE_SHARES)
     chosen = table.set_index("whole_share").loc[share]
     none = table.set_index("whole_share").loc[0.0]
     assert chosen["dev_top1_hard"] > none["dev_top1_hard"]
     assert chosen["dev_switch_mean_top1"] == table["dev_switch_mean_top1"].max()
+    # the chosen share's own fit, which switch_report takes instead of fitting again
+    assert candidates[candidates["chosen"]]["mean_top1"].iloc[0] == chosen["dev_switch_mean_top1"]
+    refit = evaluation.fit_switch(frame, copy, fusion.fuse(
+        face, knows, share, fusion.carries_whole(found, evaluation.gallery_rows(frame))),
+        found=found)[0]
+    assert refit == switch
     noise = unit_rows(rng.normal(size=person.shape))
     assert evaluation.choose_whole_share(frame, copy, face, noise, found)[0] == 0.0
 

@@ -112,6 +112,7 @@ def test_glare_channel_reaches_predict_and_notebook_03_as_notebook_02_scored_it(
     assert files["glare_weights"].startswith(f"{name}_glare-")
     glare_card = checkpoints.load_model_card(tmp_path / files["glare_weights"])
     assert glare_card.kind == models.WHOLE_IMAGE_KIND and glare_card.image_size == whole_image.SIZE
+    assert -1 <= glare_card.similarity_threshold <= 1  # notebook 04 scores it alone
     embedder = task_b.create_embedder("embedding", dataclasses.replace(
         cfg, backbone="resnet10t", pretrained=False), 32)
     report = SimpleNamespace(verification={"threshold": 0.5}, dev={"top1": 1.0, "f1_macro": 1.0})
