@@ -138,10 +138,15 @@ def test_evaluation_leaderboard(executed):
     metrics = _metrics(executed, "04_evaluation")
     trained = [row for row in metrics["models"].values() if not row.get("baseline")]
     # Task A's probe, notebook 02's embedding and, with the extras, its fine-tuned identity
-    # channel (a checkpoint of its own), notebook 03's Siamese network
+    # channel and, when its switch took a share of it, its glare network (checkpoints of their
+    # own), notebook 03's Siamese network
     arcface_metrics = _metrics(executed, "02_task_b_arcface")
     tuned = arcface_metrics.get("identity_channel") == "SFace fine-tuned"
-    assert len(trained) == 3 + tuned
+    glare = bool(arcface_metrics.get("switch_whole_share"))
+    assert len(trained) == 3 + tuned + glare
+    if glare:  # scored alone with the threshold its card carries
+        row = next(row for name, row in metrics["models"].items() if name.endswith("_glare"))
+        assert row["top1"] is not None and row["evaluated_on"].count("not evaluated") == 0
     assert metrics["final_score_accuracy"] is not None
     leaderboard = (executed / "04_evaluation" / "leaderboard.md").read_text()
     assert "task_b_siamese" in leaderboard and "0.3 × Task A" in leaderboard

@@ -99,8 +99,8 @@ def test_enrol_add_search_round_trip(checkpoints, sample_root, tmp_path, monkeyp
 
     embedded: list[int] = []
     real_embed = predict._embed_files
-    monkeypatch.setattr(predict, "_embed_files", lambda files, *args: (
-        embedded.append(len(files)), real_embed(files, *args))[1])
+    monkeypatch.setattr(predict, "_embed_files", lambda files, *args, **kwargs: (
+        embedded.append(len(files)), real_embed(files, *args, **kwargs))[1])
     half = len(people) // 2
     for person in people[:half]:
         copy(person, sorted(person.glob("*.jpg"))[:1])
