@@ -64,6 +64,6 @@ def fine_tune(network: nn.Module, train: np.ndarray, labels: np.ndarray, dev: np
         return float(((logits >= 0) == dev_labels).mean())
 
     head, history = whole_image_tuning.fine_tune(
-        network, lambda tuned: nn.Linear(tuned.num_features, 1), train, loss, dev_accuracy, "dev_faceless_accuracy", settings, seed, device,
-        "whole-image gender")
+        network, lambda tuned: nn.Linear(tuned.num_features, 1), train, loss, dev_accuracy,
+        "dev_faceless_accuracy", settings, seed, device, "whole-image gender")
     return TunedHead(head.weight[0].detach().cpu().numpy().copy(), head.bias.item(), history)

@@ -469,8 +469,8 @@ def train_classifier(net: nn.Module, task_data: TaskAData, cfg: ExperimentConfig
 
 
 def fit_probe(net: models.DescriptorProbe, task_data: TaskAData, dev_views: str = "clean",
-              tuning: whole_image_tuning.TuneSettings = whole_image_tuning.TuneSettings(), seed: int = 0,
-              device: str = "cpu") -> FitResult:
+              tuning: whole_image_tuning.TuneSettings = whole_image_tuning.TuneSettings(),
+              seed: int = 0, device: str = "cpu") -> FitResult:
     """Fit the probe's linear head as a class-balanced logistic regression on the train
     descriptors of the clean photos, one candidate per `PROBE_CS`, keeping the best dev
     macro-F1 (at its best threshold; the smaller C on ties). The head's logits are

@@ -809,8 +809,8 @@ def with_glare(channel: IdentityChannel, splits: Splits, cfg: ExperimentConfig,
         key = ""  # its hash is known once saved (`save_identity`)
     tuned = whole_image.Tuned(network, key)
     channel.glare, channel.whole = network, {}
-    for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
-        rows = np.flatnonzero(fusion.carries_whole(channel.found[split], evaluation.gallery_rows(frame)))
+    for split, carries in _whole_rows(channel, splits).items():
+        frame, rows = getattr(splits, split), np.flatnonzero(carries)
         features = np.zeros((len(frame), whole_image.feature_size(glare_identity.BACKBONE)),
                             np.float32)
         features[rows] = face_descriptor.normalise(whole_image.features(
@@ -818,6 +818,14 @@ def with_glare(channel: IdentityChannel, splits: Splits, cfg: ExperimentConfig,
             progress=True, tuned=tuned))
         channel.whole[split] = features
     return channel
+
+
+def _whole_rows(channel: IdentityChannel, splits: Splits) -> dict[str, np.ndarray]:
+    """Per split, the rows whose identity vectors carry the glare network's share
+    (`fusion.carries_whole`: the gallery's clean photos, and the faceless queries)."""
+    return {split: fusion.carries_whole(channel.found[split],
+                                        evaluation.gallery_rows(getattr(splits, split)))
+            for split in ("dev", "eval")}
 
 
 def _yunet_found(frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
@@ -860,15 +868,14 @@ def copy_or_identity(task_data: TaskBData, learned: dict[str, np.ndarray],
     if identity is None:
         return None
     splits = task_data.splits
-    frames = {"dev": splits.dev, "eval": splits.eval}
     face, fitted = identity.vectors, None
     if identity.whole is not None:
         identity.whole_share, identity.whole_table, fitted = evaluation.choose_whole_share(
             splits.dev, learned["dev"], face["dev"], identity.whole["dev"],
             identity.found["dev"], aggregate, seed)
         face = {split: fusion.fuse(face[split], identity.whole[split], identity.whole_share,
-                                   fusion.carries_whole(identity.found[split], evaluation.gallery_rows(frame)))
-                for split, frame in frames.items()}
+                                   carries)
+                for split, carries in _whole_rows(identity, splits).items()}
     return evaluation.switch_report(splits.dev, learned["dev"], face["dev"],
                                     splits.eval, learned["eval"], face["eval"],
                                     aggregate, seed, identity.network_vectors["eval"]
@@ -951,9 +958,7 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
         if identity.glare_checkpoint is not None:
             card = checkpoints.load_model_card(identity.glare_checkpoint)
         else:  # its threshold calibrated on the rows it describes, so it is scored alone too
-            described = {split: fusion.carries_whole(identity.found[split],
-                                                     evaluation.gallery_rows(frame))
-                         for split, frame in (("dev", splits.dev), ("eval", splits.eval))}
+            described = _whole_rows(identity, splits)
             report = evaluation.gallery_report(
                 splits.eval[described["eval"]].reset_index(drop=True),
                 identity.whole["eval"][described["eval"]],

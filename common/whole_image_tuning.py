@@ -50,9 +50,10 @@ def fine_tune(network: nn.Module, make_head: Callable[[nn.Module], nn.Module],
               settings: TuneSettings, seed: int = 0, device: str = "cpu", desc: str = "tuning"
               ) -> tuple[nn.Module, list[dict]]:
     """Fine-tune `network` (a `models.create_backbone` module: pooled features of normalised
-    images, their width ``num_features``) and the head `make_head` builds for it on `train` ((N, S, S, 3) uint8 RGB); `loss(head, features, rows)` is a batch's
-    loss (`rows` index `train`), `dev_score(network, head)` an epoch's dev figure (NaN: no dev,
-    then the last epoch is kept). Both end with the weights of the best dev epoch.
+    images, their width ``num_features``) and the head `make_head` builds for it on `train`
+    ((N, S, S, 3) uint8 RGB); `loss(head, features, rows)` is a batch's loss (`rows` index
+    `train`), `dev_score(network, head)` an epoch's dev figure (NaN: no dev, then the last
+    epoch is kept). Both end with the weights of the best dev epoch.
 
     Returns the head and one history row per epoch (train loss and `score_name`).
     """
