@@ -384,17 +384,21 @@ def fit_copy_switch(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_candi
     taus = _grid(margins, n_candidates, (ALWAYS_BY_MARGIN, NEVER_BY_MARGIN))
     sigmas = _grid(identity_scores, n_candidates, (NEVER_UNSURE, ALWAYS_UNSURE))
     tau, sigma = (grid.ravel() for grid in np.meshgrid(taus, sigmas, indexing="ij"))
-    by_margin = [(margin[None, :] >= tau[:, None]) | (score[None, :] < sigma[:, None])
-                 for margin, score in zip(margins, identity_scores)]
     faceless = ([~np.asarray(found, bool)[copy["query_row"].to_numpy()] for copy, _ in tables]
                 if found is not None else [np.zeros(len(copy), bool) for copy, _ in tables])
     kappas = (_grid([cosine[rows] for cosine, rows in zip(cosines, faceless)], n_candidates,
                     (NEVER_BY_COSINE,))
               if any(rows.any() for rows in faceless) else [NEVER_BY_COSINE])
+    # only the queries the two channels answer differently move a candidate's top-1: the
+    # (candidates, queries) masks are built over those alone
+    moves = [copy["correct"].to_numpy(bool) != identity["correct"].to_numpy(bool)
+             for copy, identity in tables]
+    by_margin = [(margin[None, cols] >= tau[:, None]) | (score[None, cols] < sigma[:, None])
+                 for margin, score, cols in zip(margins, identity_scores, moves)]
     table = pd.concat([_switch_candidates(
         tables, {"threshold": tau, "identity_threshold": sigma, "faceless_copy_cosine": kappa},
-        [mask | (rows & (cosine >= kappa))[None, :]
-         for mask, rows, cosine in zip(by_margin, faceless, cosines)])
+        [mask | (rows[cols] & (cosine[cols] >= kappa))[None, :]
+         for mask, rows, cosine, cols in zip(by_margin, faceless, cosines, moves)], moves)
         for kappa in kappas], ignore_index=True)
     best = best_switch_row(table, ("mean_top1", "top1_0"))
     table["chosen"] = table.index == best.name
@@ -411,13 +415,16 @@ def best_switch_row(candidates: pd.DataFrame, objectives: Sequence[str]) -> pd.S
 
 
 def _switch_candidates(tables: Sequence[tuple[pd.DataFrame, pd.DataFrame]], columns: dict,
-                       uses_copy: Sequence[np.ndarray]) -> pd.DataFrame:
+                       uses_copy: Sequence[np.ndarray], moves: Sequence[np.ndarray]
+                       ) -> pd.DataFrame:
     """Top-1 per protocol and their mean for each candidate: ``uses_copy``, per protocol, a
-    (candidates, queries) mask of the queries the copy channel answers."""
+    (candidates, queries) mask of the queries the copy channel answers, over the queries
+    `moves` marks (the two channels answer them differently; the others count alike)."""
     table = pd.DataFrame(columns)
-    for number, ((copy, identity), mask) in enumerate(zip(tables, uses_copy)):
-        correct = np.where(mask, copy["correct"].to_numpy(bool)[None, :],
-                           identity["correct"].to_numpy(bool)[None, :])
-        table[f"top1_{number}"] = correct.mean(axis=1) if len(copy) else np.zeros(len(table))
+    for number, ((copy, identity), mask, cols) in enumerate(zip(tables, uses_copy, moves)):
+        copy_right = copy["correct"].to_numpy(bool)[cols]
+        right = (int(identity["correct"].to_numpy(bool).sum()) + (mask & copy_right).sum(axis=1)
+                 - (mask & ~copy_right).sum(axis=1))
+        table[f"top1_{number}"] = right / len(copy) if len(copy) else np.zeros(len(table))
     table["mean_top1"] = table.filter(like="top1_").mean(axis=1)
     return table

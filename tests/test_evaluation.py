@@ -277,6 +277,37 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
     assert "network" not in report.channels
 
 
+def test_identity_shares_score_each_candidate_as_a_gallery_search_would():
+    """The shares' dev top-1s come from the two channels' cosines, taken once; each must equal
+    a gallery search of that candidate's mixed vectors (`retrieval_table` of
+    `fusion.switch_identity`, own photo removed), on random channels, with faceless rows and
+    an identity with a single photo (its queries are not scored once it is removed)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for person in range(7):
+        for photo in range(1 if person == 0 else 2 + person % 2):
+            source = f"p{person}/{photo}.jpg"
+            rows += [(source, f"p{person}", "clean", "")] + [
+                (f"p{person}/{photo}_{d}.jpg", f"p{person}", d, source) for d in ("fog", "sunny")]
+    frame = pd.DataFrame(rows, columns=["path", "identity", "distortion", "source"])
+    person = frame["identity"].str[1:].astype(int).to_numpy()
+    photo = pd.factorize(frame["source"].where(frame["source"] != "", frame["path"]))[0]
+    # a person's direction under noise in the face channel; the photo's, and a faint
+    # person's, in the copy channel
+    face = unit_rows(np.eye(7)[person] + rng.normal(0, 0.5, (len(frame), 7)))
+    copy = unit_rows(np.hstack([np.eye(photo.max() + 1)[photo], 0.4 * np.eye(7)[person]])
+                     + rng.normal(0, 0.3, (len(frame), photo.max() + 8)))
+    found = rng.random(len(frame)) > 0.3
+    _, _, table = evaluation.identity_shares(frame, copy, face, found=found)
+    assert table["top1_hard"].nunique() > 3
+    for row in table.itertuples():
+        searched = evaluation.retrieval_table(
+            frame, fusion.switch_identity(copy, face, row.identity_share, found,
+                                          row.faceless_share), exclude_own_source=True)
+        assert row.top1_hard == searched["correct"].mean()
+    assert len(searched) < (frame["distortion"] != "clean").sum()  # p0's queries unscored
+
+
 def test_switch_mixes_more_of_the_copy_channel_where_the_face_was_not_found():
     """Face channel: one direction per person, but glare turns a sunny copy's face into the
     next person's, with full confidence, and the face is reported not found there. Copy

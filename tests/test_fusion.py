@@ -326,6 +326,32 @@ def test_copy_switch_answers_faceless_queries_by_their_copy_cosine():
         switch.choose(*official)
 
 
+def test_every_candidate_scores_what_its_switch_then_answers():
+    """The fit counts only the queries the two channels answer differently (the others are
+    right or wrong either way); each candidate row's top-1s must still be those of the switch
+    with its thresholds, chosen query by query (`CopySwitch.choose`), on random tables where
+    the channels disagree on about half the queries and a third of the faces were not found."""
+    rng = np.random.default_rng(0)
+
+    def protocol(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        copy_scores = rng.uniform(0.2, 1.0, n)
+        return tuple(table.assign(query_row=np.arange(n)) for table in (
+            _table(rng.uniform(0, 0.4, n), copy_scores, rng.random(n) < 0.6,
+                   runner_up=copy_scores - rng.uniform(0, 0.4, n)),
+            _table(np.zeros(n), rng.uniform(-0.2, 1.0, n), rng.random(n) < 0.7)))
+
+    tables = [protocol(40), protocol(40)]
+    found = rng.random(40) > 1 / 3
+    _, candidates = fusion.fit_copy_switch(tables, n_candidates=12, found=found)
+    assert candidates["top1_0"].nunique() > 5 and candidates["top1_1"].nunique() > 5
+    for row in candidates.sample(60, random_state=0).itertuples():
+        switch = fusion.CopySwitch(row.threshold, row.identity_threshold,
+                                   faceless_copy_cosine=row.faceless_copy_cosine)
+        for number, (copy, identity) in enumerate(tables):
+            assert getattr(row, f"top1_{number}") == pytest.approx(
+                switch.choose(copy, identity, found)["correct"].mean(), abs=1e-12)
+
+
 def test_copy_switch_needs_both_tables_over_the_same_queries():
     copy = _table([0.5, 0.6], None, [True, True])
     with pytest.raises(ValueError, match="same queries"):
