@@ -947,9 +947,9 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
             dev_metrics={"top1": report.dev["top1"], "top1_hard": identity.fit.best_metric},
             model="identity", similarity_threshold=report.verification["threshold"]),
             backbone="sface", image_size=sface_net.CROP_SIZE)
-    files["identity_weights"] = _saved_beside(identity.model, identity.checkpoint, card, cfg,
-                                              f"{name}_identity")
-    if files["identity_weights"] != getattr(identity.checkpoint, "name", None):
+    files["identity_weights"], saved = _saved_beside(identity.model, identity.checkpoint, card,
+                                                     cfg, f"{name}_identity")
+    if saved:  # a new checkpoint: its vectors are kept under its own weights' hash
         sha256 = checkpoints.load_model_card(cfg.weights_dir / files["identity_weights"]
                                              ).weights_sha256
         for split, frame in (("dev", splits.dev), ("eval", splits.eval)):
@@ -973,18 +973,18 @@ def save_identity(identity: IdentityChannel | None, cfg: ExperimentConfig, name:
                                                     for row in identity.glare_history)},
                 model="glare", similarity_threshold=report.verification["threshold"]),
                 backbone=glare_identity.BACKBONE, image_size=whole_image.SIZE, fit="stretch")
-        files["glare_weights"] = _saved_beside(identity.glare, identity.glare_checkpoint, card,
-                                               cfg, f"{name}_glare")
+        files["glare_weights"], _ = _saved_beside(identity.glare, identity.glare_checkpoint,
+                                                  card, cfg, f"{name}_glare")
     return files
 
 
 def _saved_beside(network: nn.Module, inherited: Path | None, card: ModelCard,
-                  cfg: ExperimentConfig, name: str) -> str:
-    """The file name of `network`'s checkpoint in ``cfg.weights_dir``: `inherited` itself when
-    it is there, else `network` saved under `name` with `card`."""
+                  cfg: ExperimentConfig, name: str) -> tuple[str, bool]:
+    """The file name of `network`'s checkpoint in ``cfg.weights_dir``, and whether it was saved
+    now: `inherited` itself when it is there, else `network` saved under `name` with `card`."""
     if inherited is not None and inherited.parent.resolve() == Path(cfg.weights_dir).resolve():
-        return inherited.name
-    return checkpoints.save_model(network, cfg.weights_dir, name, card).name
+        return inherited.name, False
+    return checkpoints.save_model(network, cfg.weights_dir, name, card).name, True
 
 
 def _descriptor_weight(dev: pd.DataFrame, learned: np.ndarray,
