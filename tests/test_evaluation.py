@@ -306,6 +306,13 @@ def test_identity_shares_score_each_candidate_as_a_gallery_search_would():
                                           row.faceless_share), exclude_own_source=True)
         assert row.top1_hard == searched["correct"].mean()
     assert len(searched) < (frame["distortion"] != "clean").sum()  # p0's queries unscored
+    # the mean aggregate (a centroid per person) is searched candidate by candidate
+    _, _, by_mean = evaluation.identity_shares(frame, copy, face, "mean", found=found)
+    row = by_mean.iloc[len(by_mean) // 2]
+    assert row.top1_hard == evaluation.retrieval_table(
+        frame, fusion.switch_identity(copy, face, row.identity_share, found, row.faceless_share),
+        "mean", exclude_own_source=True)["correct"].mean()
+    assert not by_mean["top1_hard"].equals(table["top1_hard"])
 
 
 def test_switch_mixes_more_of_the_copy_channel_where_the_face_was_not_found():
