@@ -18,13 +18,13 @@ import hashlib
 import inspect
 import json
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.at_commit import PROJECT, run_commit  # noqa: E402
+
 STEPS = ("listing and table", "resume fingerprint", "source/view pairs")
 
 
@@ -85,18 +85,6 @@ def measure(root: Path, repeats: int) -> dict:
     return result
 
 
-def run_commit(commit: str, args: argparse.Namespace) -> dict:
-    """`measure` in a fresh process on `commit`'s ``common/``."""
-    with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(["git", "-C", str(PROJECT), "archive", commit, "common"],
-                                 check=True, stdout=subprocess.PIPE).stdout
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        done = subprocess.run([sys.executable, __file__, "--one", tree, "--root", str(args.root),
-                               "--repeats", str(args.repeats)],
-                              check=True, stdout=subprocess.PIPE, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/facecom_table_steps"))
@@ -113,7 +101,8 @@ def main() -> None:
         print(json.dumps(measure(args.root, args.repeats)))
         return
     write_empty_folders(args.root, args.images, args.per_identity)
-    results = {commit: run_commit(commit, args) for commit in args.commits}
+    options = ["--root", str(args.root), "--repeats", str(args.repeats)]
+    results = {commit: run_commit(commit, __file__, options) for commit in args.commits}
     rows = next(iter(results.values()))["rows"]
     print(f"{args.images:,} images in folders of {args.per_identity}, {rows:,} table rows "
           f"(views included); best of {args.repeats}, seconds (output digest)\n")
