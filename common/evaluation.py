@@ -174,7 +174,8 @@ class SwitchReport:
                 for name, table in self.tables.items()}
 
     def flat(self) -> dict:
-        """metrics.json keys: ``switch_*`` for the switch, ``<channel>_channel_*`` alone."""
+        """metrics.json keys: ``switch_*`` for the switch (``switch_dev_*``: on dev, when fitted
+        there), ``<channel>_channel_*`` alone."""
         out = {"switch_threshold": self.switch.threshold,
                "switch_identity_threshold": self.switch.identity_threshold,
                "switch_identity_share": self.switch.identity_share,
@@ -190,6 +191,10 @@ class SwitchReport:
                "switch_copy_missed": int((~self.tables["eval"]["correct"]).sum()),
                "switch_person_missed": int((~self.tables["hard"]["correct"]).sum()),
                **self.intervals()}
+        if len(self.dev):  # the switch's dev figures, at the thresholds chosen there
+            chosen = self.dev[self.dev["chosen"]].iloc[0]
+            out.update(switch_dev_top1=float(chosen["top1_0"]),
+                       switch_dev_top1_hard=float(chosen["top1_1"]))
         for channel, numbers in self.channels.items():
             out.update({f"{channel}_channel_{key}": value for key, value in numbers.items()})
         return out

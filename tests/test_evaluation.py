@@ -224,6 +224,11 @@ def test_switch_report_answers_copies_and_people_each_by_its_channel():
     flat = report.flat()
     assert flat["switch_copy_missed"] == 0 and flat["switch_person_missed"] > 0
     assert flat["switch_top1_hard"] == report.hard["top1"] and 0 < flat["switch_copy_share"] <= 1
+    # its dev figures are those of the fitted switch answering dev's queries again
+    on_dev = evaluation.switched_report(frame, dev_copy, dev_identity, report.switch)
+    assert (flat["switch_dev_top1"], flat["switch_dev_top1_hard"]) == pytest.approx(
+        (on_dev.eval["top1"], on_dev.hard["top1"]))
+    assert "switch_dev_top1" not in on_dev.flat()  # given, not fitted: no dev figures
     # intervals over identities: a point where every copy was found, around each own-photo
     # figure otherwise (sunny's, by chance at best, wide; noisy's all right)
     assert flat["switch_top1_ci95"] == [1.0, 1.0]
