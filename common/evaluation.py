@@ -37,6 +37,7 @@ PAIR_PROTOCOLS = ("random", "hackathon")
 # for every image, then for the images where the face channel found no face
 IDENTITY_SHARES = tuple(np.round(np.linspace(0.0, 0.5, 11), 2))
 FACELESS_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
+_SHARES_CHUNK_CELLS = 2 ** 22  # query rows x gallery photos per chunk in `_mixed_top1s_hard`
 
 
 def photo_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -287,39 +288,44 @@ def identity_shares(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
 
 
 def _mixed_top1s_hard(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
-                      shares: list[np.ndarray]) -> list[float]:
+                      shares: list[np.ndarray]) -> list[float | None]:
     """`retrieval_table`'s top-1 with the own photo removed (max aggregate) of the identity
     channel `fusion.switch_identity` builds with each per-row copy share of `shares`, from the
     two channels' cosines taken once: two such rows' cosine is ``sqrt((1 - s1)(1 - s2))
     cos_identity + sqrt(s1 s2) cos_copy``, so a candidate costs a weighted sum instead of a
     gallery search of its concatenated vectors (`identity_shares` scores hundreds). Ties go to
-    the identity whose name sorts first, as there."""
+    the identity whose name sorts first, as there; queries go in chunks, so memory is bounded
+    by a chunk, never queries x gallery."""
     is_gallery = gallery_rows(frame)
     photos, queries = np.flatnonzero(is_gallery), np.flatnonzero(~is_gallery)
     names, photo_code = np.unique(frame["identity"].to_numpy()[photos].astype(str),
-                                    return_inverse=True)
+                                  return_inverse=True)
     order = np.argsort(photo_code, kind="stable")  # each identity's photos together
-    starts = np.searchsorted(photo_code[order], np.arange(len(names)))
+    photos, starts = photos[order], np.searchsorted(photo_code[order], np.arange(len(names)))
     query_code = np.searchsorted(names, frame["identity"].to_numpy()[queries].astype(str))
-    own = (frame["source"].to_numpy()[queries][:, None]
-           == frame["path"].to_numpy()[photos][order][None, :])
-
-    def cosines(vectors: np.ndarray) -> np.ndarray:
-        unit = gallery.normalise(vectors).astype(np.float64)
-        return unit[queries] @ unit[photos][order].T
-
-    identity_cosines, copy_cosines = cosines(identity), cosines(copy)
-    top1s = []
-    for share in tqdm(shares, desc="identity shares", leave=False):
-        query_share, photo_share = share[queries, None], share[photos][order][None, :]
-        similarity = (np.sqrt((1 - query_share) * (1 - photo_share)) * identity_cosines
-                      + np.sqrt(query_share * photo_share) * copy_cosines).astype(np.float32)
-        similarity[own] = -np.inf
-        scores = np.maximum.reduceat(similarity, starts, axis=1)
-        scored = np.isfinite(scores[np.arange(len(queries)), query_code])
-        correct = scores.argmax(axis=1) == query_code
-        top1s.append(float(correct[scored].mean()) if scored.any() else None)
-    return top1s
+    sources, photo_paths = frame["source"].to_numpy(), frame["path"].to_numpy()[photos]
+    units = [gallery.normalise(vectors).astype(np.float64) for vectors in (identity, copy)]
+    photo_shares = [share[photos][None, :] for share in shares]
+    right, scored = np.zeros(len(shares), np.int64), np.zeros(len(shares), np.int64)
+    chunk = max(1, _SHARES_CHUNK_CELLS // max(1, len(photos)))
+    with tqdm(total=len(shares) * -(-len(queries) // chunk), desc="identity shares",
+              leave=False) as bar:
+        for lo in range(0, len(queries), chunk):
+            rows, codes = queries[lo:lo + chunk], query_code[lo:lo + chunk]
+            identity_cosines, copy_cosines = (unit[rows] @ unit[photos].T for unit in units)
+            own = sources[rows][:, None] == photo_paths[None, :]
+            for k, (share, photo_share) in enumerate(zip(shares, photo_shares)):
+                query_share = share[rows, None]
+                similarity = (np.sqrt((1 - query_share) * (1 - photo_share)) * identity_cosines
+                              + np.sqrt(query_share * photo_share) * copy_cosines
+                              ).astype(np.float32)
+                similarity[own] = -np.inf
+                scores = np.maximum.reduceat(similarity, starts, axis=1)
+                kept = np.isfinite(scores[np.arange(len(rows)), codes])
+                right[k] += int((kept & (scores.argmax(axis=1) == codes)).sum())
+                scored[k] += int(kept.sum())
+                bar.update()
+    return [float(r / n) if n else None for r, n in zip(right, scored)]
 
 
 def fit_switch(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,

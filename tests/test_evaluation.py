@@ -282,7 +282,7 @@ def test_switch_reads_the_person_in_the_copy_channel_where_glare_erased_the_face
     assert "network" not in report.channels
 
 
-def test_identity_shares_score_each_candidate_as_a_gallery_search_would():
+def test_identity_shares_score_each_candidate_as_a_gallery_search_would(monkeypatch):
     """The shares' dev top-1s come from the two channels' cosines, taken once; each must equal
     a gallery search of that candidate's mixed vectors (`retrieval_table` of
     `fusion.switch_identity`, own photo removed), on random channels, with faceless rows and
@@ -311,6 +311,11 @@ def test_identity_shares_score_each_candidate_as_a_gallery_search_would():
                                           row.faceless_share), exclude_own_source=True)
         assert row.top1_hard == searched["correct"].mean()
     assert len(searched) < (frame["distortion"] != "clean").sum()  # p0's queries unscored
+    # queries in chunks of three rows: the same figures
+    photos = int((frame["distortion"] == "clean").sum())
+    monkeypatch.setattr(evaluation, "_SHARES_CHUNK_CELLS", 3 * photos)
+    _, _, chunked = evaluation.identity_shares(frame, copy, face, found=found)
+    assert chunked["top1_hard"].tolist() == table["top1_hard"].tolist()
     # the mean aggregate (a centroid per person) is searched candidate by candidate
     _, _, by_mean = evaluation.identity_shares(frame, copy, face, "mean", found=found)
     row = by_mean.iloc[len(by_mean) // 2]
