@@ -46,7 +46,7 @@ __all__ = ["BACKBONES", "ARCFACE_EPOCHS", "SIAMESE_EPOCHS", "FIXED_BACKBONES", "
 BACKBONES = {"cpu": "efficientnet_lite0", "gpu": "efficientnet_b4"}
 # Default epochs per profile. ArcFace on CPU: the fewest at dev's level that keep notebook 02
 # within issue 20's 30 minutes on the slowest 2-core machine measured (docs/results.md).
-ARCFACE_EPOCHS = {"cpu": 4, "gpu": 30}
+ARCFACE_EPOCHS = {"cpu": 3, "gpu": 30}
 SIAMESE_EPOCHS = {"cpu": 6, "gpu": 30}
 MIN_PAIRS_PER_EPOCH = 600  # floor for small data sets such as the embedded sample
 # Above this many clean train photos the dlib teacher is left out: it describes every photo

@@ -428,7 +428,7 @@ def test_each_notebook_takes_its_own_profile_epochs_and_the_parameter_wins(tmp_p
                        **{"quick": False, "epochs": 0, **overrides})
         return cfg.epochs, cfg.sources["epochs"]
 
-    assert epochs(task_b.ArcFaceSettings) == (4, "profile cpu")
+    assert epochs(task_b.ArcFaceSettings) == (3, "profile cpu")
     assert epochs(task_b.SiameseSettings) == (6, "profile cpu")
     assert epochs(task_b.ArcFaceSettings, profile="gpu") == (30, "profile gpu")
     assert epochs(task_b.ArcFaceSettings, epochs=6)[0] == 6
