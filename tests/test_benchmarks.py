@@ -10,7 +10,7 @@ import pytest
 from common import workspace
 
 SCRIPTS = sorted(path.stem for path in (workspace.project_root() / "benchmarks").glob("*.py")
-                 if path.stem not in ("__init__", "real_data"))
+                 if path.stem not in ("__init__", "real_data", "at_commit"))  # helpers
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
