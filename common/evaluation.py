@@ -271,10 +271,9 @@ def identity_shares(dev: pd.DataFrame, copy: np.ndarray, identity: np.ndarray,
     grid = [(share, faceless) for share in IDENTITY_SHARES
             for faceless in (FACELESS_SHARES if apart else (None,))]
     if aggregate == "max":
-        found_rows = np.ones(len(dev), bool) if found is None else np.asarray(found, bool)
+        found_rows = np.ones(len(dev), bool) if found is None else found
         top1s = _mixed_top1s_hard(dev, copy, identity, [
-            np.where(found_rows, share, share if faceless is None else faceless)
-            for share, faceless in grid])
+            fusion.row_shares(share, found_rows, faceless) for share, faceless in grid])
     else:  # a centroid of rows mixed with different shares does not split into two cosines
         top1s = [metrics.summarize_retrieval(retrieval_table(
             dev, fusion.switch_identity(copy, identity, share, found, faceless), aggregate,
@@ -305,6 +304,7 @@ def _mixed_top1s_hard(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarra
     query_code = np.searchsorted(names, frame["identity"].to_numpy()[queries].astype(str))
     sources, photo_paths = frame["source"].to_numpy(), frame["path"].to_numpy()[photos]
     units = [gallery.normalise(vectors).astype(np.float64) for vectors in (identity, copy)]
+    photo_units = [unit[photos].T for unit in units]
     photo_shares = [share[photos][None, :] for share in shares]
     right, scored = np.zeros(len(shares), np.int64), np.zeros(len(shares), np.int64)
     chunk = max(1, _SHARES_CHUNK_CELLS // max(1, len(photos)))
@@ -312,7 +312,8 @@ def _mixed_top1s_hard(frame: pd.DataFrame, copy: np.ndarray, identity: np.ndarra
               leave=False) as bar:
         for lo in range(0, len(queries), chunk):
             rows, codes = queries[lo:lo + chunk], query_code[lo:lo + chunk]
-            identity_cosines, copy_cosines = (unit[rows] @ unit[photos].T for unit in units)
+            identity_cosines, copy_cosines = (unit[rows] @ photo_unit
+                                              for unit, photo_unit in zip(units, photo_units))
             own = sources[rows][:, None] == photo_paths[None, :]
             for k, (share, photo_share) in enumerate(zip(shares, photo_shares)):
                 query_share = share[rows, None]

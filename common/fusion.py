@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 __all__ = ["COPY_WEIGHTS", "DESCRIPTOR_WEIGHTS", "fuse", "choose_weight", "FaceRule",
            "fit_face_rule", "CopySwitch", "fit_copy_switch", "ALWAYS_BY_MARGIN", "NEVER_BY_MARGIN",
            "NEVER_UNSURE", "ALWAYS_UNSURE", "NEVER_BY_COSINE", "SWITCH_THRESHOLDS",
-           "best_switch_row", "switch_identity", "carries_whole", "FACE_CHANNELS",
+           "best_switch_row", "switch_identity", "row_shares", "carries_whole", "FACE_CHANNELS",
            "WHOLE_SHARES"]
 
 # `CopySwitch` thresholds that decide alone: a margin (a difference of cosines) is >= 0, and
@@ -336,8 +336,15 @@ def switch_identity(copy: np.ndarray, identity: np.ndarray, share: float,
         raise ValueError(f"shares {share} and {faceless_share} must be in [0, 1]")
     # two different shares: every row has both parts, whichever rows are given, so a gallery
     # and its queries described apart keep one dimension
-    return _weighted_concat(identity, copy, np.where(np.asarray(found, bool), share,
-                                                     faceless_share))
+    return _weighted_concat(identity, copy, row_shares(share, found, faceless_share))
+
+
+def row_shares(share: float, found: np.ndarray, faceless_share: float | None) -> np.ndarray:
+    """Per row, the copy channel's share `switch_identity` mixes in: `faceless_share` where
+    the face channel did not find the face (`found` False), else `share`; `share` everywhere
+    when `faceless_share` is None."""
+    return np.where(np.asarray(found, bool), share,
+                    share if faceless_share is None else faceless_share)
 
 
 def carries_whole(found: np.ndarray, gallery: np.ndarray | bool) -> np.ndarray:
