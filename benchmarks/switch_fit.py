@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.at_commit import run_commit  # noqa: E402
 
@@ -30,8 +33,7 @@ WIDTHS = {"copy": 640, "face": 256, "whole": 1280}  # the channels' widths in no
 
 def dev_split(identities: int, seed: int):
     """(table, copy, face, whole, found) of a synthetic dev split."""
-    import numpy as np
-    import pandas as pd
+    from common import evaluation  # the measured commit's, once `--one` put its tree first
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -43,7 +45,7 @@ def dev_split(identities: int, seed: int):
                 for name in DISTORTIONS]
     frame = pd.DataFrame(rows, columns=["path", "identity", "distortion", "source"])
     person = pd.factorize(frame["identity"])[0]
-    photo = pd.factorize(frame["source"].where(frame["source"] != "", frame["path"]))[0]
+    photo = pd.factorize(evaluation.photo_keys(frame))[0]
     sunny = (frame["distortion"] == "sunny").to_numpy()
 
     def channel(width: int, signal: list[tuple[np.ndarray, float]], noise: float) -> np.ndarray:

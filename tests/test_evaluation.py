@@ -296,7 +296,7 @@ def test_identity_shares_score_each_candidate_as_a_gallery_search_would(monkeypa
                 (f"p{person}/{photo}_{d}.jpg", f"p{person}", d, source) for d in ("fog", "sunny")]
     frame = pd.DataFrame(rows, columns=["path", "identity", "distortion", "source"])
     person = frame["identity"].str[1:].astype(int).to_numpy()
-    photo = pd.factorize(frame["source"].where(frame["source"] != "", frame["path"]))[0]
+    photo = pd.factorize(evaluation.photo_keys(frame))[0]
     # a person's direction under noise in the face channel; the photo's, and a faint
     # person's, in the copy channel
     face = unit_rows(np.eye(7)[person] + rng.normal(0, 0.5, (len(frame), 7)))
